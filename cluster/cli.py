@@ -1,0 +1,152 @@
+"""The `tandem` command line: serve, generate, models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tandem.cluster.config import ConfigError, TandemConfig
+from tandem.cluster.placement import PlacementError
+from tandem.models import ModelError
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+def load_config(path: str | None) -> TandemConfig:
+    return TandemConfig.from_yaml(path) if path else TandemConfig()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = load_config(args.config).with_overrides(server={"host": args.host, "port": args.port})
+    from tandem.cluster.runtime import run_service
+
+    def announce(server) -> None:
+        print(f"tandem listening on {server.address} (model {config.models.target})", flush=True)
+        print(f'try: tandem generate "Tell me about Ray." --address {server.address}', flush=True)
+
+    run_service(config, on_ready=announce)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import grpc
+
+    from tandem.client import TandemClient
+    from tandem.cluster.server import FINISH_REASONS
+
+    reasons = {v: (k or "unspecified") for k, v in FINISH_REASONS.items()}
+    kwargs = dict(
+        chat=not args.no_chat,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+    )
+    token_ids: list[int] = []
+    text = []
+    last = None
+    try:
+        with TandemClient(args.address) as client:
+            for chunk in client.stream(args.prompt, **kwargs):
+                token_ids += chunk.token_ids
+                text.append(chunk.text)
+                if not args.json:
+                    print(chunk.text, end="", flush=True)
+                last = chunk
+    except grpc.RpcError as exc:
+        print(f"\nerror: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    if args.json:
+        out = {
+            "request_id": last.request_id,
+            "token_ids": token_ids,
+            "text": "".join(text),
+            "finish_reason": reasons[last.finish_reason],
+            "usage": {
+                "prompt_tokens": last.usage.prompt_tokens,
+                "completion_tokens": last.usage.completion_tokens,
+                "total_tokens": last.usage.total_tokens,
+            },
+            "timings": {
+                "time_to_first_token_s": last.timings.time_to_first_token_s,
+                "time_per_output_token_s": last.timings.time_per_output_token_s,
+                "total_s": last.timings.total_s,
+            },
+        }
+        print(json.dumps(out))
+    else:
+        print()
+    return 0
+
+
+def cmd_models_prepare(args: argparse.Namespace) -> int:
+    from tandem.models import prepare_model
+
+    models_dir = Path(args.dir) if args.dir else load_config(args.config).models.cache_dir()
+    for name in args.names:
+        print(prepare_model(name, models_dir, force=args.force))
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from tandem.models import BUILTIN_MODELS, list_models
+
+    models_dir = Path(args.dir) if args.dir else load_config(args.config).models.cache_dir()
+    prepared = {m.name: m for m in list_models(models_dir)}
+    print(f"model cache: {models_dir}")
+    for name in sorted(set(BUILTIN_MODELS) | set(prepared)):
+        model = prepared.get(name)
+        state = f"{model.size_bytes / 2**20:.0f} MiB  {model.path}" if model else "not prepared"
+        print(f"  {name:32s} {state}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tandem.models import DEFAULT_MODEL
+
+    parser = argparse.ArgumentParser(prog="tandem", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="start the gRPC service (embedded Ray unless configured)")
+    serve.add_argument("--config", help="YAML config; the built-in default without it")
+    serve.add_argument("--host", help="bind address (default from config: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default from config: 50051; 0 = any)")
+    serve.set_defaults(func=cmd_serve)
+
+    gen = sub.add_parser("generate", help="stream a completion from a running server")
+    gen.add_argument("prompt")
+    gen.add_argument("--address", default=DEFAULT_ADDRESS)
+    gen.add_argument("--max-tokens", type=int)
+    gen.add_argument("--temperature", type=float)
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--no-chat", action="store_true", help="send the prompt as raw text")
+    gen.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    gen.set_defaults(func=cmd_generate)
+
+    models = sub.add_parser("models", help="prepare and list models")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    prep = msub.add_parser("prepare", help="turn a built-in GGUF model into a HF folder")
+    prep.add_argument("names", nargs="*", default=[DEFAULT_MODEL])
+    prep.add_argument("--force", action="store_true", help="prepare again even if present")
+    lst = msub.add_parser("list", help="show built-in and prepared models")
+    for p, func in ((prep, cmd_models_prepare), (lst, cmd_models_list)):
+        p.add_argument("--config", help="YAML config whose models.dir to use")
+        p.add_argument("--dir", help="model cache folder (overrides the config)")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, ModelError, PlacementError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

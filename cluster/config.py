@@ -1,0 +1,162 @@
+"""One typed config object describes a tandem deployment.
+
+The same YAML drives the CLI, Ray Serve and KubeRay. Every section refuses unknown keys, and every
+error names the key it is about (pydantic reports the path, e.g. `target.replicas`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tandem.models import DEFAULT_MODEL, default_models_dir
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+# Keys tandem sets itself: a user value would silently disagree with the rest of the config.
+_ENGINE_ARGS_OWNED = {
+    "model": "set models.target instead",
+    "tokenizer": "the target's own tokenizer is used",
+    "speculative_config": "tandem configures speculation itself",
+}
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelsConfig(_Section):
+    """Which model the target serves, and where prepared models live."""
+
+    target: str = DEFAULT_MODEL  # a built-in model name or a local Hugging Face folder
+    dir: Path | None = None  # model cache; default $TANDEM_MODELS_DIR or the user cache dir
+
+    def cache_dir(self) -> Path:
+        return self.dir.expanduser() if self.dir else default_models_dir()
+
+
+class TargetPoolConfig(_Section):
+    """Target replicas: one Ray actor each, holding one in-process vLLM engine."""
+
+    replicas: PositiveInt = 1
+    # Ray resources of one replica's placement-group bundle: {"CPU": 1}, {"GPU": 1, "CPU": 4},
+    # or any custom resource a node advertises ({"npu": 1}).
+    resources: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    # Passed through to vllm.EngineArgs; checked against its fields at start.
+    engine_args: dict[str, Any] = Field(
+        default_factory=lambda: {"dtype": "float32", "enforce_eager": True, "max_model_len": 2048}
+    )
+    # Environment of the replica's process: vLLM reads its platform settings from there.
+    env: dict[str, str] = Field(
+        default_factory=lambda: {
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+            "VLLM_LOGGING_LEVEL": "WARNING",
+        }
+    )
+
+    @field_validator("resources")
+    @classmethod
+    def _positive_resources(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value:
+            raise ValueError("needs at least one resource, e.g. {CPU: 1}")
+        for name, amount in value.items():
+            if amount <= 0:
+                raise ValueError(f"resource {name!r} must be > 0, got {amount}")
+        return value
+
+    @field_validator("engine_args")
+    @classmethod
+    def _known_engine_args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if key in _ENGINE_ARGS_OWNED:
+                raise ValueError(f"key {key!r} is not allowed here: {_ENGINE_ARGS_OWNED[key]}")
+        unknown = sorted(set(value) - _engine_arg_names())
+        if unknown:
+            raise ValueError(f"unknown vLLM engine argument(s): {', '.join(unknown)}")
+        return value
+
+
+def _engine_arg_names() -> set[str]:
+    from vllm.engine.arg_utils import EngineArgs
+
+    return {f.name for f in dataclasses.fields(EngineArgs)}
+
+
+class ServerConfig(_Section):
+    """The gRPC front door and its limits."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)  # 0 picks a free port
+    max_tokens: PositiveInt = 2048  # the largest max_tokens a request may ask for
+    default_max_tokens: PositiveInt = 256
+    max_inflight: PositiveInt = 64  # more requests at once get RESOURCE_EXHAUSTED
+    drain_timeout_s: float = Field(10.0, ge=0)  # SIGTERM waits this long for in-flight requests
+
+    @model_validator(mode="after")
+    def _default_within_limit(self) -> ServerConfig:
+        if self.default_max_tokens > self.max_tokens:
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) exceeds "
+                f"max_tokens ({self.max_tokens})"
+            )
+        return self
+
+
+class RayConfig(_Section):
+    """Join a cluster at `address`, or start an embedded local one when it is empty."""
+
+    address: str | None = None
+    num_cpus: PositiveInt | None = None  # embedded cluster only; default: all cores
+    resources: dict[str, float] = Field(default_factory=dict)  # embedded cluster only
+
+
+class TandemConfig(_Section):
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    target: TargetPoolConfig = Field(default_factory=TargetPoolConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> TandemConfig:
+        try:
+            return cls.model_validate(data or {})
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TandemConfig:
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"config {path}: the top level must be a mapping")
+        return cls.from_dict(data)
+
+    def with_overrides(self, **sections: dict[str, Any]) -> TandemConfig:
+        """A copy with some keys of some sections replaced, validated like the original."""
+        data = self.model_dump(mode="python")
+        for section, values in sections.items():
+            data[section].update({k: v for k, v in values.items() if v is not None})
+        return TandemConfig.from_dict(data)
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{key}: {msg}")
+    return "invalid config: " + "; ".join(lines)

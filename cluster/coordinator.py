@@ -1,0 +1,238 @@
+"""The coordinator: admits requests, routes them to target replicas, streams results back.
+
+It runs in the front-door process (the gRPC server, or a Ray Serve replica) as a Ray driver. Each
+request goes to the replica with the fewest outstanding requests; a request that is cancelled,
+times out or is aborted is aborted in its replica's engine too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from tandem.cluster.config import TandemConfig
+from tandem.cluster.placement import Pool, place_pool
+from tandem.cluster.requests import Limits, PreparedRequest, RequestError, prepare
+from tandem.cluster.target import TargetReplica
+from tandem.models import resolve_model
+from tandem.protos import tandem_pb2 as pb
+
+
+@dataclass
+class Chunk:
+    """One step's new tokens; the last chunk of a request also has the finish fields."""
+
+    request_id: str
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None = None  # "stop", "length" or "abort" on the last chunk
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    time_to_first_token_s: float = 0.0
+    time_per_output_token_s: float = 0.0
+    total_s: float = 0.0
+
+
+@dataclass
+class Counters:
+    requests_total: int = 0
+    requests_finished: int = 0
+    requests_aborted: int = 0
+    requests_failed: int = 0
+    requests_rejected: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class Coordinator:
+    def __init__(self, config: TandemConfig, pool: Pool, infos: list[dict[str, Any]]) -> None:
+        from transformers import AutoTokenizer
+
+        self.config = config
+        self.pool = pool
+        self.infos = infos
+        self.model_path = infos[0]["path"]
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.limits = Limits(
+            max_model_len=infos[0]["max_model_len"],
+            vocab_size=infos[0]["vocab_size"],
+            max_tokens=config.server.max_tokens,
+            default_max_tokens=config.server.default_max_tokens,
+        )
+        self.outstanding = [0] * len(pool.actors)
+        self.running: dict[str, int] = {}  # request id -> replica index
+        self.counters = Counters()
+        self.draining = False
+        self._next = 0
+
+    @classmethod
+    def start(cls, config: TandemConfig) -> Coordinator:
+        """Place the target pool on the connected Ray cluster and wait until it is ready."""
+        model_path = str(resolve_model(config.models.target, config.models.cache_dir()))
+        target = config.target
+        pool = place_pool(
+            "target",
+            TargetReplica,
+            target.resources,
+            target.replicas,
+            target.strategy,
+            target.env,
+            lambda i: (f"target-{i}", model_path, target.engine_args),
+        )
+        try:
+            infos = ray.get([actor.info.remote() for actor in pool.actors])
+        except Exception:
+            pool.destroy()
+            raise
+        return cls(config, pool, infos)
+
+    # ---- requests -----------------------------------------------------------------------------
+
+    def admit(self, request: pb.GenerateRequest) -> PreparedRequest:
+        """Validate and admit a request, or raise RequestError (counted as rejected)."""
+        try:
+            if self.draining:
+                raise RequestError("UNAVAILABLE", "the server is shutting down; retry elsewhere")
+            if len(self.running) >= self.config.server.max_inflight:
+                raise RequestError(
+                    "RESOURCE_EXHAUSTED",
+                    f"{len(self.running)} requests in flight, the limit "
+                    f"(server.max_inflight); retry later",
+                )
+            prepared = prepare(request, self.tokenizer, self.limits)
+            if prepared.request_id in self.running:
+                raise RequestError(
+                    "ALREADY_EXISTS", f"request_id: {prepared.request_id!r} is already running"
+                )
+        except RequestError:
+            self.counters.requests_rejected += 1
+            raise
+        return prepared
+
+    async def generate(self, prepared: PreparedRequest) -> AsyncIterator[Chunk]:
+        """Stream one admitted request; leaving the iteration early aborts it in the engine."""
+        replica = self._pick_replica()
+        actor = self.pool.actors[replica]
+        rid = prepared.request_id
+        self.running[rid] = replica
+        self.outstanding[replica] += 1
+        self.counters.requests_total += 1
+        self.counters.prompt_tokens += len(prepared.prompt_token_ids)
+        start = time.monotonic()
+        first = last = start
+        produced = 0
+        finish_reason = None
+        stream = actor.generate.remote(rid, prepared.prompt_token_ids, prepared.sampling)
+        try:
+            async for ref in stream:
+                step = await ref
+                now = time.monotonic()
+                if step["token_ids"]:
+                    if produced == 0:
+                        first = now
+                    last = now
+                    produced += len(step["token_ids"])
+                finish_reason = step["finish_reason"]
+                chunk = Chunk(rid, step["token_ids"], step["text"], finish_reason)
+                if finish_reason is not None:
+                    chunk.prompt_tokens = len(prepared.prompt_token_ids)
+                    chunk.completion_tokens = produced
+                    chunk.time_to_first_token_s = first - start
+                    chunk.time_per_output_token_s = (last - first) / max(produced - 1, 1)
+                    chunk.total_s = now - start
+                yield chunk
+        except ray.exceptions.RayActorError as exc:
+            self.counters.requests_failed += 1
+            raise RequestError("UNAVAILABLE", f"target replica {replica} died: {exc}") from None
+        except Exception:
+            self.counters.requests_failed += 1
+            raise
+        finally:
+            self.running.pop(rid, None)
+            self.outstanding[replica] -= 1
+            self.counters.generated_tokens += produced
+            if finish_reason is None:  # cancelled, timed out or failed: free the engine
+                actor.abort.remote(rid)
+                ray.cancel(stream)
+                self.counters.requests_aborted += 1
+            elif finish_reason == "abort":
+                self.counters.requests_aborted += 1
+            else:
+                self.counters.requests_finished += 1
+
+    def abort(self, request_id: str) -> bool:
+        replica = self.running.get(request_id)
+        if replica is None:
+            return False
+        self.pool.actors[replica].abort.remote(request_id)
+        return True
+
+    def _pick_replica(self) -> int:
+        """Fewest outstanding requests; ties rotate so idle replicas share the work."""
+        n = len(self.outstanding)
+        order = [(self._next + i) % n for i in range(n)]
+        best = min(order, key=lambda i: self.outstanding[i])
+        self._next = (best + 1) % n
+        return best
+
+    # ---- introspection and lifecycle ----------------------------------------------------------
+
+    def model_info(self) -> pb.ModelInfo:
+        info = self.infos[0]
+        return pb.ModelInfo(
+            model=self.config.models.target,
+            path=info["path"],
+            max_model_len=info["max_model_len"],
+            vocab_size=info["vocab_size"],
+            eos_token_ids=info["eos_token_ids"],
+            has_chat_template=self.tokenizer.chat_template is not None,
+            max_tokens_limit=self.config.server.max_tokens,
+            replicas=len(self.pool.actors),
+        )
+
+    async def stats(self) -> pb.Stats:
+        replica_stats = await asyncio.gather(*(a.stats.remote() for a in self.pool.actors))
+        c = self.counters
+        return pb.Stats(
+            requests_in_flight=len(self.running),
+            requests_total=c.requests_total,
+            requests_finished=c.requests_finished,
+            requests_aborted=c.requests_aborted,
+            requests_failed=c.requests_failed,
+            requests_rejected=c.requests_rejected,
+            prompt_tokens=c.prompt_tokens,
+            generated_tokens=c.generated_tokens,
+            uptime_s=time.monotonic() - c.started,
+            replicas=[
+                pb.ReplicaStats(
+                    replica_id=s["replica_id"],
+                    node_id=info["node_id"],
+                    outstanding=self.outstanding[i],
+                    engine_unfinished=s["engine_unfinished"],
+                    requests_served=s["requests_served"],
+                    generated_tokens=s["generated_tokens"],
+                )
+                for i, (s, info) in enumerate(zip(replica_stats, self.infos, strict=True))
+            ],
+        )
+
+    async def drain(self, timeout_s: float) -> int:
+        """Refuse new requests and wait up to timeout_s for running ones; returns those left."""
+        self.draining = True
+        deadline = time.monotonic() + timeout_s
+        while self.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return len(self.running)
+
+    def shutdown(self) -> None:
+        try:
+            ray.get([a.shutdown.remote() for a in self.pool.actors], timeout=30)
+        except Exception:  # a dead replica has nothing left to shut down
+            pass
+        self.pool.destroy()

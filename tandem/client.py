@@ -1,0 +1,130 @@
+"""Python clients for tandem's gRPC API, synchronous and asyncio.
+
+    from tandem.client import TandemClient
+    with TandemClient("127.0.0.1:50051") as client:
+        result = client.generate("Write a haiku about Ray.", max_tokens=64, temperature=0)
+        print(result.text)
+
+A prompt is a string (one user chat message, or raw text with chat=False), a list of token ids,
+or a list of {"role", "content"} chat messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import grpc
+
+from tandem.protos import tandem_pb2 as pb
+from tandem.protos import tandem_pb2_grpc as pb_grpc
+
+Prompt = str | Sequence[int] | Sequence[dict[str, str]]
+
+
+def build_request(
+    prompt: Prompt,
+    *,
+    chat: bool = True,
+    request_id: str = "",
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    seed: int | None = None,
+    max_tokens: int | None = None,
+    stop: Sequence[str] = (),
+    stop_token_ids: Sequence[int] = (),
+    ignore_eos: bool = False,
+) -> pb.GenerateRequest:
+    """A GenerateRequest from Python values; unset sampling fields take the server's defaults."""
+    sampling = pb.SamplingParams(
+        stop=list(stop), stop_token_ids=list(stop_token_ids), ignore_eos=ignore_eos
+    )
+    for name, value in (
+        ("temperature", temperature),
+        ("top_p", top_p),
+        ("top_k", top_k),
+        ("seed", seed),
+        ("max_tokens", max_tokens),
+    ):
+        if value is not None:
+            setattr(sampling, name, value)
+    request = pb.GenerateRequest(sampling=sampling, request_id=request_id)
+    if isinstance(prompt, str):
+        if chat:
+            request.chat.messages.add(role="user", content=prompt)
+        else:
+            request.text = prompt
+    elif prompt and isinstance(prompt[0], dict):
+        request.chat.messages.extend(pb.ChatMessage(**m) for m in prompt)
+    else:
+        request.token_ids.ids.extend(prompt)
+    return request
+
+
+class TandemClient:
+    """Blocking client. Keyword arguments of generate/stream are those of build_request."""
+
+    def __init__(self, address: str, timeout: float | None = None) -> None:
+        self.channel = grpc.insecure_channel(address)
+        self.stub = pb_grpc.TandemStub(self.channel)
+        self.timeout = timeout
+
+    def generate(self, prompt: Prompt, **kwargs: Any) -> pb.GenerateResponse:
+        return self.stub.Generate(build_request(prompt, **kwargs), timeout=self.timeout)
+
+    def stream(self, prompt: Prompt, **kwargs: Any) -> Iterator[pb.GenerateResponse]:
+        yield from self.stub.GenerateStream(build_request(prompt, **kwargs), timeout=self.timeout)
+
+    def abort(self, request_id: str) -> bool:
+        return self.stub.Abort(pb.AbortRequest(request_id=request_id)).found
+
+    def model_info(self) -> pb.ModelInfo:
+        return self.stub.GetModelInfo(pb.GetModelInfoRequest())
+
+    def stats(self) -> pb.Stats:
+        return self.stub.GetStats(pb.GetStatsRequest())
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> TandemClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncTandemClient:
+    """asyncio client with the same methods as TandemClient."""
+
+    def __init__(self, address: str, timeout: float | None = None) -> None:
+        self.channel = grpc.aio.insecure_channel(address)
+        self.stub = pb_grpc.TandemStub(self.channel)
+        self.timeout = timeout
+
+    async def generate(self, prompt: Prompt, **kwargs: Any) -> pb.GenerateResponse:
+        return await self.stub.Generate(build_request(prompt, **kwargs), timeout=self.timeout)
+
+    async def stream(self, prompt: Prompt, **kwargs: Any) -> AsyncIterator[pb.GenerateResponse]:
+        call = self.stub.GenerateStream(build_request(prompt, **kwargs), timeout=self.timeout)
+        async for response in call:
+            yield response
+
+    async def abort(self, request_id: str) -> bool:
+        return (await self.stub.Abort(pb.AbortRequest(request_id=request_id))).found
+
+    async def model_info(self) -> pb.ModelInfo:
+        return await self.stub.GetModelInfo(pb.GetModelInfoRequest())
+
+    async def stats(self) -> pb.Stats:
+        return await self.stub.GetStats(pb.GetStatsRequest())
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> AsyncTandemClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

