@@ -8,6 +8,7 @@ times out or is aborted is aborted in its replica's engine too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -231,8 +232,6 @@ class Coordinator:
         return len(self.running)
 
     def shutdown(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # a dead replica has nothing left to shut down
             ray.get([a.shutdown.remote() for a in self.pool.actors], timeout=30)
-        except Exception:  # a dead replica has nothing left to shut down
-            pass
         self.pool.destroy()

@@ -107,7 +107,9 @@ def sampling_kwargs(params: pb.SamplingParams, limits: Limits, room: int) -> dic
     out: dict[str, Any] = {"temperature": 1.0}
     if params.HasField("temperature"):
         if not math.isfinite(params.temperature) or params.temperature < 0:
-            raise invalid(f"sampling.temperature: must be finite and >= 0, got {params.temperature}")
+            raise invalid(
+                f"sampling.temperature: must be finite and >= 0, got {params.temperature}"
+            )
         out["temperature"] = params.temperature
     if params.HasField("top_p"):
         if not (math.isfinite(params.top_p) and 0 < params.top_p <= 1):
