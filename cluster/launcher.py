@@ -1,0 +1,84 @@
+"""Running `tandem serve` as a child process: for the benchmark harness and the tests.
+
+The child is the real service (its own embedded Ray cluster, engine and gRPC server); this class
+only starts it on a free port, waits for its "listening" line, and stops it with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_LISTENING = re.compile(r"tandem listening on (\S+)")
+
+
+class ServiceProcess:
+    def __init__(self, config: dict[str, Any] | None = None, startup_timeout_s: float = 300) -> None:
+        self.config = config or {}
+        self.startup_timeout_s = startup_timeout_s
+        self.address: str | None = None
+        self.proc: subprocess.Popen | None = None
+        self.log_lines: list[str] = []
+        self._config_file: Path | None = None
+
+    def start(self) -> str:
+        """Start the service and return its host:port once it answers."""
+        config = {**self.config, "server": {"port": 0, **self.config.get("server", {})}}
+        fd, name = tempfile.mkstemp(prefix="tandem-", suffix=".yaml")
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump(config, f)
+        self._config_file = Path(name)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tandem.cluster.cli", "serve", "--config", name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        found = threading.Event()
+        threading.Thread(target=self._read_output, args=(found,), daemon=True).start()
+        deadline = time.monotonic() + self.startup_timeout_s
+        while not found.wait(0.2):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                tail = "\n".join(self.log_lines[-40:])
+                raise RuntimeError(f"tandem serve did not start:\n{tail}")
+        return self.address
+
+    def _read_output(self, found: threading.Event) -> None:
+        for line in self.proc.stdout:
+            self.log_lines.append(line.rstrip())
+            if self.address is None and (match := _LISTENING.search(line)):
+                self.address = match.group(1)
+                found.set()
+
+    def stop(self, timeout_s: float = 60) -> int | None:
+        """SIGTERM (drain, then clean stop); SIGKILL if it does not exit in time."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._config_file is not None:
+            self._config_file.unlink(missing_ok=True)
+        return self.proc.returncode
+
+    def __enter__(self) -> ServiceProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

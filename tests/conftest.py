@@ -1,0 +1,44 @@
+"""Shared fixtures: the real default model, and real tandem services on loopback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tandem.cluster.launcher import ServiceProcess
+from tandem.models import DEFAULT_MODEL, resolve_model
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC_BENCH = REPO / "benchmarks" / "data" / "spec_bench" / "question.jsonl"
+
+
+def spec_bench_prompts(n: int, categories: tuple[str, ...] = ()) -> list[str]:
+    """First turns of the first n Spec-Bench prompts (optionally of some categories only)."""
+    rows = [json.loads(line) for line in SPEC_BENCH.read_text().splitlines() if line.strip()]
+    if categories:
+        rows = [r for r in rows if r["category"] in categories]
+    return [r["turns"][0] for r in rows[:n]]
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    return resolve_model(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(model_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_path)
+
+
+def start_service(config: dict) -> Iterator[ServiceProcess]:
+    service = ServiceProcess(config)
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()

@@ -1,0 +1,83 @@
+"""Config loading: defaults work, every mistake is refused with the key named."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tandem.cluster.config import ConfigError, TandemConfig
+
+
+def test_default_config_needs_no_file():
+    config = TandemConfig()
+    assert config.server.host == "127.0.0.1"
+    assert config.target.replicas == 1
+    assert config.target.resources == {"CPU": 1.0}
+    assert config.ray.address is None
+
+
+def test_yaml_round_trip(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "target:\n  replicas: 2\n  resources: {CPU: 1, npu: 1}\n"
+        "  engine_args: {max_model_len: 1024}\nserver:\n  port: 6000\n"
+    )
+    config = TandemConfig.from_yaml(path)
+    assert config.target.replicas == 2
+    assert config.target.resources == {"CPU": 1, "npu": 1}
+    assert config.target.engine_args == {"max_model_len": 1024}
+    assert config.server.port == 6000
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"targets": {}}, "targets: unknown key"),
+        ({"server": {"prot": 1}}, "server.prot: unknown key"),
+        ({"target": {"replicas": "two"}}, "target.replicas"),
+        ({"target": {"replicas": 0}}, "target.replicas"),
+        ({"server": {"port": 70000}}, "server.port"),
+        ({"server": {"max_inflight": -1}}, "server.max_inflight"),
+        ({"target": {"resources": {"CPU": -1}}}, "target.resources"),
+        ({"target": {"resources": {}}}, "target.resources"),
+        ({"target": {"strategy": "EVERYWHERE"}}, "target.strategy"),
+        ({"server": {"default_max_tokens": 10, "max_tokens": 5}}, "default_max_tokens"),
+        ({"target": {"engine_args": {"max_model_length": 10}}}, "max_model_length"),
+        ({"target": {"engine_args": {"model": "x"}}}, "set models.target instead"),
+        ({"ray": {"num_cpus": 0}}, "ray.num_cpus"),
+    ],
+)
+def test_bad_config_names_the_key(data, message):
+    with pytest.raises(ConfigError) as info:
+        TandemConfig.from_dict(data)
+    assert message in str(info.value)
+
+
+def test_unreadable_yaml(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("server: [unclosed\n")
+    with pytest.raises(ConfigError, match="cannot read config"):
+        TandemConfig.from_yaml(path)
+    path.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        TandemConfig.from_yaml(path)
+
+
+def test_overrides_are_validated():
+    config = TandemConfig().with_overrides(server={"port": 7000, "host": None})
+    assert config.server.port == 7000 and config.server.host == "127.0.0.1"
+    with pytest.raises(ConfigError, match="server.port"):
+        TandemConfig().with_overrides(server={"port": -5})
+
+
+def test_serve_refuses_bad_config_before_starting(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("server:\n  max_inflight: 0\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "tandem.cluster.cli", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert "server.max_inflight" in run.stderr

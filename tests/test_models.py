@@ -1,0 +1,44 @@
+"""Model preparation from the GGUF shipped on PyPI, and model lookup."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tandem.models import DEFAULT_MODEL, ModelError, list_models, prepare_model, resolve_model
+
+
+def test_prepare_from_gguf_then_idempotent(tmp_path):
+    folder = prepare_model(DEFAULT_MODEL, tmp_path)
+    assert (folder / "model.safetensors").stat().st_size > 400e6  # fp32, de-quantised
+    assert (folder / "tokenizer.json").is_file()
+    assert "im_start" in (folder / "chat_template.jinja").read_text()
+    config = (folder / "config.json").read_text()
+    assert "quantization_config" not in config and '"float32"' in config
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert prepare_model(DEFAULT_MODEL, tmp_path) == folder
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp  # not rewritten
+    assert [m.name for m in list_models(tmp_path)] == [DEFAULT_MODEL]
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_resolve_accepts_any_hf_folder(model_path, tmp_path):
+    assert resolve_model(str(model_path), tmp_path) == model_path
+
+
+def test_resolve_explains_unknown_and_unprepared(tmp_path):
+    with pytest.raises(ModelError, match="neither a Hugging Face folder"):
+        resolve_model("no-such-model", tmp_path)
+    with pytest.raises(ModelError, match="tandem models prepare"):
+        resolve_model(DEFAULT_MODEL, tmp_path, prepare=False)
+
+
+def test_models_list_cli(model_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "tandem.cluster.cli", "models", "list", "--dir", str(model_path.parent)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert DEFAULT_MODEL in run.stdout and "MiB" in run.stdout

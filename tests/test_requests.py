@@ -1,0 +1,73 @@
+"""Request validation as plain logic, with the real tokenizer of the default model."""
+
+import math
+
+import pytest
+
+from tandem.cluster.requests import Limits, RequestError, prepare
+from tandem.protos import tandem_pb2 as pb
+
+LIMITS = Limits(max_model_len=64, vocab_size=49152, max_tokens=32, default_max_tokens=16)
+
+
+def chat(text: str, **sampling) -> pb.GenerateRequest:
+    request = pb.GenerateRequest(sampling=pb.SamplingParams(**sampling))
+    request.chat.messages.add(role="user", content=text)
+    return request
+
+
+def test_chat_is_rendered_with_the_template(tokenizer):
+    prepared = prepare(chat("Hi there"), tokenizer, LIMITS)
+    expected = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi there"}], add_generation_prompt=True, tokenize=False
+    )
+    assert tokenizer.decode(prepared.prompt_token_ids) == expected
+    assert len(prepared.request_id) == 32
+
+
+def test_defaults_and_clamping(tokenizer):
+    request = pb.GenerateRequest(token_ids=pb.TokenIds(ids=list(range(1, 55))))
+    prepared = prepare(request, tokenizer, LIMITS)
+    assert prepared.sampling["temperature"] == 1.0
+    assert prepared.sampling["max_tokens"] == 64 - 54  # the default, clamped to the room left
+    request.sampling.max_tokens = 11
+    with pytest.raises(RequestError, match="do not fit") as info:
+        prepare(request, tokenizer, LIMITS)
+    assert info.value.code == "OUT_OF_RANGE"
+
+
+def test_sampling_fields_pass_through(tokenizer):
+    request = chat("x", temperature=0.5, top_p=0.9, top_k=-1, seed=7, max_tokens=4)
+    request.sampling.stop.append("\n")
+    request.sampling.stop_token_ids.append(2)
+    sampling = prepare(request, tokenizer, LIMITS).sampling
+    assert sampling == {
+        "temperature": 0.5,
+        "top_p": pytest.approx(0.9),
+        "top_k": 0,
+        "seed": 7,
+        "max_tokens": 4,
+        "stop": ["\n"],
+        "stop_token_ids": [2],
+        "ignore_eos": False,
+    }
+
+
+@pytest.mark.parametrize(
+    ("sampling", "code", "field"),
+    [
+        ({"temperature": -0.1}, "INVALID_ARGUMENT", "sampling.temperature"),
+        ({"temperature": math.inf}, "INVALID_ARGUMENT", "sampling.temperature"),
+        ({"top_p": 0.0}, "INVALID_ARGUMENT", "sampling.top_p"),
+        ({"top_k": -2}, "INVALID_ARGUMENT", "sampling.top_k"),
+        ({"max_tokens": 0}, "INVALID_ARGUMENT", "sampling.max_tokens"),
+        ({"max_tokens": 33}, "OUT_OF_RANGE", "sampling.max_tokens"),
+        ({"stop_token_ids": [49152]}, "OUT_OF_RANGE", "sampling.stop_token_ids[0]"),
+        ({"stop": [""]}, "INVALID_ARGUMENT", "sampling.stop[0]"),
+    ],
+)
+def test_bad_sampling(tokenizer, sampling, code, field):
+    with pytest.raises(RequestError) as info:
+        prepare(chat("x", **sampling), tokenizer, LIMITS)
+    assert info.value.code == code
+    assert str(info.value).startswith(field)
