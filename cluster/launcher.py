@@ -23,7 +23,9 @@ _LISTENING = re.compile(r"tandem listening on (\S+)")
 
 
 class ServiceProcess:
-    def __init__(self, config: dict[str, Any] | None = None, startup_timeout_s: float = 300) -> None:
+    def __init__(
+        self, config: dict[str, Any] | None = None, startup_timeout_s: float = 300
+    ) -> None:
         self.config = config or {}
         self.startup_timeout_s = startup_timeout_s
         self.address: str | None = None

@@ -35,7 +35,8 @@ def test_resolve_explains_unknown_and_unprepared(tmp_path):
 
 def test_models_list_cli(model_path):
     run = subprocess.run(
-        [sys.executable, "-m", "tandem.cluster.cli", "models", "list", "--dir", str(model_path.parent)],
+        [sys.executable, "-m", "tandem.cluster.cli", "models", "list"]
+        + ["--dir", str(model_path.parent)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -1,4 +1,4 @@
-"""The whole service for real: `tandem serve` (embedded Ray, vLLM target actor, gRPC on loopback)."""
+"""The whole service for real: `tandem serve` with embedded Ray, a vLLM target actor, gRPC."""
 
 from __future__ import annotations
 
@@ -188,7 +188,7 @@ def test_abort_and_too_many_in_flight(service, client):
         async with AsyncTandemClient(service.address) as aclient:
             calls = [
                 aclient.stub.GenerateStream(
-                    build_request("Count.", request_id=f"long-{i}", max_tokens=1000, ignore_eos=True)
+                    build_request("Count.", request_id=f"long-{i}", max_tokens=999, ignore_eos=True)
                 )
                 for i in range(MAX_INFLIGHT)
             ]
@@ -271,7 +271,8 @@ def test_cli_generate_json(service, client):
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
     assert set(out) >= {"token_ids", "text", "finish_reason", "usage", "timings"}
-    assert out["token_ids"] == list(client.generate("What is Ray?", temperature=0, max_tokens=12).token_ids)
+    unary = client.generate("What is Ray?", temperature=0, max_tokens=12)
+    assert out["token_ids"] == list(unary.token_ids)
     assert out["usage"]["completion_tokens"] == 12 and out["finish_reason"] == "length"
     streamed = subprocess.run(
         [sys.executable, "-m", "tandem.cluster.cli", "generate", "What is Ray?"]
