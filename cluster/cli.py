@@ -42,6 +42,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         temperature=args.temperature,
         seed=args.seed,
+        speculation=args.speculation,
+        num_speculative_tokens=args.num_speculative_tokens,
     )
     token_ids: list[int] = []
     text = []
@@ -72,6 +74,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 "time_to_first_token_s": last.timings.time_to_first_token_s,
                 "time_per_output_token_s": last.timings.time_per_output_token_s,
                 "total_s": last.timings.total_s,
+            },
+            "speculation": {
+                "mode": last.speculation.mode,
+                "draft_tokens": last.speculation.draft_tokens,
+                "accepted_tokens": last.speculation.accepted_tokens,
+                "acceptance_rate": last.speculation.acceptance_rate,
+                "mean_accepted_length": last.speculation.mean_accepted_length,
+                "target_steps": last.speculation.target_steps,
             },
         }
         print(json.dumps(out))
@@ -121,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float)
     gen.add_argument("--seed", type=int)
     gen.add_argument("--no-chat", action="store_true", help="send the prompt as raw text")
+    gen.add_argument(
+        "--speculation",
+        choices=["off", "ngram", "model", "hybrid"],
+        help="drafter for this request (default: the server's speculation.default_mode)",
+    )
+    gen.add_argument("--num-speculative-tokens", type=int, help="draft length k per step")
     gen.add_argument("--json", action="store_true", help="print one JSON object at the end")
     gen.set_defaults(func=cmd_generate)
 
@@ -134,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="YAML config whose models.dir to use")
         p.add_argument("--dir", help="model cache folder (overrides the config)")
         p.set_defaults(func=func)
+    from tandem.benchmarks.cli import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 

@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tandem.models import DEFAULT_MODEL, default_models_dir
 
@@ -43,19 +51,38 @@ class ModelsConfig(_Section):
         return self.dir.expanduser() if self.dir else default_models_dir()
 
 
-class TargetPoolConfig(_Section):
-    """Target replicas: one Ray actor each, holding one in-process vLLM engine."""
+def _check_resources(value: dict[str, float]) -> dict[str, float]:
+    if not value:
+        raise ValueError("needs at least one resource, e.g. {CPU: 1}")
+    for name, amount in value.items():
+        if amount <= 0:
+            raise ValueError(f"resource {name!r} must be > 0, got {amount}")
+    return value
+
+
+# Ray resources of one replica's placement-group bundle: {"CPU": 1}, {"GPU": 1, "CPU": 4}, or any
+# custom resource a node advertises ({"npu": 1}).
+Resources = Annotated[dict[str, float], AfterValidator(_check_resources)]
+Strategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
+
+
+class _PoolConfig(_Section):
+    """A pool of identical actors, one placement-group bundle each."""
 
     replicas: PositiveInt = 1
-    # Ray resources of one replica's placement-group bundle: {"CPU": 1}, {"GPU": 1, "CPU": 4},
-    # or any custom resource a node advertises ({"npu": 1}).
-    resources: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
-    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    resources: Resources = Field(default_factory=lambda: {"CPU": 1.0})
+    strategy: Strategy = "PACK"
+    env: dict[str, str] = Field(default_factory=dict)  # environment of each replica's process
+
+
+class TargetPoolConfig(_PoolConfig):
+    """Target replicas: one Ray actor each, holding one in-process vLLM engine."""
+
     # Passed through to vllm.EngineArgs; checked against its fields at start.
     engine_args: dict[str, Any] = Field(
         default_factory=lambda: {"dtype": "float32", "enforce_eager": True, "max_model_len": 2048}
     )
-    # Environment of the replica's process: vLLM reads its platform settings from there.
+    # vLLM reads its platform settings from the environment.
     env: dict[str, str] = Field(
         default_factory=lambda: {
             "VLLM_CPU_KVCACHE_SPACE": "1",
@@ -63,16 +90,6 @@ class TargetPoolConfig(_Section):
             "VLLM_LOGGING_LEVEL": "WARNING",
         }
     )
-
-    @field_validator("resources")
-    @classmethod
-    def _positive_resources(cls, value: dict[str, float]) -> dict[str, float]:
-        if not value:
-            raise ValueError("needs at least one resource, e.g. {CPU: 1}")
-        for name, amount in value.items():
-            if amount <= 0:
-                raise ValueError(f"resource {name!r} must be > 0, got {amount}")
-        return value
 
     @field_validator("engine_args")
     @classmethod
@@ -90,6 +107,58 @@ def _engine_arg_names() -> set[str]:
     from vllm.engine.arg_utils import EngineArgs
 
     return {f.name for f in dataclasses.fields(EngineArgs)}
+
+
+class DraftPoolConfig(_PoolConfig):
+    """Drafter replicas: Ray actors on their own bundles, serving every drafter kind."""
+
+    # SPREAD lets drafters land on other nodes (and other accelerator kinds) than the target.
+    strategy: Strategy = "SPREAD"
+    # The draft model: a built-in name or a HF folder sharing the target's tokenizer. Without
+    # one, tandem derives it from the target's first `derive_layers` layers (0: no model drafter).
+    model: str | None = None
+    derive_layers: int = Field(4, ge=0)
+    device: str = "auto"  # torch device of the draft model; auto: the actor's GPU if it has one
+    ngram_min: PositiveInt = 1
+    ngram_max: PositiveInt = 4
+    max_requests: PositiveInt = 1024  # per-request states kept; the least recent are evicted
+    max_restarts: int = Field(-1, ge=-1)  # Ray restarts a dead drafter (-1: always)
+
+    @model_validator(mode="after")
+    def _ngram_order(self) -> DraftPoolConfig:
+        if self.ngram_min > self.ngram_max:
+            raise ValueError(f"ngram_min ({self.ngram_min}) exceeds ngram_max ({self.ngram_max})")
+        return self
+
+    def has_model(self) -> bool:
+        return self.model is not None or self.derive_layers > 0
+
+
+SpeculationMode = Literal["off", "ngram", "model", "hybrid"]
+
+
+class SpeculationConfig(_Section):
+    """Remote drafting. Requests choose a mode and k; these are the defaults and limits."""
+
+    enabled: bool = True  # provision drafters and the vLLM proposer
+    default_mode: SpeculationMode = "ngram"
+    num_speculative_tokens: PositiveInt = 4  # the default k, and the largest a request may ask
+    step_timeout_ms: float = Field(250.0, gt=0)  # drafter budget per engine step
+    drafters: DraftPoolConfig = Field(default_factory=DraftPoolConfig)
+
+    @model_validator(mode="after")
+    def _mode_available(self) -> SpeculationConfig:
+        if self.default_mode in ("model", "hybrid") and not self.drafters.has_model():
+            raise ValueError(
+                f"default_mode {self.default_mode!r} needs a draft model: set drafters.model "
+                "or drafters.derive_layers > 0"
+            )
+        return self
+
+    def modes(self) -> list[str]:
+        if not self.enabled:
+            return ["off"]
+        return ["off", "ngram"] + (["model", "hybrid"] if self.drafters.has_model() else [])
 
 
 class ServerConfig(_Section):
@@ -123,6 +192,7 @@ class RayConfig(_Section):
 class TandemConfig(_Section):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     target: TargetPoolConfig = Field(default_factory=TargetPoolConfig)
+    speculation: SpeculationConfig = Field(default_factory=SpeculationConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 

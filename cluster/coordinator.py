@@ -17,10 +17,11 @@ from typing import Any
 import ray
 
 from tandem.cluster.config import TandemConfig
+from tandem.cluster.drafter import DrafterReplica
 from tandem.cluster.placement import Pool, place_pool
 from tandem.cluster.requests import Limits, PreparedRequest, RequestError, prepare
 from tandem.cluster.target import TargetReplica
-from tandem.models import resolve_model
+from tandem.models import check_same_vocabulary, derive_draft, resolve_model
 from tandem.protos import tandem_pb2 as pb
 
 
@@ -37,6 +38,7 @@ class Chunk:
     time_to_first_token_s: float = 0.0
     time_per_output_token_s: float = 0.0
     total_s: float = 0.0
+    speculation: dict[str, Any] | None = None  # the request's figures, on the last chunk
 
 
 @dataclass
@@ -48,16 +50,28 @@ class Counters:
     requests_rejected: int = 0
     prompt_tokens: int = 0
     generated_tokens: int = 0
+    target_steps: int = 0
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
     started: float = field(default_factory=time.monotonic)
 
 
 class Coordinator:
-    def __init__(self, config: TandemConfig, pool: Pool, infos: list[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        config: TandemConfig,
+        pool: Pool,
+        infos: list[dict[str, Any]],
+        drafters: Pool | None = None,
+        drafter_infos: list[dict[str, Any]] = (),
+    ) -> None:
         from transformers import AutoTokenizer
 
         self.config = config
         self.pool = pool
         self.infos = infos
+        self.drafters = drafters
+        self.drafter_infos = list(drafter_infos)
         self.model_path = infos[0]["path"]
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.limits = Limits(
@@ -65,6 +79,9 @@ class Coordinator:
             vocab_size=infos[0]["vocab_size"],
             max_tokens=config.server.max_tokens,
             default_max_tokens=config.server.default_max_tokens,
+            speculation_modes=tuple(config.speculation.modes()),
+            default_mode=config.speculation.default_mode if config.speculation.enabled else "off",
+            max_speculative_tokens=config.speculation.num_speculative_tokens,
         )
         self.outstanding = [0] * len(pool.actors)
         self.running: dict[str, int] = {}  # request id -> replica index
@@ -74,24 +91,44 @@ class Coordinator:
 
     @classmethod
     def start(cls, config: TandemConfig) -> Coordinator:
-        """Place the target pool on the connected Ray cluster and wait until it is ready."""
-        model_path = str(resolve_model(config.models.target, config.models.cache_dir()))
-        target = config.target
-        pool = place_pool(
-            "target",
-            TargetReplica,
-            target.resources,
-            target.replicas,
-            target.strategy,
-            target.env,
-            lambda i: (f"target-{i}", model_path, target.engine_args),
-        )
+        """Place the drafter and target pools on the connected Ray cluster; wait until ready."""
+        model_path = resolve_model(config.models.target, config.models.cache_dir())
+        spec = config.speculation
+        drafters = speculation = None
+        drafter_infos: list[dict[str, Any]] = []
+        pools: list[Pool] = []
         try:
+            if spec.enabled:
+                drafters = start_drafters(config, model_path)
+                pools.append(drafters)
+                drafter_infos = ray.get([a.info.remote() for a in drafters.actors])
+                speculation = {
+                    "num_speculative_tokens": spec.num_speculative_tokens,
+                    "timeout_s": spec.step_timeout_ms / 1000,
+                }
+            target = config.target
+            pool = place_pool(
+                "target",
+                TargetReplica,
+                target.resources,
+                target.replicas,
+                target.strategy,
+                target.env,
+                lambda i: (
+                    f"target-{i}",
+                    str(model_path),
+                    target.engine_args,
+                    speculation,
+                    drafters.actors if drafters else [],
+                ),
+            )
+            pools.append(pool)
             infos = ray.get([actor.info.remote() for actor in pool.actors])
         except Exception:
-            pool.destroy()
+            for placed in pools:
+                placed.destroy()
             raise
-        return cls(config, pool, infos)
+        return cls(config, pool, infos, drafters, drafter_infos)
 
     # ---- requests -----------------------------------------------------------------------------
 
@@ -129,7 +166,9 @@ class Coordinator:
         first = last = start
         produced = 0
         finish_reason = None
-        stream = actor.generate.remote(rid, prepared.prompt_token_ids, prepared.sampling)
+        stream = actor.generate.remote(
+            rid, prepared.prompt_token_ids, prepared.sampling, prepared.mode, prepared.k
+        )
         try:
             async for ref in stream:
                 step = await ref
@@ -147,6 +186,8 @@ class Coordinator:
                     chunk.time_to_first_token_s = first - start
                     chunk.time_per_output_token_s = (last - first) / max(produced - 1, 1)
                     chunk.total_s = now - start
+                    chunk.speculation = step["speculation"]
+                    self._count_speculation(chunk.speculation)
                 yield chunk
         except ray.exceptions.RayActorError as exc:
             self.counters.requests_failed += 1
@@ -166,6 +207,11 @@ class Coordinator:
                 self.counters.requests_aborted += 1
             else:
                 self.counters.requests_finished += 1
+
+    def _count_speculation(self, figures: dict[str, Any]) -> None:
+        self.counters.target_steps += figures["target_steps"]
+        self.counters.draft_tokens += figures["draft_tokens"]
+        self.counters.accepted_tokens += figures["accepted_tokens"]
 
     def abort(self, request_id: str) -> bool:
         replica = self.running.get(request_id)
@@ -201,6 +247,8 @@ class Coordinator:
         replica_stats = await asyncio.gather(*(a.stats.remote() for a in self.pool.actors))
         c = self.counters
         return pb.Stats(
+            **speculation_stats(c, replica_stats),
+            drafters=await self._drafter_stats(),
             requests_in_flight=len(self.running),
             requests_total=c.requests_total,
             requests_finished=c.requests_finished,
@@ -231,7 +279,83 @@ class Coordinator:
             await asyncio.sleep(0.05)
         return len(self.running)
 
+    async def _drafter_stats(self) -> list[pb.DrafterStats]:
+        if self.drafters is None:
+            return []
+        out = []
+        for actor, info in zip(self.drafters.actors, self.drafter_infos, strict=True):
+            try:  # a drafter being restarted has no figures; it is not an error to ask
+                stats = await asyncio.wait_for(actor.stats.remote(), timeout=1.0)
+            except Exception:
+                stats = {"requests": 0}
+            out.append(
+                pb.DrafterStats(
+                    replica_id=info["replica_id"],
+                    node_id=info["node_id"],
+                    requests=stats["requests"],
+                )
+            )
+        return out
+
     def shutdown(self) -> None:
         with contextlib.suppress(Exception):  # a dead replica has nothing left to shut down
             ray.get([a.shutdown.remote() for a in self.pool.actors], timeout=30)
         self.pool.destroy()
+        if self.drafters is not None:
+            self.drafters.destroy()
+
+
+def start_drafters(config: TandemConfig, target_path) -> Pool:
+    """The drafter pool, with its draft model checked against the target's vocabulary."""
+    pool = config.speculation.drafters
+    draft_path = None
+    if pool.model is not None:
+        draft_path = resolve_model(pool.model, config.models.cache_dir())
+    elif pool.derive_layers > 0:
+        draft_path = derive_draft(target_path, pool.derive_layers, config.models.cache_dir())
+    if draft_path is not None:
+        check_same_vocabulary(target_path, draft_path)
+    settings = {
+        "model_path": str(draft_path) if draft_path else None,
+        "device": pool.device,
+        "ngram_min": pool.ngram_min,
+        "ngram_max": pool.ngram_max,
+        "max_requests": pool.max_requests,
+    }
+    return place_pool(
+        "drafters",
+        DrafterReplica,
+        pool.resources,
+        pool.replicas,
+        pool.strategy,
+        pool.env,
+        lambda i: (f"drafter-{i}", settings),
+        max_restarts=pool.max_restarts,
+    )
+
+
+def speculation_stats(counters: Counters, replicas: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stats fields on speculation: per-request figures summed by the coordinator, drafter
+    health and round trips from the target replicas' sessions."""
+    steps = sum(r["steps"] for r in replicas)
+    sessions = [r["session"] for r in replicas if "session" in r]
+    drafted_steps = sum(s["steps"] for s in sessions)
+    rtt_total = sum(s["mean_rtt_s"] * s["steps"] for s in sessions)
+    return {
+        "speculation": pb.SpeculationStats(
+            draft_tokens=counters.draft_tokens,
+            accepted_tokens=counters.accepted_tokens,
+            acceptance_rate=ratio(counters.accepted_tokens, counters.draft_tokens),
+            mean_accepted_length=ratio(counters.generated_tokens, counters.target_steps),
+            target_steps=counters.target_steps,
+        ),
+        "drafter_rtt_mean_s": ratio(rtt_total, drafted_steps),
+        "drafter_rtt_p50_s": max((s["p50_rtt_s"] for s in sessions), default=0.0),
+        "target_step_mean_s": ratio(sum(r["step_time_s"] for r in replicas), steps),
+        "drafter_failures": sum(s["failures"] for s in sessions),
+        "drafters_down": sum(s["drafters_down"] for s in sessions),
+    }
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else 0.0

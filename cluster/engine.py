@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +43,12 @@ class _Abort:
     request_id: str
 
 
+@dataclass(frozen=True)
+class _Call:
+    fn: Callable[[LLMEngine], Any]
+    result: Future
+
+
 class _Stop:
     pass
 
@@ -54,6 +62,8 @@ class EngineLoop:
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self.engine: LLMEngine | None = None
+        self.steps = 0
+        self.step_time_s = 0.0  # time spent inside engine.step(), drafting included
         self._thread = threading.Thread(
             target=self._run, args=(engine_args,), name="vllm-engine", daemon=True
         )
@@ -94,6 +104,12 @@ class EngineLoop:
     def abort(self, request_id: str) -> None:
         self._commands.put(_Abort(request_id))
 
+    def call(self, fn: Callable[[LLMEngine], Any]) -> Any:
+        """Run fn(engine) on the engine thread, between steps, and return its result."""
+        result: Future = Future()
+        self._commands.put(_Call(fn, result))
+        return result.result()
+
     def num_unfinished(self) -> int:
         """Requests the engine thread still tracks (added and not yet finished or aborted)."""
         return len(self._sinks)
@@ -131,6 +147,11 @@ class EngineLoop:
                 return False
             if isinstance(command, _Add):
                 self._add(command)
+            elif isinstance(command, _Call):
+                try:
+                    command.result.set_result(command.fn(self.engine))
+                except Exception as exc:
+                    command.result.set_exception(exc)
             elif isinstance(command, _Abort) and command.request_id in self._sinks:
                 self.engine.abort_request([command.request_id])
                 self._deliver(command.request_id, RequestAborted(command.request_id), last=True)
@@ -150,8 +171,11 @@ class EngineLoop:
             self._deliver(command.request_id, exc, last=True)
 
     def _step(self) -> None:
+        start = time.perf_counter()
         try:
             outputs = self.engine.step()
+            self.steps += 1
+            self.step_time_s += time.perf_counter() - start
         except Exception as exc:
             # A failed step leaves no request in a known state: fail them all, keep serving.
             for request_id in list(self._sinks):

@@ -62,8 +62,10 @@ def place_pool(
     env: dict[str, str],
     args_for: Any,
     timeout_s: float = 120.0,
+    **options: Any,
 ) -> Pool:
-    """Reserve `replicas` bundles and start one actor in each; `args_for(i)` gives its args."""
+    """Reserve `replicas` bundles and start one actor in each; `args_for(i)` gives its args,
+    `options` go to the actors (e.g. max_restarts)."""
     check_feasible(name, bundle, replicas, strategy)
     group = placement_group([dict(bundle)] * replicas, strategy=strategy, name=f"tandem-{name}")
     try:
@@ -80,6 +82,7 @@ def place_pool(
             **actor_resources(bundle),
             scheduling_strategy=PlacementGroupSchedulingStrategy(group, i),
             runtime_env={"env_vars": dict(env)},
+            **options,
         ).remote(*args_for(i))
         for i in range(replicas)
     ]

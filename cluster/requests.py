@@ -41,6 +41,9 @@ class Limits:
     vocab_size: int
     max_tokens: int
     default_max_tokens: int
+    speculation_modes: tuple[str, ...] = ("off",)  # what the deployment provisions
+    default_mode: str = "off"
+    max_speculative_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class PreparedRequest:
     request_id: str
     prompt_token_ids: list[int]
     sampling: dict[str, Any]  # keyword arguments of vllm.SamplingParams
+    mode: str = "off"  # speculation mode
+    k: int = 0  # speculative tokens per step
 
 
 def prepare(request: pb.GenerateRequest, tokenizer: Any, limits: Limits) -> PreparedRequest:
@@ -61,7 +66,32 @@ def prepare(request: pb.GenerateRequest, tokenizer: Any, limits: Limits) -> Prep
             f"{limits.max_model_len} tokens; shorten the prompt"
         )
     sampling = sampling_kwargs(request.sampling, limits, room=limits.max_model_len - len(prompt))
-    return PreparedRequest(request_id, prompt, sampling)
+    mode, k = speculation(request.speculation, limits)
+    return PreparedRequest(request_id, prompt, sampling, mode, k)
+
+
+def speculation(params: pb.SpeculationParams, limits: Limits) -> tuple[str, int]:
+    """The request's (mode, k): its own choice, or the deployment's defaults."""
+    if params.mode == pb.SPECULATION_MODE_UNSPECIFIED:
+        mode = limits.default_mode
+    elif params.mode not in pb.SpeculationMode.values():
+        raise invalid(f"speculation.mode: unknown value {params.mode}")
+    else:
+        mode = pb.SpeculationMode.Name(params.mode).removeprefix("SPECULATION_MODE_").lower()
+        if mode not in limits.speculation_modes:
+            raise invalid(
+                f"speculation.mode: {mode!r} is not provisioned by this deployment; "
+                f"available: {', '.join(limits.speculation_modes)}"
+            )
+    k = limits.max_speculative_tokens
+    if params.HasField("num_speculative_tokens"):
+        k = params.num_speculative_tokens
+        if not 0 <= k <= limits.max_speculative_tokens:
+            raise out_of_range(
+                f"speculation.num_speculative_tokens: {k} is outside "
+                f"[0, {limits.max_speculative_tokens}] (speculation.num_speculative_tokens)"
+            )
+    return (mode, k) if mode != "off" and k > 0 else ("off", 0)
 
 
 def prompt_token_ids(request: pb.GenerateRequest, tokenizer: Any, vocab_size: int) -> list[int]:

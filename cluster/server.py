@@ -55,6 +55,8 @@ def response_from(chunks: list[Chunk]) -> pb.GenerateResponse:
                 total_s=last.total_s,
             )
         )
+        if last.speculation is not None:
+            response.speculation.CopyFrom(pb.SpeculationStats(**last.speculation))
     return response
 
 

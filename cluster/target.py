@@ -1,13 +1,16 @@
 """The target replica: a Ray actor around one in-process vLLM engine.
 
 A thin shell: it turns plain request dicts into vLLM SamplingParams, streams per-step deltas back
-as plain dicts, and reports what the engine holds. Routing and validation live in the coordinator.
+as plain dicts, and reports what the engine holds. With speculation on, the engine's proposer is
+tandem's plugin, attached here to a speculation session that reaches the drafter actors.
+Routing and validation live in the coordinator.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from typing import Any
 
 import ray
@@ -15,18 +18,49 @@ import ray
 # The engine must live in this process; set before vLLM reads its environment.
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
+PROPOSER = "tandem.plugins.proposer.TandemProposer"
+WORKER_EXTENSION = "tandem.plugins.worker.TandemWorkerExtension"
+
 
 class TargetReplica:
     """Ray actor class (wrapped with ray.remote by the placement code)."""
 
-    def __init__(self, replica_id: str, model_path: str, engine_args: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        replica_id: str,
+        model_path: str,
+        engine_args: dict[str, Any],
+        speculation: dict[str, Any] | None = None,
+        drafters: list[Any] = (),
+    ) -> None:
         from vllm.engine.arg_utils import EngineArgs
 
         from tandem.cluster.engine import EngineLoop
 
         self.replica_id = replica_id
         self.model_path = model_path
-        self._loop = EngineLoop(EngineArgs(model=model_path, **engine_args))
+        args = dict(engine_args)
+        if speculation:
+            args["speculative_config"] = {
+                "method": "custom_class",
+                "model": PROPOSER,
+                "num_speculative_tokens": speculation["num_speculative_tokens"],
+            }
+            args["worker_extension_cls"] = WORKER_EXTENSION
+        self._loop = EngineLoop(EngineArgs(model=model_path, **args))
+        self.session = None
+        if speculation:
+            from tandem.cluster.draft_pool import RayTransport
+            from tandem.speculation.session import SpeculationSession
+
+            self.session = SpeculationSession(
+                RayTransport(list(drafters)), speculation["timeout_s"]
+            )
+            attached = self._loop.call(
+                lambda engine: engine.collective_rpc("tandem_attach", args=(self.session,))
+            )
+            if not all(attached):
+                raise RuntimeError("vLLM did not load tandem's proposer")
         self._served = 0
         self._generated = 0
 
@@ -46,38 +80,77 @@ class TargetReplica:
         }
 
     async def generate(
-        self, request_id: str, prompt_token_ids: list[int], sampling: dict[str, Any]
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        sampling: dict[str, Any],
+        mode: str = "off",
+        k: int = 0,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Stream {token_ids, text, finish_reason} per engine step; finish_reason on the last."""
+        """Stream {token_ids, text, finish_reason} per engine step; the last one also carries
+        finish_reason and the request's speculation figures."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         from tandem.cluster.engine import RequestAborted
+        from tandem.speculation.protocol import Mode
+        from tandem.speculation.session import RequestSpec
 
         params = SamplingParams(**sampling, output_kind=RequestOutputKind.DELTA)
+        if self.session is not None:
+            self.session.register(request_id, RequestSpec(Mode(mode), k))
         self._served += 1
+        steps = tokens = 0
         try:
             async for output in self._loop.generate(request_id, prompt_token_ids, params):
                 completion = output.outputs[0]
-                self._generated += len(completion.token_ids)
-                yield {
-                    "token_ids": list(completion.token_ids),
-                    "text": completion.text,
-                    "finish_reason": completion.finish_reason if output.finished else None,
-                }
+                new = list(completion.token_ids)
+                steps += bool(new)
+                tokens += len(new)
+                step = {"token_ids": new, "text": completion.text, "finish_reason": None}
+                if output.finished:
+                    step["finish_reason"] = completion.finish_reason
+                    step["speculation"] = self._figures(request_id, mode, steps, tokens)
+                yield step
         except RequestAborted:
-            yield {"token_ids": [], "text": "", "finish_reason": "abort"}
+            yield {
+                "token_ids": [],
+                "text": "",
+                "finish_reason": "abort",
+                "speculation": self._figures(request_id, mode, steps, tokens),
+            }
+        finally:
+            self._generated += tokens
+            if self.session is not None:
+                self.session.release(request_id)
+
+    def _figures(self, request_id: str, mode: str, steps: int, tokens: int) -> dict[str, Any]:
+        stats = self.session.release(request_id) if self.session is not None else None
+        return {
+            "mode": mode,
+            "draft_tokens": stats.draft_tokens if stats else 0,
+            "accepted_tokens": stats.accepted_tokens if stats else 0,
+            "acceptance_rate": stats.acceptance_rate if stats else 0.0,
+            "mean_accepted_length": tokens / steps if steps else 0.0,
+            "target_steps": steps,
+        }
 
     def abort(self, request_id: str) -> None:
         self._loop.abort(request_id)
 
     def stats(self) -> dict[str, Any]:
-        return {
+        out = {
             "replica_id": self.replica_id,
             "engine_unfinished": self._loop.num_unfinished(),
             "requests_served": self._served,
             "generated_tokens": self._generated,
+            "steps": self._loop.steps,
+            "step_time_s": self._loop.step_time_s,
         }
+        if self.session is not None:
+            session = self.session.stats()
+            out["session"] = {**asdict(session), "speculation": asdict(session.speculation)}
+        return out
 
     def shutdown(self) -> None:
         self._loop.shutdown()

@@ -7,12 +7,25 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SpeculationMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SPECULATION_MODE_UNSPECIFIED: _ClassVar[SpeculationMode]
+    SPECULATION_MODE_OFF: _ClassVar[SpeculationMode]
+    SPECULATION_MODE_NGRAM: _ClassVar[SpeculationMode]
+    SPECULATION_MODE_MODEL: _ClassVar[SpeculationMode]
+    SPECULATION_MODE_HYBRID: _ClassVar[SpeculationMode]
+
 class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FINISH_REASON_UNSPECIFIED: _ClassVar[FinishReason]
     FINISH_REASON_STOP: _ClassVar[FinishReason]
     FINISH_REASON_LENGTH: _ClassVar[FinishReason]
     FINISH_REASON_ABORT: _ClassVar[FinishReason]
+SPECULATION_MODE_UNSPECIFIED: SpeculationMode
+SPECULATION_MODE_OFF: SpeculationMode
+SPECULATION_MODE_NGRAM: SpeculationMode
+SPECULATION_MODE_MODEL: SpeculationMode
+SPECULATION_MODE_HYBRID: SpeculationMode
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
@@ -59,8 +72,28 @@ class SamplingParams(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., ignore_eos: _Optional[bool] = ...) -> None: ...
 
 class SpeculationParams(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("mode", "num_speculative_tokens")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    NUM_SPECULATIVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    mode: SpeculationMode
+    num_speculative_tokens: int
+    def __init__(self, mode: _Optional[_Union[SpeculationMode, str]] = ..., num_speculative_tokens: _Optional[int] = ...) -> None: ...
+
+class SpeculationStats(_message.Message):
+    __slots__ = ("mode", "draft_tokens", "accepted_tokens", "acceptance_rate", "mean_accepted_length", "target_steps")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTANCE_RATE_FIELD_NUMBER: _ClassVar[int]
+    MEAN_ACCEPTED_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    TARGET_STEPS_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    draft_tokens: int
+    accepted_tokens: int
+    acceptance_rate: float
+    mean_accepted_length: float
+    target_steps: int
+    def __init__(self, mode: _Optional[str] = ..., draft_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., mean_accepted_length: _Optional[float] = ..., target_steps: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("text", "token_ids", "chat", "sampling", "request_id", "speculation")
@@ -99,20 +132,22 @@ class Timings(_message.Message):
     def __init__(self, time_to_first_token_s: _Optional[float] = ..., time_per_output_token_s: _Optional[float] = ..., total_s: _Optional[float] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("request_id", "token_ids", "text", "finish_reason", "usage", "timings")
+    __slots__ = ("request_id", "token_ids", "text", "finish_reason", "usage", "timings", "speculation")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    SPECULATION_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     text: str
     finish_reason: FinishReason
     usage: Usage
     timings: Timings
-    def __init__(self, request_id: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
+    speculation: SpeculationStats
+    def __init__(self, request_id: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., speculation: _Optional[_Union[SpeculationStats, _Mapping]] = ...) -> None: ...
 
 class AbortRequest(_message.Message):
     __slots__ = ("request_id",)
@@ -170,8 +205,18 @@ class ReplicaStats(_message.Message):
     generated_tokens: int
     def __init__(self, replica_id: _Optional[str] = ..., node_id: _Optional[str] = ..., outstanding: _Optional[int] = ..., engine_unfinished: _Optional[int] = ..., requests_served: _Optional[int] = ..., generated_tokens: _Optional[int] = ...) -> None: ...
 
+class DrafterStats(_message.Message):
+    __slots__ = ("replica_id", "node_id", "requests")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    replica_id: str
+    node_id: str
+    requests: int
+    def __init__(self, replica_id: _Optional[str] = ..., node_id: _Optional[str] = ..., requests: _Optional[int] = ...) -> None: ...
+
 class Stats(_message.Message):
-    __slots__ = ("requests_in_flight", "requests_total", "requests_finished", "requests_aborted", "requests_failed", "requests_rejected", "prompt_tokens", "generated_tokens", "uptime_s", "replicas")
+    __slots__ = ("requests_in_flight", "requests_total", "requests_finished", "requests_aborted", "requests_failed", "requests_rejected", "prompt_tokens", "generated_tokens", "uptime_s", "replicas", "speculation", "drafter_rtt_mean_s", "drafter_rtt_p50_s", "target_step_mean_s", "drafter_failures", "drafters_down", "drafters")
     REQUESTS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FINISHED_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +227,13 @@ class Stats(_message.Message):
     GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    SPECULATION_FIELD_NUMBER: _ClassVar[int]
+    DRAFTER_RTT_MEAN_S_FIELD_NUMBER: _ClassVar[int]
+    DRAFTER_RTT_P50_S_FIELD_NUMBER: _ClassVar[int]
+    TARGET_STEP_MEAN_S_FIELD_NUMBER: _ClassVar[int]
+    DRAFTER_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    DRAFTERS_DOWN_FIELD_NUMBER: _ClassVar[int]
+    DRAFTERS_FIELD_NUMBER: _ClassVar[int]
     requests_in_flight: int
     requests_total: int
     requests_finished: int
@@ -192,4 +244,11 @@ class Stats(_message.Message):
     generated_tokens: int
     uptime_s: float
     replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStats]
-    def __init__(self, requests_in_flight: _Optional[int] = ..., requests_total: _Optional[int] = ..., requests_finished: _Optional[int] = ..., requests_aborted: _Optional[int] = ..., requests_failed: _Optional[int] = ..., requests_rejected: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., uptime_s: _Optional[float] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStats, _Mapping]]] = ...) -> None: ...
+    speculation: SpeculationStats
+    drafter_rtt_mean_s: float
+    drafter_rtt_p50_s: float
+    target_step_mean_s: float
+    drafter_failures: int
+    drafters_down: int
+    drafters: _containers.RepeatedCompositeFieldContainer[DrafterStats]
+    def __init__(self, requests_in_flight: _Optional[int] = ..., requests_total: _Optional[int] = ..., requests_finished: _Optional[int] = ..., requests_aborted: _Optional[int] = ..., requests_failed: _Optional[int] = ..., requests_rejected: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., uptime_s: _Optional[float] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStats, _Mapping]]] = ..., speculation: _Optional[_Union[SpeculationStats, _Mapping]] = ..., drafter_rtt_mean_s: _Optional[float] = ..., drafter_rtt_p50_s: _Optional[float] = ..., target_step_mean_s: _Optional[float] = ..., drafter_failures: _Optional[int] = ..., drafters_down: _Optional[int] = ..., drafters: _Optional[_Iterable[_Union[DrafterStats, _Mapping]]] = ...) -> None: ...

@@ -35,8 +35,12 @@ def build_request(
     stop: Sequence[str] = (),
     stop_token_ids: Sequence[int] = (),
     ignore_eos: bool = False,
+    speculation: str | None = None,
+    num_speculative_tokens: int | None = None,
 ) -> pb.GenerateRequest:
-    """A GenerateRequest from Python values; unset sampling fields take the server's defaults."""
+    """A GenerateRequest from Python values; unset fields take the server's defaults.
+
+    `speculation` is a mode name: off, ngram, model or hybrid."""
     sampling = pb.SamplingParams(
         stop=list(stop), stop_token_ids=list(stop_token_ids), ignore_eos=ignore_eos
     )
@@ -50,6 +54,12 @@ def build_request(
         if value is not None:
             setattr(sampling, name, value)
     request = pb.GenerateRequest(sampling=sampling, request_id=request_id)
+    if speculation is not None:
+        request.speculation.mode = pb.SpeculationMode.Value(
+            f"SPECULATION_MODE_{speculation.upper()}"
+        )
+    if num_speculative_tokens is not None:
+        request.speculation.num_speculative_tokens = num_speculative_tokens
     if isinstance(prompt, str):
         if chat:
             request.chat.messages.add(role="user", content=prompt)

@@ -156,3 +156,55 @@ def list_models(models_dir: Path | None = None) -> list[PreparedModel]:
             size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
             found.append(PreparedModel(folder.name, folder, size))
     return found
+
+
+def derive_draft(target: Path, layers: int, models_dir: Path | None = None) -> Path:
+    """A draft model made of the target's first `layers` layers (plus its embeddings, final norm
+    and head), saved as a HF folder beside the prepared models; idempotent.
+
+    Untrained, such a draft agrees with its target rarely on small models (see BENCHMARKS.md),
+    but it shares the tokenizer by construction: a ready drafter for tests and for users
+    without a draft model.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    models_dir = models_dir or default_models_dir()
+    folder = models_dir / f"{target.name}-first{layers}"
+    if (folder / _MARKER).is_file():
+        return folder
+    config = AutoConfig.from_pretrained(target)
+    total = config.num_hidden_layers
+    if not 0 < layers < total:
+        raise ModelError(f"--layers must be between 1 and {total - 1} for {target}")
+    tmp = models_dir / f".{folder.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    config.num_hidden_layers = layers
+    if getattr(config, "layer_types", None):
+        config.layer_types = config.layer_types[:layers]
+    with tqdm(total=2, desc=f"deriving {folder.name}", unit="step") as steps:
+        model = AutoModelForCausalLM.from_pretrained(target, config=config, dtype="float32")
+        steps.update()
+        model.save_pretrained(tmp, safe_serialization=True)
+        AutoTokenizer.from_pretrained(target).save_pretrained(tmp)
+        marker = {"derived_from": str(target), "layers": layers, "of": total}
+        (tmp / _MARKER).write_text(json.dumps(marker))
+        steps.update()
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def check_same_vocabulary(target: Path, draft: Path) -> None:
+    """Refuse a draft whose tokens mean something else than the target's."""
+    from transformers import AutoTokenizer
+
+    target_vocab = AutoTokenizer.from_pretrained(target).get_vocab()
+    draft_vocab = AutoTokenizer.from_pretrained(draft).get_vocab()
+    if target_vocab != draft_vocab:
+        differ = len(set(target_vocab.items()) ^ set(draft_vocab.items()))
+        raise ModelError(
+            f"draft model {draft} does not share the target's vocabulary ({len(draft_vocab)} vs "
+            f"{len(target_vocab)} tokens, {differ} entries differ): a draft must use the "
+            "target's tokenizer"
+        )

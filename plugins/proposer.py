@@ -1,0 +1,43 @@
+"""vLLM `custom_class` proposer whose drafts come from tandem's remote drafters.
+
+vLLM calls `propose` once per engine step, after sampling, for the whole batch; what it returns
+is verified in the next step by vLLM's own rejection sampler. This class only translates between
+vLLM's arguments and the speculation session; the logic lives in tandem.speculation.session.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TandemProposer:
+    def __init__(self, vllm_config: Any) -> None:
+        self.max_k = vllm_config.speculative_config.num_speculative_tokens
+        self.session: Any = None
+        self.input_batch: Any = None
+
+    def attach(self, session: Any, input_batch: Any) -> None:
+        self.session = session
+        self.input_batch = input_batch
+
+    def load_model(self, *args: Any, **kwargs: Any) -> None:
+        """Nothing to load here: the draft models live on the drafter actors."""
+
+    def propose(
+        self,
+        sampled_token_ids: list[list[int]],
+        num_tokens_no_spec: Any,
+        token_ids_cpu: Any,
+        slot_mappings: Any = None,
+    ) -> list[list[int]]:
+        if self.session is None:
+            return [[] for _ in sampled_token_ids]
+        request_ids = [external_id(r) for r in self.input_batch.req_ids[: len(sampled_token_ids)]]
+        return self.session.propose(
+            request_ids, sampled_token_ids, num_tokens_no_spec, token_ids_cpu
+        )
+
+
+def external_id(engine_request_id: str) -> str:
+    """vLLM appends "-" and 8 random characters to each request id it is given."""
+    return engine_request_id.rsplit("-", 1)[0]

@@ -1,0 +1,67 @@
+"""A small causal LM as drafter, with one KV cache per request.
+
+Greedy drafting: the rejection sampler treats drafts without probabilities as deterministic
+proposals, which keeps both greedy and sampled outputs exact. The cache keeps every position
+whose token still agrees with the committed sequence, so accepted drafts cost nothing to re-read
+and rejected ones are cropped away.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class CacheState:
+    cache: Any  # transformers.DynamicCache
+    tokens: list[int] = field(default_factory=list)  # the tokens whose keys/values it holds
+
+
+class ModelDrafter:
+    def __init__(self, model_path: str | Path, device: str = "cpu") -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        self.model.to(self.device).eval()
+        self.vocab_size = self.model.config.vocab_size
+
+    def new_state(self) -> CacheState:
+        from transformers import DynamicCache
+
+        return CacheState(DynamicCache(config=self.model.config))
+
+    def draft(self, state: CacheState, history: list[int], k: int) -> list[int]:
+        """k greedy tokens continuing `history` (the request's committed tokens)."""
+        if k <= 0 or not history:
+            return []
+        keep = _common_prefix(state.tokens, history)
+        keep = min(keep, len(history) - 1)  # re-read at least one token to get next logits
+        if len(state.tokens) > keep:
+            state.cache.crop(keep - len(state.tokens))
+            del state.tokens[keep:]
+        feed = history[keep:]
+        draft: list[int] = []
+        with self.torch.inference_mode():
+            while len(draft) < k:
+                ids = self.torch.tensor([feed], device=self.device)
+                logits = self.model(
+                    input_ids=ids, past_key_values=state.cache, use_cache=True
+                ).logits
+                state.tokens += feed
+                token = int(logits[0, -1].argmax())
+                draft.append(token)
+                feed = [token]
+        return draft
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n

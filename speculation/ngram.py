@@ -1,0 +1,42 @@
+"""Prompt lookup decoding: draft by copying what followed the latest earlier match of the suffix.
+
+An incremental n-gram index over one request's tokens (prompt and output so far). Lookup tries
+the longest n-gram first and, among its earlier occurrences, the most recent one, because recent
+text is the best predictor of what comes next (PLD, Saxena 2023; vLLM's ngram proposer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class NgramIndex:
+    """Maps every n-gram (min_n <= n <= max_n) to the end position of its latest occurrence
+    that already has a continuation, so a lookup never matches the suffix with itself."""
+
+    def __init__(self, min_n: int = 1, max_n: int = 4) -> None:
+        if not 1 <= min_n <= max_n:
+            raise ValueError(f"need 1 <= min_n <= max_n, got {min_n}, {max_n}")
+        self.min_n = min_n
+        self.max_n = max_n
+        self.tokens: list[int] = []
+        self._latest: dict[tuple[int, ...], int] = {}
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        for token in tokens:
+            # The n-grams ending at the previous position now have a continuation: index them.
+            end = len(self.tokens) - 1
+            for n in range(self.min_n, min(self.max_n, end + 1) + 1):
+                self._latest[tuple(self.tokens[end - n + 1 : end + 1])] = end
+            self.tokens.append(token)
+
+    def propose(self, k: int) -> list[int]:
+        """Up to k tokens that followed the longest, most recent earlier match of the suffix."""
+        if k <= 0:
+            return []
+        size = len(self.tokens)
+        for n in range(min(self.max_n, size), self.min_n - 1, -1):
+            end = self._latest.get(tuple(self.tokens[size - n :]))
+            if end is not None:
+                return self.tokens[end + 1 : end + 1 + k]
+        return []

@@ -1,0 +1,37 @@
+"""Messages between the target's proposer and the drafters (one batch per engine step).
+
+The drafter mirrors each request's committed tokens (prompt plus accepted output). The proposer
+sends only what the drafter lacks, from `start`; a drafter that lost a request (restarted, or
+evicted it) answers `known=False` and the proposer resends the whole history next step.
+Drafts are never committed, so "rolling back" rejected drafts needs no message at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Mode(StrEnum):
+    """Which drafter serves a request."""
+
+    OFF = "off"
+    NGRAM = "ngram"  # prompt lookup over the request's own tokens
+    MODEL = "model"  # a small causal LM with its own KV cache
+    HYBRID = "hybrid"  # ngram when it finds a match, the model otherwise
+
+
+@dataclass(frozen=True)
+class DraftItem:
+    request_id: str
+    start: int  # position of tokens[0] in the request's committed sequence
+    tokens: tuple[int, ...]  # committed tokens from `start` on
+    k: int  # how many tokens to draft
+    mode: Mode
+
+
+@dataclass(frozen=True)
+class DraftReply:
+    request_id: str
+    tokens: tuple[int, ...]  # the draft (may be shorter than k, or empty)
+    known: bool = True  # False: the drafter lacks this request's history; resend it all
