@@ -144,6 +144,10 @@ class SpeculationConfig(_Section):
     default_mode: SpeculationMode = "ngram"
     num_speculative_tokens: PositiveInt = 4  # the default k, and the largest a request may ask
     step_timeout_ms: float = Field(250.0, gt=0)  # drafter budget per engine step
+    # Speculate for requests that sample (temperature > 0). Off by default: vLLM 0.32's CPU
+    # rejection sampler is not exact for them (README, "Known vLLM issues"); with it off they
+    # decode without drafts, and steps that hold one carry no drafts for anyone.
+    sampled_requests: bool = False
     drafters: DraftPoolConfig = Field(default_factory=DraftPoolConfig)
 
     @model_validator(mode="after")

@@ -82,6 +82,7 @@ class Coordinator:
             speculation_modes=tuple(config.speculation.modes()),
             default_mode=config.speculation.default_mode if config.speculation.enabled else "off",
             max_speculative_tokens=config.speculation.num_speculative_tokens,
+            speculate_sampled=config.speculation.sampled_requests,
         )
         self.outstanding = [0] * len(pool.actors)
         self.running: dict[str, int] = {}  # request id -> replica index
@@ -105,6 +106,7 @@ class Coordinator:
                 speculation = {
                     "num_speculative_tokens": spec.num_speculative_tokens,
                     "timeout_s": spec.step_timeout_ms / 1000,
+                    "sampled_requests": spec.sampled_requests,
                 }
             target = config.target
             pool = place_pool(

@@ -44,6 +44,7 @@ class Limits:
     speculation_modes: tuple[str, ...] = ("off",)  # what the deployment provisions
     default_mode: str = "off"
     max_speculative_tokens: int = 0
+    speculate_sampled: bool = False  # speculation for requests with temperature > 0
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ def prepare(request: pb.GenerateRequest, tokenizer: Any, limits: Limits) -> Prep
         )
     sampling = sampling_kwargs(request.sampling, limits, room=limits.max_model_len - len(prompt))
     mode, k = speculation(request.speculation, limits)
+    if sampling["temperature"] > 0 and not limits.speculate_sampled:
+        mode, k = "off", 0
     return PreparedRequest(request_id, prompt, sampling, mode, k)
 
 

@@ -39,22 +39,24 @@ class TargetReplica:
 
         self.replica_id = replica_id
         self.model_path = model_path
-        args = dict(engine_args)
+        args = dict(engine_args, worker_extension_cls=WORKER_EXTENSION)
         if speculation:
             args["speculative_config"] = {
                 "method": "custom_class",
                 "model": PROPOSER,
                 "num_speculative_tokens": speculation["num_speculative_tokens"],
             }
-            args["worker_extension_cls"] = WORKER_EXTENSION
         self._loop = EngineLoop(EngineArgs(model=model_path, **args))
+        self._loop.call(lambda engine: engine.collective_rpc("tandem_apply_fixes"))
         self.session = None
         if speculation:
             from tandem.cluster.draft_pool import RayTransport
             from tandem.speculation.session import SpeculationSession
 
             self.session = SpeculationSession(
-                RayTransport(list(drafters)), speculation["timeout_s"]
+                RayTransport(list(drafters)),
+                speculation["timeout_s"],
+                speculation["sampled_requests"],
             )
             attached = self._loop.call(
                 lambda engine: engine.collective_rpc("tandem_attach", args=(self.session,))
@@ -90,7 +92,7 @@ class TargetReplica:
         """Stream {token_ids, text, finish_reason} per engine step; the last one also carries
         finish_reason and the request's speculation figures."""
         from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, SamplingType
 
         from tandem.cluster.engine import RequestAborted
         from tandem.speculation.protocol import Mode
@@ -98,7 +100,8 @@ class TargetReplica:
 
         params = SamplingParams(**sampling, output_kind=RequestOutputKind.DELTA)
         if self.session is not None:
-            self.session.register(request_id, RequestSpec(Mode(mode), k))
+            greedy = params.sampling_type == SamplingType.GREEDY
+            self.session.register(request_id, RequestSpec(Mode(mode), k, greedy))
         self._served += 1
         steps = tokens = 0
         try:
@@ -125,12 +128,13 @@ class TargetReplica:
                 self.session.release(request_id)
 
     def _figures(self, request_id: str, mode: str, steps: int, tokens: int) -> dict[str, Any]:
-        stats = self.session.release(request_id) if self.session is not None else None
+        drafted = self.session.release(request_id).draft_tokens if self.session else 0
+        accepted = tokens - steps  # every target step yields its accepted drafts plus one
         return {
             "mode": mode,
-            "draft_tokens": stats.draft_tokens if stats else 0,
-            "accepted_tokens": stats.accepted_tokens if stats else 0,
-            "acceptance_rate": stats.acceptance_rate if stats else 0.0,
+            "draft_tokens": drafted,
+            "accepted_tokens": accepted,
+            "acceptance_rate": accepted / drafted if drafted else 0.0,
             "mean_accepted_length": tokens / steps if steps else 0.0,
             "target_steps": steps,
         }

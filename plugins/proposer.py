@@ -33,9 +33,7 @@ class TandemProposer:
         if self.session is None:
             return [[] for _ in sampled_token_ids]
         request_ids = [external_id(r) for r in self.input_batch.req_ids[: len(sampled_token_ids)]]
-        return self.session.propose(
-            request_ids, sampled_token_ids, num_tokens_no_spec, token_ids_cpu
-        )
+        return self.session.propose(request_ids, num_tokens_no_spec, token_ids_cpu)
 
 
 def external_id(engine_request_id: str) -> str:

@@ -1,4 +1,4 @@
-"""A vLLM worker extension: hands tandem's speculation session to the proposer.
+"""A vLLM worker extension: tandem's hooks into the worker of an in-process engine.
 
 vLLM builds the proposer from a class path with only its config, so the session (which holds the
 drafter handles) is attached afterwards through `collective_rpc("tandem_attach", ...)`. The engine
@@ -11,6 +11,12 @@ from typing import Any
 
 
 class TandemWorkerExtension:
+    def tandem_apply_fixes(self) -> list[str]:
+        """Work around vLLM bugs on this platform (tandem.plugins.fixes); returns their names."""
+        from tandem.plugins import fixes
+
+        return fixes.apply()
+
     def tandem_attach(self, session: Any) -> bool:
         """Give the proposer the session and the runner's batch; False if speculation is off."""
         runner = self.model_runner  # type: ignore[attr-defined]

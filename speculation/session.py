@@ -1,8 +1,8 @@
 """The proposer's side of remote drafting: per-request sync state, acceptance accounting and
 drafter health, independent of how messages travel (a Transport) and of vLLM (plain lists in).
 
-Once per engine step `propose` receives the batch (request ids, the tokens each request just got,
-its committed tokens) and returns one draft per request. A drafter that errs or misses the step's
+Once per engine step `propose` receives the batch (request ids and their committed tokens) and
+returns one draft per request. A drafter that errs or misses the step's
 time budget is marked down: its requests get no drafts (decoding goes on without speculation)
 until a probe shows it answers again, then speculation resumes.
 """
@@ -43,22 +43,20 @@ class Transport(Protocol):
 class RequestSpec:
     mode: Mode
     k: int  # speculative tokens per step, <= the engine's num_speculative_tokens
+    greedy: bool = True  # False: the request samples (temperature > 0)
 
 
 @dataclass
 class SpeculationStats:
+    """Drafts the target verified. Accepted tokens are counted where the output is (the target
+    replica): vLLM may cut an accepted run short at max_tokens or a stop token."""
+
     draft_tokens: int = 0
-    accepted_tokens: int = 0
     rounds: int = 0  # verification rounds that carried a draft
 
     def add(self, other: SpeculationStats) -> None:
         self.draft_tokens += other.draft_tokens
-        self.accepted_tokens += other.accepted_tokens
         self.rounds += other.rounds
-
-    @property
-    def acceptance_rate(self) -> float:
-        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
 
 
 @dataclass
@@ -66,7 +64,7 @@ class _Request:
     spec: RequestSpec
     replica: int
     synced: int = 0  # committed tokens the drafter is known to hold
-    pending: int = 0  # draft length proposed last step, judged by this step's sampled tokens
+    pending: int = 0  # draft length proposed last step; verified if the request is back
     stats: SpeculationStats = field(default_factory=SpeculationStats)
 
 
@@ -81,9 +79,14 @@ class SessionStats:
 
 
 class SpeculationSession:
-    def __init__(self, transport: Transport, timeout_s: float) -> None:
+    def __init__(
+        self, transport: Transport, timeout_s: float, speculate_sampled: bool = False
+    ) -> None:
         self.transport = transport
         self.timeout_s = timeout_s
+        # False: no drafts in a step whose batch holds a sampling request, because vLLM 0.32's
+        # CPU rejection sampler is not exact (and can crash) for sampled requests beside drafts.
+        self.speculate_sampled = speculate_sampled
         self._requests: dict[str, _Request] = {}
         self._down: set[int] = set()
         self._lock = threading.Lock()
@@ -115,7 +118,6 @@ class SpeculationSession:
     def propose(
         self,
         request_ids: Sequence[str],
-        sampled: Sequence[Sequence[int]],
         num_tokens: Sequence[int],
         token_ids: Any,  # 2-D array-like: row i holds request i's committed tokens
     ) -> list[list[int]]:
@@ -124,20 +126,22 @@ class SpeculationSession:
         slots: dict[int, list[tuple[int, _Request, int]]] = defaultdict(list)
         with self._lock:
             self._revive_drafters()
-            for i, request_id in enumerate(request_ids):
-                request = self._requests.get(request_id)
+            requests = [self._requests.get(request_id) for request_id in request_ids]
+            sampling = any(r is not None and not r.spec.greedy for r in requests)
+            for i, request in enumerate(requests):
                 if request is None or request.spec.mode is Mode.OFF or request.spec.k == 0:
                     continue
-                if request.pending:
+                if request.pending:  # its last draft was verified in this step
                     request.stats.rounds += 1
                     request.stats.draft_tokens += request.pending
-                    request.stats.accepted_tokens += len(sampled[i]) - 1
                     request.pending = 0
-                if request.replica in self._down:
+                if request.replica in self._down or (sampling and not self.speculate_sampled):
                     continue
                 n = int(num_tokens[i])
                 new = tuple(int(t) for t in token_ids[i][request.synced : n])
-                item = DraftItem(request_id, request.synced, new, request.spec.k, request.spec.mode)
+                item = DraftItem(
+                    request_ids[i], request.synced, new, request.spec.k, request.spec.mode
+                )
                 batches[request.replica].append(item)
                 slots[request.replica].append((i, request, n))
         if not batches:

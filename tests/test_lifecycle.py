@@ -6,9 +6,8 @@ import asyncio
 import signal
 import time
 
-import psutil
-
 import grpc
+import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 

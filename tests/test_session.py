@@ -1,0 +1,133 @@
+"""The proposer-side session, driven without Ray or vLLM (a scripted in-memory transport)."""
+
+from tandem.speculation.drafter import Drafter
+from tandem.speculation.protocol import DraftReply, Mode
+from tandem.speculation.session import RequestSpec, SpeculationSession
+
+
+class LocalTransport:
+    """Real Drafters behind an in-memory transport that can fail on command."""
+
+    def __init__(self, replicas=1):
+        self.replicas = replicas
+        self.drafters = [Drafter() for _ in range(replicas)]
+        self.sent = []
+        self.failing = set()
+        self.alive_again = set()
+
+    def draft(self, batches, timeout_s):
+        self.sent.append(batches)
+        out = {}
+        for replica, items in batches.items():
+            if replica in self.failing:
+                out[replica] = TimeoutError("too slow")
+            else:
+                out[replica] = self.drafters[replica].draft(items)
+        return out
+
+    def free(self, replica, request_ids):
+        self.drafters[replica].free(request_ids)
+
+    def probe(self, replica):
+        return replica in self.alive_again
+
+
+def step(session, rows):
+    """One engine step: rows maps request id -> committed tokens."""
+    ids = list(rows)
+    return session.propose(ids, [len(rows[r]) for r in ids], [rows[r] for r in ids])
+
+
+def test_sends_only_new_tokens_and_counts_verified_drafts():
+    transport = LocalTransport()
+    session = SpeculationSession(transport, timeout_s=1)
+    session.register("a", RequestSpec(Mode.NGRAM, 3))
+    history = [1, 2, 3, 1, 2]
+    assert step(session, {"a": history}) == [[3, 1, 2]]
+    first = transport.sent[-1][0][0]
+    assert (first.start, first.tokens) == (0, (1, 2, 3, 1, 2))
+    # the target accepted 2 drafts (3, 1) and added a bonus token 7
+    history += [3, 1, 7]
+    step(session, {"a": history})
+    second = transport.sent[-1][0][0]
+    assert (second.start, second.tokens) == (5, (3, 1, 7))
+    stats = session.release("a")
+    # the second step's draft was never verified (the request ended): not counted
+    assert (stats.rounds, stats.draft_tokens) == (1, 3)
+    assert "a" not in transport.drafters[0].requests  # freed on the drafter too
+
+
+def test_off_and_unknown_requests_cost_no_round_trip():
+    transport = LocalTransport()
+    session = SpeculationSession(transport, timeout_s=1)
+    session.register("off", RequestSpec(Mode.OFF, 0))
+    assert step(session, {"off": [1, 1], "stranger": [1, 1]}) == [
+        [],
+        [],
+    ]
+    assert transport.sent == []
+
+
+def test_failed_drafter_yields_no_drafts_until_it_answers_again():
+    transport = LocalTransport()
+    session = SpeculationSession(transport, timeout_s=0.01)
+    session.register("a", RequestSpec(Mode.NGRAM, 2))
+    tokens = [5, 6, 5]
+    transport.failing.add(0)
+    assert step(session, {"a": tokens}) == [[]]
+    assert session.stats().failures == 1 and session.stats().drafters_down == 1
+    calls = len(transport.sent)
+    transport.failing.clear()
+    assert step(session, {"a": tokens + [6]}) == [[]]  # down: not even asked
+    assert len(transport.sent) == calls
+    # It restarts empty; once a probe answers, speculation resumes with a full resend.
+    transport.drafters[0] = Drafter()
+    transport.alive_again.add(0)
+    assert step(session, {"a": tokens + [6, 5]}) == [[6, 5]]
+    resent = transport.sent[-1][0][0]
+    assert (resent.start, resent.tokens) == (0, (5, 6, 5, 6, 5))
+    assert session.stats().drafters_down == 0
+
+
+def test_drafter_that_lost_a_request_gets_it_resent():
+    transport = LocalTransport()
+    session = SpeculationSession(transport, timeout_s=1)
+    session.register("a", RequestSpec(Mode.NGRAM, 2))
+    step(session, {"a": [1, 2, 1]})
+    transport.drafters[0].free(["a"])  # e.g. evicted
+    assert step(session, {"a": [1, 2, 1, 2]}) == [[]]  # answered "unknown"
+    assert step(session, {"a": [1, 2, 1, 2, 1]}) == [[2, 1]]
+    assert transport.sent[-1][0][0].start == 0
+
+
+def test_requests_spread_over_drafter_replicas():
+    transport = LocalTransport(replicas=2)
+    session = SpeculationSession(transport, timeout_s=1)
+    for name in "abcd":
+        session.register(name, RequestSpec(Mode.NGRAM, 1))
+    step(session, {n: [1, 1] for n in "abcd"})
+    batch = transport.sent[-1]
+    assert sorted(len(items) for items in batch.values()) == [2, 2]
+
+
+def test_drafter_protocol_overlap_and_gap():
+    from tandem.speculation.protocol import DraftItem
+
+    drafter = Drafter()
+    assert drafter.draft([DraftItem("r", 0, (1, 2, 1), 2, Mode.NGRAM)]) == [DraftReply("r", (2, 1))]
+    # a resend that overlaps what it holds is skipped, not duplicated
+    drafter.draft([DraftItem("r", 1, (2, 1, 2), 2, Mode.NGRAM)])
+    assert drafter.requests["r"].tokens == [1, 2, 1, 2]
+    # a gap cannot be filled: the drafter asks for everything again
+    assert not drafter.draft([DraftItem("r", 9, (1,), 2, Mode.NGRAM)])[0].known
+    assert "r" not in drafter.requests
+    assert not drafter.draft([DraftItem("new", 3, (1,), 2, Mode.NGRAM)])[0].known
+
+
+def test_drafter_evicts_least_recent_beyond_its_bound():
+    from tandem.speculation.protocol import DraftItem
+
+    drafter = Drafter(max_requests=2)
+    for name in "abc":
+        drafter.draft([DraftItem(name, 0, (1,), 1, Mode.NGRAM)])
+    assert list(drafter.requests) == ["b", "c"]
