@@ -99,6 +99,16 @@ def cmd_models_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_derive_draft(args: argparse.Namespace) -> int:
+    from tandem.models import derive_draft, resolve_model
+
+    config = load_config(args.config)
+    models_dir = Path(args.dir) if args.dir else config.models.cache_dir()
+    target = resolve_model(args.target or config.models.target, models_dir)
+    print(derive_draft(target, args.layers, models_dir))
+    return 0
+
+
 def cmd_models_list(args: argparse.Namespace) -> int:
     from tandem.models import BUILTIN_MODELS, list_models
 
@@ -146,7 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("names", nargs="*", default=[DEFAULT_MODEL])
     prep.add_argument("--force", action="store_true", help="prepare again even if present")
     lst = msub.add_parser("list", help="show built-in and prepared models")
-    for p, func in ((prep, cmd_models_prepare), (lst, cmd_models_list)):
+    derive = msub.add_parser(
+        "derive-draft", help="make a draft model from a target's first N layers"
+    )
+    derive.add_argument("--layers", type=int, required=True, help="layers to keep")
+    derive.add_argument("--target", help="target model (default: the config's models.target)")
+    for p, func in (
+        (prep, cmd_models_prepare),
+        (lst, cmd_models_list),
+        (derive, cmd_models_derive_draft),
+    ):
         p.add_argument("--config", help="YAML config whose models.dir to use")
         p.add_argument("--dir", help="model cache folder (overrides the config)")
         p.set_defaults(func=func)

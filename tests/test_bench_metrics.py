@@ -140,6 +140,8 @@ def test_summary_figures_on_fixed_records():
     assert ideal["expected_tokens_per_forward"] == pytest.approx(1.9375)
     assert ideal["ideal_speedup"] == pytest.approx(1.9375 * 0.8)
     assert ideal["achieved_fraction"] == pytest.approx(2.0 / (1.9375 * 0.8))
+    assert ideal["ideal_speedup_measured_tokens_per_forward"] == pytest.approx(2.0 * 0.8)
+    assert ideal["achieved_fraction_measured_tokens_per_forward"] == pytest.approx(1.25)
     assert set(entry["categories"]) == {"a", "b"}
     assert entry["categories"]["a"]["speedup"] == 2.0
     assert entry["categories"]["b"]["mismatches"] == 1

@@ -43,3 +43,22 @@ def test_models_list_cli(model_path):
     )
     assert run.returncode == 0, run.stderr
     assert DEFAULT_MODEL in run.stdout and "MiB" in run.stdout
+
+
+def test_derive_draft_cli(model_path, tmp_path):
+    def derive(layers):
+        return subprocess.run(
+            [sys.executable, "-m", "tandem.cluster.cli", "models", "derive-draft"]
+            + ["--layers", str(layers), "--target", str(model_path), "--dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    run = derive(3)
+    assert run.returncode == 0, run.stderr
+    folder = tmp_path / f"{model_path.name}-first3"
+    assert run.stdout.strip().endswith(str(folder))
+    assert '"num_hidden_layers": 3' in (folder / "config.json").read_text()
+    bad = derive(30)
+    assert bad.returncode == 2 and "--layers must be between 1 and 29" in bad.stderr
