@@ -36,6 +36,7 @@ class _Add:
     params: SamplingParams
     sink: asyncio.Queue
     loop: asyncio.AbstractEventLoop
+    flush: Callable[[], bool] | None  # True: step once first (drafts it must not meet)
 
 
 @dataclass(frozen=True)
@@ -75,16 +76,21 @@ class EngineLoop:
     # ---- asyncio side -------------------------------------------------------------------------
 
     async def generate(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        flush: Callable[[], bool] | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Yield the request's outputs (deltas when params ask for them) until it finishes.
 
         Raises RequestAborted if `abort` stops it first. If the caller stops iterating early
-        (cancellation included), the request is aborted in the engine.
+        (cancellation included), the request is aborted in the engine. `flush`, if given, is
+        asked before the request joins the engine; if it says True the engine steps once first.
         """
         sink: asyncio.Queue = asyncio.Queue()
         self._commands.put(
-            _Add(request_id, prompt_token_ids, params, sink, asyncio.get_running_loop())
+            _Add(request_id, prompt_token_ids, params, sink, asyncio.get_running_loop(), flush)
         )
         finished = False
         try:
@@ -161,6 +167,10 @@ class EngineLoop:
                 return True
 
     def _add(self, command: _Add) -> None:
+        # Drafts proposed in the last step are verified in the next one: one step clears them.
+        flush = command.flush is not None and command.flush()
+        if flush and self.engine.has_unfinished_requests():
+            self._step()
         self._sinks[command.request_id] = (command.sink, command.loop)
         try:
             engine_input = self.engine.renderer.render_cmpl(

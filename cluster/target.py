@@ -8,6 +8,7 @@ Routing and validation live in the coordinator.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -99,13 +100,15 @@ class TargetReplica:
         from tandem.speculation.session import RequestSpec
 
         params = SamplingParams(**sampling, output_kind=RequestOutputKind.DELTA)
+        flush = None
         if self.session is not None:
-            greedy = params.sampling_type == SamplingType.GREEDY
-            self.session.register(request_id, RequestSpec(Mode(mode), k, greedy))
+            spec = RequestSpec(Mode(mode), k, params.sampling_type == SamplingType.GREEDY)
+            self.session.register(request_id, spec)
+            flush = functools.partial(self.session.must_flush_before, spec)
         self._served += 1
         steps = tokens = 0
         try:
-            async for output in self._loop.generate(request_id, prompt_token_ids, params):
+            async for output in self._loop.generate(request_id, prompt_token_ids, params, flush):
                 completion = output.outputs[0]
                 new = list(completion.token_ids)
                 steps += bool(new)

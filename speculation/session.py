@@ -84,8 +84,8 @@ class SpeculationSession:
     ) -> None:
         self.transport = transport
         self.timeout_s = timeout_s
-        # False: no drafts in a step whose batch holds a sampling request, because vLLM 0.32's
-        # CPU rejection sampler is not exact (and can crash) for sampled requests beside drafts.
+        # False: no drafts while a sampling request is registered, because vLLM 0.32's CPU
+        # rejection sampler is not exact (and can crash) for sampled requests beside drafts.
         self.speculate_sampled = speculate_sampled
         self._requests: dict[str, _Request] = {}
         self._down: set[int] = set()
@@ -127,7 +127,7 @@ class SpeculationSession:
         with self._lock:
             self._revive_drafters()
             requests = [self._requests.get(request_id) for request_id in request_ids]
-            sampling = any(r is not None and not r.spec.greedy for r in requests)
+            hold = not self.speculate_sampled and self._holds_sampled()
             for i, request in enumerate(requests):
                 if request is None or request.spec.mode is Mode.OFF or request.spec.k == 0:
                     continue
@@ -135,7 +135,7 @@ class SpeculationSession:
                     request.stats.rounds += 1
                     request.stats.draft_tokens += request.pending
                     request.pending = 0
-                if request.replica in self._down or (sampling and not self.speculate_sampled):
+                if request.replica in self._down or hold:
                     continue
                 n = int(num_tokens[i])
                 new = tuple(int(t) for t in token_ids[i][request.synced : n])
@@ -166,6 +166,18 @@ class SpeculationSession:
                     drafts[i] = list(reply.tokens[: request.spec.k])
                     request.pending = len(drafts[i])
         return drafts
+
+    def _holds_sampled(self) -> bool:
+        return any(not request.spec.greedy for request in self._requests.values())
+
+    def must_flush_before(self, spec: RequestSpec) -> bool:
+        """True when adding a request with this spec to the engine now would put it in a step
+        beside unverified drafts it must not meet: the engine should step once first (this
+        session, which has it registered, proposes no new drafts meanwhile)."""
+        if spec.greedy or self.speculate_sampled:
+            return False
+        with self._lock:
+            return any(request.pending for request in self._requests.values())
 
     def _revive_drafters(self) -> None:
         for replica in list(self._down):
