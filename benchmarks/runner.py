@@ -1,0 +1,365 @@
+"""The order of work: build the systems, warm them, then measure them side by side.
+
+Systems alternate prompt by prompt (with the order rotated each prompt), so slow drift of a
+shared machine hits every system alike and their ratios survive it. Only one engine works at a
+time: the others wait idle in this process or in the server's.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from tandem.benchmarks import costs, machine, summary
+from tandem.benchmarks.records import ConcurrencyRun, GenerationParams, RequestRecord
+from tandem.benchmarks.systems import BASELINE, TANDEM_MODES, Builder, Setup, System, choose
+from tandem.benchmarks.workload import (
+    DEFAULT_PROMPTS,
+    Prompt,
+    Question,
+    WorkloadError,
+    fitting,
+    load_questions,
+    render,
+    select,
+)
+
+SCHEMA = "tandem-bench/1"
+WARMUP = Question("warmup", "warmup", ("Repeat this sentence three times: the quick brown fox.",))
+
+
+@dataclass
+class BenchOptions:
+    config: Any  # TandemConfig: the model, engine args and server every system shares
+    prompts_file: Path = DEFAULT_PROMPTS
+    categories: list[str] | None = None
+    per_category: int | None = None
+    limit: int | None = None
+    chat: bool = True
+    generation: GenerationParams = field(default_factory=GenerationParams)
+    systems: list[str] | None = None
+    concurrency: list[int] = field(default_factory=lambda: [1, 4, 16])
+    concurrency_rounds: int = 2
+    cost_repeats: int = 7
+    address: str | None = None
+    quick: bool = False
+    command: str = ""
+    progress: bool = True
+
+
+def threads_per_engine(config: Any) -> int:
+    """The threads a tandem target replica computes with: Ray gives its actor OMP_NUM_THREADS
+    equal to the CPUs of its bundle. The in-process engines get the same, for a fair match."""
+    return max(1, int(config.target.resources.get("CPU", 1)))
+
+
+def configure_process(config: Any) -> int:
+    """Set threads and the target's vLLM environment for this process before any engine.
+
+    NUMBA_NUM_THREADS matters: vLLM's ngram drafter runs numba parallel code, and numba's default
+    of one OpenMP worker per core left spinning workers that slowed every engine step up to 30x
+    on a 2-core machine (vLLM itself caps the drafter at one numba thread).
+    """
+    threads = threads_per_engine(config)
+    os.environ.update(config.target.env)
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(threads)
+    return threads
+
+
+def build_order(names: Sequence[str]) -> list[str]:
+    """In-process engines first, vllm-ngram last of them: its drafter imports numba, and vLLM
+    0.32 (CPU) fails to build any later engine in the same process (its Triton-override scan of
+    every loaded module trips over llvmlite's function wrappers: "'_lib_fn_wrapper' object has
+    no attribute 'get'"). tandem systems last: they wait for the server."""
+    return sorted(names, key=lambda name: (name in TANDEM_MODES, name == "vllm-ngram"))
+
+
+def _rotated(names: Sequence[str], i: int) -> list[str]:
+    shift = i % len(names)
+    return [*names[shift:], *names[:shift]]
+
+
+def _log(message: str) -> None:
+    tqdm.write(f"[bench] {message}", file=sys.stderr)
+
+
+def run(options: BenchOptions) -> dict[str, Any]:
+    """Run the whole benchmark and return the report's data (see report.py for the files)."""
+    started = time.perf_counter()
+    threads = configure_process(options.config)
+    host = machine.describe()
+    config = options.config
+    from transformers import AutoTokenizer
+
+    from tandem.models import resolve_model
+
+    model_path = str(resolve_model(config.models.target, config.models.cache_dir()))
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    chosen = select(
+        load_questions(options.prompts_file),
+        options.categories,
+        options.per_category,
+        options.limit,
+    )
+    prompts = [render(q, tokenizer, options.chat) for q in chosen]
+    spec = config.speculation
+    setup = Setup(
+        model_path=model_path,
+        engine_args=dict(config.target.engine_args),
+        tandem_config=config.model_dump(mode="json"),
+        modes=tuple(spec.modes()),
+        draft_model_path=draft_model_path(config, model_path),
+        num_speculative_tokens=spec.num_speculative_tokens,
+        ngram_min=spec.drafters.ngram_min,
+        ngram_max=spec.drafters.ngram_max,
+        address=options.address,
+    )
+    params = options.generation
+    builder = Builder(setup)
+    systems: dict[str, System] = {}
+    try:
+        absent = builder.absent()
+        names = choose(options.systems, absent)
+        # First, alone on the machine: the cost ratio is a timing like any other.
+        _log("measuring the cost of a verification step")
+        cost, max_len = _cost(setup, prompts, params, options.cost_repeats)
+        prompts, dropped = fitting(prompts, max_len, params.max_new_tokens)
+        if not prompts:
+            raise WorkloadError(
+                f"no prompt leaves room for {params.max_new_tokens} new tokens in the context "
+                f"of {max_len}"
+            )
+        if any(name in TANDEM_MODES for name in names):
+            _log("starting the tandem server (in the background)")
+            builder.start_server()
+        for name in build_order(names):
+            _log(f"starting {name}")
+            systems[name] = builder.build(name)
+        warm = [render(WARMUP, tokenizer, options.chat)]
+        warm_params = GenerationParams(min(32, params.max_new_tokens), params.temperature, 0)
+        for name in names:
+            _log(f"warming up {name}")
+            systems[name].warmup(warm, warm_params)
+        records = _per_prompt(systems, names, prompts, params, options.progress)
+        host["load_average_after_batch1"] = _load()
+        runs = _concurrency(systems, names, prompts, params, options)
+        infos = {n: _info(systems[n]) for n in names}
+    finally:
+        for system in systems.values():
+            system.close()
+        builder.close()
+
+    ratio = cost["cost_ratio"]
+    # Another load on the machine during the run shows here (the 1-minute figure).
+    host["load_average_at_end"] = _load()
+    return {
+        "schema": SCHEMA,
+        "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": options.command,
+        "machine": host,
+        "threads_per_engine": threads,
+        "config": _config(options, setup, threads),
+        "workload": {
+            "source": str(options.prompts_file),
+            "turn": "first",
+            "chat_template": options.chat,
+            "prompts": len(prompts),
+            "categories": {c: sum(p.category == c for p in prompts) for c in _cats(prompts)},
+            "dropped_too_long": [p.question_id for p in dropped],
+        },
+        "baseline": BASELINE,
+        "systems": [
+            summary.system_entry(infos[n], records[n], records[BASELINE], ratio) for n in names
+        ],
+        "absent_systems": [{"name": n, "reason": r} for n, r in absent.items()],
+        "cost": cost,
+        "concurrency": _concurrency_entries(names, runs, records, options.concurrency),
+        "records": [_record_row(r) for n in names for r in records[n]],
+        "wall_s": time.perf_counter() - started,
+    }
+
+
+def _load() -> list[float] | None:
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def _cats(prompts: Sequence[Prompt]) -> list[str]:
+    return list(dict.fromkeys(p.category for p in prompts))
+
+
+def _info(system: System) -> dict[str, Any]:
+    return {
+        **system.info(),
+        "speculative": system.speculative,
+        "num_speculative_tokens": system.num_speculative_tokens,
+    }
+
+
+def _per_prompt(
+    systems: dict[str, System],
+    names: list[str],
+    prompts: list[Prompt],
+    params: GenerationParams,
+    progress: bool,
+) -> dict[str, list[RequestRecord]]:
+    records: dict[str, list[RequestRecord]] = {n: [] for n in names}
+    with tqdm(
+        total=len(prompts) * len(names), desc="prompts", unit="run", disable=not progress
+    ) as bar:
+        for i, prompt in enumerate(prompts):
+            for name in _rotated(names, i):
+                bar.set_postfix_str(f"{prompt.category} {prompt.question_id} {name}")
+                records[name].append(systems[name].run(prompt, params))
+                bar.update()
+    return records
+
+
+def _cost(
+    setup: Setup, prompts: list[Prompt], params: GenerationParams, repeats: int
+) -> tuple[dict[str, Any], int]:
+    """The cost ratio, on an engine of its own: the target with prefix caching on (the
+    measured engines have it off). Built and dropped before the others, since none can be built
+    after vllm-ngram (see build_order). Also returns the target's context length."""
+    import gc
+
+    from tandem.benchmarks.vllm_system import VllmSystem
+
+    args = {**setup.engine_args, "enable_prefix_caching": True}
+    engine = VllmSystem("cost", setup.model_path, args, None, "prefix-cached target")
+    try:
+        max_len = engine.engine.vllm_config.model_config.max_model_len
+        fit = fitting(prompts, max_len, params.max_new_tokens)[0] or prompts
+        length = costs.context_length(
+            [len(p.token_ids) for p in fit], params.max_new_tokens, engine.block_size
+        )
+        context = costs.context_tokens([p.token_ids for p in fit], length)
+        result = costs.measure(engine.forward_once, context, setup.num_speculative_tokens, repeats)
+    finally:
+        engine.close()
+        del engine
+        gc.collect()
+    return result, max_len
+
+
+def _concurrency(
+    systems: dict[str, System],
+    names: list[str],
+    prompts: list[Prompt],
+    params: GenerationParams,
+    options: BenchOptions,
+) -> list[ConcurrencyRun]:
+    """Each level above 1: `level` streams at once over level x rounds prompts. Level 1 is not
+    run again: the batch-1 runs above are exactly one stream at a time (see batch1_run)."""
+    runs = []
+    levels = [level for level in options.concurrency if level > 1]
+    with tqdm(
+        total=len(levels) * len(names), desc="concurrency", unit="run", disable=not options.progress
+    ) as bar:
+        for i, level in enumerate(levels):
+            count = level * options.concurrency_rounds
+            batch = [prompts[j % len(prompts)] for j in range(count)]
+            for name in _rotated(names, i):
+                bar.set_postfix_str(f"{level} streams {name}")
+                runs.append(systems[name].run_concurrent(batch, level, params))
+                bar.update()
+    return runs
+
+
+def batch1_run(name: str, records: list[RequestRecord]) -> ConcurrencyRun:
+    """The batch-1 runs of a system as its concurrency-1 level: one stream, back to back."""
+    return ConcurrencyRun(name, 1, sum(r.wall_s for r in records), records)
+
+
+def _concurrency_entries(
+    names: list[str],
+    runs: list[ConcurrencyRun],
+    records: dict[str, list[RequestRecord]],
+    levels: list[int],
+) -> list[dict[str, Any]]:
+    if 1 in levels:
+        runs = [batch1_run(n, records[n]) for n in names] + runs
+    by_id = {r.question_id: r for r in records[BASELINE]}
+    base = {r.concurrency: r for r in runs if r.system == BASELINE}
+    ordered = sorted(runs, key=lambda r: (r.concurrency, names.index(r.system)))
+    return [summary.concurrency_entry(r, base.get(r.concurrency), by_id) for r in ordered]
+
+
+def _record_row(record: RequestRecord) -> dict[str, Any]:
+    row = asdict(record)
+    row["new_tokens"] = record.new_tokens
+    del row["token_ids"]
+    return row
+
+
+def _config(options: BenchOptions, setup: Setup, threads: int) -> dict[str, Any]:
+    config = options.config
+    return {
+        "model": config.models.target,
+        "model_path": setup.model_path,
+        "draft_model_path": setup.draft_model_path,
+        "engine_args": setup.engine_args,
+        "target_env": dict(config.target.env),
+        "threads_per_engine": threads,
+        "generation": asdict(options.generation),
+        "categories": options.categories,
+        "per_category": options.per_category,
+        "limit": options.limit,
+        "systems": options.systems,
+        "concurrency": options.concurrency,
+        "concurrency_rounds": options.concurrency_rounds,
+        "speculation": {
+            "num_speculative_tokens": setup.num_speculative_tokens,
+            "ngram_min": setup.ngram_min,
+            "ngram_max": setup.ngram_max,
+            "tandem_modes": list(setup.modes),
+            "tandem": config.speculation.model_dump(mode="json"),
+        },
+        "cost_repeats": options.cost_repeats,
+        "address": options.address,
+        "quick": options.quick,
+    }
+
+
+def bench_config(config: Any, k: int | None, ngram_min: int | None, ngram_max: int | None) -> Any:
+    """The config every system is built from: the bench's draft length and n-gram sizes (so
+    the server it starts and vLLM's in-process drafters use the same), and prefix caching off.
+
+    Prefix caching goes off because the tandem modes share one server: with it on, every mode
+    after the first would find each prompt already in the target's cache. (Spec-Bench prompts
+    share no full cache block, so for separate engines it changes nothing.)
+    """
+    data = config.model_dump(mode="python")
+    data["target"]["engine_args"]["enable_prefix_caching"] = False
+    speculation = data["speculation"]
+    if k is not None:
+        speculation["num_speculative_tokens"] = k
+    for key, value in (("ngram_min", ngram_min), ("ngram_max", ngram_max)):
+        if value is not None:
+            speculation["drafters"][key] = value
+    return type(config).from_dict(data)
+
+
+def draft_model_path(config: Any, target_path: str) -> str | None:
+    """tandem's draft model, found (or derived from the target) the way the server does."""
+    from tandem.models import derive_draft, resolve_model
+
+    drafters = config.speculation.drafters
+    cache = config.models.cache_dir()
+    if drafters.model is not None:
+        return str(resolve_model(drafters.model, cache))
+    if drafters.derive_layers > 0:
+        return str(derive_draft(Path(target_path), drafters.derive_layers, cache))
+    return None

@@ -1,0 +1,141 @@
+"""From measured records to the figures of the report: per system, per category, per
+concurrency level. Pure (no engines), so the same records always give the same figures."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tandem.benchmarks import metrics
+from tandem.benchmarks.records import ConcurrencyRun, RequestRecord
+
+
+def _spread(values: Sequence[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {"p50": metrics.percentile(values, 50), "p90": metrics.percentile(values, 90)}
+
+
+def _tps(record: RequestRecord) -> float:
+    return metrics.tokens_per_s(record.new_tokens, record.wall_s)
+
+
+def figures(
+    records: Sequence[RequestRecord],
+    baseline: Mapping[Any, RequestRecord],
+    speculative: bool = False,
+    k: int = 0,
+    cost_ratio: float | None = None,
+) -> dict[str, Any]:
+    """The figures of one system over some prompts; `baseline` maps question_id to the
+    baseline's record of the same prompt."""
+    if not records:
+        raise ValueError("no records")
+    tps = [_tps(r) for r in records]
+    base_tps = [_tps(baseline[r.question_id]) for r in records]
+    tokens = sum(r.new_tokens for r in records)
+    wall = sum(r.wall_s for r in records)
+    forwards = sum(r.forwards for r in records)
+    draft_tokens = sum(r.draft_tokens for r in records)
+    accepted = sum(r.accepted_tokens for r in records)
+    differ = metrics.mismatches(
+        {r.question_id: r.token_ids for r in records},
+        {r.question_id: baseline[r.question_id].token_ids for r in records},
+    )
+    speedup = metrics.speedup_of_means(tps, base_tps)
+    alpha = accepted / draft_tokens if speculative and draft_tokens else None
+    out: dict[str, Any] = {
+        "prompts": len(records),
+        "new_tokens": tokens,
+        "wall_s": wall,
+        "tokens_per_s": metrics.mean(tps),
+        "tokens_per_s_aggregate": metrics.tokens_per_s(tokens, wall),
+        "speedup": speedup,
+        "speedup_median": metrics.median_of_ratios(tps, base_tps),
+        "mean_accepted_tokens": tokens / forwards if forwards else None,
+        "acceptance_rate": alpha,
+        "target_forwards": forwards,
+        "drafts": None
+        if any(r.drafts is None for r in records)
+        else sum(r.drafts for r in records),
+        "draft_tokens": draft_tokens,
+        "accepted_tokens": accepted,
+        "ttft_s": _spread([r.ttft_s for r in records]),
+        "tpot_s": _spread([r.tpot_s for r in records if r.tpot_s is not None]),
+        "mismatches": len(differ),
+        "mismatched_question_ids": differ,
+        "ideal": None,
+    }
+    if alpha is not None and cost_ratio is not None:
+        e = metrics.expected_tokens_per_forward(alpha, k)
+        ideal = metrics.ideal_speedup(alpha, k, cost_ratio)
+        # E(alpha, k) assumes each drafted token is accepted independently; acceptance comes in
+        # runs (a copied span is taken whole), so the measured tokens per forward can exceed
+        # it. The same bound with the measured tokens per forward is given beside it.
+        measured = (tokens / forwards) * cost_ratio if forwards else None
+        out["ideal"] = {
+            "alpha": alpha,
+            "k": k,
+            "expected_tokens_per_forward": e,
+            "cost_ratio": cost_ratio,
+            "ideal_speedup": ideal,
+            "achieved_fraction": metrics.achieved_fraction(speedup, ideal),
+            "ideal_speedup_measured_tokens_per_forward": measured,
+            "achieved_fraction_measured_tokens_per_forward": (
+                metrics.achieved_fraction(speedup, measured) if measured else None
+            ),
+        }
+    return out
+
+
+def system_entry(
+    info: Mapping[str, Any],
+    records: Sequence[RequestRecord],
+    baseline: Sequence[RequestRecord],
+    cost_ratio: float | None,
+) -> dict[str, Any]:
+    """One entry of the report's `systems` list: overall figures plus one set per category."""
+    by_id = {r.question_id: r for r in baseline}
+    speculative = bool(info.get("speculative"))
+    k = int(info.get("num_speculative_tokens") or 0)
+    entry = {**info, **figures(records, by_id, speculative, k, cost_ratio)}
+    categories = list(dict.fromkeys(r.category for r in records))
+    entry["categories"] = {
+        c: figures([r for r in records if r.category == c], by_id, speculative, k, cost_ratio)
+        for c in categories
+    }
+    return entry
+
+
+def concurrency_entry(
+    run: ConcurrencyRun,
+    baseline_run: ConcurrencyRun | None,
+    batch1: Mapping[Any, RequestRecord],
+) -> dict[str, Any]:
+    """Throughput and per-stream latency of one level; outputs are compared with the
+    baseline's batch-1 outputs of the same prompts (batching may legitimately move ties)."""
+    tokens = sum(r.new_tokens for r in run.requests)
+    tps = metrics.tokens_per_s(tokens, run.wall_s)
+    entry: dict[str, Any] = {
+        "system": run.system,
+        "concurrency": run.concurrency,
+        "requests": len(run.requests),
+        "output_tokens": tokens,
+        "wall_s": run.wall_s,
+        "tokens_per_s": tps,
+        "speedup": None,
+        "latency_s": _spread([r.wall_s for r in run.requests]),
+        "ttft_s": _spread([r.ttft_s for r in run.requests]),
+        "tpot_s": _spread([r.tpot_s for r in run.requests if r.tpot_s is not None]),
+        "mismatches_vs_batch1_baseline": len(
+            [
+                r
+                for r in run.requests
+                if r.question_id in batch1 and r.token_ids != batch1[r.question_id].token_ids
+            ]
+        ),
+    }
+    if baseline_run is not None:
+        base_tokens = sum(r.new_tokens for r in baseline_run.requests)
+        entry["speedup"] = tps / metrics.tokens_per_s(base_tokens, baseline_run.wall_s)
+    return entry

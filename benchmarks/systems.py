@@ -1,0 +1,184 @@
+"""Which systems the bench compares, whether each can run here, and how each is built.
+
+A system runs only when the thing it measures exists: a tandem mode the deployment does not
+provision, or a vLLM drafter without tandem's draft model, is reported absent with the reason,
+and asking for it explicitly is an error rather than a stand-in.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tandem.benchmarks.records import ConcurrencyRun, GenerationParams, RequestRecord
+from tandem.benchmarks.workload import Prompt
+
+BASELINE = "vllm-target"
+
+DESCRIPTIONS = {
+    "vllm-target": "the target alone in vLLM, in-process (the baseline)",
+    "vllm-ngram": "vLLM in-process speculative decoding, its ngram (prompt lookup) drafter",
+    "vllm-draft-model": "vLLM in-process speculative decoding, draft_model = tandem's draft model",
+    "tandem-target": "tandem's gRPC server, speculation off for the request (the target alone)",
+    "tandem-ngram": "tandem's gRPC server, remote ngram drafter",
+    "tandem-model": "tandem's gRPC server, remote draft model",
+    "tandem-hybrid": "tandem's gRPC server, remote ngram drafter, the draft model when no match",
+}
+SYSTEMS = tuple(DESCRIPTIONS)
+TANDEM_MODES = {
+    "tandem-target": "off",
+    "tandem-ngram": "ngram",
+    "tandem-model": "model",
+    "tandem-hybrid": "hybrid",
+}
+# Counterparts that cannot exist: always reported, never run.
+NOT_IN_VLLM = {
+    "vllm-hybrid": "vLLM has no hybrid drafter (ngram when it matches, a model otherwise)",
+}
+
+
+class SystemChoiceError(ValueError):
+    """An unknown or unavailable system was asked for."""
+
+
+class System(Protocol):
+    name: str
+    kind: str
+    description: str
+    speculative: bool
+    num_speculative_tokens: int
+
+    def info(self) -> dict[str, Any]: ...
+
+    def warmup(self, prompts: Sequence[Prompt], params: GenerationParams) -> None: ...
+
+    def run(self, prompt: Prompt, params: GenerationParams) -> RequestRecord: ...
+
+    def run_concurrent(
+        self, prompts: Sequence[Prompt], concurrency: int, params: GenerationParams
+    ) -> ConcurrencyRun: ...
+
+    def close(self) -> None: ...
+
+
+def choose(requested: Sequence[str] | None, absent: Mapping[str, str]) -> list[str]:
+    """The systems to run, baseline first (every ratio is taken against it).
+
+    `absent` maps unavailable systems to the reason. By default every available system runs;
+    an explicitly requested one that is absent is an error naming the reason.
+    """
+    wanted = list(dict.fromkeys(requested or SYSTEMS))
+    for name in wanted:
+        if name in NOT_IN_VLLM:
+            raise SystemChoiceError(f"system {name!r} cannot run: {NOT_IN_VLLM[name]}")
+        if name not in DESCRIPTIONS:
+            raise SystemChoiceError(f"unknown system {name!r}; known: {', '.join(SYSTEMS)}")
+        if requested and name in absent:
+            raise SystemChoiceError(f"system {name!r} is not available: {absent[name]}")
+    chosen = [n for n in wanted if n not in absent and n != BASELINE]
+    return [BASELINE, *chosen]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What building any system needs, from one TandemConfig so that every system agrees on
+    the model, the engine arguments, the draft length and the drafters' settings."""
+
+    model_path: str
+    engine_args: dict[str, Any]
+    tandem_config: dict[str, Any]  # for the server the bench starts
+    modes: tuple[str, ...]  # the tandem modes the config provisions
+    draft_model_path: str | None  # tandem's draft model (vllm-draft-model loads the same)
+    num_speculative_tokens: int = 4
+    ngram_min: int = 1
+    ngram_max: int = 4
+    address: str | None = None  # a running tandem server instead of starting one
+
+
+class Builder:
+    """Builds systems; the tandem systems share one server (modes are chosen per request)."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+        self._server = None
+        self._starting: threading.Thread | None = None
+        self._start_error: BaseException | None = None
+
+    def start_server(self) -> None:
+        """Start the tandem server in the background (it takes most of a minute), so the
+        in-process engines load meanwhile; `server()` waits for it."""
+        if self._server is None and self._starting is None:
+            self._starting = threading.Thread(target=self._start, name="tandem-start")
+            self._starting.start()
+
+    def _start(self) -> None:
+        from tandem.benchmarks.tandem_system import TandemServer
+
+        try:
+            self._server = TandemServer(self.setup.tandem_config, self.setup.address)
+        except BaseException as exc:  # re-raised by server() in the caller's thread
+            self._start_error = exc
+
+    def server(self) -> Any:
+        self.start_server()
+        self._starting.join()
+        if self._start_error is not None:
+            raise self._start_error
+        return self._server
+
+    def absent(self) -> dict[str, str]:
+        """Systems that cannot run with this setup, and why."""
+        setup = self.setup
+        out = dict(NOT_IN_VLLM)
+        if setup.draft_model_path is None:
+            out["vllm-draft-model"] = (
+                "tandem has no draft model configured (speculation.drafters.model or "
+                "derive_layers), so there is none to give vLLM"
+            )
+        if setup.address is not None:
+            offered = self.server().modes(list(TANDEM_MODES.values()))
+            where = f"the server at {setup.address}"
+        else:
+            offered = set(setup.modes)
+            where = "the tandem config"
+        for name, mode in TANDEM_MODES.items():
+            if mode not in offered:
+                out[name] = f"{where} does not provision speculation mode {mode!r}"
+        return out
+
+    def build(self, name: str) -> System:
+        setup = self.setup
+        description = DESCRIPTIONS[name]
+        k = setup.num_speculative_tokens
+        if name in TANDEM_MODES:
+            from tandem.benchmarks.tandem_system import TandemSystem
+
+            return TandemSystem(name, TANDEM_MODES[name], k, self.server(), description)
+        from tandem.benchmarks.vllm_system import VllmSystem
+
+        spec: dict[str, Any] | None = None
+        if name == "vllm-ngram":
+            spec = {
+                "method": "ngram",
+                "num_speculative_tokens": k,
+                "prompt_lookup_min": setup.ngram_min,
+                "prompt_lookup_max": setup.ngram_max,
+            }
+        elif name == "vllm-draft-model":
+            spec = {
+                "method": "draft_model",
+                "model": setup.draft_model_path,
+                "num_speculative_tokens": k,
+            }
+        elif name != BASELINE:
+            raise SystemChoiceError(f"unknown system {name!r}")
+        return VllmSystem(name, setup.model_path, setup.engine_args, spec, description)
+
+    def close(self) -> None:
+        if self._starting is not None:
+            self._starting.join()
+        if self._server is not None:
+            self._server.close()
+            self._server = None

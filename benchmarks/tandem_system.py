@@ -1,0 +1,173 @@
+"""tandem through its real gRPC server: the way a user reaches it.
+
+The bench starts `tandem serve` in a child process (its own embedded Ray cluster, target and
+drafter actors) unless it is given the address of a running server. Every tandem mode runs
+through that one server, chosen per request. Times are taken on the client side, so they include
+everything a user pays for: gRPC, the coordinator, Ray, the drafters, the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from tandem.benchmarks.records import ConcurrencyRun, GenerationParams, RequestRecord, Trace
+from tandem.benchmarks.workload import Prompt
+
+
+class TandemServer:
+    """A tandem server the bench started (stopped on close), or one it was pointed at."""
+
+    def __init__(self, config: dict[str, Any], address: str | None = None) -> None:
+        from tandem.client import TandemClient
+        from tandem.cluster.launcher import ServiceProcess
+
+        self.config = config
+        self.service = None
+        if address is None:
+            self.service = ServiceProcess(config)
+            address = self.service.start()
+        self.address = address
+        self.client = TandemClient(address)
+        self.model_info = self.client.model_info()
+
+    def modes(self, candidates: Sequence[str]) -> set[str]:
+        """The speculation modes the server accepts: each is tried with a 1-token request."""
+        import grpc
+
+        offered = set()
+        for mode in candidates:
+            try:
+                self.client.generate([1], max_tokens=1, temperature=0.0, speculation=mode)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                    raise
+                continue
+            offered.add(mode)
+        return offered
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "started_by_bench": self.service is not None,
+            "model_path": self.model_info.path,
+            "replicas": self.model_info.replicas,
+            "config": self.config if self.service is not None else None,
+        }
+
+    def close(self) -> None:
+        self.client.close()
+        if self.service is not None:
+            self.service.stop()
+            self.service = None
+
+
+class TandemSystem:
+    """One speculation mode of a tandem server (mode "off": the target alone)."""
+
+    kind = "tandem gRPC"
+
+    def __init__(
+        self, name: str, mode: str, k: int, server: TandemServer, description: str = ""
+    ) -> None:
+        self.name = name
+        self.mode = mode
+        self.speculative = mode != "off"
+        self.num_speculative_tokens = k if self.speculative else 0
+        self.server = server
+        self.description = description
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "description": self.description,
+            "mode": self.mode,
+            "server": self.server.info(),
+        }
+
+    def _request(self, params: GenerationParams) -> dict[str, Any]:
+        request = {
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "seed": params.seed,
+            "speculation": self.mode,
+        }
+        if self.speculative:
+            request["num_speculative_tokens"] = self.num_speculative_tokens
+        return request
+
+    def warmup(self, prompts: Sequence[Prompt], params: GenerationParams) -> None:
+        for prompt in prompts:
+            self.run(prompt, params)
+
+    def run(self, prompt: Prompt, params: GenerationParams) -> RequestRecord:
+        trace = Trace(prompt, time.perf_counter())
+        last = None
+        for chunk in self.server.client.stream(list(prompt.token_ids), **self._request(params)):
+            _observe(trace, chunk)
+            last = chunk
+        return _record(trace, last, self.name)
+
+    def run_concurrent(
+        self, prompts: Sequence[Prompt], concurrency: int, params: GenerationParams
+    ) -> ConcurrencyRun:
+        return asyncio.run(self._concurrent(prompts, concurrency, params))
+
+    async def _concurrent(
+        self, prompts: Sequence[Prompt], concurrency: int, params: GenerationParams
+    ) -> ConcurrencyRun:
+        """`concurrency` client streams, each taking the next prompt when its last one ends."""
+        from tandem.client import AsyncTandemClient
+
+        queue: asyncio.Queue[tuple[int, Prompt]] = asyncio.Queue()
+        for item in enumerate(prompts):
+            queue.put_nowait(item)
+        records: list[RequestRecord | None] = [None] * len(prompts)
+
+        async def stream_worker(client: AsyncTandemClient) -> None:
+            while not queue.empty():
+                index, prompt = queue.get_nowait()
+                trace = Trace(prompt, time.perf_counter())
+                last = None
+                async for chunk in client.stream(list(prompt.token_ids), **self._request(params)):
+                    _observe(trace, chunk)
+                    last = chunk
+                records[index] = _record(trace, last, self.name)
+
+        async with AsyncTandemClient(self.server.address) as client:
+            start = time.perf_counter()
+            await asyncio.gather(*(stream_worker(client) for _ in range(concurrency)))
+            wall = time.perf_counter() - start
+        return ConcurrencyRun(self.name, concurrency, wall, [r for r in records if r])
+
+    def close(self) -> None:
+        """The shared server is closed by the builder, once."""
+
+
+def _finish_reason(chunk: Any) -> str | None:
+    """The stream's finish reason in vLLM's words (stop, length, abort); None while running."""
+    from tandem.protos import tandem_pb2 as pb
+
+    if chunk.finish_reason == pb.FINISH_REASON_UNSPECIFIED:
+        return None
+    return pb.FinishReason.Name(chunk.finish_reason).removeprefix("FINISH_REASON_").lower()
+
+
+def _observe(trace: Trace, chunk: Any) -> None:
+    now = time.perf_counter()
+    trace.observe(chunk.token_ids, now)
+    if (reason := _finish_reason(chunk)) is not None:
+        trace.finish(reason, now)
+
+
+def _record(trace: Trace, last: Any, system: str) -> RequestRecord:
+    """The trace's record plus the server's draft figures from the stream's last message."""
+    record = trace.record(system)
+    record.drafts = None  # the server reports draft and accepted tokens, not drafting steps
+    if last is not None and last.HasField("speculation"):
+        record.draft_tokens = last.speculation.draft_tokens
+        record.accepted_tokens = last.speculation.accepted_tokens
+    return record
