@@ -81,3 +81,15 @@ def test_serve_refuses_bad_config_before_starting(tmp_path):
     )
     assert run.returncode == 2
     assert "server.max_inflight" in run.stderr
+
+
+def test_example_configs_load():
+    from pathlib import Path
+
+    examples = sorted((Path(__file__).parents[1] / "deploy" / "configs").glob("*.yaml"))
+    assert len(examples) >= 2
+    for path in examples:
+        config = TandemConfig.from_yaml(path)
+        assert config.speculation.enabled and config.target.replicas >= 1
+    local = Path(__file__).parents[1] / "deploy" / "configs" / "local-cpu.yaml"
+    assert TandemConfig.from_yaml(local) == TandemConfig()  # the built-in default, written out
