@@ -72,9 +72,10 @@ def place_pool(
         ray.get(group.ready(), timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
         remove_placement_group(group)
+        free = {k: v for k, v in ray.available_resources().items() if k in bundle}
         raise PlacementError(
             f"{name}: {replicas} x {bundle} could not be reserved within {timeout_s:.0f}s; "
-            "the cluster's resources are taken by something else"
+            f"free now: {free} (other pools or jobs hold the rest)"
         ) from None
     remote_class = ray.remote(actor_class)
     actors = [

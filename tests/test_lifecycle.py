@@ -23,6 +23,7 @@ def test_two_replicas_share_work_and_sigterm_drains(model_path):
     config = {
         "models": {"target": str(model_path)},
         "target": {"replicas": 2, "resources": {"CPU": 1}},
+        "speculation": {"enabled": False},  # both CPUs go to the two targets
         "server": {"drain_timeout_s": 60},
         "ray": {"num_cpus": 2},
     }
