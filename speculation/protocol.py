@@ -19,6 +19,11 @@ class Mode(StrEnum):
     NGRAM = "ngram"  # prompt lookup over the request's own tokens
     MODEL = "model"  # a small causal LM with its own KV cache
     HYBRID = "hybrid"  # ngram when it finds a match, the model otherwise
+    SUFFIX = "suffix"  # SuffixDecoding: suffix trees over this request and recent outputs
+    RECYCLE = "recycle"  # Token Recycling: chains through the target's own top-k candidates
+    # Measurement only (tandem bench): the target's known greedy continuation, corrupted with
+    # probability 1 - alpha. Refused in serving configs.
+    CONTROLLED = "controlled"
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,9 @@ class DraftItem:
     tokens: tuple[int, ...]  # committed tokens from `start` on
     k: int  # how many tokens to draft
     mode: Mode
+    # The target's top candidates seen while verifying this request's last block: (input token,
+    # candidate next tokens, best first) per verified position. Token Recycling's table feeds on it.
+    candidates: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
