@@ -44,6 +44,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         speculation=args.speculation,
         num_speculative_tokens=args.num_speculative_tokens,
+        pipelined=args.pipelined,
     )
     token_ids: list[int] = []
     text = []
@@ -82,6 +83,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 "acceptance_rate": last.speculation.acceptance_rate,
                 "mean_accepted_length": last.speculation.mean_accepted_length,
                 "target_steps": last.speculation.target_steps,
+                "cache_hits": last.speculation.cache_hits,
+                "cache_misses": last.speculation.cache_misses,
             },
         }
         print(json.dumps(out))
@@ -147,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="drafter for this request (default: the server's speculation.default_mode)",
     )
     gen.add_argument("--num-speculative-tokens", type=int, help="draft length k per step")
+    gen.add_argument(
+        "--pipelined",
+        action=argparse.BooleanOptionalAction,
+        help="pre-draft while the target verifies (default: speculation.pipeline.enabled)",
+    )
     gen.add_argument("--json", action="store_true", help="print one JSON object at the end")
     gen.set_defaults(func=cmd_generate)
 

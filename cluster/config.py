@@ -134,6 +134,15 @@ class DraftPoolConfig(_PoolConfig):
         return self.model is not None or self.derive_layers > 0
 
 
+class PipelineConfig(_Section):
+    """Pipelined speculation (PEARL, SSD): while the target verifies a block, the drafter
+    pre-drafts the next one for the block's likeliest outcomes (the speculation cache)."""
+
+    enabled: bool = True  # the default for requests; each may turn it off
+    outcomes: PositiveInt = 4  # outcomes pre-drafted per request and step
+    fanout: PositiveInt = 2  # guesses per rejected position for the target's token there
+
+
 SpeculationMode = Literal["off", "ngram", "model", "hybrid"]
 
 
@@ -149,6 +158,7 @@ class SpeculationConfig(_Section):
     # decode without drafts, and steps that hold one carry no drafts for anyone.
     sampled_requests: bool = False
     drafters: DraftPoolConfig = Field(default_factory=DraftPoolConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     @model_validator(mode="after")
     def _mode_available(self) -> SpeculationConfig:

@@ -53,6 +53,8 @@ class Counters:
     target_steps: int = 0
     draft_tokens: int = 0
     accepted_tokens: int = 0
+    cache_hits: int = 0  # drafts served from the speculation cache
+    cache_misses: int = 0  # pipelined steps drafted just in time
     started: float = field(default_factory=time.monotonic)
 
 
@@ -83,6 +85,7 @@ class Coordinator:
             default_mode=config.speculation.default_mode if config.speculation.enabled else "off",
             max_speculative_tokens=config.speculation.num_speculative_tokens,
             speculate_sampled=config.speculation.sampled_requests,
+            pipelined=config.speculation.pipeline.enabled,
         )
         self.outstanding = [0] * len(pool.actors)
         self.running: dict[str, int] = {}  # request id -> replica index
@@ -107,6 +110,8 @@ class Coordinator:
                     "num_speculative_tokens": spec.num_speculative_tokens,
                     "timeout_s": spec.step_timeout_ms / 1000,
                     "sampled_requests": spec.sampled_requests,
+                    "cache_outcomes": spec.pipeline.outcomes if spec.pipeline.enabled else 0,
+                    "cache_fanout": spec.pipeline.fanout,
                 }
             target = config.target
             pool = place_pool(
@@ -169,7 +174,12 @@ class Coordinator:
         produced = 0
         finish_reason = None
         stream = actor.generate.remote(
-            rid, prepared.prompt_token_ids, prepared.sampling, prepared.mode, prepared.k
+            rid,
+            prepared.prompt_token_ids,
+            prepared.sampling,
+            prepared.mode,
+            prepared.k,
+            prepared.pipelined,
         )
         try:
             async for ref in stream:
@@ -214,6 +224,8 @@ class Coordinator:
         self.counters.target_steps += figures["target_steps"]
         self.counters.draft_tokens += figures["draft_tokens"]
         self.counters.accepted_tokens += figures["accepted_tokens"]
+        self.counters.cache_hits += figures["cache_hits"]
+        self.counters.cache_misses += figures["cache_misses"]
 
     def abort(self, request_id: str) -> bool:
         replica = self.running.get(request_id)
@@ -350,6 +362,8 @@ def speculation_stats(counters: Counters, replicas: list[dict[str, Any]]) -> dic
             acceptance_rate=ratio(counters.accepted_tokens, counters.draft_tokens),
             mean_accepted_length=ratio(counters.generated_tokens, counters.target_steps),
             target_steps=counters.target_steps,
+            cache_hits=counters.cache_hits,
+            cache_misses=counters.cache_misses,
         ),
         "drafter_rtt_mean_s": ratio(rtt_total, drafted_steps),
         "drafter_rtt_p50_s": max((s["p50_rtt_s"] for s in sessions), default=0.0),

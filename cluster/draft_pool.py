@@ -6,7 +6,7 @@ from typing import Any
 
 import ray
 
-from tandem.speculation.protocol import DraftItem, DraftReply
+from tandem.speculation.protocol import DraftItem, DraftReply, PredraftPlan, PredraftReply
 
 
 class DraftTimeout(TimeoutError):
@@ -26,9 +26,24 @@ class RayTransport:
             replica: self.drafters[replica].draft.remote(items)
             for replica, items in batches.items()
         }
+        return self._wait(refs, timeout_s)
+
+    def predraft(self, batches: dict[int, list[DraftItem]], plan: PredraftPlan) -> dict[int, Any]:
+        return {
+            replica: self.drafters[replica].predraft.remote(items, plan)
+            for replica, items in batches.items()
+        }
+
+    def collect(
+        self, handle: dict[int, Any], timeout_s: float
+    ) -> dict[int, list[PredraftReply] | Exception]:
+        return self._wait(handle, timeout_s)
+
+    def _wait(self, refs: dict[int, Any], timeout_s: float) -> dict[int, Any]:
+        """Each replica's result, or the exception that stands for its failure or lateness."""
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
         ready = set(ready)
-        results: dict[int, list[DraftReply] | Exception] = {}
+        results: dict[int, Any] = {}
         for replica, ref in refs.items():
             if ref not in ready:
                 results[replica] = DraftTimeout(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tandem.speculation.drafter import Drafter
-from tandem.speculation.protocol import DraftItem, DraftReply
+from tandem.speculation.protocol import DraftItem, DraftReply, PredraftPlan, PredraftReply
 
 
 class DrafterReplica:
@@ -44,6 +44,9 @@ class DrafterReplica:
     def draft(self, items: list[DraftItem]) -> list[DraftReply]:
         self.calls += 1
         return self.drafter.draft(items)
+
+    def predraft(self, items: list[DraftItem], plan: PredraftPlan) -> list[PredraftReply]:
+        return self.drafter.predraft(items, plan)
 
     def free(self, request_ids: list[str]) -> None:
         self.drafter.free(request_ids)

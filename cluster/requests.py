@@ -45,6 +45,7 @@ class Limits:
     default_mode: str = "off"
     max_speculative_tokens: int = 0
     speculate_sampled: bool = False  # speculation for requests with temperature > 0
+    pipelined: bool = False  # pre-draft while the target verifies, unless a request says not
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class PreparedRequest:
     sampling: dict[str, Any]  # keyword arguments of vllm.SamplingParams
     mode: str = "off"  # speculation mode
     k: int = 0  # speculative tokens per step
+    pipelined: bool = False
 
 
 def prepare(request: pb.GenerateRequest, tokenizer: Any, limits: Limits) -> PreparedRequest:
@@ -70,7 +72,12 @@ def prepare(request: pb.GenerateRequest, tokenizer: Any, limits: Limits) -> Prep
     mode, k = speculation(request.speculation, limits)
     if sampling["temperature"] > 0 and not limits.speculate_sampled:
         mode, k = "off", 0
-    return PreparedRequest(request_id, prompt, sampling, mode, k)
+    pipelined = (
+        request.speculation.pipelined
+        if request.speculation.HasField("pipelined")
+        else limits.pipelined
+    )
+    return PreparedRequest(request_id, prompt, sampling, mode, k, pipelined)
 
 
 def speculation(params: pb.SpeculationParams, limits: Limits) -> tuple[str, int]:

@@ -16,6 +16,8 @@ from typing import Any
 
 import ray
 
+from tandem.speculation.session import SpeculationStats
+
 # The engine must live in this process; set before vLLM reads its environment.
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
@@ -58,6 +60,8 @@ class TargetReplica:
                 RayTransport(list(drafters)),
                 speculation["timeout_s"],
                 speculation["sampled_requests"],
+                speculation["cache_outcomes"],
+                speculation["cache_fanout"],
             )
             attached = self._loop.call(
                 lambda engine: engine.collective_rpc("tandem_attach", args=(self.session,))
@@ -89,6 +93,7 @@ class TargetReplica:
         sampling: dict[str, Any],
         mode: str = "off",
         k: int = 0,
+        pipelined: bool = False,
     ) -> AsyncIterator[dict[str, Any]]:
         """Stream {token_ids, text, finish_reason} per engine step; the last one also carries
         finish_reason and the request's speculation figures."""
@@ -102,7 +107,8 @@ class TargetReplica:
         params = SamplingParams(**sampling, output_kind=RequestOutputKind.DELTA)
         flush = None
         if self.session is not None:
-            spec = RequestSpec(Mode(mode), k, params.sampling_type == SamplingType.GREEDY)
+            greedy = params.sampling_type == SamplingType.GREEDY
+            spec = RequestSpec(Mode(mode), k, greedy, pipelined)
             self.session.register(request_id, spec)
             flush = functools.partial(self.session.must_flush_before, spec)
         self._served += 1
@@ -131,10 +137,13 @@ class TargetReplica:
                 self.session.release(request_id)
 
     def _figures(self, request_id: str, mode: str, steps: int, tokens: int) -> dict[str, Any]:
-        drafted = self.session.release(request_id).draft_tokens if self.session else 0
+        figures = self.session.release(request_id) if self.session else SpeculationStats()
+        drafted = figures.draft_tokens
         accepted = tokens - steps  # every target step yields its accepted drafts plus one
         return {
             "mode": mode,
+            "cache_hits": figures.cache_hits,
+            "cache_misses": figures.cache_misses,
             "draft_tokens": drafted,
             "accepted_tokens": accepted,
             "acceptance_rate": accepted / drafted if drafted else 0.0,

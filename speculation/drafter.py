@@ -7,12 +7,21 @@ be resynced by the proposer on its next step.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tandem.speculation.model_drafter import CacheState, ModelDrafter
 from tandem.speculation.ngram import NgramIndex
-from tandem.speculation.protocol import DraftItem, DraftReply, Mode
+from tandem.speculation.protocol import (
+    DraftItem,
+    DraftReply,
+    Mode,
+    Outcome,
+    PredraftPlan,
+    PredraftReply,
+)
 
 
 @dataclass
@@ -42,6 +51,44 @@ class Drafter:
     def draft(self, items: list[DraftItem]) -> list[DraftReply]:
         return [self._draft_one(item) for item in items]
 
+    def predraft(self, items: list[DraftItem], plan: PredraftPlan) -> list[PredraftReply]:
+        """Speculation cache (SSD, PEARL): while the target verifies each item's block, draft
+        the next block for its likeliest outcomes, within the plan's budgets."""
+        deadline = time.perf_counter() + plan.time_s
+        replies = []
+        for item in items:
+            state = self._sync(item)
+            if state is None:
+                replies.append(PredraftReply(item.request_id, {}, known=False))
+                continue
+            blocks = self._predraft(state, item, plan, deadline)
+            replies.append(PredraftReply(item.request_id, blocks))
+        return replies
+
+    def _predraft(
+        self, state: RequestState, item: DraftItem, plan: PredraftPlan, deadline: float
+    ) -> dict[Outcome, tuple[int, ...]]:
+        block = list(item.block)
+        blocks: dict[Outcome, tuple[int, ...]] = {}
+        # All accepted: one draft of k + 1 guesses the bonus token and the block after it.
+        ahead = self._propose(state, item, block, item.k + 1)
+        if len(ahead) > 1:
+            blocks[(len(block), ahead[0])] = tuple(ahead[1:])
+        # Rejected at position j: the target emits another token there; guess it.
+        for j in range(len(block)):
+            previous = block[j - 1] if j else state.tokens[-1]
+            for token in self._guesses(previous, plan.fanout, exclude=block[j]):
+                if len(blocks) >= plan.outcomes or time.perf_counter() > deadline:
+                    return blocks
+                found = self._propose(state, item, block[:j] + [token], item.k)
+                if found:  # an empty entry would only stand in for a just-in-time miss
+                    blocks[(j, token)] = tuple(found)
+        return blocks
+
+    def _guesses(self, previous: int, fanout: int, exclude: int) -> list[int]:
+        """Likely target tokens after `previous`, other than the draft's."""
+        return []
+
     def free(self, request_ids: list[str]) -> None:
         for request_id in request_ids:
             self.requests.pop(request_id, None)
@@ -50,7 +97,7 @@ class Drafter:
         state = self._sync(item)
         if state is None:
             return DraftReply(item.request_id, (), known=False)
-        return DraftReply(item.request_id, tuple(self._propose(state, item)))
+        return DraftReply(item.request_id, tuple(self._propose(state, item, (), item.k)))
 
     def _sync(self, item: DraftItem) -> RequestState | None:
         """Bring the request's mirror up to date; None when there is a gap to resync."""
@@ -71,15 +118,19 @@ class Drafter:
         self.requests.move_to_end(item.request_id)
         return state
 
-    def _propose(self, state: RequestState, item: DraftItem) -> list[int]:
+    def _propose(
+        self, state: RequestState, item: DraftItem, extra: Sequence[int], k: int
+    ) -> list[int]:
+        """k draft tokens after the request's committed tokens followed by `extra` (uncommitted
+        tokens: a block under verification, when pre-drafting)."""
         if item.mode is Mode.OFF:
             return []
         if item.mode in (Mode.NGRAM, Mode.HYBRID):
-            found = state.ngram.propose(item.k)
+            found = state.ngram.propose(k, extra)
             if found or item.mode is Mode.NGRAM:
                 return found
         if self.model is None:  # the coordinator refuses model modes without a model
             return []
         if state.model is None:
             state.model = self.model.new_state()
-        return self.model.draft(state.model, state.tokens, item.k)
+        return self.model.draft(state.model, state.tokens + list(extra), k)

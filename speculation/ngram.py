@@ -30,13 +30,15 @@ class NgramIndex:
                 self._latest[tuple(self.tokens[end - n + 1 : end + 1])] = end
             self.tokens.append(token)
 
-    def propose(self, k: int) -> list[int]:
-        """Up to k tokens that followed the longest, most recent earlier match of the suffix."""
+    def propose(self, k: int, extra: Sequence[int] = ()) -> list[int]:
+        """Up to k tokens that followed the longest, most recent earlier match of the suffix of
+        the tokens followed by `extra` (tokens not committed yet: a block under verification,
+        for the speculation cache); the index itself is left unchanged."""
         if k <= 0:
             return []
-        size = len(self.tokens)
-        for n in range(min(self.max_n, size), self.min_n - 1, -1):
-            end = self._latest.get(tuple(self.tokens[size - n :]))
+        tail = self.tokens[len(self.tokens) - self.max_n :] + list(extra)
+        for n in range(min(self.max_n, len(self.tokens) + len(extra)), self.min_n - 1, -1):
+            end = self._latest.get(tuple(tail[len(tail) - n :]))
             if end is not None:
                 return self.tokens[end + 1 : end + 1 + k]
         return []

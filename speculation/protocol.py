@@ -36,6 +36,8 @@ class DraftItem:
     # The target's top candidates seen while verifying this request's last block: (input token,
     # candidate next tokens, best first) per verified position. Token Recycling's table feeds on it.
     candidates: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    # Pre-drafting only: the block the target is verifying now (speculation cache).
+    block: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -43,3 +45,26 @@ class DraftReply:
     request_id: str
     tokens: tuple[int, ...]  # the draft (may be shorter than k, or empty)
     known: bool = True  # False: the drafter lacks this request's history; resend it all
+
+
+# A verification outcome: (drafts the target accepts, the token it emits after them).
+Outcome = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class PredraftReply:
+    """The speculation cache entries for one request: the next block for each outcome of the
+    block under verification that the drafter had the budget to pre-draft."""
+
+    request_id: str
+    blocks: dict[Outcome, tuple[int, ...]]
+    known: bool = True
+
+
+@dataclass(frozen=True)
+class PredraftPlan:
+    """The speculation cache's budget per request and step."""
+
+    outcomes: int  # verification outcomes pre-drafted at most
+    fanout: int  # guesses per rejected position for the token the target emits there
+    time_s: float  # stop pre-drafting after this long (the target's step time, measured)

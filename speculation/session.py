@@ -5,10 +5,16 @@ Once per engine step `propose` receives the batch (request ids and their committ
 returns one draft per request. A drafter that errs or misses the step's
 time budget is marked down: its requests get no drafts (decoding goes on without speculation)
 until a probe shows it answers again, then speculation resumes.
+
+Pipelining (PEARL, SSD): after handing the target a block, the session asks the drafters to
+pre-draft the next block for the block's likeliest verification outcomes while the target
+verifies it. At the next step the actual outcome (accepted length, emitted token) is looked up in
+that speculation cache: a hit costs no round trip, a miss is drafted just in time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import defaultdict, deque
@@ -16,7 +22,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tandem.speculation.protocol import DraftItem, DraftReply, Mode
+from tandem.speculation.protocol import (
+    DraftItem,
+    DraftReply,
+    Mode,
+    Outcome,
+    PredraftPlan,
+    PredraftReply,
+)
 
 
 class Transport(Protocol):
@@ -38,12 +51,21 @@ class Transport(Protocol):
         """Non-blocking health probe: True once the replica answers again."""
         ...
 
+    def predraft(self, batches: dict[int, list[DraftItem]], plan: PredraftPlan) -> Any:
+        """Start pre-drafting (asynchronously); returns a handle for `collect`."""
+        ...
+
+    def collect(self, handle: Any, timeout_s: float) -> dict[int, list[PredraftReply] | Exception]:
+        """The pre-drafted blocks of a `predraft` call, waiting at most timeout_s."""
+        ...
+
 
 @dataclass(frozen=True)
 class RequestSpec:
     mode: Mode
     k: int  # speculative tokens per step, <= the engine's num_speculative_tokens
     greedy: bool = True  # False: the request samples (temperature > 0)
+    pipelined: bool = True  # pre-draft while the target verifies (speculation cache)
 
 
 @dataclass
@@ -53,10 +75,14 @@ class SpeculationStats:
 
     draft_tokens: int = 0
     rounds: int = 0  # verification rounds that carried a draft
+    cache_hits: int = 0  # steps whose draft came from the speculation cache
+    cache_misses: int = 0  # pipelined steps that had to draft just in time
 
     def add(self, other: SpeculationStats) -> None:
         self.draft_tokens += other.draft_tokens
         self.rounds += other.rounds
+        self.cache_hits += other.cache_hits
+        self.cache_misses += other.cache_misses
 
 
 @dataclass
@@ -65,7 +91,17 @@ class _Request:
     replica: int
     synced: int = 0  # committed tokens the drafter is known to hold
     pending: int = 0  # draft length proposed last step; verified if the request is back
+    block: tuple[int, ...] = ()  # that draft, for the speculation cache
+    proposed_at: int = 0  # committed tokens when it was proposed
+    cache: dict[Outcome, tuple[int, ...]] = field(default_factory=dict)
     stats: SpeculationStats = field(default_factory=SpeculationStats)
+
+    def outcome(self, committed: int, last_token: int) -> Outcome | None:
+        """How the target verified `block`: accepted drafts and the token it emitted after."""
+        accepted = committed - self.proposed_at - 1
+        if not self.block or not 0 <= accepted <= len(self.block):
+            return None
+        return accepted, last_token
 
 
 @dataclass
@@ -80,10 +116,21 @@ class SessionStats:
 
 class SpeculationSession:
     def __init__(
-        self, transport: Transport, timeout_s: float, speculate_sampled: bool = False
+        self,
+        transport: Transport,
+        timeout_s: float,
+        speculate_sampled: bool = False,
+        cache_outcomes: int = 0,
+        cache_fanout: int = 1,
     ) -> None:
         self.transport = transport
         self.timeout_s = timeout_s
+        # Speculation cache budget per request and step; 0 turns pipelining off.
+        self.cache_outcomes = cache_outcomes
+        self.cache_fanout = cache_fanout
+        self._predrafting: Any = None  # the handle of the pre-drafting started last step
+        self._last_propose = 0.0
+        self._step_s = 0.0  # moving average of the time between two steps
         # False: no drafts while a sampling request is registered, because vLLM 0.32's CPU
         # rejection sampler is not exact (and can crash) for sampled requests beside drafts.
         self.speculate_sampled = speculate_sampled
@@ -121,9 +168,12 @@ class SpeculationSession:
         num_tokens: Sequence[int],
         token_ids: Any,  # 2-D array-like: row i holds request i's committed tokens
     ) -> list[list[int]]:
+        self._time_step()
         drafts: list[list[int]] = [[] for _ in request_ids]
+        self._collect_predrafts()
         batches: dict[int, list[DraftItem]] = defaultdict(list)
         slots: dict[int, list[tuple[int, _Request, int]]] = defaultdict(list)
+        speculating: list[tuple[int, _Request, int]] = []
         with self._lock:
             self._revive_drafters()
             requests = [self._requests.get(request_id) for request_id in request_ids]
@@ -135,17 +185,43 @@ class SpeculationSession:
                     request.stats.rounds += 1
                     request.stats.draft_tokens += request.pending
                     request.pending = 0
+                n = int(num_tokens[i])
+                outcome = request.outcome(n, int(token_ids[i][n - 1]))
+                cached = request.cache.get(outcome) if outcome else None
+                request.block, request.cache = (), {}
                 if request.replica in self._down or hold:
                     continue
-                n = int(num_tokens[i])
-                new = tuple(int(t) for t in token_ids[i][request.synced : n])
-                item = DraftItem(
-                    request_ids[i], request.synced, new, request.spec.k, request.spec.mode
+                speculating.append((i, request, n))
+                if request.spec.pipelined and self.cache_outcomes and outcome:
+                    request.stats.cache_hits += cached is not None
+                    request.stats.cache_misses += cached is None
+                if cached is not None:
+                    drafts[i] = list(cached[: request.spec.k])
+                    continue
+                batches[request.replica].append(
+                    self._item(request_ids[i], request, token_ids[i], n)
                 )
-                batches[request.replica].append(item)
                 slots[request.replica].append((i, request, n))
-        if not batches:
-            return drafts
+        if batches:
+            self._draft_just_in_time(batches, slots, drafts)
+        with self._lock:
+            for i, request, n in speculating:
+                request.pending = len(drafts[i])
+                request.block, request.proposed_at = tuple(drafts[i]), n
+        self._start_predrafts(request_ids, speculating, token_ids)
+        return drafts
+
+    def _item(self, request_id: str, request: _Request, tokens: Any, n: int) -> DraftItem:
+        """What the drafter lacks of this request, and what to draft."""
+        new = tuple(int(t) for t in tokens[request.synced : n])
+        return DraftItem(request_id, request.synced, new, request.spec.k, request.spec.mode)
+
+    def _draft_just_in_time(
+        self,
+        batches: dict[int, list[DraftItem]],
+        slots: dict[int, list[tuple[int, _Request, int]]],
+        drafts: list[list[int]],
+    ) -> None:
         start = time.perf_counter()
         results = self.transport.draft(dict(batches), self.timeout_s)
         rtt = time.perf_counter() - start
@@ -164,8 +240,58 @@ class SpeculationSession:
                         continue
                     request.synced = n
                     drafts[i] = list(reply.tokens[: request.spec.k])
-                    request.pending = len(drafts[i])
-        return drafts
+
+    def _start_predrafts(
+        self,
+        request_ids: Sequence[str],
+        speculating: list[tuple[int, _Request, int]],
+        token_ids: Any,
+    ) -> None:
+        """Have the drafters pre-draft the next blocks while the target verifies these."""
+        if not self.cache_outcomes:
+            return
+        batches: dict[int, list[DraftItem]] = defaultdict(list)
+        with self._lock:
+            for i, request, n in speculating:
+                if not request.block or not request.spec.pipelined or request.replica in self._down:
+                    continue
+                item = self._item(request_ids[i], request, token_ids[i], n)
+                item = dataclasses.replace(item, block=request.block)
+                batches[request.replica].append(item)
+                request.synced = n  # the pre-drafting call brings the drafter up to date
+        if batches:
+            plan = PredraftPlan(self.cache_outcomes, self.cache_fanout, 0.8 * self._step_s)
+            self._predrafting = self.transport.predraft(dict(batches), plan)
+
+    def _collect_predrafts(self) -> None:
+        """Fill each request's speculation cache from the pre-drafting started last step."""
+        handle, self._predrafting = self._predrafting, None
+        if handle is None:
+            return
+        results = self.transport.collect(handle, self.timeout_s)
+        with self._lock:
+            for replica, result in results.items():
+                if isinstance(result, Exception):
+                    self._failures += 1
+                    self._down.add(replica)
+                    continue
+                for reply in result:
+                    request = self._requests.get(reply.request_id)
+                    if request is None:
+                        continue
+                    if not reply.known:
+                        request.synced = 0
+                    request.cache = reply.blocks
+
+    def _time_step(self) -> None:
+        now = time.perf_counter()
+        if self._last_propose and now - self._last_propose < 1.0:  # not across idle time
+            self._step_s = (
+                0.8 * self._step_s + 0.2 * (now - self._last_propose)
+                if self._step_s
+                else now - self._last_propose
+            )
+        self._last_propose = now
 
     def _holds_sampled(self) -> bool:
         return any(not request.spec.greedy for request in self._requests.values())

@@ -37,6 +37,7 @@ def build_request(
     ignore_eos: bool = False,
     speculation: str | None = None,
     num_speculative_tokens: int | None = None,
+    pipelined: bool | None = None,
 ) -> pb.GenerateRequest:
     """A GenerateRequest from Python values; unset fields take the server's defaults.
 
@@ -60,6 +61,8 @@ def build_request(
         )
     if num_speculative_tokens is not None:
         request.speculation.num_speculative_tokens = num_speculative_tokens
+    if pipelined is not None:
+        request.speculation.pipelined = pipelined
     if isinstance(prompt, str):
         if chat:
             request.chat.messages.add(role="user", content=prompt)

@@ -1,7 +1,7 @@
 """The proposer-side session, driven without Ray or vLLM (a scripted in-memory transport)."""
 
 from tandem.speculation.drafter import Drafter
-from tandem.speculation.protocol import DraftReply, Mode
+from tandem.speculation.protocol import DraftItem, DraftReply, Mode
 from tandem.speculation.session import RequestSpec, SpeculationSession
 
 
@@ -14,6 +14,7 @@ class LocalTransport:
         self.sent = []
         self.failing = set()
         self.alive_again = set()
+        self.predrafted = []
 
     def draft(self, batches, timeout_s):
         self.sent.append(batches)
@@ -30,6 +31,13 @@ class LocalTransport:
 
     def probe(self, replica):
         return replica in self.alive_again
+
+    def predraft(self, batches, plan):
+        self.predrafted.append(batches)
+        return {r: self.drafters[r].predraft(items, plan) for r, items in batches.items()}
+
+    def collect(self, handle, timeout_s):
+        return handle
 
 
 def step(session, rows):
@@ -111,8 +119,6 @@ def test_requests_spread_over_drafter_replicas():
 
 
 def test_drafter_protocol_overlap_and_gap():
-    from tandem.speculation.protocol import DraftItem
-
     drafter = Drafter()
     assert drafter.draft([DraftItem("r", 0, (1, 2, 1), 2, Mode.NGRAM)]) == [DraftReply("r", (2, 1))]
     # a resend that overlaps what it holds is skipped, not duplicated
@@ -125,8 +131,6 @@ def test_drafter_protocol_overlap_and_gap():
 
 
 def test_drafter_evicts_least_recent_beyond_its_bound():
-    from tandem.speculation.protocol import DraftItem
-
     drafter = Drafter(max_requests=2)
     for name in "abc":
         drafter.draft([DraftItem(name, 0, (1,), 1, Mode.NGRAM)])
@@ -149,3 +153,50 @@ def test_sampled_requests_hold_drafts_back():
     assert step(session, {"greedy": [4, 5, 4, 5, 4, 5]}) == [[4, 5]]
     permissive = SpeculationSession(LocalTransport(), timeout_s=1, speculate_sampled=True)
     assert not permissive.must_flush_before(sampled)
+
+
+def pipelined_session(transport):
+    return SpeculationSession(transport, timeout_s=1, cache_outcomes=4, cache_fanout=2)
+
+
+def test_speculation_cache_hit_skips_the_round_trip():
+    transport = LocalTransport()
+    session = pipelined_session(transport)
+    session.register("a", RequestSpec(Mode.NGRAM, 2))
+    history = [7, 1, 2, 3, 4, 5, 6, 1, 2]
+    assert step(session, {"a": history}) == [[3, 4]]  # just in time: nothing cached yet
+    assert len(transport.sent) == 1
+    # the drafter pre-drafted "both accepted, then 5" while the target verified [3, 4]
+    (item,) = transport.predrafted[-1][0]
+    assert item.block == (3, 4)
+    history += [3, 4, 5]
+    assert step(session, {"a": history}) == [[6, 1]]
+    assert len(transport.sent) == 1  # served from the cache: no draft call
+    # the next pre-drafting call carried the committed tokens the drafter lacked
+    assert transport.predrafted[-1][0][0].tokens == (3, 4, 5)
+    assert transport.drafters[0].requests["a"].tokens == history
+    stats = session.release("a")
+    assert (stats.cache_hits, stats.cache_misses, stats.rounds) == (1, 0, 1)
+
+
+def test_speculation_cache_miss_drafts_just_in_time():
+    transport = LocalTransport()
+    session = pipelined_session(transport)
+    session.register("a", RequestSpec(Mode.NGRAM, 2))
+    history = [7, 1, 2, 3, 4, 5, 6, 1, 2]
+    step(session, {"a": history})
+    history += [3, 1]  # one draft accepted, then the target emitted 1: not pre-drafted
+    expected = Drafter().draft([DraftItem("x", 0, tuple(history), 2, Mode.NGRAM)])[0]
+    assert expected.tokens == (2, 3)
+    assert step(session, {"a": history}) == [list(expected.tokens)]
+    assert len(transport.sent) == 2  # the miss went to the drafter
+    assert session.release("a").cache_misses == 1
+
+
+def test_unpipelined_requests_are_not_predrafted():
+    transport = LocalTransport()
+    session = pipelined_session(transport)
+    session.register("a", RequestSpec(Mode.NGRAM, 2, pipelined=False))
+    step(session, {"a": [1, 2, 3, 1]})
+    step(session, {"a": [1, 2, 3, 1, 2, 3, 1]})
+    assert transport.predrafted == [] and len(transport.sent) == 2

@@ -88,6 +88,19 @@ def test_streamed_final_chunk_and_stats_carry_the_figures(client):
     assert [d.replica_id for d in stats.drafters] == ["drafter-0"]
 
 
+def test_pipelining_hits_the_speculation_cache_and_changes_no_token(client):
+    prompt = "Count from 1 to 40, separated by commas: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
+    runs = {
+        pipelined: client.generate(prompt, temperature=0, max_tokens=64, pipelined=pipelined)
+        for pipelined in (False, True)
+    }
+    assert list(runs[True].token_ids) == list(runs[False].token_ids)
+    sequential, pipelined = runs[False].speculation, runs[True].speculation
+    assert sequential.cache_hits == sequential.cache_misses == 0
+    assert pipelined.cache_hits > 0  # drafts served without a round trip
+    assert client.stats().speculation.cache_hits >= pipelined.cache_hits
+
+
 @pytest.mark.parametrize(
     ("kwargs", "code", "field"),
     [
