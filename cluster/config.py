@@ -119,6 +119,9 @@ class DraftPoolConfig(_PoolConfig):
     model: str | None = None
     derive_layers: int = Field(4, ge=0)
     device: str = "auto"  # torch device of the draft model; auto: the actor's GPU if it has one
+    # Adaptive draft length (SpecDec++): the model drafter ends a block before a token whose
+    # probability under the draft model is below this (0: always draft k).
+    stop_below: float = Field(0.0, ge=0.0, lt=1.0)
     ngram_min: PositiveInt = 1
     ngram_max: PositiveInt = 4
     max_requests: PositiveInt = 1024  # per-request states kept; the least recent are evicted
@@ -143,6 +146,23 @@ class PipelineConfig(_Section):
     fanout: PositiveInt = 2  # guesses per rejected position for the target's token there
 
 
+class DraftLengthConfig(_Section):
+    """How draft length follows the batch size (tandem.speculation.policy): verifying drafts
+    stops paying once the target's forward pass is compute-bound."""
+
+    full_until_batch: PositiveInt = 8  # batches up to this size draft each request's full k
+    off_above_batch: PositiveInt = 32  # larger batches draft nothing
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DraftLengthConfig:
+        if self.full_until_batch > self.off_above_batch:
+            raise ValueError(
+                f"full_until_batch ({self.full_until_batch}) exceeds "
+                f"off_above_batch ({self.off_above_batch})"
+            )
+        return self
+
+
 SpeculationMode = Literal["off", "ngram", "model", "hybrid"]
 
 
@@ -157,8 +177,12 @@ class SpeculationConfig(_Section):
     # rejection sampler is not exact for them (README, "Known vLLM issues"); with it off they
     # decode without drafts, and steps that hold one carry no drafts for anyone.
     sampled_requests: bool = False
+    # Top candidates per verified position that the target shares with the drafters, read from
+    # the logits it computes anyway (Token Recycling's table, speculation-cache guesses); 0: none.
+    target_candidates: int = Field(8, ge=0, le=64)
     drafters: DraftPoolConfig = Field(default_factory=DraftPoolConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    draft_length: DraftLengthConfig = Field(default_factory=DraftLengthConfig)
 
     @model_validator(mode="after")
     def _mode_available(self) -> SpeculationConfig:

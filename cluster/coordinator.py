@@ -112,6 +112,11 @@ class Coordinator:
                     "sampled_requests": spec.sampled_requests,
                     "cache_outcomes": spec.pipeline.outcomes if spec.pipeline.enabled else 0,
                     "cache_fanout": spec.pipeline.fanout,
+                    "candidates": spec.target_candidates,
+                    "draft_length": (
+                        spec.draft_length.full_until_batch,
+                        spec.draft_length.off_above_batch,
+                    ),
                 }
             target = config.target
             pool = place_pool(
@@ -332,6 +337,7 @@ def start_drafters(config: TandemConfig, target_path) -> Pool:
     settings = {
         "model_path": str(draft_path) if draft_path else None,
         "device": pool.device,
+        "stop_below": pool.stop_below,
         "ngram_min": pool.ngram_min,
         "ngram_max": pool.ngram_max,
         "max_requests": pool.max_requests,

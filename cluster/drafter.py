@@ -20,7 +20,11 @@ class DrafterReplica:
         if settings["model_path"]:
             from tandem.speculation.model_drafter import ModelDrafter
 
-            model = ModelDrafter(settings["model_path"], device=_device(settings["device"]))
+            model = ModelDrafter(
+                settings["model_path"],
+                device=_device(settings["device"]),
+                stop_below=settings["stop_below"],
+            )
         self.drafter = Drafter(
             model=model,
             ngram_min=settings["ngram_min"],

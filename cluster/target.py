@@ -54,6 +54,7 @@ class TargetReplica:
         self.session = None
         if speculation:
             from tandem.cluster.draft_pool import RayTransport
+            from tandem.speculation.policy import DraftLengthPolicy
             from tandem.speculation.session import SpeculationSession
 
             self.session = SpeculationSession(
@@ -62,9 +63,12 @@ class TargetReplica:
                 speculation["sampled_requests"],
                 speculation["cache_outcomes"],
                 speculation["cache_fanout"],
+                DraftLengthPolicy(*speculation["draft_length"]),
             )
             attached = self._loop.call(
-                lambda engine: engine.collective_rpc("tandem_attach", args=(self.session,))
+                lambda engine: engine.collective_rpc(
+                    "tandem_attach", args=(self.session, speculation["candidates"])
+                )
             )
             if not all(attached):
                 raise RuntimeError("vLLM did not load tandem's proposer")

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from tandem.speculation.candidates import verified_candidates
+
 
 class TandemProposer:
     def __init__(self, vllm_config: Any) -> None:
         self.max_k = vllm_config.speculative_config.num_speculative_tokens
         self.session: Any = None
         self.input_batch: Any = None
+        self.tap: Any = None
 
-    def attach(self, session: Any, input_batch: Any) -> None:
+    def attach(self, session: Any, input_batch: Any, tap: Any = None) -> None:
         self.session = session
         self.input_batch = input_batch
+        self.tap = tap
 
     def load_model(self, *args: Any, **kwargs: Any) -> None:
         """Nothing to load here: the draft models live on the drafter actors."""
@@ -32,8 +36,16 @@ class TandemProposer:
     ) -> list[list[int]]:
         if self.session is None:
             return [[] for _ in sampled_token_ids]
-        request_ids = [external_id(r) for r in self.input_batch.req_ids[: len(sampled_token_ids)]]
-        return self.session.propose(request_ids, num_tokens_no_spec, token_ids_cpu)
+        batch = len(sampled_token_ids)
+        request_ids = [external_id(r) for r in self.input_batch.req_ids[:batch]]
+        rows = self.tap.take() if self.tap is not None else None
+        candidates = None
+        if rows is not None:
+            drafts = self.input_batch.spec_token_ids[:batch]  # what this step verified
+            candidates = verified_candidates(
+                rows, sampled_token_ids, num_tokens_no_spec, token_ids_cpu, drafts
+            )
+        return self.session.propose(request_ids, num_tokens_no_spec, token_ids_cpu, candidates)
 
 
 def external_id(engine_request_id: str) -> str:

@@ -17,11 +17,19 @@ class TandemWorkerExtension:
 
         return fixes.apply()
 
-    def tandem_attach(self, session: Any) -> bool:
-        """Give the proposer the session and the runner's batch; False if speculation is off."""
+    def tandem_attach(self, session: Any, candidates: int) -> bool:
+        """Give the proposer the session and the runner's batch, and tap the target's logits
+        for its top `candidates` per verified position (0: no tap); False if speculation is
+        off."""
+        from tandem.plugins.taps import LogitsTap
+
         runner = self.model_runner  # type: ignore[attr-defined]
         drafter = getattr(runner, "drafter", None)
         if not hasattr(drafter, "attach"):
             return False
-        drafter.attach(session, runner.input_batch)
+        tap = None
+        if candidates:
+            tap = LogitsTap(candidates)
+            tap.install(runner.get_model())
+        drafter.attach(session, runner.input_batch, tap)
         return True

@@ -20,7 +20,9 @@ class CacheState:
 
 
 class ModelDrafter:
-    def __init__(self, model_path: str | Path, device: str = "cpu") -> None:
+    def __init__(
+        self, model_path: str | Path, device: str = "cpu", stop_below: float = 0.0
+    ) -> None:
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -29,6 +31,9 @@ class ModelDrafter:
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
         self.model.to(self.device).eval()
         self.vocab_size = self.model.config.vocab_size
+        # SpecDec++'s stopping rule, with the draft's own confidence standing in for its
+        # acceptance predictor: end the block before a token the draft itself doubts.
+        self.stop_below = stop_below
 
     def new_state(self) -> CacheState:
         from transformers import DynamicCache
@@ -53,7 +58,10 @@ class ModelDrafter:
                     input_ids=ids, past_key_values=state.cache, use_cache=True
                 ).logits
                 state.tokens += feed
-                token = int(logits[0, -1].argmax())
+                probs = logits[0, -1].softmax(-1)
+                token = int(probs.argmax())
+                if float(probs[token]) < self.stop_below:
+                    break
                 draft.append(token)
                 feed = [token]
         return draft

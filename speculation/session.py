@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from tandem.speculation.candidates import Candidates
+from tandem.speculation.policy import DraftLengthPolicy
 from tandem.speculation.protocol import (
     DraftItem,
     DraftReply,
@@ -94,6 +96,8 @@ class _Request:
     block: tuple[int, ...] = ()  # that draft, for the speculation cache
     proposed_at: int = 0  # committed tokens when it was proposed
     cache: dict[Outcome, tuple[int, ...]] = field(default_factory=dict)
+    candidates: Candidates = ()  # the target's, from the last verification, not yet sent
+    step_k: int = 0  # this step's draft length (the policy's, at most spec.k)
     stats: SpeculationStats = field(default_factory=SpeculationStats)
 
     def outcome(self, committed: int, last_token: int) -> Outcome | None:
@@ -122,12 +126,14 @@ class SpeculationSession:
         speculate_sampled: bool = False,
         cache_outcomes: int = 0,
         cache_fanout: int = 1,
+        policy: DraftLengthPolicy | None = None,
     ) -> None:
         self.transport = transport
         self.timeout_s = timeout_s
         # Speculation cache budget per request and step; 0 turns pipelining off.
         self.cache_outcomes = cache_outcomes
         self.cache_fanout = cache_fanout
+        self.policy = policy
         self._predrafting: Any = None  # the handle of the pre-drafting started last step
         self._last_propose = 0.0
         self._step_s = 0.0  # moving average of the time between two steps
@@ -167,6 +173,7 @@ class SpeculationSession:
         request_ids: Sequence[str],
         num_tokens: Sequence[int],
         token_ids: Any,  # 2-D array-like: row i holds request i's committed tokens
+        candidates: Sequence[Candidates] | None = None,  # the target's, per request
     ) -> list[list[int]]:
         self._time_step()
         drafts: list[list[int]] = [[] for _ in request_ids]
@@ -186,17 +193,19 @@ class SpeculationSession:
                     request.stats.draft_tokens += request.pending
                     request.pending = 0
                 n = int(num_tokens[i])
+                request.candidates = candidates[i] if candidates else ()
                 outcome = request.outcome(n, int(token_ids[i][n - 1]))
                 cached = request.cache.get(outcome) if outcome else None
                 request.block, request.cache = (), {}
-                if request.replica in self._down or hold:
+                request.step_k = self._draft_length(request.spec.k, len(request_ids))
+                if request.replica in self._down or hold or not request.step_k:
                     continue
                 speculating.append((i, request, n))
                 if request.spec.pipelined and self.cache_outcomes and outcome:
                     request.stats.cache_hits += cached is not None
                     request.stats.cache_misses += cached is None
                 if cached is not None:
-                    drafts[i] = list(cached[: request.spec.k])
+                    drafts[i] = list(cached[: request.step_k])
                     continue
                 batches[request.replica].append(
                     self._item(request_ids[i], request, token_ids[i], n)
@@ -211,10 +220,17 @@ class SpeculationSession:
         self._start_predrafts(request_ids, speculating, token_ids)
         return drafts
 
+    def _draft_length(self, k: int, batch: int) -> int:
+        return self.policy.k(k, batch) if self.policy else k
+
     def _item(self, request_id: str, request: _Request, tokens: Any, n: int) -> DraftItem:
         """What the drafter lacks of this request, and what to draft."""
         new = tuple(int(t) for t in tokens[request.synced : n])
-        return DraftItem(request_id, request.synced, new, request.spec.k, request.spec.mode)
+        item = DraftItem(
+            request_id, request.synced, new, request.step_k, request.spec.mode, request.candidates
+        )
+        request.candidates = ()  # delivered once
+        return item
 
     def _draft_just_in_time(
         self,
@@ -239,7 +255,7 @@ class SpeculationSession:
                         request.synced = 0
                         continue
                     request.synced = n
-                    drafts[i] = list(reply.tokens[: request.spec.k])
+                    drafts[i] = list(reply.tokens[: request.step_k])
 
     def _start_predrafts(
         self,

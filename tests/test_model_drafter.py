@@ -59,3 +59,12 @@ def test_other_vocabulary_is_refused(model_path, tmp_path):
     tokenizer.save_pretrained(other)
     with pytest.raises(ModelError, match="does not share the target's vocabulary"):
         check_same_vocabulary(model_path, other)
+
+
+def test_stop_below_ends_the_block_before_a_doubtful_token(drafter, draft_path):
+    history = [1, 2, 3, 4]
+    full = drafter.draft(drafter.new_state(), history, 4)
+    doubtful = ModelDrafter(draft_path, stop_below=0.999999)
+    short = doubtful.draft(doubtful.new_state(), history, 4)
+    assert len(full) == 4 and len(short) < 4
+    assert short == full[: len(short)]  # the same tokens, cut short

@@ -1,6 +1,7 @@
 """The proposer-side session, driven without Ray or vLLM (a scripted in-memory transport)."""
 
 from tandem.speculation.drafter import Drafter
+from tandem.speculation.policy import DraftLengthPolicy
 from tandem.speculation.protocol import DraftItem, DraftReply, Mode
 from tandem.speculation.session import RequestSpec, SpeculationSession
 
@@ -200,3 +201,15 @@ def test_unpipelined_requests_are_not_predrafted():
     step(session, {"a": [1, 2, 3, 1]})
     step(session, {"a": [1, 2, 3, 1, 2, 3, 1]})
     assert transport.predrafted == [] and len(transport.sent) == 2
+
+
+def test_large_batches_draft_less_then_nothing():
+    transport = LocalTransport()
+    policy = DraftLengthPolicy(full_until=1, off_above=2)
+    session = SpeculationSession(transport, timeout_s=1, policy=policy)
+    for name in "abc":
+        session.register(name, RequestSpec(Mode.NGRAM, 3))
+    history = [1, 2, 3, 4, 1, 2]
+    assert step(session, {"a": history}) == [[3, 4, 1]]
+    assert step(session, {"a": history, "b": history}) == [[3, 4], [3, 4]]  # shrunk to 2
+    assert step(session, {n: history for n in "abc"}) == [[], [], []]  # off

@@ -1,0 +1,25 @@
+"""Lining the target's top candidates up with the tokens it verified (pure logic)."""
+
+from tandem.speculation.candidates import verified_candidates
+
+
+def test_rows_follow_requests_and_drafts():
+    # request 0: 2 drafts (7, 8), accepted 1 and emitted 5; request 1: prompt just finished;
+    # request 2: mid-prompt (nothing sampled); one row each beyond request 0's three.
+    token_ids = [[1, 2, 3, 7, 5], [4, 4, 9], [6, 6, 6, 6]]
+    rows = [[7, 70], [5, 50], [8, 80], [9, 90], [0, 0]]
+    out = verified_candidates(
+        rows,
+        sampled=[[7, 5], [9], []],
+        num_tokens=[5, 3, 4],
+        token_ids=token_ids,
+        drafts=[[7, 8], [], []],
+    )
+    assert out[0] == ((3, (7, 70)), (7, (5, 50)), (8, (8, 80)))
+    assert out[1] == ((4, (9, 90)),)
+    assert out[2] == ()
+
+
+def test_rows_that_do_not_add_up_give_nothing():
+    out = verified_candidates([[1]], [[1]], [2], [[5, 1]], [[3]])
+    assert out == [()]
