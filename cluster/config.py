@@ -146,6 +146,16 @@ class PipelineConfig(_Section):
     fanout: PositiveInt = 2  # guesses per rejected position for the target's token there
 
 
+class MirrorConfig(_Section):
+    """Mirror-SD's correction channel: an early exit at `layer` of the target (Llama
+    architecture) sends its top-κ tokens for the block under verification to the drafters
+    mid-forward, so they pre-draft the outcomes the target is heading for."""
+
+    enabled: bool = False
+    layer: int = Field(20, ge=0)  # the early exit (0-based decoder layer)
+    top_k: PositiveInt = 4  # κ
+
+
 class DraftLengthConfig(_Section):
     """How draft length follows the batch size (tandem.speculation.policy): verifying drafts
     stops paying once the target's forward pass is compute-bound."""
@@ -183,6 +193,7 @@ class SpeculationConfig(_Section):
     drafters: DraftPoolConfig = Field(default_factory=DraftPoolConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     draft_length: DraftLengthConfig = Field(default_factory=DraftLengthConfig)
+    mirror: MirrorConfig = Field(default_factory=MirrorConfig)
 
     @model_validator(mode="after")
     def _mode_available(self) -> SpeculationConfig:
@@ -191,6 +202,12 @@ class SpeculationConfig(_Section):
                 f"default_mode {self.default_mode!r} needs a draft model: set drafters.model "
                 "or drafters.derive_layers > 0"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _mirror_feeds_the_cache(self) -> SpeculationConfig:
+        if self.mirror.enabled and not self.pipeline.enabled:
+            raise ValueError("mirror.enabled needs pipeline.enabled: its hints steer pre-drafting")
         return self
 
     def modes(self) -> list[str]:

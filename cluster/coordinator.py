@@ -113,6 +113,7 @@ class Coordinator:
                     "cache_outcomes": spec.pipeline.outcomes if spec.pipeline.enabled else 0,
                     "cache_fanout": spec.pipeline.fanout,
                     "candidates": spec.target_candidates,
+                    "mirror": spec.mirror.model_dump() if spec.mirror.enabled else None,
                     "draft_length": (
                         spec.draft_length.full_until_batch,
                         spec.draft_length.off_above_batch,
@@ -306,12 +307,13 @@ class Coordinator:
             try:  # a drafter being restarted has no figures; it is not an error to ask
                 stats = await asyncio.wait_for(actor.stats.remote(), timeout=1.0)
             except Exception:
-                stats = {"requests": 0}
+                stats = {"requests": 0, "mirror_hints_used": 0}
             out.append(
                 pb.DrafterStats(
                     replica_id=info["replica_id"],
                     node_id=info["node_id"],
                     requests=stats["requests"],
+                    mirror_hints_used=stats["mirror_hints_used"],
                 )
             )
         return out
@@ -351,6 +353,7 @@ def start_drafters(config: TandemConfig, target_path) -> Pool:
         pool.env,
         lambda i: (f"drafter-{i}", settings),
         max_restarts=pool.max_restarts,
+        max_concurrency=2,  # Mirror-SD hints arrive while a pre-drafting call runs
     )
 
 

@@ -6,7 +6,13 @@ from typing import Any
 
 import ray
 
-from tandem.speculation.protocol import DraftItem, DraftReply, PredraftPlan, PredraftReply
+from tandem.speculation.protocol import (
+    DraftItem,
+    DraftReply,
+    Hint,
+    PredraftPlan,
+    PredraftReply,
+)
 
 
 class DraftTimeout(TimeoutError):
@@ -55,6 +61,9 @@ class RayTransport:
             except Exception as exc:  # a dead or failing drafter: no drafts this step
                 results[replica] = exc
         return results
+
+    def hint(self, replica: int, hints: dict[str, Hint]) -> None:
+        self.drafters[replica].hint.remote(hints)
 
     def free(self, replica: int, request_ids: list[str]) -> None:
         self.drafters[replica].free.remote(request_ids)

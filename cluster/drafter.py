@@ -1,16 +1,18 @@
 """The drafter replica: a Ray actor around tandem.speculation.drafter.Drafter.
 
-A synchronous actor: Ray runs its calls one at a time, which is what a single torch model wants.
+A threaded actor (two threads) so that Mirror-SD hints land while a pre-drafting call runs;
+a lock keeps every other call one at a time, which is what a single torch model wants.
 Ray restarts it when it dies (the pool sets max_restarts); it comes back empty and the proposers
 resend each request's history on their next step.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from tandem.speculation.drafter import Drafter
-from tandem.speculation.protocol import DraftItem, DraftReply, PredraftPlan, PredraftReply
+from tandem.speculation.protocol import DraftItem, DraftReply, Hint, PredraftPlan, PredraftReply
 
 
 class DrafterReplica:
@@ -32,6 +34,7 @@ class DrafterReplica:
             max_requests=settings["max_requests"],
         )
         self.calls = 0
+        self.lock = threading.Lock()
 
     def ping(self) -> str:
         return self.replica_id
@@ -46,17 +49,27 @@ class DrafterReplica:
         }
 
     def draft(self, items: list[DraftItem]) -> list[DraftReply]:
-        self.calls += 1
-        return self.drafter.draft(items)
+        with self.lock:
+            self.calls += 1
+            return self.drafter.draft(items)
 
     def predraft(self, items: list[DraftItem], plan: PredraftPlan) -> list[PredraftReply]:
-        return self.drafter.predraft(items, plan)
+        with self.lock:
+            return self.drafter.predraft(items, plan)
+
+    def hint(self, hints: dict[str, Hint]) -> None:
+        self.drafter.hint(hints)  # no lock: a pre-drafting call is waiting for it
 
     def free(self, request_ids: list[str]) -> None:
-        self.drafter.free(request_ids)
+        with self.lock:
+            self.drafter.free(request_ids)
 
     def stats(self) -> dict[str, Any]:
-        return {"replica_id": self.replica_id, "requests": len(self.drafter.requests)}
+        return {
+            "replica_id": self.replica_id,
+            "requests": len(self.drafter.requests),
+            "mirror_hints_used": self.drafter.hints_used,
+        }
 
 
 def _device(setting: str) -> str:

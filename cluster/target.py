@@ -49,6 +49,10 @@ class TargetReplica:
                 "model": PROPOSER,
                 "num_speculative_tokens": speculation["num_speculative_tokens"],
             }
+            if speculation["mirror"]:
+                args["hf_overrides"] = mirror_overrides(
+                    model_path, args.get("hf_overrides"), speculation["mirror"]
+                )
         self._loop = EngineLoop(EngineArgs(model=model_path, **args))
         self._loop.call(lambda engine: engine.collective_rpc("tandem_apply_fixes"))
         self.session = None
@@ -64,6 +68,7 @@ class TargetReplica:
                 speculation["cache_outcomes"],
                 speculation["cache_fanout"],
                 DraftLengthPolicy(*speculation["draft_length"]),
+                mirror=bool(speculation["mirror"]),
             )
             attached = self._loop.call(
                 lambda engine: engine.collective_rpc(
@@ -174,3 +179,26 @@ class TargetReplica:
 
     def shutdown(self) -> None:
         self._loop.shutdown()
+
+
+def mirror_overrides(
+    model_path: str, overrides: dict[str, Any] | None, mirror: dict[str, Any]
+) -> dict[str, Any]:
+    """hf_overrides that load the target as tandem's Mirror-SD class (tandem.plugins.mirror)."""
+    import json
+    from pathlib import Path
+
+    from tandem.plugins import MIRROR_ARCHITECTURE
+
+    architectures = json.loads((Path(model_path) / "config.json").read_text()).get("architectures")
+    if architectures != ["LlamaForCausalLM"]:
+        raise ValueError(
+            f"speculation.mirror needs a Llama-architecture target; {model_path} is "
+            f"{architectures}. Set speculation.mirror.enabled: false"
+        )
+    return {
+        **(overrides or {}),
+        "architectures": [MIRROR_ARCHITECTURE],
+        "tandem_mirror_layer": mirror["layer"],
+        "tandem_mirror_top_k": mirror["top_k"],
+    }

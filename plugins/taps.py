@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from tandem.speculation.protocol import Hint
+
 
 class LogitsTap:
     def __init__(self, k: int) -> None:
@@ -38,3 +40,35 @@ class LogitsTap:
         """The last step's rows (once): the proposer reads them right after sampling."""
         rows, self._rows = self._rows, None
         return None if rows is None else rows.tolist()
+
+
+class MirrorSink:
+    """Where Mirror-SD's early exit (tandem.plugins.mirror) sends its top-κ: it reads which rows
+    are under verification from the runner's batch and forwards each speculating request's rows
+    to the session, which passes them on to the drafters without waiting."""
+
+    def __init__(self, runner: Any, session: Any) -> None:
+        self.runner = runner
+        self.session = session
+        self._owners: list[tuple[str, tuple[int, ...]]] = []  # (request id, draft), row order
+
+    def rows(self) -> list[int]:
+        from tandem.plugins.proposer import external_id
+        from tandem.speculation.candidates import verification_rows
+
+        batch = self.runner.input_batch
+        count = batch.num_reqs
+        drafts = batch.spec_token_ids[:count]
+        ends = self.runner.query_start_loc.np[1 : count + 1]
+        self._owners = [
+            (external_id(batch.req_ids[i]), tuple(d)) for i, d in enumerate(drafts) if d
+        ]
+        return verification_rows(ends, drafts)
+
+    def send(self, top: list[list[int]]) -> None:
+        hints, row = {}, 0
+        for request_id, draft in self._owners:
+            count = len(draft) + 1
+            hints[request_id] = Hint(draft, tuple(tuple(r) for r in top[row : row + count]))
+            row += count
+        self.session.hint(hints)

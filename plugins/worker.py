@@ -21,15 +21,18 @@ class TandemWorkerExtension:
         """Give the proposer the session and the runner's batch, and tap the target's logits
         for its top `candidates` per verified position (0: no tap); False if speculation is
         off."""
-        from tandem.plugins.taps import LogitsTap
+        from tandem.plugins.taps import LogitsTap, MirrorSink
 
         runner = self.model_runner  # type: ignore[attr-defined]
         drafter = getattr(runner, "drafter", None)
         if not hasattr(drafter, "attach"):
             return False
+        model = runner.get_model()
         tap = None
         if candidates:
             tap = LogitsTap(candidates)
-            tap.install(runner.get_model())
+            tap.install(model)
+        if hasattr(model, "mirror_sink"):  # the Mirror-SD target class
+            model.mirror_sink = MirrorSink(runner, session)
         drafter.attach(session, runner.input_batch, tap)
         return True

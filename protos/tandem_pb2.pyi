@@ -212,14 +212,16 @@ class ReplicaStats(_message.Message):
     def __init__(self, replica_id: _Optional[str] = ..., node_id: _Optional[str] = ..., outstanding: _Optional[int] = ..., engine_unfinished: _Optional[int] = ..., requests_served: _Optional[int] = ..., generated_tokens: _Optional[int] = ...) -> None: ...
 
 class DrafterStats(_message.Message):
-    __slots__ = ("replica_id", "node_id", "requests")
+    __slots__ = ("replica_id", "node_id", "requests", "mirror_hints_used")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MIRROR_HINTS_USED_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     node_id: str
     requests: int
-    def __init__(self, replica_id: _Optional[str] = ..., node_id: _Optional[str] = ..., requests: _Optional[int] = ...) -> None: ...
+    mirror_hints_used: int
+    def __init__(self, replica_id: _Optional[str] = ..., node_id: _Optional[str] = ..., requests: _Optional[int] = ..., mirror_hints_used: _Optional[int] = ...) -> None: ...
 
 class Stats(_message.Message):
     __slots__ = ("requests_in_flight", "requests_total", "requests_finished", "requests_aborted", "requests_failed", "requests_rejected", "prompt_tokens", "generated_tokens", "uptime_s", "replicas", "speculation", "drafter_rtt_mean_s", "drafter_rtt_p50_s", "target_step_mean_s", "drafter_failures", "drafters_down", "drafters")

@@ -44,3 +44,15 @@ def verified_candidates(
             )
         row += count
     return out
+
+
+def verification_rows(query_ends: Sequence[int], drafts: Sequence[Sequence[int]]) -> list[int]:
+    """Positions of the batch's flat token sequence under verification: for every request with
+    a draft, its last len(draft) + 1 positions (the token before the draft, then each draft
+    token), where `query_ends[i]` ends request i's positions. Mirror-SD's early exit reads
+    these rows."""
+    rows: list[int] = []
+    for end, draft in zip(query_ends, drafts, strict=False):
+        if draft:
+            rows += range(int(end) - len(draft) - 1, int(end))
+    return rows

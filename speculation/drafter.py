@@ -17,6 +17,7 @@ from tandem.speculation.ngram import NgramIndex
 from tandem.speculation.protocol import (
     DraftItem,
     DraftReply,
+    Hint,
     Mode,
     Outcome,
     PredraftPlan,
@@ -41,6 +42,8 @@ class Drafter:
     ngram_max: int = 4
     max_requests: int = 1024
     requests: OrderedDict[str, RequestState] = field(default_factory=OrderedDict)
+    hints: dict[str, Hint] = field(default_factory=dict)  # Mirror-SD, by request
+    hints_used: int = 0  # hints that arrived in time to steer pre-drafting
 
     def modes(self) -> list[Mode]:
         modes = [Mode.NGRAM]
@@ -74,24 +77,56 @@ class Drafter:
         ahead = self._propose(state, item, block, item.k + 1)
         if len(ahead) > 1:
             blocks[(len(block), ahead[0])] = tuple(ahead[1:])
-        # Rejected at position j: the target emits another token there; guess it.
-        for j in range(len(block)):
-            previous = block[j - 1] if j else state.tokens[-1]
-            for token in self._guesses(previous, plan.fanout, exclude=block[j]):
-                if len(blocks) >= plan.outcomes or time.perf_counter() > deadline:
-                    return blocks
-                found = self._propose(state, item, block[:j] + [token], item.k)
-                if found:  # an empty entry would only stand in for a just-in-time miss
-                    blocks[(j, token)] = tuple(found)
+        hint = self._await_hint(item, deadline) if plan.await_hint else None
+        for j, token in self._rejections(state, block, hint, plan.fanout):
+            if len(blocks) >= plan.outcomes or time.perf_counter() > deadline:
+                break
+            found = self._propose(state, item, block[:j] + [token], item.k)
+            if found:  # an empty entry would only stand in for a just-in-time miss
+                blocks[(j, token)] = tuple(found)
         return blocks
+
+    def _rejections(
+        self, state: RequestState, block: list[int], hint: Hint | None, fanout: int
+    ) -> list[Outcome]:
+        """Rejection outcomes (position j, the token the target emits there), likeliest first."""
+        if hint is not None and len(hint.top) > len(block):
+            # Mirror-SD: the early exit says where the block likely breaks (its top token
+            # differs from the draft's) and what the target emits there.
+            order = sorted(range(len(block)), key=lambda j: hint.top[j][0] == block[j])
+            return [
+                (j, token)
+                for j in order
+                for token in [t for t in hint.top[j] if t != block[j]][:fanout]
+            ]
+        return [
+            (j, token)
+            for j in range(len(block))
+            for token in self._guesses(block[j - 1] if j else state.tokens[-1], fanout, block[j])
+        ]
 
     def _guesses(self, previous: int, fanout: int, exclude: int) -> list[int]:
         """Likely target tokens after `previous`, other than the draft's."""
         return []
 
+    def hint(self, hints: dict[str, Hint]) -> None:
+        """Mirror-SD hints, delivered while `predraft` may be waiting for them."""
+        self.hints.update(hints)
+
+    def _await_hint(self, item: DraftItem, deadline: float) -> Hint | None:
+        while time.perf_counter() < deadline:
+            hint = self.hints.get(item.request_id)
+            if hint is not None and hint.block == item.block:
+                del self.hints[item.request_id]
+                self.hints_used += 1
+                return hint
+            time.sleep(0.0005)
+        return None
+
     def free(self, request_ids: list[str]) -> None:
         for request_id in request_ids:
             self.requests.pop(request_id, None)
+            self.hints.pop(request_id, None)
 
     def _draft_one(self, item: DraftItem) -> DraftReply:
         state = self._sync(item)

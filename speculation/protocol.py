@@ -62,9 +62,20 @@ class PredraftReply:
 
 
 @dataclass(frozen=True)
+class Hint:
+    """Mirror-SD's correction channel: the target's early-exit top-κ tokens at each position of
+    the block it is verifying (the token after the block's predecessor, then after each draft),
+    sent mid-forward so the drafter can choose which outcomes to pre-draft."""
+
+    block: tuple[int, ...]
+    top: tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True)
 class PredraftPlan:
     """The speculation cache's budget per request and step."""
 
     outcomes: int  # verification outcomes pre-drafted at most
     fanout: int  # guesses per rejected position for the token the target emits there
     time_s: float  # stop pre-drafting after this long (the target's step time, measured)
+    await_hint: bool = False  # wait (within time_s) for the block's Mirror-SD hint

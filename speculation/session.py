@@ -27,6 +27,7 @@ from tandem.speculation.policy import DraftLengthPolicy
 from tandem.speculation.protocol import (
     DraftItem,
     DraftReply,
+    Hint,
     Mode,
     Outcome,
     PredraftPlan,
@@ -59,6 +60,10 @@ class Transport(Protocol):
 
     def collect(self, handle: Any, timeout_s: float) -> dict[int, list[PredraftReply] | Exception]:
         """The pre-drafted blocks of a `predraft` call, waiting at most timeout_s."""
+        ...
+
+    def hint(self, replica: int, hints: dict[str, Hint]) -> None:
+        """Deliver Mirror-SD hints (fire and forget: the target's forward pass goes on)."""
         ...
 
 
@@ -127,6 +132,7 @@ class SpeculationSession:
         cache_outcomes: int = 0,
         cache_fanout: int = 1,
         policy: DraftLengthPolicy | None = None,
+        mirror: bool = False,
     ) -> None:
         self.transport = transport
         self.timeout_s = timeout_s
@@ -134,6 +140,7 @@ class SpeculationSession:
         self.cache_outcomes = cache_outcomes
         self.cache_fanout = cache_fanout
         self.policy = policy
+        self.mirror = mirror  # the target sends early-exit hints; pre-drafting waits for them
         self._predrafting: Any = None  # the handle of the pre-drafting started last step
         self._last_propose = 0.0
         self._step_s = 0.0  # moving average of the time between two steps
@@ -276,8 +283,26 @@ class SpeculationSession:
                 batches[request.replica].append(item)
                 request.synced = n  # the pre-drafting call brings the drafter up to date
         if batches:
-            plan = PredraftPlan(self.cache_outcomes, self.cache_fanout, 0.8 * self._step_s)
+            plan = PredraftPlan(
+                self.cache_outcomes, self.cache_fanout, 0.8 * self._step_s, self.mirror
+            )
             self._predrafting = self.transport.predraft(dict(batches), plan)
+
+    def hint(self, hints: dict[str, Hint]) -> None:
+        """Mirror-SD: pass the target's early-exit candidates for the blocks it is verifying to
+        the drafters pre-drafting them. Called from inside the target's forward pass."""
+        batches: dict[int, dict[str, Hint]] = defaultdict(dict)
+        with self._lock:
+            for request_id, hint in hints.items():
+                request = self._requests.get(request_id)
+                if (
+                    request is not None
+                    and request.spec.pipelined
+                    and request.replica not in self._down
+                ):
+                    batches[request.replica][request_id] = hint
+        for replica, batch in batches.items():
+            self.transport.hint(replica, batch)
 
     def _collect_predrafts(self) -> None:
         """Fill each request's speculation cache from the pre-drafting started last step."""

@@ -23,3 +23,10 @@ def test_rows_follow_requests_and_drafts():
 def test_rows_that_do_not_add_up_give_nothing():
     out = verified_candidates([[1]], [[1]], [2], [[5, 1]], [[3]])
     assert out == [()]
+
+
+def test_verification_rows_are_each_drafting_requests_last_positions():
+    from tandem.speculation.candidates import verification_rows
+
+    # request 0: 3 prompt tokens (no draft); request 1: 1 + 2 drafts; request 2: 1 + 1 draft
+    assert verification_rows([3, 6, 8], [[], [5, 6], [7]]) == [3, 4, 5, 6, 7]

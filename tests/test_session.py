@@ -1,8 +1,10 @@
 """The proposer-side session, driven without Ray or vLLM (a scripted in-memory transport)."""
 
+import time
+
 from tandem.speculation.drafter import Drafter
 from tandem.speculation.policy import DraftLengthPolicy
-from tandem.speculation.protocol import DraftItem, DraftReply, Mode
+from tandem.speculation.protocol import DraftItem, DraftReply, Hint, Mode, PredraftPlan
 from tandem.speculation.session import RequestSpec, SpeculationSession
 
 
@@ -213,3 +215,31 @@ def test_large_batches_draft_less_then_nothing():
     assert step(session, {"a": history}) == [[3, 4, 1]]
     assert step(session, {"a": history, "b": history}) == [[3, 4], [3, 4]]  # shrunk to 2
     assert step(session, {n: history for n in "abc"}) == [[], [], []]  # off
+
+
+def test_mirror_hint_chooses_the_rejections_to_predraft():
+    drafter = Drafter()
+    history = (7, 1, 2, 3, 4, 5, 6, 1, 2, 9, 1, 8)
+    drafter.draft([DraftItem("a", 0, history, 2, Mode.NGRAM)])
+    block = (2, 3)
+    # the early exit expects the target to emit 9 instead of the first draft token
+    drafter.hint({"a": Hint(block, ((9, 2), (3, 4), (4, 5)))})
+    item = DraftItem("a", len(history), (), 2, Mode.NGRAM, block=block)
+    (reply,) = drafter.predraft(
+        [item], PredraftPlan(outcomes=4, fanout=1, time_s=1, await_hint=True)
+    )
+    assert list(reply.blocks)[1] == (0, 9)  # right after "all accepted"
+    assert reply.blocks[(0, 9)] == (1, 8)  # what followed "2 9" before
+    assert "a" not in drafter.hints  # used once
+
+
+def test_predraft_without_its_hint_stops_waiting_at_the_deadline():
+    drafter = Drafter()
+    drafter.draft([DraftItem("a", 0, (1, 2, 1), 1, Mode.NGRAM)])
+    drafter.hint({"a": Hint((5,), ((6,), (7,)))})  # a hint for another block: ignored
+    item = DraftItem("a", 3, (), 1, Mode.NGRAM, block=(2,))
+    plan = PredraftPlan(outcomes=4, fanout=1, time_s=0.02, await_hint=True)
+    start = time.perf_counter()
+    (reply,) = drafter.predraft([item], plan)
+    assert time.perf_counter() - start < 0.5
+    assert all(accepted == 1 for accepted, _ in reply.blocks)  # only "all accepted" guesses
