@@ -30,7 +30,7 @@ def test_mirror_target_is_lossless_and_its_hints_steer_the_cache(client, model_p
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
-    prompts = spec_bench_prompts(1, ("summarization", "coding", "rag"))
+    prompts = spec_bench_prompts(3, ("summarization", "coding", "rag"))
     prompts.append("Count from 1 to 30, separated by commas: 1, 2, 3, 4, 5,")
     hits = 0
     for prompt in prompts:
