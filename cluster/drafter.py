@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from tandem.speculation.controlled import ControlledDrafter, load_continuations
 from tandem.speculation.drafter import Drafter
 from tandem.speculation.protocol import DraftItem, DraftReply
+from tandem.speculation.recycle import RecycleTable
+from tandem.speculation.suffix import SuffixDrafter
 
 
 class DrafterReplica:
@@ -21,11 +24,17 @@ class DrafterReplica:
             from tandem.speculation.model_drafter import ModelDrafter
 
             model = ModelDrafter(settings["model_path"], device=_device(settings["device"]))
+        suffix = settings["suffix"]
         self.drafter = Drafter(
             model=model,
             ngram_min=settings["ngram_min"],
             ngram_max=settings["ngram_max"],
             max_requests=settings["max_requests"],
+            suffix=SuffixDrafter(suffix["max_pattern"], suffix["min_prob"]),
+            suffix_depth=suffix["max_depth"],
+            suffix_global_tokens=suffix["global_tokens"],
+            recycle=RecycleTable(settings["vocab_size"], settings["recycle_top_k"]),
+            controlled=_controlled(settings["controlled"], settings["vocab_size"]),
         )
         self.calls = 0
 
@@ -50,6 +59,19 @@ class DrafterReplica:
 
     def stats(self) -> dict[str, Any]:
         return {"replica_id": self.replica_id, "requests": len(self.drafter.requests)}
+
+
+def _controlled(settings: dict[str, Any] | None, vocab_size: int) -> ControlledDrafter | None:
+    """The bench's controlled-acceptance drafter, when the (measurement) config asks for it."""
+    if settings is None:
+        return None
+    return ControlledDrafter(
+        load_continuations(settings["continuations"]),
+        settings["alpha"],
+        settings["cost_ms"],
+        vocab_size,
+        settings["seed"],
+    )
 
 
 def _device(setting: str) -> str:
