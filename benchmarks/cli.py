@@ -42,6 +42,16 @@ def _counts(text: str) -> list[int]:
     return values
 
 
+def _alphas(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected A,A,... got {text!r}") from None
+    if not values or any(not 0 <= v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected acceptance rates in [0, 1], got {text!r}")
+    return values
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -83,6 +93,21 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     add("--ngram-min", type=_positive, help="smallest n-gram, both ngram drafters (config: 1)")
     add("--ngram-max", type=_positive, help="largest n-gram, both ngram drafters (config: 4)")
     add("--cost-repeats", type=_positive, default=7, help="timed pairs for the cost ratio (7)")
+    add(
+        "--controlled-acceptance",
+        type=_alphas,
+        default=[],
+        metavar="ALPHAS",
+        help="measurement tool, e.g. 0.5,0.7,0.9: per alpha, a server whose drafter proposes "
+        "the target's known greedy output corrupted with probability 1 - alpha; reports the "
+        "speedup achieved against the ideal for that alpha",
+    )
+    add(
+        "--controlled-cost-ms",
+        type=float,
+        default=2.0,
+        help="measurement tool: compute per token drafted by the controlled drafter (2.0)",
+    )
     add("--config", help="tandem YAML config: model, engine args, server (default built-in)")
     add("--address", help="use this running tandem server instead of starting one")
     add("--quick", action="store_true", help="a run of minutes: 6 prompts, 64 new tokens")
@@ -98,7 +123,7 @@ def _command(args: argparse.Namespace) -> str:
         return shlex.join(["tandem", *sys.argv[1:]])
     parts = ["tandem", "bench"]
     for key, value in sorted(vars(args).items()):
-        if key in ("func", "command") or value in (None, False):
+        if key in ("func", "command") or value in (None, False, []):
             continue
         flag = "--" + key.replace("_", "-")
         if value is True:
@@ -155,7 +180,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         quick=args.quick,
         command=_command(args),
         progress=not args.no_progress,
+        controlled_acceptance=args.controlled_acceptance,
+        controlled_cost_ms=args.controlled_cost_ms,
     )
+    if args.controlled_acceptance and args.address:
+        print(
+            "error: --controlled-acceptance starts its own servers; drop --address", file=sys.stderr
+        )
+        return 2
     try:
         result = runner.run(options)
     except (WorkloadError, SystemChoiceError) as exc:

@@ -144,6 +144,8 @@ def markdown(result: dict[str, Any]) -> str:
             ],
             rows,
         )
+    lines += drafters_by_category(result)
+    lines += controlled_section(result)
     cost = result["cost"]
     lines += [
         "",
@@ -176,6 +178,90 @@ def markdown(result: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+NGRAM_REFERENCE = "vllm-ngram"
+
+
+def drafters_by_category(result: dict[str, Any]) -> list[str]:
+    """One table per speculative system: per category, alpha, tokens per round (per target
+    forward, the bonus token included), speedup over the target alone and over vLLM's ngram."""
+    systems = [s for s in result["systems"] if s.get("speculative")]
+    if not systems:
+        return []
+    ngram = next((s for s in result["systems"] if s["name"] == NGRAM_REFERENCE), None)
+    lines = ["", "## Drafters by category", ""]
+    lines.append(
+        f"Speedups are ratios of mean tokens/s measured side by side; vs {NGRAM_REFERENCE}: "
+        "over vLLM's in-process ngram drafter on the same prompts."
+    )
+    for system in systems:
+        rows = []
+        pairs = [
+            (c, f, ngram["categories"].get(c) if ngram else None)
+            for c, f in system["categories"].items()
+        ]
+        pairs.append(("all", system, ngram))
+        for category, figures, reference in pairs:
+            versus = figures["speedup"] / reference["speedup"] if reference else None
+            rows.append(
+                [
+                    category,
+                    _pct(figures["acceptance_rate"]),
+                    _num(figures["mean_accepted_tokens"]),
+                    _num(figures["speedup"]),
+                    _num(versus),
+                ]
+            )
+        lines += ["", f"### {system['name']}", ""]
+        lines += _table(
+            ["category", "alpha", "tokens/round", "vs target alone", f"vs {NGRAM_REFERENCE}"], rows
+        )
+    return lines
+
+
+def controlled_section(result: dict[str, Any]) -> list[str]:
+    entries = result.get("controlled_acceptance") or []
+    if not entries:
+        return []
+    lines = [
+        "",
+        "## Controlled acceptance (measurement tool, not a drafter)",
+        "",
+        "The drafter proposes the target's known greedy output, each token replaced with "
+        f"probability 1 - alpha, at {entries[0]['cost_ms_per_draft_token']} ms of real compute "
+        "per drafted token; each alpha ran on its own server, alternating prompt by prompt with "
+        "a fresh run of the baseline. Ideal = E(alpha, k) x cost ratio (drafting free).",
+        "",
+    ]
+    rows = [
+        [
+            _num(e["alpha"]),
+            str(e["k"]),
+            _pct(e["acceptance_rate"]),
+            _num(e["mean_accepted_tokens"]),
+            _num(e["expected_tokens_per_forward"]),
+            _num(e["speedup"]),
+            _num(e["ideal_speedup"]),
+            _pct(e["achieved_fraction"]),
+            str(e["mismatches"]),
+        ]
+        for e in entries
+    ]
+    return lines + _table(
+        [
+            "alpha",
+            "k",
+            "accepted / drafted",
+            "tokens/round",
+            "E(alpha, k)",
+            "speedup",
+            "ideal speedup",
+            "achieved",
+            "mismatches",
+        ],
+        rows,
+    )
 
 
 # ---- PNG ------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tandem.benchmarks import costs, machine, summary
+from tandem.benchmarks import controlled, costs, machine, summary
 from tandem.benchmarks.records import ConcurrencyRun, GenerationParams, RequestRecord
 from tandem.benchmarks.systems import BASELINE, TANDEM_MODES, Builder, Setup, System, choose
 from tandem.benchmarks.workload import (
@@ -53,6 +53,9 @@ class BenchOptions:
     quick: bool = False
     command: str = ""
     progress: bool = True
+    # Measurement tool: the alphas of the controlled-acceptance runs (none: not run).
+    controlled_acceptance: list[float] = field(default_factory=list)
+    controlled_cost_ms: float = 2.0  # compute per drafted token of the controlled drafter
 
 
 def threads_per_engine(config: Any) -> int:
@@ -157,6 +160,22 @@ def run(options: BenchOptions) -> dict[str, Any]:
         host["load_average_after_batch1"] = _load()
         runs = _concurrency(systems, names, prompts, params, options)
         infos = {n: _info(systems[n]) for n in names}
+        builder.close()  # the shared server's memory, before the controlled runs start theirs
+        controlled_runs = []
+        if options.controlled_acceptance:
+            _log("controlled acceptance (measurement tool)")
+            controlled_runs = controlled.run(
+                setup,
+                systems[BASELINE],
+                prompts,
+                records[BASELINE],
+                params,
+                options.controlled_acceptance,
+                options.controlled_cost_ms,
+                cost["cost_ratio"],
+                warm,
+                options.progress,
+            )
     finally:
         for system in systems.values():
             system.close()
@@ -187,6 +206,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
         "absent_systems": [{"name": n, "reason": r} for n, r in absent.items()],
         "cost": cost,
         "concurrency": _concurrency_entries(names, runs, records, options.concurrency),
+        "controlled_acceptance": controlled_runs,
         "records": [_record_row(r) for n in names for r in records[n]],
         "wall_s": time.perf_counter() - started,
     }
@@ -328,6 +348,8 @@ def _config(options: BenchOptions, setup: Setup, threads: int) -> dict[str, Any]
             "tandem": config.speculation.model_dump(mode="json"),
         },
         "cost_repeats": options.cost_repeats,
+        "controlled_acceptance": options.controlled_acceptance,
+        "controlled_cost_ms": options.controlled_cost_ms,
         "address": options.address,
         "quick": options.quick,
     }

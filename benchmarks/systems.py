@@ -23,6 +23,8 @@ DESCRIPTIONS = {
     "vllm-draft-model": "vLLM in-process speculative decoding, draft_model = tandem's draft model",
     "tandem-target": "tandem's gRPC server, speculation off for the request (the target alone)",
     "tandem-ngram": "tandem's gRPC server, remote ngram drafter",
+    "tandem-suffix": "tandem's gRPC server, remote suffix drafter (SuffixDecoding)",
+    "tandem-recycle": "tandem's gRPC server, remote Token Recycling drafter",
     "tandem-model": "tandem's gRPC server, remote draft model",
     "tandem-hybrid": "tandem's gRPC server, remote ngram drafter, the draft model when no match",
 }
@@ -30,6 +32,8 @@ SYSTEMS = tuple(DESCRIPTIONS)
 TANDEM_MODES = {
     "tandem-target": "off",
     "tandem-ngram": "ngram",
+    "tandem-suffix": "suffix",
+    "tandem-recycle": "recycle",
     "tandem-model": "model",
     "tandem-hybrid": "hybrid",
 }

@@ -20,14 +20,17 @@ from tandem.benchmarks.workload import Prompt
 class TandemServer:
     """A tandem server the bench started (stopped on close), or one it was pointed at."""
 
-    def __init__(self, config: dict[str, Any], address: str | None = None) -> None:
+    def __init__(
+        self, config: dict[str, Any], address: str | None = None, measurement: bool = False
+    ) -> None:
+        """`measurement`: start it with `tandem serve --measurement`, for the bench's tools."""
         from tandem.client import TandemClient
         from tandem.cluster.launcher import ServiceProcess
 
         self.config = config
         self.service = None
         if address is None:
-            self.service = ServiceProcess(config)
+            self.service = ServiceProcess(config, measurement=measurement)
             address = self.service.start()
         self.address = address
         self.client = TandemClient(address)

@@ -26,7 +26,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"tandem listening on {server.address} (model {config.models.target})", flush=True)
         print(f'try: tandem generate "Tell me about Ray." --address {server.address}', flush=True)
 
-    run_service(config, on_ready=announce)
+    run_service(config, on_ready=announce, measurement=args.measurement)
     return 0
 
 
@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="YAML config; the built-in default without it")
     serve.add_argument("--host", help="bind address (default from config: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default from config: 50051; 0 = any)")
+    # Passed only by the benchmark harness: allows its measurement tools (controlled acceptance).
+    serve.add_argument("--measurement", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     gen = sub.add_parser("generate", help="stream a completion from a running server")
@@ -146,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-chat", action="store_true", help="send the prompt as raw text")
     gen.add_argument(
         "--speculation",
-        choices=["off", "ngram", "model", "hybrid"],
+        choices=["off", "ngram", "suffix", "recycle", "model", "hybrid"],
         help="drafter for this request (default: the server's speculation.default_mode)",
     )
     gen.add_argument("--num-speculative-tokens", type=int, help="draft length k per step")

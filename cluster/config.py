@@ -109,6 +109,25 @@ def _engine_arg_names() -> set[str]:
     return {f.name for f in dataclasses.fields(EngineArgs)}
 
 
+class SuffixConfig(_Section):
+    """SuffixDecoding's tries (speculation/suffix.py)."""
+
+    max_depth: int = Field(16, ge=2)  # longest substring kept: the longest pattern plus draft
+    max_pattern: PositiveInt = 8  # longest suffix of the context matched
+    min_prob: float = Field(0.1, ge=0, le=1)  # stop drafting below this running probability
+    global_tokens: int = Field(100_000, ge=0)  # recent outputs shared across requests (0: none)
+
+
+class ControlledAcceptanceConfig(_Section):
+    """A measurement tool of `tandem bench`, refused by `tandem serve`: drafts are the target's
+    known greedy continuations, corrupted with probability 1 - alpha, at cost_ms per token."""
+
+    continuations: Path  # JSON written by the bench: [{"prompt": [ids], "continuation": [ids]}]
+    alpha: float = Field(ge=0, le=1)
+    cost_ms: float = Field(0.0, ge=0)  # real compute per drafted token
+    seed: int = 0
+
+
 class DraftPoolConfig(_PoolConfig):
     """Drafter replicas: Ray actors on their own bundles, serving every drafter kind."""
 
@@ -125,6 +144,8 @@ class DraftPoolConfig(_PoolConfig):
     ngram_min: PositiveInt = 1
     ngram_max: PositiveInt = 4
     max_requests: PositiveInt = 1024  # per-request states kept; the least recent are evicted
+    suffix: SuffixConfig = Field(default_factory=SuffixConfig)
+    controlled_acceptance: ControlledAcceptanceConfig | None = None  # measurement tool only
     max_restarts: int = Field(-1, ge=-1)  # Ray restarts a dead drafter (-1: always)
 
     @model_validator(mode="after")
@@ -173,7 +194,7 @@ class DraftLengthConfig(_Section):
         return self
 
 
-SpeculationMode = Literal["off", "ngram", "model", "hybrid"]
+SpeculationMode = Literal["off", "ngram", "suffix", "recycle", "model", "hybrid", "controlled"]
 
 
 class SpeculationConfig(_Section):
@@ -202,6 +223,11 @@ class SpeculationConfig(_Section):
                 f"default_mode {self.default_mode!r} needs a draft model: set drafters.model "
                 "or drafters.derive_layers > 0"
             )
+        if self.default_mode == "controlled":
+            raise ValueError(
+                "default_mode 'controlled' is refused: controlled acceptance is a measurement "
+                "tool that `tandem bench` asks for per request"
+            )
         return self
 
     @model_validator(mode="after")
@@ -213,7 +239,12 @@ class SpeculationConfig(_Section):
     def modes(self) -> list[str]:
         if not self.enabled:
             return ["off"]
-        return ["off", "ngram"] + (["model", "hybrid"] if self.drafters.has_model() else [])
+        modes = ["off", "ngram", "suffix", "recycle"]
+        if self.drafters.has_model():
+            modes += ["model", "hybrid"]
+        if self.drafters.controlled_acceptance is not None:
+            modes.append("controlled")
+        return modes
 
 
 class ServerConfig(_Section):
@@ -267,6 +298,14 @@ class TandemConfig(_Section):
         if data is not None and not isinstance(data, dict):
             raise ConfigError(f"config {path}: the top level must be a mapping")
         return cls.from_dict(data)
+
+    def check_serving(self, measurement: bool) -> None:
+        """Refuse measurement-only settings unless the benchmark harness started the server."""
+        if self.speculation.drafters.controlled_acceptance is not None and not measurement:
+            raise ConfigError(
+                "speculation.drafters.controlled_acceptance: a measurement tool of `tandem bench` "
+                "(its drafts are the target's known outputs); refused in a serving config"
+            )
 
     def with_overrides(self, **sections: dict[str, Any]) -> TandemConfig:
         """A copy with some keys of some sections replaced, validated like the original."""

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -336,6 +338,7 @@ def start_drafters(config: TandemConfig, target_path) -> Pool:
         draft_path = derive_draft(target_path, pool.derive_layers, config.models.cache_dir())
     if draft_path is not None:
         check_same_vocabulary(target_path, draft_path)
+    controlled = pool.controlled_acceptance
     settings = {
         "model_path": str(draft_path) if draft_path else None,
         "device": pool.device,
@@ -343,6 +346,11 @@ def start_drafters(config: TandemConfig, target_path) -> Pool:
         "ngram_min": pool.ngram_min,
         "ngram_max": pool.ngram_max,
         "max_requests": pool.max_requests,
+        "suffix": pool.suffix.model_dump(),
+        "vocab_size": vocab_size(target_path),
+        # Token Recycling keeps as many candidates per token as the target shares
+        "recycle_top_k": max(1, config.speculation.target_candidates),
+        "controlled": controlled.model_dump(mode="json") if controlled else None,
     }
     return place_pool(
         "drafters",
@@ -355,6 +363,11 @@ def start_drafters(config: TandemConfig, target_path) -> Pool:
         max_restarts=pool.max_restarts,
         max_concurrency=2,  # Mirror-SD hints arrive while a pre-drafting call runs
     )
+
+
+def vocab_size(model_path: Path) -> int:
+    """The target's vocabulary size (the rows of the Token Recycling table)."""
+    return int(json.loads((Path(model_path) / "config.json").read_text())["vocab_size"])
 
 
 def speculation_stats(counters: Counters, replicas: list[dict[str, Any]]) -> dict[str, Any]:

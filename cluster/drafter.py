@@ -11,8 +11,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from tandem.speculation.controlled import ControlledDrafter, load_continuations
 from tandem.speculation.drafter import Drafter
 from tandem.speculation.protocol import DraftItem, DraftReply, Hint, PredraftPlan, PredraftReply
+from tandem.speculation.recycle import RecycleTable
+from tandem.speculation.suffix import SuffixDrafter
 
 
 class DrafterReplica:
@@ -27,11 +30,17 @@ class DrafterReplica:
                 device=_device(settings["device"]),
                 stop_below=settings["stop_below"],
             )
+        suffix = settings["suffix"]
         self.drafter = Drafter(
             model=model,
             ngram_min=settings["ngram_min"],
             ngram_max=settings["ngram_max"],
             max_requests=settings["max_requests"],
+            suffix=SuffixDrafter(suffix["max_pattern"], suffix["min_prob"]),
+            suffix_depth=suffix["max_depth"],
+            suffix_global_tokens=suffix["global_tokens"],
+            recycle=RecycleTable(settings["vocab_size"], settings["recycle_top_k"]),
+            controlled=_controlled(settings["controlled"], settings["vocab_size"]),
         )
         self.calls = 0
         self.lock = threading.Lock()
@@ -70,6 +79,19 @@ class DrafterReplica:
             "requests": len(self.drafter.requests),
             "mirror_hints_used": self.drafter.hints_used,
         }
+
+
+def _controlled(settings: dict[str, Any] | None, vocab_size: int) -> ControlledDrafter | None:
+    """The bench's controlled-acceptance drafter, when the (measurement) config asks for it."""
+    if settings is None:
+        return None
+    return ControlledDrafter(
+        load_continuations(settings["continuations"]),
+        settings["alpha"],
+        settings["cost_ms"],
+        vocab_size,
+        settings["seed"],
+    )
 
 
 def _device(setting: str) -> str:

@@ -24,9 +24,13 @@ _LISTENING = re.compile(r"tandem listening on (\S+)")
 
 class ServiceProcess:
     def __init__(
-        self, config: dict[str, Any] | None = None, startup_timeout_s: float = 300
+        self,
+        config: dict[str, Any] | None = None,
+        startup_timeout_s: float = 300,
+        measurement: bool = False,
     ) -> None:
         self.config = config or {}
+        self.measurement = measurement  # `tandem serve --measurement`: the bench's tools allowed
         self.startup_timeout_s = startup_timeout_s
         self.address: str | None = None
         self.proc: subprocess.Popen | None = None
@@ -41,7 +45,8 @@ class ServiceProcess:
             yaml.safe_dump(config, f)
         self._config_file = Path(name)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tandem.cluster.cli", "serve", "--config", name],
+            [sys.executable, "-m", "tandem.cluster.cli", "serve", "--config", name]
+            + ["--measurement"] * self.measurement,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -31,8 +31,14 @@ def connect_ray(config: RayConfig) -> bool:
     return True
 
 
-def run_service(config: TandemConfig, on_ready: Callable[[Server], None] | None = None) -> None:
-    """Serve until SIGTERM/SIGINT; then drain, stop the actors and an embedded Ray cluster."""
+def run_service(
+    config: TandemConfig,
+    on_ready: Callable[[Server], None] | None = None,
+    measurement: bool = False,
+) -> None:
+    """Serve until SIGTERM/SIGINT; then drain, stop the actors and an embedded Ray cluster.
+    `measurement`: started by the benchmark harness, which may use measurement tools."""
+    config.check_serving(measurement)
     embedded = connect_ray(config.ray)
     coordinator = None
     try:

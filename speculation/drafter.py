@@ -1,8 +1,9 @@
 """The drafter's side of the protocol: per-request state, advanced by committed tokens.
 
-One Drafter serves every mode it has the parts for (an n-gram index always, a model when one is
-loaded). It is bounded: beyond `max_requests` the least recently used request is evicted and will
-be resynced by the proposer on its next step.
+One Drafter serves every mode it has the parts for (an n-gram index and suffix tries always, a
+model when one is loaded, a Token Recycling table when the vocabulary size is known, controlled
+acceptance only when the benchmark configures it). It is bounded: beyond `max_requests` the least
+recently used request is evicted and will be resynced by the proposer on its next step.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from tandem.speculation.controlled import ControlledDrafter
 from tandem.speculation.model_drafter import CacheState, ModelDrafter
 from tandem.speculation.ngram import NgramIndex
 from tandem.speculation.protocol import (
@@ -23,12 +25,18 @@ from tandem.speculation.protocol import (
     PredraftPlan,
     PredraftReply,
 )
+from tandem.speculation.recycle import RecycleTable
+from tandem.speculation.suffix import GlobalSuffixes, RequestSuffixes, SuffixDrafter
 
 
 @dataclass
 class RequestState:
     ngram: NgramIndex
+    # The first item of a request carries its prompt and first output token. (After a resync
+    # the whole history looks like prompt: its output then stays out of the global suffix trie.)
+    prompt_len: int
     model: CacheState | None = None
+    suffix: RequestSuffixes | None = None  # built on the request's first suffix draft
 
     @property
     def tokens(self) -> list[int]:
@@ -41,14 +49,26 @@ class Drafter:
     ngram_min: int = 1
     ngram_max: int = 4
     max_requests: int = 1024
+    suffix: SuffixDrafter = field(default_factory=SuffixDrafter)
+    suffix_depth: int = 16  # the tries' depth: the longest pattern plus the longest draft
+    suffix_global_tokens: int = 100_000  # recent outputs kept in the shared trie
+    recycle: RecycleTable | None = None
+    controlled: ControlledDrafter | None = None
     requests: OrderedDict[str, RequestState] = field(default_factory=OrderedDict)
     hints: dict[str, Hint] = field(default_factory=dict)  # Mirror-SD, by request
     hints_used: int = 0  # hints that arrived in time to steer pre-drafting
 
+    def __post_init__(self) -> None:
+        self.shared = GlobalSuffixes(self.suffix_depth, self.suffix_global_tokens)
+
     def modes(self) -> list[Mode]:
-        modes = [Mode.NGRAM]
+        modes = [Mode.NGRAM, Mode.SUFFIX]
+        if self.recycle is not None:
+            modes.append(Mode.RECYCLE)
         if self.model is not None:
             modes += [Mode.MODEL, Mode.HYBRID]
+        if self.controlled is not None:
+            modes.append(Mode.CONTROLLED)
         return modes
 
     def draft(self, items: list[DraftItem]) -> list[DraftReply]:
@@ -106,8 +126,11 @@ class Drafter:
         ]
 
     def _guesses(self, previous: int, fanout: int, exclude: int) -> list[int]:
-        """Likely target tokens after `previous`, other than the draft's."""
-        return []
+        """Likely target tokens after `previous`, other than the draft's: the target's own
+        recent candidates there (Token Recycling's table)."""
+        if self.recycle is None:
+            return []
+        return [t for t in self.recycle.candidates(previous) if t != exclude][:fanout]
 
     def hint(self, hints: dict[str, Hint]) -> None:
         """Mirror-SD hints, delivered while `predraft` may be waiting for them."""
@@ -125,8 +148,10 @@ class Drafter:
 
     def free(self, request_ids: list[str]) -> None:
         for request_id in request_ids:
-            self.requests.pop(request_id, None)
             self.hints.pop(request_id, None)
+            state = self.requests.pop(request_id, None)
+            if state is not None:  # its output joins the recent outputs other requests draw on
+                self.shared.add(state.tokens[state.prompt_len :])
 
     def _draft_one(self, item: DraftItem) -> DraftReply:
         state = self._sync(item)
@@ -140,7 +165,9 @@ class Drafter:
         if state is None:
             if item.start != 0:
                 return None
-            state = RequestState(NgramIndex(self.ngram_min, self.ngram_max))
+            state = RequestState(
+                NgramIndex(self.ngram_min, self.ngram_max), max(0, len(item.tokens) - 1)
+            )
             self.requests[item.request_id] = state
             while len(self.requests) > self.max_requests:
                 self.requests.popitem(last=False)
@@ -149,9 +176,29 @@ class Drafter:
             del self.requests[item.request_id]
             return None
         # Committed tokens never change: a resent overlap is skipped, not compared.
-        state.ngram.extend(item.tokens[have - item.start :])
+        new = item.tokens[have - item.start :]
+        if self.recycle is not None:  # the table learns from every request, whatever its mode
+            self._recycle_learn(state, item.candidates, new)
+        state.ngram.extend(new)
+        if state.suffix is not None:
+            state.suffix.extend(new)
         self.requests.move_to_end(item.request_id)
         return state
+
+    def _recycle_learn(
+        self,
+        state: RequestState,
+        candidates: Sequence[tuple[int, Sequence[int]]],
+        new: Sequence[int],
+    ) -> None:
+        """The target's top candidates, and its committed output tokens (prompt text is the
+        user's, not the target's choice)."""
+        self.recycle.update(candidates)
+        have = len(state.tokens)
+        skip = max(0, state.prompt_len - have, 1 - have)  # the first output token has a predecessor
+        if skip < len(new):
+            previous = new[skip - 1] if skip > 0 else state.tokens[-1]
+            self.recycle.observe(previous, new[skip:])
 
     def _propose(
         self, state: RequestState, item: DraftItem, extra: Sequence[int], k: int
@@ -160,6 +207,18 @@ class Drafter:
         tokens: a block under verification, when pre-drafting)."""
         if item.mode is Mode.OFF:
             return []
+        if item.mode is Mode.SUFFIX:
+            if state.suffix is None:
+                state.suffix = RequestSuffixes(self.suffix_depth)
+                state.suffix.extend(state.tokens)
+            return self.suffix.propose(state.suffix, self.shared, k, extra)
+        if item.mode is Mode.RECYCLE:  # the coordinator refuses modes a drafter lacks
+            last = extra[-1] if extra else state.tokens[-1]
+            return self.recycle.chain(last, k) if self.recycle else []
+        if item.mode is Mode.CONTROLLED:
+            if self.controlled is None:
+                return []
+            return self.controlled.propose([*state.tokens, *extra], state.prompt_len, k)
         if item.mode in (Mode.NGRAM, Mode.HYBRID):
             found = state.ngram.propose(k, extra)
             if found or item.mode is Mode.NGRAM:

@@ -41,7 +41,7 @@ def build_request(
 ) -> pb.GenerateRequest:
     """A GenerateRequest from Python values; unset fields take the server's defaults.
 
-    `speculation` is a mode name: off, ngram, model or hybrid."""
+    `speculation` is a mode name: off, ngram, suffix, recycle, model or hybrid."""
     sampling = pb.SamplingParams(
         stop=list(stop), stop_token_ids=list(stop_token_ids), ignore_eos=ignore_eos
     )

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from tandem.benchmarks import costs, metrics, report, summary
+from tandem.benchmarks import controlled, costs, metrics, report, runner, summary
 from tandem.benchmarks.records import ConcurrencyRun, RequestRecord, Trace
 from tandem.benchmarks.systems import BASELINE, SYSTEMS, SystemChoiceError, choose
 from tandem.benchmarks.workload import (
@@ -250,6 +250,9 @@ def test_systems_choice():
 def test_report_files_from_fixed_result(tmp_path):
     base = [_record("vllm-target", 1, "a", range(10), 1.0, ttft_s=0.1, tpot_s=0.1, forwards=10)]
     other = [_record("vllm-ngram", 1, "a", range(10), 0.8, ttft_s=0.1, tpot_s=0.08, forwards=8)]
+    suffix = [_record("tandem-suffix", 1, "a", range(10), 0.5, forwards=5)]
+    suffix[0].draft_tokens, suffix[0].accepted_tokens = 10, 5
+    spec = {"speculative": True, "num_speculative_tokens": 4}
     result = {
         "created_utc": "2026-01-01T00:00:00+00:00",
         "command": "tandem bench --quick",
@@ -260,8 +263,10 @@ def test_report_files_from_fixed_result(tmp_path):
         "baseline": "vllm-target",
         "systems": [
             summary.system_entry({"name": "vllm-target"}, base, base, 1.0),
-            summary.system_entry({"name": "vllm-ngram"}, other, base, 1.0),
+            summary.system_entry({"name": "vllm-ngram", **spec}, other, base, 1.0),
+            summary.system_entry({"name": "tandem-suffix", **spec}, suffix, base, 1.0),
         ],
+        "controlled_acceptance": [controlled.entry(0.5, 4, 2.0, 1.0, suffix, base)],
         "absent_systems": [{"name": "x", "reason": "not yet"}],
         "cost": {
             "context_tokens": 128,
@@ -280,5 +285,20 @@ def test_report_files_from_fixed_result(tmp_path):
     assert json.loads(paths["json"].read_text())["systems"][1]["speedup"] == 1.25
     text = paths["markdown"].read_text()
     assert "| vllm-ngram | 12.50 | 1.25 |" in text and "tandem bench --quick" in text
+    # per drafter and category: alpha, tokens per round, vs the target alone, vs vLLM's ngram
+    assert "### tandem-suffix" in text and "| a | 50.0% | 2.00 | 2.00 | 1.60 |" in text
+    # the measurement tool: E(0.5, 4) = 1.94, ideal 1.94 x cost ratio 1.0; achieved 2.00
+    assert "Controlled acceptance (measurement tool" in text
+    assert "| 0.50 | 4 | 50.0% | 2.00 | 1.94 | 2.00 | 1.94 | 103.2% | 0 |" in text
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not math.isnan(result["systems"][1]["tokens_per_s"])
+
+
+def test_bench_turns_prefix_caching_off_for_every_measured_engine():
+    """Every tandem mode shares one server: with prefix caching on, each mode after the first
+    would find the prompt already cached. The cost measurement builds its own cached engine."""
+    from tandem.cluster.config import TandemConfig
+
+    config = runner.bench_config(TandemConfig(), 3, None, None)
+    assert config.target.engine_args["enable_prefix_caching"] is False
+    assert config.speculation.num_speculative_tokens == 3

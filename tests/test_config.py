@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from tandem.cluster.config import ConfigError, TandemConfig
 
@@ -93,3 +94,34 @@ def test_example_configs_load():
         assert config.speculation.enabled and config.target.replicas >= 1
     local = Path(__file__).parents[1] / "deploy" / "configs" / "local-cpu.yaml"
     assert TandemConfig.from_yaml(local) == TandemConfig()  # the built-in default, written out
+
+
+def test_controlled_acceptance_is_a_measurement_tool(tmp_path):
+    """Offered only when configured, never as the default, and `tandem serve` refuses it unless
+    the benchmark harness started it (--measurement)."""
+    settings = {"continuations": str(tmp_path / "c.json"), "alpha": 0.7, "cost_ms": 1.0}
+    data = {"speculation": {"drafters": {"controlled_acceptance": settings}}}
+    config = TandemConfig.from_dict(data)
+    assert "controlled" in config.speculation.modes()
+    assert "controlled" not in TandemConfig().speculation.modes()
+    config.check_serving(measurement=True)
+    with pytest.raises(ConfigError, match="measurement tool"):
+        config.check_serving(measurement=False)
+    with pytest.raises(ConfigError, match="default_mode"):
+        TandemConfig.from_dict(
+            {"speculation": {**data["speculation"], "default_mode": "controlled"}}
+        )
+    with pytest.raises(ConfigError, match="alpha"):
+        TandemConfig.from_dict(
+            {"speculation": {"drafters": {"controlled_acceptance": {**settings, "alpha": 1.5}}}}
+        )
+    path = tmp_path / "measure.yaml"
+    path.write_text(yaml.safe_dump(data))
+    run = subprocess.run(
+        [sys.executable, "-m", "tandem.cluster.cli", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert "measurement tool" in run.stderr and "controlled_acceptance" in run.stderr

@@ -20,7 +20,7 @@ from .conftest import spec_bench_prompts, start_service
 
 pytestmark = pytest.mark.slow
 
-MODES = ("ngram", "model", "hybrid")
+MODES = ("ngram", "suffix", "recycle", "model", "hybrid")
 CATEGORIES = ("writing", "coding", "math_reasoning", "summarization", "translation", "rag")
 
 

@@ -1,0 +1,116 @@
+"""Controlled acceptance: a measurement tool of the bench, not a drafter to serve with.
+
+The drafter proposes the target's known greedy continuation (taken from the baseline's own
+outputs in this run), each token corrupted with probability 1 - alpha, at a real compute cost per
+drafted token. Whatever a real drafter's quality, this shows how close tandem's pipeline comes to
+the ideal speedup E(alpha, k) x cost ratio. Each alpha needs its own server (alpha is a drafter
+setting), started with `tandem serve --measurement`; it runs prompt by prompt alternating with
+the in-process baseline, so each alpha has a baseline measured beside it.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from tandem.benchmarks import metrics, summary
+from tandem.benchmarks.records import GenerationParams, RequestRecord
+from tandem.benchmarks.systems import Setup, System
+from tandem.benchmarks.workload import Prompt
+
+DESCRIPTION = (
+    "measurement tool: tandem's gRPC server drafting the target's known greedy output, "
+    "corrupted with probability 1 - alpha"
+)
+
+
+def run(
+    setup: Setup,
+    baseline: System,
+    prompts: Sequence[Prompt],
+    baseline_records: Sequence[RequestRecord],
+    params: GenerationParams,
+    alphas: Sequence[float],
+    cost_ms: float,
+    cost_ratio: float | None,
+    warm: Sequence[Prompt],
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """One entry per alpha: the controlled system's figures against its paired baseline."""
+    from tandem.benchmarks.tandem_system import TandemServer, TandemSystem
+    from tandem.speculation.controlled import save_continuations
+
+    k = setup.num_speculative_tokens
+    entries = []
+    with tempfile.TemporaryDirectory(prefix="tandem-controlled-") as folder:
+        path = Path(folder) / "continuations.json"
+        save_continuations(
+            path,
+            [(p.token_ids, r.token_ids) for p, r in zip(prompts, baseline_records, strict=True)],
+        )
+        for alpha in alphas:
+            config = copy.deepcopy(setup.tandem_config)
+            config["speculation"]["drafters"]["controlled_acceptance"] = {
+                "continuations": str(path),
+                "alpha": alpha,
+                "cost_ms": cost_ms,
+            }
+            server = TandemServer(config, measurement=True)
+            try:
+                system = TandemSystem(f"tandem-controlled-{alpha}", "controlled", k, server)
+                system.warmup(warm, GenerationParams(min(32, params.max_new_tokens)))
+                mine, base = _alternate(system, baseline, prompts, params, progress)
+            finally:
+                server.close()
+            entries.append(entry(alpha, k, cost_ms, cost_ratio, mine, base))
+    return entries
+
+
+def _alternate(
+    system: System,
+    baseline: System,
+    prompts: Sequence[Prompt],
+    params: GenerationParams,
+    progress: bool,
+) -> tuple[list[RequestRecord], list[RequestRecord]]:
+    mine, base = [], []
+    for i, prompt in enumerate(tqdm(prompts, desc=system.name, disable=not progress)):
+        order = [(system, mine), (baseline, base)]
+        for which, into in order[i % 2 :] + order[: i % 2]:
+            into.append(which.run(prompt, params))
+    return mine, base
+
+
+def entry(
+    alpha: float,
+    k: int,
+    cost_ms: float,
+    cost_ratio: float | None,
+    records: Sequence[RequestRecord],
+    baseline: Sequence[RequestRecord],
+) -> dict[str, Any]:
+    """The figures, plus the ideal for the alpha asked for: E(alpha, k) x cost ratio."""
+    figures = summary.figures(records, {r.question_id: r for r in baseline}, True, k, cost_ratio)
+    ideal = metrics.ideal_speedup(alpha, k, cost_ratio) if cost_ratio else None
+    return {
+        "alpha": alpha,
+        "k": k,
+        "cost_ms_per_draft_token": cost_ms,
+        "expected_tokens_per_forward": metrics.expected_tokens_per_forward(alpha, k),
+        "ideal_speedup": ideal,
+        "achieved_fraction": metrics.achieved_fraction(figures["speedup"], ideal)
+        if ideal
+        else None,
+        **{key: figures[key] for key in ("speedup", "mean_accepted_tokens", "acceptance_rate")},
+        "baseline_tokens_per_s": metrics.mean(
+            [metrics.tokens_per_s(r.new_tokens, r.wall_s) for r in baseline]
+        ),
+        "tokens_per_s": figures["tokens_per_s"],
+        "mismatches": figures["mismatches"],
+        "prompts": figures["prompts"],
+    }

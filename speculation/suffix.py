@@ -1,0 +1,157 @@
+"""SuffixDecoding (Oliaro et al., 2024): draft from suffix trees of past text, sized by frequency.
+
+Each request has a depth-bounded suffix trie over its own prompt and output; one global trie
+holds the outputs of recently finished requests, within a token budget. To draft, the longest
+suffix of the request's context (up to `max_pattern` tokens) that occurred before with a
+continuation is found, then the most frequent child is followed while the running probability
+(product of child count / sibling total) stays at or above `min_prob`. The draft is thus as long
+as the evidence supports: a continuation seen every time gives k tokens, a contested one few or
+none. Of the two tries, the draft with the larger expected accepted length (the sum of the
+running probabilities) wins.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class Node:
+    """A trie node: the substring spelled by the path to it, and how often it occurred."""
+
+    __slots__ = ("children", "count")
+
+    def __init__(self) -> None:
+        self.children: dict[int, Node] = {}
+        self.count = 0
+
+
+@dataclass(frozen=True)
+class Draft:
+    tokens: list[int]
+    score: float  # expected accepted tokens: the sum of the running probabilities
+
+
+class SuffixTrie:
+    """Every substring of the inserted sequences up to `max_depth` tokens, with counts."""
+
+    def __init__(self, max_depth: int) -> None:
+        if max_depth < 2:
+            raise ValueError(f"max_depth must be >= 2, got {max_depth}")
+        self.max_depth = max_depth
+        self.root = Node()
+
+    def add(self, active: list[Node], token: int) -> list[Node]:
+        """Append `token` to a sequence whose open suffixes are the nodes `active` (the root
+        first, then ever longer suffixes): O(max_depth). Returns the new open suffixes."""
+        opened = [self.root]
+        for node in active[: self.max_depth]:
+            child = node.children.get(token)
+            if child is None:
+                child = node.children[token] = Node()
+            child.count += 1
+            opened.append(child)
+        return opened
+
+    def remove(self, tokens: Sequence[int]) -> None:
+        """Undo `add` over a whole sequence: decrement its substrings, prune empty nodes."""
+        for start in range(len(tokens)):
+            node = self.root
+            for token in tokens[start : start + self.max_depth]:
+                child = node.children[token]
+                child.count -= 1
+                if child.count == 0:
+                    del node.children[token]
+                    break
+                node = child
+
+    def find(self, context: Sequence[int], max_pattern: int, room: int = 1) -> Node | None:
+        """The node of the longest suffix of `context` (at most `max_pattern` tokens, and short
+        enough to leave `room` tokens of depth for the draft) that has occurred with a
+        continuation."""
+        longest = min(max_pattern, self.max_depth - max(1, room), len(context))
+        for n in range(longest, 0, -1):
+            node = self.root
+            for token in context[len(context) - n :]:
+                node = node.children.get(token)
+                if node is None:
+                    break
+            if node is not None and node.children:
+                return node
+        return None
+
+
+def follow(node: Node | None, k: int, min_prob: float) -> Draft:
+    """The greedy path of most frequent children while the running probability holds."""
+    tokens: list[int] = []
+    prob = 1.0
+    score = 0.0
+    while node is not None and node.children and len(tokens) < k:
+        total = sum(child.count for child in node.children.values())
+        token, child = max(node.children.items(), key=lambda item: item[1].count)
+        prob *= child.count / total
+        if prob < min_prob:
+            break
+        tokens.append(token)
+        score += prob
+        node = child
+    return Draft(tokens, score)
+
+
+class RequestSuffixes:
+    """One request's trie over its committed tokens, extended one token at a time."""
+
+    def __init__(self, max_depth: int) -> None:
+        self.trie = SuffixTrie(max_depth)
+        self.tokens: list[int] = []
+        self._active: list[Node] = [self.trie.root]
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        for token in tokens:
+            self._active = self.trie.add(self._active, token)
+            self.tokens.append(token)
+
+
+class GlobalSuffixes:
+    """Outputs of recently finished requests, at most `max_tokens` in all (oldest evicted)."""
+
+    def __init__(self, max_depth: int, max_tokens: int) -> None:
+        self.trie = SuffixTrie(max_depth)
+        self.max_tokens = max_tokens
+        self.size = 0
+        self._outputs: deque[list[int]] = deque()
+
+    def add(self, output: Sequence[int]) -> None:
+        output = list(output)[-self.max_tokens :] if self.max_tokens > 0 else []
+        if not output:
+            return
+        while self.size + len(output) > self.max_tokens:
+            oldest = self._outputs.popleft()
+            self.trie.remove(oldest)
+            self.size -= len(oldest)
+        active = [self.trie.root]
+        for token in output:
+            active = self.trie.add(active, token)
+        self._outputs.append(output)
+        self.size += len(output)
+
+
+@dataclass
+class SuffixDrafter:
+    """Drafts for one request from its own trie and the global one, whichever scores better."""
+
+    max_pattern: int = 8
+    min_prob: float = 0.1
+
+    def propose(
+        self, request: RequestSuffixes, shared: GlobalSuffixes, k: int, extra: Sequence[int] = ()
+    ) -> list[int]:
+        """`extra`: tokens after the committed ones that are not committed yet (a block under
+        verification, when pre-drafting); they take part in the match only."""
+        if k <= 0:
+            return []
+        context = [*request.tokens[len(request.tokens) - self.max_pattern :], *extra]
+        own = follow(request.trie.find(context, self.max_pattern, k), k, self.min_prob)
+        other = follow(shared.trie.find(context, self.max_pattern, k), k, self.min_prob)
+        return (own if own.score >= other.score else other).tokens
