@@ -18,7 +18,7 @@ import ray
 
 from tandem.cluster.config import TandemConfig
 from tandem.cluster.drafter import DrafterReplica
-from tandem.cluster.placement import Pool, place_pool
+from tandem.cluster.placement import Pool, place_pool, request_for
 from tandem.cluster.requests import Limits, PreparedRequest, RequestError, prepare
 from tandem.cluster.target import TargetReplica
 from tandem.models import check_same_vocabulary, derive_draft, resolve_model
@@ -110,11 +110,8 @@ class Coordinator:
                 }
             target = config.target
             pool = place_pool(
-                "target",
+                request_for("target", target),
                 TargetReplica,
-                target.resources,
-                target.replicas,
-                target.strategy,
                 target.env,
                 lambda i: (
                     f"target-{i}",
@@ -320,16 +317,15 @@ def start_drafters(config: TandemConfig, target_path) -> Pool:
     settings = {
         "model_path": str(draft_path) if draft_path else None,
         "device": pool.device,
+        "devices": pool.devices,
+        "layer_groups": pool.layer_groups,
         "ngram_min": pool.ngram_min,
         "ngram_max": pool.ngram_max,
         "max_requests": pool.max_requests,
     }
     return place_pool(
-        "drafters",
+        request_for("drafters", pool),
         DrafterReplica,
-        pool.resources,
-        pool.replicas,
-        pool.strategy,
         pool.env,
         lambda i: (f"drafter-{i}", settings),
         max_restarts=pool.max_restarts,

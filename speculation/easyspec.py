@@ -113,3 +113,12 @@ class EasySpecDrafter(ModelDrafter):
             use_cache=True,
             position_embeddings=tuple(t.to(device) for t in rotary),
         )
+
+
+def load_model_drafter(
+    model_path: str | Path, layer_groups: LayerGroups, devices: Sequence[str]
+) -> ModelDrafter:
+    """The configured model drafter: the ordinary one for groups of one, EasySpec otherwise."""
+    if layer_groups == 1:
+        return ModelDrafter(model_path, device=devices[0])
+    return EasySpecDrafter(model_path, layer_groups, devices)
