@@ -66,3 +66,16 @@ def test_devices_need_a_matching_accelerator_resource():
         TandemConfig.from_dict({"target": {"devices": 2, "resources": {"CPU": 1}}})
     ok = TandemConfig.from_dict({"target": {"devices": 2, "resources": {"CPU": 1, "GPU": 2}}})
     assert ok.target.devices == 2
+
+
+def test_plan_describes_the_embedded_node_without_starting_it(capsys, tmp_path):
+    from tandem.cluster.cli import main
+
+    assert main(["plan"]) == 0
+    out = capsys.readouterr().out
+    assert "node embedded (127.0.0.1, not started)" in out
+    assert "drafters[0]  on node embedded" in out and "target[0]  on node embedded" in out
+    path = tmp_path / "c.yaml"
+    path.write_text("ray: {num_cpus: 1}\n")  # two pools of CPU=1 on one CPU
+    assert main(["plan", "--config", str(path)]) == 2
+    assert "target: replica 0 of 1 does not fit (pack): it needs CPU=1" in capsys.readouterr().err
