@@ -147,8 +147,7 @@ def place_pool(
     **options: Any,
 ) -> Pool:
     """Reserve the pool's bundles and start one actor in each; `args_for(i)` gives its args,
-    `options` go to the actors (e.g. max_restarts)."""
-    check_feasible(pool, cluster_nodes())
+    `options` go to the actors (e.g. max_restarts). Check with `plan` first."""
     name, bundle, replicas = pool.name, pool.bundle, pool.replicas
     group = placement_group(
         [dict(bundle)] * replicas, strategy=pool.strategy.upper(), name=f"tandem-{name}"
