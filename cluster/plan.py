@@ -11,7 +11,15 @@ from __future__ import annotations
 import os
 
 from tandem.cluster.config import TandemConfig
-from tandem.cluster.placement import Assignment, Node, PoolRequest, cluster_nodes, plan, request_for
+from tandem.cluster.placement import (
+    Assignment,
+    Node,
+    PlacementError,
+    PoolRequest,
+    cluster_nodes,
+    plan,
+    request_for,
+)
 
 _HIDDEN = ("memory", "object_store_memory")  # every node has them; they tell nodes apart badly
 
@@ -42,7 +50,10 @@ def nodes_for(config: TandemConfig, address: str | None) -> list[Node]:
         return [local_node(config)]
     import ray
 
-    ray.init(address=address, configure_logging=False, log_to_driver=False)
+    try:
+        ray.init(address=address, configure_logging=False, log_to_driver=False)
+    except ConnectionError as exc:
+        raise PlacementError(f"cannot reach the Ray cluster at {address}: {exc}") from None
     try:
         return cluster_nodes()
     finally:
