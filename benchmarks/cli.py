@@ -92,6 +92,11 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     add("--ngram-min", type=_positive, help="smallest n-gram, both ngram drafters (config: 1)")
     add("--ngram-max", type=_positive, help="largest n-gram, both ngram drafters (config: 4)")
+    add(
+        "--layer-groups",
+        type=_positive,
+        help="EasySpec layer group size of the tandem model drafter (config: 1, sequential)",
+    )
     add("--cost-repeats", type=_positive, default=7, help="timed pairs for the cost ratio (7)")
     add(
         "--controlled-acceptance",
@@ -159,7 +164,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     config = TandemConfig.from_yaml(args.config) if args.config else TandemConfig()
     config = runner.bench_config(
-        config, args.num_speculative_tokens, args.ngram_min, args.ngram_max
+        config, args.num_speculative_tokens, args.ngram_min, args.ngram_max, args.layer_groups
     )
     categories = args.categories
     if args.quick and categories is None and args.prompts is None:

@@ -355,9 +355,16 @@ def _config(options: BenchOptions, setup: Setup, threads: int) -> dict[str, Any]
     }
 
 
-def bench_config(config: Any, k: int | None, ngram_min: int | None, ngram_max: int | None) -> Any:
+def bench_config(
+    config: Any,
+    k: int | None,
+    ngram_min: int | None,
+    ngram_max: int | None,
+    layer_groups: int | None = None,
+) -> Any:
     """The config every system is built from: the bench's draft length and n-gram sizes (so
-    the server it starts and vLLM's in-process drafters use the same), and prefix caching off.
+    the server it starts and vLLM's in-process drafters use the same), the model drafter's
+    EasySpec layer groups, and prefix caching off.
 
     Prefix caching goes off because the tandem modes share one server: with it on, every mode
     after the first would find each prompt already in the target's cache. (Spec-Bench prompts
@@ -368,7 +375,8 @@ def bench_config(config: Any, k: int | None, ngram_min: int | None, ngram_max: i
     speculation = data["speculation"]
     if k is not None:
         speculation["num_speculative_tokens"] = k
-    for key, value in (("ngram_min", ngram_min), ("ngram_max", ngram_max)):
+    drafter = {"ngram_min": ngram_min, "ngram_max": ngram_max, "layer_groups": layer_groups}
+    for key, value in drafter.items():
         if value is not None:
             speculation["drafters"][key] = value
     return type(config).from_dict(data)

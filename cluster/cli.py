@@ -1,4 +1,4 @@
-"""The `tandem` command line: serve, generate, models."""
+"""The `tandem` command line: serve, plan, generate, models."""
 
 from __future__ import annotations
 
@@ -27,6 +27,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f'try: tandem generate "Tell me about Ray." --address {server.address}', flush=True)
 
     run_service(config, on_ready=announce, measurement=args.measurement)
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from tandem.cluster.plan import run_plan
+
+    config = load_config(args.config)
+    for line in run_plan(config, args.address or config.ray.address):
+        print(line)
     return 0
 
 
@@ -138,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     # Passed only by the benchmark harness: allows its measurement tools (controlled acceptance).
     serve.add_argument("--measurement", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
+
+    plan = sub.add_parser(
+        "plan", help="show where each actor would go, or which resource is missing"
+    )
+    plan.add_argument("--config", help="YAML config; the built-in default without it")
+    plan.add_argument("--address", help="Ray cluster to ask (default from config: ray.address)")
+    plan.set_defaults(func=cmd_plan)
 
     gen = sub.add_parser("generate", help="stream a completion from a running server")
     gen.add_argument("prompt")

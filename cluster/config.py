@@ -14,6 +14,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -63,7 +64,15 @@ def _check_resources(value: dict[str, float]) -> dict[str, float]:
 # Ray resources of one replica's placement-group bundle: {"CPU": 1}, {"GPU": 1, "CPU": 4}, or any
 # custom resource a node advertises ({"npu": 1}).
 Resources = Annotated[dict[str, float], AfterValidator(_check_resources)]
-Strategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
+# Ray's placement strategies, lower case; the upper-case spelling of older configs is accepted.
+Strategy = Annotated[
+    Literal["pack", "spread", "strict_pack", "strict_spread"],
+    BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v),
+]
+# How much of Ray's `accelerator_type:<X>` node resource a bundle asks for (Ray's own convention:
+# nodes advertise 1, requests take a sliver, so it selects nodes without limiting the count).
+ACCELERATOR_TYPE_SHARE = 0.001
+_NOT_DEVICES = ("CPU", "memory", "object_store_memory")
 
 
 class _PoolConfig(_Section):
@@ -71,8 +80,32 @@ class _PoolConfig(_Section):
 
     replicas: PositiveInt = 1
     resources: Resources = Field(default_factory=lambda: {"CPU": 1.0})
-    strategy: Strategy = "PACK"
+    # Only nodes of this accelerator kind (Ray's `accelerator_type:<X>`, e.g. A100, TPU-V4).
+    accelerator_type: str | None = None
+    # Accelerator devices one replica uses (a resource of `resources` must hold that many).
+    devices: PositiveInt = 1
+    strategy: Strategy = "pack"
     env: dict[str, str] = Field(default_factory=dict)  # environment of each replica's process
+
+    @model_validator(mode="after")
+    def _devices_reserved(self) -> _PoolConfig:
+        if self.devices > 1 and not any(
+            amount >= self.devices
+            for name, amount in self.resources.items()
+            if name not in _NOT_DEVICES
+        ):
+            raise ValueError(
+                f"devices={self.devices} needs an accelerator resource of at least "
+                f"{self.devices} per replica in resources, e.g. {{GPU: {self.devices}}}"
+            )
+        return self
+
+    def bundle(self) -> dict[str, float]:
+        """The Ray resources of one replica's placement-group bundle."""
+        bundle = dict(self.resources)
+        if self.accelerator_type:
+            bundle[f"accelerator_type:{self.accelerator_type}"] = ACCELERATOR_TYPE_SHARE
+        return bundle
 
 
 class TargetPoolConfig(_PoolConfig):
@@ -131,8 +164,8 @@ class ControlledAcceptanceConfig(_Section):
 class DraftPoolConfig(_PoolConfig):
     """Drafter replicas: Ray actors on their own bundles, serving every drafter kind."""
 
-    # SPREAD lets drafters land on other nodes (and other accelerator kinds) than the target.
-    strategy: Strategy = "SPREAD"
+    # spread lets drafters land on other nodes (and other accelerator kinds) than the target.
+    strategy: Strategy = "spread"
     # The draft model: a built-in name or a HF folder sharing the target's tokenizer. Without
     # one, tandem derives it from the target's first `derive_layers` layers (0: no model drafter).
     model: str | None = None
@@ -141,6 +174,9 @@ class DraftPoolConfig(_PoolConfig):
     # Adaptive draft length (SpecDec++): the model drafter ends a block before a token whose
     # probability under the draft model is below this (0: always draft k).
     stop_below: float = Field(0.0, ge=0.0, lt=1.0)
+    # EasySpec layer-parallel drafting (speculation/easyspec.py): the size of every layer group,
+    # or each group's size in order. 1: the ordinary, sequential model drafter.
+    layer_groups: PositiveInt | Annotated[list[PositiveInt], Field(min_length=1)] = 1
     ngram_min: PositiveInt = 1
     ngram_max: PositiveInt = 4
     max_requests: PositiveInt = 1024  # per-request states kept; the least recent are evicted

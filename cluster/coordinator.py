@@ -18,13 +18,15 @@ from typing import Any
 
 import ray
 
-from tandem.cluster.config import TandemConfig
+from tandem.cluster.config import ConfigError, TandemConfig
 from tandem.cluster.drafter import DrafterReplica
-from tandem.cluster.placement import Pool, place_pool
+from tandem.cluster.placement import Pool, cluster_nodes, place_pool, plan, request_for
+from tandem.cluster.plan import pool_requests
 from tandem.cluster.requests import Limits, PreparedRequest, RequestError, prepare
 from tandem.cluster.target import TargetReplica
 from tandem.models import check_same_vocabulary, derive_draft, resolve_model
 from tandem.protos import tandem_pb2 as pb
+from tandem.speculation.easyspec import make_groups
 
 
 @dataclass
@@ -99,6 +101,7 @@ class Coordinator:
     def start(cls, config: TandemConfig) -> Coordinator:
         """Place the drafter and target pools on the connected Ray cluster; wait until ready."""
         model_path = resolve_model(config.models.target, config.models.cache_dir())
+        plan(pool_requests(config), cluster_nodes())  # refuse what cannot fit, before reserving
         spec = config.speculation
         drafters = speculation = None
         drafter_infos: list[dict[str, Any]] = []
@@ -123,11 +126,8 @@ class Coordinator:
                 }
             target = config.target
             pool = place_pool(
-                "target",
+                request_for("target", target),
                 TargetReplica,
-                target.resources,
-                target.replicas,
-                target.strategy,
                 target.env,
                 lambda i: (
                     f"target-{i}",
@@ -338,10 +338,13 @@ def start_drafters(config: TandemConfig, target_path) -> Pool:
         draft_path = derive_draft(target_path, pool.derive_layers, config.models.cache_dir())
     if draft_path is not None:
         check_same_vocabulary(target_path, draft_path)
+        _check_layer_groups(pool.layer_groups, draft_path)
     controlled = pool.controlled_acceptance
     settings = {
         "model_path": str(draft_path) if draft_path else None,
         "device": pool.device,
+        "devices": pool.devices,
+        "layer_groups": pool.layer_groups,
         "stop_below": pool.stop_below,
         "ngram_min": pool.ngram_min,
         "ngram_max": pool.ngram_max,
@@ -353,11 +356,8 @@ def start_drafters(config: TandemConfig, target_path) -> Pool:
         "controlled": controlled.model_dump(mode="json") if controlled else None,
     }
     return place_pool(
-        "drafters",
+        request_for("drafters", pool),
         DrafterReplica,
-        pool.resources,
-        pool.replicas,
-        pool.strategy,
         pool.env,
         lambda i: (f"drafter-{i}", settings),
         max_restarts=pool.max_restarts,
@@ -368,6 +368,18 @@ def start_drafters(config: TandemConfig, target_path) -> Pool:
 def vocab_size(model_path: Path) -> int:
     """The target's vocabulary size (the rows of the Token Recycling table)."""
     return int(json.loads((Path(model_path) / "config.json").read_text())["vocab_size"])
+
+
+def _check_layer_groups(layer_groups: int | list[int], draft_path: Any) -> None:
+    """Explicit group sizes must cover the draft's layers: refused here, not in a drafter actor
+    that Ray would restart forever."""
+    from transformers import AutoConfig
+
+    layers = AutoConfig.from_pretrained(draft_path).num_hidden_layers
+    try:
+        make_groups(layer_groups, layers)
+    except ValueError as exc:
+        raise ConfigError(f"speculation.drafters.layer_groups: {exc}") from None
 
 
 def speculation_stats(counters: Counters, replicas: list[dict[str, Any]]) -> dict[str, Any]:

@@ -23,12 +23,11 @@ class DrafterReplica:
         self.replica_id = replica_id
         model = None
         if settings["model_path"]:
-            from tandem.speculation.model_drafter import ModelDrafter
+            from tandem.speculation.easyspec import load_model_drafter
 
-            model = ModelDrafter(
-                settings["model_path"],
-                device=_device(settings["device"]),
-                stop_below=settings["stop_below"],
+            devices = _devices(settings["device"], settings["devices"])
+            model = load_model_drafter(
+                settings["model_path"], settings["layer_groups"], devices, settings["stop_below"]
             )
         suffix = settings["suffix"]
         self.drafter = Drafter(
@@ -94,10 +93,13 @@ def _controlled(settings: dict[str, Any] | None, vocab_size: int) -> ControlledD
     )
 
 
-def _device(setting: str) -> str:
-    """ "auto": the GPU Ray gave this actor, if any, else the CPU."""
-    if setting != "auto":
-        return setting
-    import ray
+def _devices(setting: str, count: int) -> list[str]:
+    """The torch devices of the draft model. "auto": the GPUs Ray gave this actor, if any, else
+    the CPU; `count` devices of that kind (Ray numbers an actor's GPUs from 0)."""
+    if setting == "auto":
+        import ray
 
-    return "cuda" if ray.get_gpu_ids() else "cpu"
+        setting = "cuda" if ray.get_gpu_ids() else "cpu"
+    if count == 1 or setting == "cpu":
+        return [setting]
+    return [f"{setting}:{i}" for i in range(count)]

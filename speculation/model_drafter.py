@@ -44,7 +44,7 @@ class ModelDrafter:
         """k greedy tokens continuing `history` (the request's committed tokens)."""
         if k <= 0 or not history:
             return []
-        keep = _common_prefix(state.tokens, history)
+        keep = min(_common_prefix(state.tokens, history), self._trusted(state))
         keep = min(keep, len(history) - 1)  # re-read at least one token to get next logits
         if len(state.tokens) > keep:
             state.cache.crop(keep - len(state.tokens))
@@ -54,17 +54,25 @@ class ModelDrafter:
         with self.torch.inference_mode():
             while len(draft) < k:
                 ids = self.torch.tensor([feed], device=self.device)
-                logits = self.model(
-                    input_ids=ids, past_key_values=state.cache, use_cache=True
-                ).logits
+                logits = self._next_logits(state, ids, first=not draft)
                 state.tokens += feed
-                probs = logits[0, -1].softmax(-1)
+                probs = logits.softmax(-1)
                 token = int(probs.argmax())
                 if float(probs[token]) < self.stop_below:
                     break
                 draft.append(token)
                 feed = [token]
         return draft
+
+    def _trusted(self, state: CacheState) -> int:
+        """Leading cache positions that may be reused as they are: all of them, here."""
+        return len(state.tokens)
+
+    def _next_logits(self, state: CacheState, ids: Any, first: bool) -> Any:
+        """Logits for the token after `ids`, appending their keys/values to the cache. `first`:
+        the round's first forward, the one over the newly committed tokens."""
+        out = self.model(input_ids=ids, past_key_values=state.cache, use_cache=True)
+        return out.logits[0, -1]
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
