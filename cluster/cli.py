@@ -34,7 +34,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import grpc
 
     from tandem.client import TandemClient
-    from tandem.cluster.server import FINISH_REASONS
+    from tandem.cluster.api import FINISH_REASONS
 
     reasons = {v: (k or "unspecified") for k, v in FINISH_REASONS.items()}
     kwargs = dict(

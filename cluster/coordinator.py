@@ -18,6 +18,7 @@ import ray
 
 from tandem.cluster.config import TandemConfig
 from tandem.cluster.drafter import DrafterReplica
+from tandem.cluster.metrics import Metrics
 from tandem.cluster.placement import Pool, place_pool
 from tandem.cluster.requests import Limits, PreparedRequest, RequestError, prepare
 from tandem.cluster.target import TargetReplica
@@ -51,8 +52,10 @@ class Counters:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     target_steps: int = 0
+    drafts: int = 0  # verification rounds that carried a draft
     draft_tokens: int = 0
     accepted_tokens: int = 0
+    accepted_per_pos: list[int] = field(default_factory=list)  # index: position in the draft
     started: float = field(default_factory=time.monotonic)
 
 
@@ -88,6 +91,7 @@ class Coordinator:
         self.running: dict[str, int] = {}  # request id -> replica index
         self.counters = Counters()
         self.draining = False
+        self.metrics: Metrics | None = None  # set by a front door that exports metrics
         self._next = 0
 
     @classmethod
@@ -190,6 +194,8 @@ class Coordinator:
                     chunk.total_s = now - start
                     chunk.speculation = step["speculation"]
                     self._count_speculation(chunk.speculation)
+                    if self.metrics is not None:
+                        self.metrics.observe(chunk)
                 yield chunk
         except ray.exceptions.RayActorError as exc:
             self.counters.requests_failed += 1
@@ -214,6 +220,12 @@ class Coordinator:
         self.counters.target_steps += figures["target_steps"]
         self.counters.draft_tokens += figures["draft_tokens"]
         self.counters.accepted_tokens += figures["accepted_tokens"]
+        self.counters.drafts += figures["drafts"]
+        per_pos = self.counters.accepted_per_pos
+        for position, count in enumerate(figures["accepted_per_pos"]):
+            if position == len(per_pos):
+                per_pos.append(0)
+            per_pos[position] += count
 
     def abort(self, request_id: str) -> bool:
         replica = self.running.get(request_id)
