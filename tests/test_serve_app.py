@@ -35,7 +35,7 @@ def app():
     server.update(metrics_port=None, auth={"token_env": TOKEN_ENV})
     os.environ[TOKEN_ENV] = TOKEN  # inherited by the raylet, hence by the Serve replica
     http_port, grpc_port = free_port(), free_port()
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
     try:
         serve.start(
             http_options={"host": "127.0.0.1", "port": http_port},
