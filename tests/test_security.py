@@ -3,6 +3,11 @@ secured calls work; plaintext, certificate-less and token-less calls fail; healt
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -76,6 +81,29 @@ def test_mutual_tls_with_token(mtls_service, certs):
         grpc.StatusCode.UNAVAILABLE
     )
     assert _fails(TandemClient(address, token=TOKEN)) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_cli_with_mutual_tls_and_token(mtls_service, certs, tmp_path):
+    """`tandem generate` reaches a secured server with --tls-* files and --token-env."""
+    paths = {}
+    for name, data in (
+        ("ca", certs.ca.cert),
+        ("cert", certs.client.cert),
+        ("key", certs.client.key),
+    ):
+        paths[name] = tmp_path / f"{name}.pem"
+        paths[name].write_bytes(data)
+    command = [sys.executable, "-m", "tandem.cluster.cli", "generate", "Hi", "--max-tokens", "3"]
+    command += ["--address", mtls_service.address, "--temperature", "0", "--json"]
+    command += ["--tls-ca", str(paths["ca"]), "--tls-cert", str(paths["cert"])]
+    command += ["--tls-key", str(paths["key"]), "--token-env", "TANDEM_TEST_TOKEN"]
+    env = {**os.environ, "TANDEM_TEST_TOKEN": TOKEN}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["usage"]["completion_tokens"] == 3
+    env.pop("TANDEM_TEST_TOKEN")
+    refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
 
 
 def test_tls_without_client_certificates(tmp_path, certs):
