@@ -12,6 +12,7 @@ import openai
 import pytest
 import ray
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
 from tandem.client import TandemClient
@@ -32,7 +33,8 @@ def app():
     config = yaml.safe_load(SERVE_CONFIG.read_text())
     args = config["applications"][0]["args"]
     server = args["config"]["server"]
-    server.update(metrics_port=None, auth={"token_env": TOKEN_ENV})
+    metrics_port = free_port()
+    server.update(metrics_port=metrics_port, auth={"token_env": TOKEN_ENV})
     os.environ[TOKEN_ENV] = TOKEN  # inherited by the raylet, hence by the Serve replica
     http_port, grpc_port = free_port(), free_port()
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
@@ -46,6 +48,7 @@ def app():
             "model": args["config"]["models"]["target"],
             "http": f"http://127.0.0.1:{http_port}",
             "grpc": f"127.0.0.1:{grpc_port}",
+            "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
         }
     finally:
         serve.shutdown()
@@ -140,7 +143,16 @@ def test_models_and_refusals(app, oai, grpc_client):
         grpc_client.generate("Hi", max_tokens=100_000)
     assert refused.value.code() == grpc.StatusCode.OUT_OF_RANGE
     assert grpc_client.model_info().model == app["model"]
-    assert grpc_client.stats().requests_rejected >= 3
+    stats = grpc_client.stats()
+    assert stats.requests_rejected >= 3
+    # The Serve replica exports the same figures as Prometheus metrics.
+    metrics = {
+        (s.name, tuple(s.labels.values())): s.value
+        for family in text_string_to_metric_families(httpx.get(app["metrics"]).text)
+        for s in family.samples
+    }
+    assert metrics[("tandem_requests_total", ("rejected",))] == stats.requests_rejected
+    assert metrics[("tandem_generation_tokens_total", ())] == stats.generated_tokens > 0
 
 
 def test_token_required_but_health_open(app):
