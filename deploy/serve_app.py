@@ -79,7 +79,10 @@ class TandemDeployment:
         start_metrics(self.coordinator)
 
     def __del__(self) -> None:
-        self.coordinator.shutdown()
+        """Serve calls this when the replica stops: free the pools' actors and bundles."""
+        coordinator = getattr(self, "coordinator", None)  # None when __init__ failed
+        if coordinator is not None:
+            coordinator.shutdown()
 
     # ---- gRPC (Serve's gRPC ingress) ----------------------------------------------------------
 
