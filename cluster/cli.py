@@ -43,7 +43,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import grpc
 
     from tandem.client import TandemClient
-    from tandem.cluster.server import FINISH_REASONS
+    from tandem.cluster.api import FINISH_REASONS
 
     reasons = {v: (k or "unspecified") for k, v in FINISH_REASONS.items()}
     kwargs = dict(
@@ -59,7 +59,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     text = []
     last = None
     try:
-        with TandemClient(args.address) as client:
+        with TandemClient(args.address, **client_security(args)) as client:
             for chunk in client.stream(args.prompt, **kwargs):
                 token_ids += chunk.token_ids
                 text.append(chunk.text)
@@ -100,6 +100,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         print()
     return 0
+
+
+def client_security(args: argparse.Namespace) -> dict:
+    """TandemClient's tls/token arguments from --tls-* files and the --token-env variable."""
+    import os
+
+    from tandem.client import Credentials
+
+    files = (args.tls_ca, args.tls_cert, args.tls_key)
+    tls = None
+    if any(files):
+        ca, cert, key = (Path(f).read_bytes() if f else None for f in files)
+        tls = Credentials(root_certificates=ca, certificate_chain=cert, private_key=key)
+    return {"tls": tls, "token": os.environ.get(args.token_env) or None}
 
 
 def cmd_models_prepare(args: argparse.Namespace) -> int:
@@ -174,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="pre-draft while the target verifies (default: speculation.pipeline.enabled)",
     )
     gen.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    gen.add_argument("--tls-ca", help="PEM CA of the server's certificate: connect with TLS")
+    gen.add_argument("--tls-cert", help="PEM client certificate, for mutual TLS")
+    gen.add_argument("--tls-key", help="PEM client key, for mutual TLS")
+    gen.add_argument(
+        "--token-env",
+        default="TANDEM_TOKEN",
+        help="environment variable holding the bearer token (default: TANDEM_TOKEN)",
+    )
     gen.set_defaults(func=cmd_generate)
 
     models = sub.add_parser("models", help="prepare and list models")

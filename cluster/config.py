@@ -7,6 +7,7 @@ error names the key it is about (pydantic reports the path, e.g. `target.replica
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -286,8 +287,46 @@ class SpeculationConfig(_Section):
         return modes
 
 
+class TLSConfig(_Section):
+    """Server certificate and key (PEM files); with client_ca, clients must present a
+    certificate signed by it (mutual TLS). Files are read when the server starts."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+class AuthConfig(_Section):
+    """Bearer-token auth. The token comes from a file or from an environment variable named
+    here, so the YAML (and a KubeRay manifest) never holds the secret itself."""
+
+    token_file: Path | None = None
+    token_env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AuthConfig:
+        if (self.token_file is None) == (self.token_env is None):
+            raise ValueError("set exactly one of token_file and token_env")
+        return self
+
+    def token(self) -> str:
+        """The token, read now; refuses an empty or missing one rather than open the door."""
+        if self.token_file is not None:
+            try:
+                value = self.token_file.expanduser().read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"server.auth.token_file: cannot read: {exc}") from None
+            where = f"server.auth.token_file ({self.token_file})"
+        else:
+            value = os.environ.get(self.token_env, "").strip()
+            where = f"server.auth.token_env (${self.token_env})"
+        if not value:
+            raise ConfigError(f"{where}: the token is empty or unset")
+        return value
+
+
 class ServerConfig(_Section):
-    """The gRPC front door and its limits."""
+    """The front door (gRPC, and HTTP under Ray Serve), its limits, metrics and security."""
 
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)  # 0 picks a free port
@@ -295,6 +334,10 @@ class ServerConfig(_Section):
     default_max_tokens: PositiveInt = 256
     max_inflight: PositiveInt = 64  # more requests at once get RESOURCE_EXHAUSTED
     drain_timeout_s: float = Field(10.0, ge=0)  # SIGTERM waits this long for in-flight requests
+    metrics_port: int | None = Field(None, ge=0, le=65535)  # Prometheus; None or 0: off
+    metrics_host: str = "127.0.0.1"
+    tls: TLSConfig | None = None  # None: plaintext
+    auth: AuthConfig | None = None  # None: no token needed
 
     @model_validator(mode="after")
     def _default_within_limit(self) -> ServerConfig:
@@ -345,6 +388,19 @@ class TandemConfig(_Section):
                 "speculation.drafters.controlled_acceptance: a measurement tool of `tandem bench` "
                 "(its drafts are the target's known outputs); refused in a serving config"
             )
+
+    @classmethod
+    def from_serve_args(cls, args: dict[str, Any]) -> TandemConfig:
+        """The config from a Ray Serve application's `args`: the tandem config inline under
+        `config`, or a YAML file under `config_path` (neither: the built-in default)."""
+        unknown = sorted(set(args) - {"config", "config_path"})
+        if unknown:
+            raise ConfigError(f"serve args: unknown key(s) {', '.join(unknown)}")
+        if "config" in args and "config_path" in args:
+            raise ConfigError("serve args: set config or config_path, not both")
+        if "config_path" in args:
+            return cls.from_yaml(args["config_path"])
+        return cls.from_dict(args.get("config"))
 
     def with_overrides(self, **sections: dict[str, Any]) -> TandemConfig:
         """A copy with some keys of some sections replaced, validated like the original."""

@@ -20,6 +20,7 @@ import ray
 
 from tandem.cluster.config import ConfigError, TandemConfig
 from tandem.cluster.drafter import DrafterReplica
+from tandem.cluster.metrics import Metrics
 from tandem.cluster.placement import Pool, cluster_nodes, place_pool, plan, request_for
 from tandem.cluster.plan import pool_requests
 from tandem.cluster.requests import Limits, PreparedRequest, RequestError, prepare
@@ -55,10 +56,12 @@ class Counters:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     target_steps: int = 0
+    drafts: int = 0  # verification rounds that carried a draft
     draft_tokens: int = 0
     accepted_tokens: int = 0
     cache_hits: int = 0  # drafts served from the speculation cache
     cache_misses: int = 0  # pipelined steps drafted just in time
+    accepted_per_pos: list[int] = field(default_factory=list)  # index: position in the draft
     started: float = field(default_factory=time.monotonic)
 
 
@@ -95,6 +98,7 @@ class Coordinator:
         self.running: dict[str, int] = {}  # request id -> replica index
         self.counters = Counters()
         self.draining = False
+        self.metrics: Metrics | None = None  # set by a front door that exports metrics
         self._next = 0
 
     @classmethod
@@ -208,6 +212,8 @@ class Coordinator:
                     chunk.total_s = now - start
                     chunk.speculation = step["speculation"]
                     self._count_speculation(chunk.speculation)
+                    if self.metrics is not None:
+                        self.metrics.observe(chunk)
                 yield chunk
         except ray.exceptions.RayActorError as exc:
             self.counters.requests_failed += 1
@@ -234,6 +240,12 @@ class Coordinator:
         self.counters.accepted_tokens += figures["accepted_tokens"]
         self.counters.cache_hits += figures["cache_hits"]
         self.counters.cache_misses += figures["cache_misses"]
+        self.counters.drafts += figures["drafts"]
+        per_pos = self.counters.accepted_per_pos
+        for position, count in enumerate(figures["accepted_per_pos"]):
+            if position == len(per_pos):
+                per_pos.append(0)
+            per_pos[position] += count
 
     def abort(self, request_id: str) -> bool:
         replica = self.running.get(request_id)

@@ -24,6 +24,9 @@ class RequestError(ValueError):
         super().__init__(message)
         self.code = code
 
+    def __reduce__(self):  # picklable (Ray, Serve), though __init__ takes two arguments
+        return type(self), (self.code, str(self))
+
 
 def invalid(message: str) -> RequestError:
     return RequestError("INVALID_ARGUMENT", message)

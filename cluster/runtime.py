@@ -23,6 +23,9 @@ def connect_ray(config: RayConfig) -> bool:
         ray.init(address=config.address)
         return False
     ray.init(
+        # "local": always a new cluster. Without it ray.init joins whatever cluster the machine
+        # last started (/tmp/ray/ray_current_cluster), e.g. another process's test cluster.
+        address="local",
         num_cpus=config.num_cpus,
         resources=config.resources or None,
         include_dashboard=False,

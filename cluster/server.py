@@ -1,6 +1,7 @@
 """The gRPC front door: tandem.v1.Tandem, grpc.health.v1.Health and server reflection.
 
-A thin shell over the coordinator. Refusals become gRPC statuses with the coordinator's message;
+A thin shell over TandemAPI, with optional TLS / mutual TLS and bearer-token auth (health stays
+open). Refusals become gRPC statuses with the coordinator's message;
 a client that cancels or whose deadline passes has its request aborted in the engine (the
 coordinator's stream aborts it when this handler's task is cancelled).
 """
@@ -15,7 +16,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tandem.cluster.coordinator import Chunk, Coordinator
+from tandem.cluster.api import TandemAPI, token_matches
+from tandem.cluster.config import ConfigError, TLSConfig
+from tandem.cluster.coordinator import Coordinator
+from tandem.cluster.metrics import start_metrics
 from tandem.cluster.requests import RequestError
 from tandem.protos import tandem_pb2 as pb
 from tandem.protos import tandem_pb2_grpc as pb_grpc
@@ -23,81 +27,90 @@ from tandem.protos import tandem_pb2_grpc as pb_grpc
 log = logging.getLogger("tandem.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Tandem"].full_name
-FINISH_REASONS = {
-    None: pb.FINISH_REASON_UNSPECIFIED,
-    "stop": pb.FINISH_REASON_STOP,
-    "length": pb.FINISH_REASON_LENGTH,
-    "abort": pb.FINISH_REASON_ABORT,
-}
-
-
-def response_from(chunks: list[Chunk]) -> pb.GenerateResponse:
-    """One response for one or more chunks of a request (the finish fields from the last)."""
-    last = chunks[-1]
-    response = pb.GenerateResponse(
-        request_id=last.request_id,
-        token_ids=[t for c in chunks for t in c.token_ids],
-        text="".join(c.text for c in chunks),
-        finish_reason=FINISH_REASONS[last.finish_reason],
-    )
-    if last.finish_reason is not None:
-        response.usage.CopyFrom(
-            pb.Usage(
-                prompt_tokens=last.prompt_tokens,
-                completion_tokens=last.completion_tokens,
-                total_tokens=last.prompt_tokens + last.completion_tokens,
-            )
-        )
-        response.timings.CopyFrom(
-            pb.Timings(
-                time_to_first_token_s=last.time_to_first_token_s,
-                time_per_output_token_s=last.time_per_output_token_s,
-                total_s=last.total_s,
-            )
-        )
-        if last.speculation is not None:
-            response.speculation.CopyFrom(pb.SpeculationStats(**last.speculation))
-    return response
+# Open without a token: orchestrators probe health before they hold any secret.
+OPEN_METHOD_PREFIX = f"/{health.SERVICE_NAME}/"
 
 
 class TandemServicer(pb_grpc.TandemServicer):
-    def __init__(self, coordinator: Coordinator) -> None:
-        self.coordinator = coordinator
+    """gRPC shell over TandemAPI: a RequestError becomes the status it names."""
 
-    async def _admit(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
-        try:
-            return self.coordinator.admit(request)
-        except RequestError as exc:
-            await context.abort(grpc.StatusCode[exc.code], str(exc))
-
-    async def _chunks(self, prepared, context: grpc.aio.ServicerContext):
-        try:
-            async for chunk in self.coordinator.generate(prepared):
-                yield chunk
-        except RequestError as exc:
-            await context.abort(grpc.StatusCode[exc.code], str(exc))
-        except Exception as exc:
-            log.exception("request %s failed", prepared.request_id)
-            await context.abort(grpc.StatusCode.INTERNAL, f"generation failed: {exc}")
+    def __init__(self, api: TandemAPI) -> None:
+        self.api = api
 
     async def Generate(self, request, context):
-        prepared = await self._admit(request, context)
-        chunks = [chunk async for chunk in self._chunks(prepared, context)]
-        return response_from(chunks)
+        try:
+            return await self.api.generate(request)
+        except RequestError as exc:
+            await context.abort(grpc.StatusCode[exc.code], str(exc))
 
     async def GenerateStream(self, request, context):
-        prepared = await self._admit(request, context)
-        async for chunk in self._chunks(prepared, context):
-            yield response_from([chunk])
+        try:
+            async for response in self.api.generate_stream(request):
+                yield response
+        except RequestError as exc:
+            await context.abort(grpc.StatusCode[exc.code], str(exc))
 
     async def Abort(self, request, context):
-        return pb.AbortResponse(found=self.coordinator.abort(request.request_id))
+        return self.api.abort(request)
 
     async def GetModelInfo(self, request, context):
-        return self.coordinator.model_info()
+        return self.api.model_info()
 
     async def GetStats(self, request, context):
-        return await self.coordinator.stats()
+        return await self.api.stats()
+
+
+class TokenAuth(grpc.aio.ServerInterceptor):
+    """Refuses calls without the bearer token with UNAUTHENTICATED; health stays open."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(OPEN_METHOD_PREFIX):
+            return handler
+        metadata = dict(details.invocation_metadata or ())
+        if token_matches(metadata.get("authorization"), self.token):
+            return handler
+        return _refusing(handler)
+
+
+def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` that only refuses the call."""
+
+    async def refuse(request, context):
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token (authorization)"
+        )
+
+    async def refuse_stream(request, context):
+        await refuse(request, context)
+        yield  # makes this an async generator, as streaming handlers must be
+
+    codec = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(refuse, **codec)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(refuse_stream, **codec)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(refuse, **codec)
+    return grpc.stream_stream_rpc_method_handler(refuse_stream, **codec)
+
+
+def server_credentials(tls: TLSConfig) -> grpc.ServerCredentials:
+    """TLS credentials; with a client CA, clients must present a certificate it signed."""
+    try:
+        key, cert = tls.key.read_bytes(), tls.cert.read_bytes()
+        client_ca = tls.client_ca.read_bytes() if tls.client_ca else None
+    except OSError as exc:
+        raise ConfigError(f"server.tls: cannot read {exc.filename}: {exc.strerror}") from None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 class Server:
@@ -105,20 +118,26 @@ class Server:
 
     def __init__(self, coordinator: Coordinator) -> None:
         self.coordinator = coordinator
+        server = coordinator.config.server
         self.health = health.aio.HealthServicer()
-        self.grpc = grpc.aio.server()
-        pb_grpc.add_TandemServicer_to_server(TandemServicer(coordinator), self.grpc)
+        auth = [TokenAuth(server.auth.token())] if server.auth else []
+        self.grpc = grpc.aio.server(interceptors=auth)
+        pb_grpc.add_TandemServicer_to_server(TandemServicer(TandemAPI(coordinator)), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc
         )
-        server = coordinator.config.server
-        self.port = self.grpc.add_insecure_port(f"{server.host}:{server.port}")
+        bind = f"{server.host}:{server.port}"
+        if server.tls:
+            self.port = self.grpc.add_secure_port(bind, server_credentials(server.tls))
+        else:
+            self.port = self.grpc.add_insecure_port(bind)
         if self.port == 0:
             raise OSError(f"cannot bind {server.host}:{server.port}")
         self.address = f"{server.host}:{self.port}"
 
     async def start(self) -> None:
+        start_metrics(self.coordinator)
         await self.grpc.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

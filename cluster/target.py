@@ -122,30 +122,39 @@ class TargetReplica:
             flush = functools.partial(self.session.must_flush_before, spec)
         self._served += 1
         steps = tokens = 0
+        # A step that adds m tokens accepted the first m-1 drafts (positions 0..m-2).
+        accepted_per_pos = [0] * k
         try:
             async for output in self._loop.generate(request_id, prompt_token_ids, params, flush):
                 completion = output.outputs[0]
                 new = list(completion.token_ids)
                 steps += bool(new)
                 tokens += len(new)
+                for position in range(min(len(new) - 1, k)):
+                    accepted_per_pos[position] += 1
                 step = {"token_ids": new, "text": completion.text, "finish_reason": None}
                 if output.finished:
                     step["finish_reason"] = completion.finish_reason
-                    step["speculation"] = self._figures(request_id, mode, steps, tokens)
+                    step["speculation"] = self._figures(
+                        request_id, mode, steps, tokens, accepted_per_pos
+                    )
                 yield step
         except RequestAborted:
             yield {
                 "token_ids": [],
                 "text": "",
                 "finish_reason": "abort",
-                "speculation": self._figures(request_id, mode, steps, tokens),
+                "speculation": self._figures(request_id, mode, steps, tokens, accepted_per_pos),
             }
         finally:
             self._generated += tokens
             if self.session is not None:
                 self.session.release(request_id)
 
-    def _figures(self, request_id: str, mode: str, steps: int, tokens: int) -> dict[str, Any]:
+    def _figures(
+        self, request_id: str, mode: str, steps: int, tokens: int, accepted_per_pos: list[int]
+    ) -> dict[str, Any]:
+        """The request's speculation figures; `drafts` and `accepted_per_pos` feed metrics only."""
         figures = self.session.release(request_id) if self.session else SpeculationStats()
         drafted = figures.draft_tokens
         accepted = tokens - steps  # every target step yields its accepted drafts plus one
@@ -153,6 +162,8 @@ class TargetReplica:
             "mode": mode,
             "cache_hits": figures.cache_hits,
             "cache_misses": figures.cache_misses,
+            "drafts": figures.rounds,
+            "accepted_per_pos": accepted_per_pos,
             "draft_tokens": drafted,
             "accepted_tokens": accepted,
             "acceptance_rate": accepted / drafted if drafted else 0.0,

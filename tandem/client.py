@@ -7,11 +7,18 @@
 
 A prompt is a string (one user chat message, or raw text with chat=False), a list of token ids,
 or a list of {"role", "content"} chat messages.
+
+Secured servers: `token=` sends the bearer token; `tls=Credentials(...)` (PEM bytes) uses TLS, with
+a client certificate for mutual TLS:
+
+    tls = Credentials(root_certificates=ca_pem, certificate_chain=cert_pem, private_key=key_pem)
+    TandemClient("host:50051", tls=tls, token=os.environ["TANDEM_TOKEN"])
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -75,28 +82,63 @@ def build_request(
     return request
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """TLS settings of a client, as PEM bytes. root_certificates: the CA that signed the server
+    (None: the system's); certificate_chain and private_key: the client's, for mutual TLS."""
+
+    root_certificates: bytes | None = None
+    certificate_chain: bytes | None = None
+    private_key: bytes | None = None
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            self.root_certificates, self.private_key, self.certificate_chain
+        )
+
+
+def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    # Per-call metadata rather than call credentials: it also works over plaintext channels
+    # (a Serve gRPC ingress behind a TLS-terminating load balancer).
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
 class TandemClient:
     """Blocking client. Keyword arguments of generate/stream are those of build_request."""
 
-    def __init__(self, address: str, timeout: float | None = None) -> None:
-        self.channel = grpc.insecure_channel(address)
+    def __init__(
+        self,
+        address: str,
+        timeout: float | None = None,
+        *,
+        tls: Credentials | None = None,
+        token: str | None = None,
+    ) -> None:
+        if tls is None:
+            self.channel = grpc.insecure_channel(address)
+        else:
+            self.channel = grpc.secure_channel(address, tls.channel_credentials())
         self.stub = pb_grpc.TandemStub(self.channel)
         self.timeout = timeout
+        self.metadata = _metadata(token)
 
     def generate(self, prompt: Prompt, **kwargs: Any) -> pb.GenerateResponse:
-        return self.stub.Generate(build_request(prompt, **kwargs), timeout=self.timeout)
+        request = build_request(prompt, **kwargs)
+        return self.stub.Generate(request, timeout=self.timeout, metadata=self.metadata)
 
     def stream(self, prompt: Prompt, **kwargs: Any) -> Iterator[pb.GenerateResponse]:
-        yield from self.stub.GenerateStream(build_request(prompt, **kwargs), timeout=self.timeout)
+        request = build_request(prompt, **kwargs)
+        yield from self.stub.GenerateStream(request, timeout=self.timeout, metadata=self.metadata)
 
     def abort(self, request_id: str) -> bool:
-        return self.stub.Abort(pb.AbortRequest(request_id=request_id)).found
+        request = pb.AbortRequest(request_id=request_id)
+        return self.stub.Abort(request, metadata=self.metadata).found
 
     def model_info(self) -> pb.ModelInfo:
-        return self.stub.GetModelInfo(pb.GetModelInfoRequest())
+        return self.stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=self.metadata)
 
     def stats(self) -> pb.Stats:
-        return self.stub.GetStats(pb.GetStatsRequest())
+        return self.stub.GetStats(pb.GetStatsRequest(), metadata=self.metadata)
 
     def close(self) -> None:
         self.channel.close()
@@ -111,27 +153,41 @@ class TandemClient:
 class AsyncTandemClient:
     """asyncio client with the same methods as TandemClient."""
 
-    def __init__(self, address: str, timeout: float | None = None) -> None:
-        self.channel = grpc.aio.insecure_channel(address)
+    def __init__(
+        self,
+        address: str,
+        timeout: float | None = None,
+        *,
+        tls: Credentials | None = None,
+        token: str | None = None,
+    ) -> None:
+        if tls is None:
+            self.channel = grpc.aio.insecure_channel(address)
+        else:
+            self.channel = grpc.aio.secure_channel(address, tls.channel_credentials())
         self.stub = pb_grpc.TandemStub(self.channel)
         self.timeout = timeout
+        self.metadata = _metadata(token)
 
     async def generate(self, prompt: Prompt, **kwargs: Any) -> pb.GenerateResponse:
-        return await self.stub.Generate(build_request(prompt, **kwargs), timeout=self.timeout)
+        request = build_request(prompt, **kwargs)
+        return await self.stub.Generate(request, timeout=self.timeout, metadata=self.metadata)
 
     async def stream(self, prompt: Prompt, **kwargs: Any) -> AsyncIterator[pb.GenerateResponse]:
-        call = self.stub.GenerateStream(build_request(prompt, **kwargs), timeout=self.timeout)
+        request = build_request(prompt, **kwargs)
+        call = self.stub.GenerateStream(request, timeout=self.timeout, metadata=self.metadata)
         async for response in call:
             yield response
 
     async def abort(self, request_id: str) -> bool:
-        return (await self.stub.Abort(pb.AbortRequest(request_id=request_id))).found
+        request = pb.AbortRequest(request_id=request_id)
+        return (await self.stub.Abort(request, metadata=self.metadata)).found
 
     async def model_info(self) -> pb.ModelInfo:
-        return await self.stub.GetModelInfo(pb.GetModelInfoRequest())
+        return await self.stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=self.metadata)
 
     async def stats(self) -> pb.Stats:
-        return await self.stub.GetStats(pb.GetStatsRequest())
+        return await self.stub.GetStats(pb.GetStatsRequest(), metadata=self.metadata)
 
     async def close(self) -> None:
         await self.channel.close()

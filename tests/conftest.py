@@ -42,3 +42,12 @@ def start_service(config: dict) -> Iterator[ServiceProcess]:
         yield service
     finally:
         service.stop()
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

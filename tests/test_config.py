@@ -1,12 +1,14 @@
 """Config loading: defaults work, every mistake is refused with the key named."""
 
+import re
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from tandem.cluster.config import ConfigError, TandemConfig
+from tandem.cluster.api import token_matches
+from tandem.cluster.config import AuthConfig, ConfigError, TandemConfig
 
 
 def test_default_config_needs_no_file():
@@ -125,3 +127,63 @@ def test_controlled_acceptance_is_a_measurement_tool(tmp_path):
     )
     assert run.returncode == 2
     assert "measurement tool" in run.stderr and "controlled_acceptance" in run.stderr
+
+
+def test_server_security_and_metrics_keys(tmp_path, monkeypatch):
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n")
+    config = TandemConfig.from_dict(
+        {
+            "server": {
+                "metrics_port": 9100,
+                "tls": {"cert": "c.pem", "key": "k.pem", "client_ca": "ca.pem"},
+                "auth": {"token_file": str(token_file)},
+            }
+        }
+    )
+    assert config.server.metrics_port == 9100
+    assert config.server.tls.client_ca.name == "ca.pem"
+    assert config.server.auth.token() == "s3cret"
+    monkeypatch.setenv("TANDEM_T", "from-env")
+    assert AuthConfig(token_env="TANDEM_T").token() == "from-env"
+    monkeypatch.setenv("TANDEM_T", " ")
+    with pytest.raises(ConfigError, match=r"token_env \(\$TANDEM_T\): the token is empty"):
+        AuthConfig(token_env="TANDEM_T").token()
+    with pytest.raises(ConfigError, match="token_file: cannot read"):
+        AuthConfig(token_file=tmp_path / "missing").token()
+
+
+@pytest.mark.parametrize(
+    ("server", "key"),
+    [
+        ({"auth": {}}, "server.auth: set exactly one of token_file and token_env"),
+        ({"auth": {"token_env": "A", "token_file": "b"}}, "server.auth: set exactly one"),
+        ({"auth": {"token": "literal"}}, "server.auth.token: unknown key"),
+        ({"tls": {"cert": "c.pem"}}, "server.tls.key: Field required"),
+        ({"metrics_port": 70000}, "server.metrics_port"),
+    ],
+)
+def test_bad_server_security_keys(server, key):
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        TandemConfig.from_dict({"server": server})
+
+
+def test_config_from_serve_args(tmp_path):
+    inline = TandemConfig.from_serve_args({"config": {"target": {"replicas": 2}}})
+    assert inline.target.replicas == 2
+    path = tmp_path / "t.yaml"
+    path.write_text("server: {max_inflight: 3}\n")
+    assert TandemConfig.from_serve_args({"config_path": str(path)}).server.max_inflight == 3
+    assert TandemConfig.from_serve_args({}) == TandemConfig()
+    with pytest.raises(ConfigError, match="unknown key"):
+        TandemConfig.from_serve_args({"cfg": {}})
+    with pytest.raises(ConfigError, match="not both"):
+        TandemConfig.from_serve_args({"config": {}, "config_path": str(path)})
+
+
+def test_token_matches():
+    assert token_matches(None, None)
+    assert token_matches("Bearer abc", "abc") and token_matches("bearer  abc ", "abc")
+    assert not token_matches(None, "abc")
+    assert not token_matches("Bearer abd", "abc")
+    assert not token_matches("Basic abc", "abc")

@@ -1,0 +1,74 @@
+"""Prometheus metrics of the real service, scraped over HTTP after a few requests with
+speculation on: request and token counters, latency histograms, vLLM's spec-decode counters."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tandem.client import TandemClient
+
+from .conftest import free_port, start_service
+
+pytestmark = pytest.mark.slow
+
+# Repetitive text gives the n-gram drafter matches, so drafts are accepted.
+PROMPT = "Repeat exactly, five times: red green blue red green blue red green blue."
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_move_with_requests():
+    port = free_port()
+    config = {
+        "server": {"metrics_port": port},
+        "speculation": {"default_mode": "ngram", "drafters": {"derive_layers": 0}},
+    }
+    for service in start_service(config):
+        before = scrape(port)
+        assert before[("tandem_requests_total", (("outcome", "finished"),))] == 0
+        with TandemClient(service.address, timeout=120) as client:
+            results = [
+                client.generate(PROMPT, temperature=0, max_tokens=40, ignore_eos=True)
+                for _ in range(2)
+            ]
+            with pytest.raises(grpc.RpcError):  # a refusal is counted too
+                client.generate(PROMPT, max_tokens=10**6)
+        m = scrape(port)
+
+    generated = sum(r.usage.completion_tokens for r in results)
+    drafted = sum(r.speculation.draft_tokens for r in results)
+    accepted = sum(r.speculation.accepted_tokens for r in results)
+    assert m[("tandem_requests_total", (("outcome", "finished"),))] == 2
+    assert m[("tandem_requests_total", (("outcome", "rejected"),))] == 1
+    assert m[("tandem_generation_tokens_total", ())] == generated == 80
+    assert m[("tandem_prompt_tokens_total", ())] == sum(r.usage.prompt_tokens for r in results)
+    assert m[("tandem_time_to_first_token_seconds_count", ())] == 2
+    assert m[("tandem_time_per_output_token_seconds_count", ())] == 2
+    assert 0 < m[("tandem_time_to_first_token_seconds_sum", ())] < 120
+    assert m[("tandem_request_latency_seconds_count", ())] == 2
+
+    assert accepted > 0, "the n-gram drafter found nothing to accept"
+    assert m[("vllm:spec_decode_num_draft_tokens_total", ())] == drafted
+    assert m[("vllm:spec_decode_num_accepted_tokens_total", ())] == accepted
+    assert 0 < m[("vllm:spec_decode_num_drafts_total", ())] <= drafted
+    per_pos = [
+        m[("vllm:spec_decode_num_accepted_tokens_per_pos_total", (("position", str(p)),))]
+        for p in range(4)
+    ]
+    assert sum(per_pos) == accepted
+    assert per_pos == sorted(per_pos, reverse=True)  # position p needs p-1 accepted before it
+    assert m[("tandem_drafter_round_trips_total", ())] > 0
+    assert m[("tandem_drafter_round_trip_seconds_total", ())] > 0
+    assert m[("tandem_drafter_failures_total", ())] == 0
+    assert m[("tandem_spec_cache_hits_total", ())] == 0  # no speculation cache yet
