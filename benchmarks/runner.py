@@ -364,18 +364,15 @@ def bench_config(
 ) -> Any:
     """The config every system is built from: the bench's draft length and n-gram sizes (so
     the server it starts and vLLM's in-process drafters use the same), the model drafter's
-    EasySpec layer groups, prefix caching off and the drafters' prompt isolation on.
+    EasySpec layer groups, and prefix caching off.
 
     Prefix caching goes off because the tandem modes share one server: with it on, every mode
     after the first would find each prompt already in the target's cache. (Spec-Bench prompts
-    share no full cache block, so for separate engines it changes nothing.) For the same reason
-    the drafters isolate prompts: suffix and recycle would otherwise draft from other systems'
-    runs of the very same prompt.
+    share no full cache block, so for separate engines it changes nothing.)
     """
     data = config.model_dump(mode="python")
     data["target"]["engine_args"]["enable_prefix_caching"] = False
     speculation = data["speculation"]
-    speculation["drafters"]["isolate_prompts"] = True
     if k is not None:
         speculation["num_speculative_tokens"] = k
     drafter = {"ngram_min": ngram_min, "ngram_max": ngram_max, "layer_groups": layer_groups}

@@ -184,9 +184,6 @@ class DraftPoolConfig(_PoolConfig):
     suffix: SuffixConfig = Field(default_factory=SuffixConfig)
     controlled_acceptance: ControlledAcceptanceConfig | None = None  # measurement tool only
     max_restarts: int = Field(-1, ge=-1)  # Ray restarts a dead drafter (-1: always)
-    # No drafting from earlier requests with the same prompt; the bench sets it (it sends each
-    # prompt once per system), serving has no reason to.
-    isolate_prompts: bool = False
 
     @model_validator(mode="after")
     def _ngram_order(self) -> DraftPoolConfig:

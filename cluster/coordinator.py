@@ -361,7 +361,6 @@ def start_drafters(config: TandemConfig, target_path) -> Pool:
         "ngram_min": pool.ngram_min,
         "ngram_max": pool.ngram_max,
         "max_requests": pool.max_requests,
-        "isolate_prompts": pool.isolate_prompts,
         "suffix": pool.suffix.model_dump(),
         "vocab_size": vocab_size(target_path),
         # Token Recycling keeps as many candidates per token as the target shares

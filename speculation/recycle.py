@@ -44,9 +44,6 @@ class RecycleTable:
                 )
             previous = token
 
-    def clear(self) -> None:
-        self.table.fill(EMPTY)
-
     def candidates(self, token: int) -> list[int]:
         """The known candidates after `token`, best first."""
         return [int(t) for t in self.table[token] if t != EMPTY]

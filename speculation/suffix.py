@@ -13,7 +13,7 @@ running probabilities) wins.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -120,32 +120,21 @@ class GlobalSuffixes:
         self.trie = SuffixTrie(max_depth)
         self.max_tokens = max_tokens
         self.size = 0
-        self._outputs: deque[tuple[Hashable, list[int]]] = deque()  # (prompt key, output)
+        self._outputs: deque[list[int]] = deque()
 
-    def add(self, output: Sequence[int], key: Hashable = None) -> None:
+    def add(self, output: Sequence[int]) -> None:
         output = list(output)[-self.max_tokens :] if self.max_tokens > 0 else []
         if not output:
             return
         while self.size + len(output) > self.max_tokens:
-            _, oldest = self._outputs.popleft()
+            oldest = self._outputs.popleft()
             self.trie.remove(oldest)
             self.size -= len(oldest)
         active = [self.trie.root]
         for token in output:
             active = self.trie.add(active, token)
-        self._outputs.append((key, output))
+        self._outputs.append(output)
         self.size += len(output)
-
-    def forget(self, key: Hashable) -> None:
-        """Drop the outputs of earlier requests with this prompt key."""
-        kept: deque[tuple[Hashable, list[int]]] = deque()
-        for other, output in self._outputs:
-            if other == key:
-                self.trie.remove(output)
-                self.size -= len(output)
-            else:
-                kept.append((other, output))
-        self._outputs = kept
 
 
 @dataclass

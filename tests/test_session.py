@@ -243,18 +243,3 @@ def test_predraft_without_its_hint_stops_waiting_at_the_deadline():
     (reply,) = drafter.predraft([item], plan)
     assert time.perf_counter() - start < 0.5
     assert all(accepted == 1 for accepted, _ in reply.blocks)  # only "all accepted" guesses
-
-
-def test_isolated_prompts_draw_nothing_from_earlier_runs_of_the_same_prompt():
-    from tandem.speculation.recycle import RecycleTable
-
-    prompt, output = (3, 1, 4, 1, 5), (9, 2, 6, 5, 3)
-    for isolate, expect in ((False, [2, 6]), (True, [])):
-        drafter = Drafter(recycle=RecycleTable(16, 2), isolate_prompts=isolate)
-        drafter.draft([DraftItem("first", 0, prompt + output[:1], 2, Mode.SUFFIX)])
-        drafter.draft([DraftItem("first", 6, output[1:], 2, Mode.SUFFIX)])
-        drafter.free(["first"])  # its output joins the shared suffix trie
-        again = DraftItem("again", 0, prompt + output[:1], 2, Mode.SUFFIX)
-        assert list(drafter.draft([again])[0].tokens) == expect
-        recycled = DraftItem("again", 6, (), 2, Mode.RECYCLE)
-        assert bool(drafter.draft([recycled])[0].tokens) is not isolate
