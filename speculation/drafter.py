@@ -36,6 +36,9 @@ class RequestState:
     # the whole history looks like prompt: its output then stays out of the global suffix trie.)
     prompt_len: int
     model: CacheState | None = None
+    # The target's latest top candidates after each token of this request (from DraftItem's
+    # candidates): the speculation cache's guesses where a draft is rejected.
+    candidates: dict[int, tuple[int, ...]] = field(default_factory=dict)
     suffix: RequestSuffixes | None = None  # built on the request's first suffix draft
 
     @property
@@ -122,15 +125,17 @@ class Drafter:
         return [
             (j, token)
             for j in range(len(block))
-            for token in self._guesses(block[j - 1] if j else state.tokens[-1], fanout, block[j])
+            for token in self._guesses(state, block[j - 1] if j else state.tokens[-1], block[j])[
+                :fanout
+            ]
         ]
 
-    def _guesses(self, previous: int, fanout: int, exclude: int) -> list[int]:
+    @staticmethod
+    def _guesses(state: RequestState, previous: int, exclude: int) -> list[int]:
         """Likely target tokens after `previous`, other than the draft's: the target's own
-        recent candidates there (Token Recycling's table)."""
-        if self.recycle is None:
-            return []
-        return [t for t in self.recycle.candidates(previous) if t != exclude][:fanout]
+        candidates after that token earlier in this request (kept per request, so a request's
+        cache never draws on another's)."""
+        return [t for t in state.candidates.get(previous, ()) if t != exclude]
 
     def hint(self, hints: dict[str, Hint]) -> None:
         """Mirror-SD hints, delivered while `predraft` may be waiting for them."""
@@ -177,6 +182,7 @@ class Drafter:
             return None
         # Committed tokens never change: a resent overlap is skipped, not compared.
         new = item.tokens[have - item.start :]
+        state.candidates.update(item.candidates)
         if self.recycle is not None:  # the table learns from every request, whatever its mode
             self._recycle_learn(state, item.candidates, new)
         state.ngram.extend(new)

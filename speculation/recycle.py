@@ -44,10 +44,6 @@ class RecycleTable:
                 )
             previous = token
 
-    def candidates(self, token: int) -> list[int]:
-        """The known candidates after `token`, best first."""
-        return [int(t) for t in self.table[token] if t != EMPTY]
-
     def chain(self, last: int, k: int) -> list[int]:
         """Up to k tokens: from `last`, each token's best candidate; stops where none is known."""
         out: list[int] = []

@@ -243,3 +243,20 @@ def test_predraft_without_its_hint_stops_waiting_at_the_deadline():
     (reply,) = drafter.predraft([item], plan)
     assert time.perf_counter() - start < 0.5
     assert all(accepted == 1 for accepted, _ in reply.blocks)  # only "all accepted" guesses
+
+
+def test_rejections_are_guessed_from_the_requests_own_target_candidates():
+    drafter = Drafter()
+    history = (7, 1, 2, 3, 4, 5, 6, 1, 2, 9, 1, 8)
+    # the target once ranked 9 then 3 after token 2 (in this request): the likeliest corrections
+    drafter.draft([DraftItem("a", 0, history, 2, Mode.NGRAM, candidates=((2, (9, 3)),))])
+    item = DraftItem("a", len(history), (), 2, Mode.NGRAM, block=(2, 3))
+    (reply,) = drafter.predraft([item], PredraftPlan(outcomes=4, fanout=2, time_s=1))
+    assert reply.blocks[(1, 9)] == (1, 8)  # "2" accepted, then 9 instead of 3
+    other = DraftItem("b", 0, history, 2, Mode.NGRAM)  # another request learns nothing from it
+    drafter.draft([other])
+    (reply,) = drafter.predraft(
+        [DraftItem("b", len(history), (), 2, Mode.NGRAM, block=(2, 3))],
+        PredraftPlan(outcomes=4, fanout=2, time_s=1),
+    )
+    assert all(accepted == 2 for accepted, _ in reply.blocks)
