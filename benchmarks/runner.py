@@ -20,7 +20,15 @@ from tqdm import tqdm
 
 from tandem.benchmarks import controlled, costs, machine, summary
 from tandem.benchmarks.records import ConcurrencyRun, GenerationParams, RequestRecord
-from tandem.benchmarks.systems import BASELINE, TANDEM_MODES, Builder, Setup, System, choose
+from tandem.benchmarks.systems import (
+    BASELINE,
+    TANDEM_MODES,
+    Builder,
+    Setup,
+    System,
+    choose,
+    server_key,
+)
 from tandem.benchmarks.workload import (
     DEFAULT_PROMPTS,
     Prompt,
@@ -122,7 +130,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
     setup = Setup(
         model_path=model_path,
         engine_args=dict(config.target.engine_args),
-        tandem_config=config.model_dump(mode="json"),
+        tandem_config=_server_config(config),
         modes=tuple(spec.modes()),
         draft_model_path=draft_model_path(config, model_path),
         num_speculative_tokens=spec.num_speculative_tokens,
@@ -145,9 +153,10 @@ def run(options: BenchOptions) -> dict[str, Any]:
                 f"no prompt leaves room for {params.max_new_tokens} new tokens in the context "
                 f"of {max_len}"
             )
-        if any(name in TANDEM_MODES for name in names):
-            _log("starting the tandem server (in the background)")
-            builder.start_server()
+        tandem = [server_key(name) for name in names if name in TANDEM_MODES]
+        if tandem:
+            _log(f"starting tandem servers {', '.join(dict.fromkeys(tandem))} (in the background)")
+            builder.start_servers(tandem)
         for name in build_order(names):
             _log(f"starting {name}")
             systems[name] = builder.build(name)
@@ -160,7 +169,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
         host["load_average_after_batch1"] = _load()
         runs = _concurrency(systems, names, prompts, params, options)
         infos = {n: _info(systems[n]) for n in names}
-        builder.close()  # the shared server's memory, before the controlled runs start theirs
+        builder.close()  # the servers' memory, before the controlled runs start theirs
         controlled_runs = []
         if options.controlled_acceptance:
             _log("controlled acceptance (measurement tool)")
@@ -210,6 +219,13 @@ def run(options: BenchOptions) -> dict[str, Any]:
         "records": [_record_row(r) for n in names for r in records[n]],
         "wall_s": time.perf_counter() - started,
     }
+
+
+def _server_config(config: Any) -> dict[str, Any]:
+    """The config of the servers the bench starts: any free port, as it may start several."""
+    data = config.model_dump(mode="json")
+    data["server"]["port"] = 0
+    return data
 
 
 def _load() -> list[float] | None:

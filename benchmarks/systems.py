@@ -101,36 +101,50 @@ class Setup:
     address: str | None = None  # a running tandem server instead of starting one
 
 
+# Drafters whose state spans requests (SuffixDecoding's shared trie of recent outputs, Token
+# Recycling's table): on a shared server they would learn each prompt's output from the modes run
+# on it before them. Each gets a server of its own, where it learns only from earlier prompts.
+ISOLATED = {"tandem-suffix", "tandem-recycle"}
+SHARED = "shared"
+
+
+def server_key(name: str) -> str:
+    return name if name in ISOLATED else SHARED
+
+
 class Builder:
-    """Builds systems; the tandem systems share one server (modes are chosen per request)."""
+    """Builds systems; the tandem systems share one server (modes are chosen per request),
+    except the ISOLATED ones, which get one each (all of them, given an --address)."""
 
     def __init__(self, setup: Setup) -> None:
         self.setup = setup
-        self._server = None
+        self._servers: dict[str, Any] = {}
         self._starting: threading.Thread | None = None
         self._start_error: BaseException | None = None
 
-    def start_server(self) -> None:
-        """Start the tandem server in the background (it takes most of a minute), so the
-        in-process engines load meanwhile; `server()` waits for it."""
-        if self._server is None and self._starting is None:
-            self._starting = threading.Thread(target=self._start, name="tandem-start")
+    def start_servers(self, keys: Sequence[str] = (SHARED,)) -> None:
+        """Start the tandem servers one after another in the background (each takes most of a
+        minute), so the in-process engines load meanwhile; `server()` waits for them."""
+        if self._starting is None:
+            keys = [SHARED] if self.setup.address else list(dict.fromkeys(keys))
+            self._starting = threading.Thread(target=self._start, args=(keys,), name="tandem")
             self._starting.start()
 
-    def _start(self) -> None:
+    def _start(self, keys: list[str]) -> None:
         from tandem.benchmarks.tandem_system import TandemServer
 
         try:
-            self._server = TandemServer(self.setup.tandem_config, self.setup.address)
+            for key in keys:
+                self._servers[key] = TandemServer(self.setup.tandem_config, self.setup.address)
         except BaseException as exc:  # re-raised by server() in the caller's thread
             self._start_error = exc
 
-    def server(self) -> Any:
-        self.start_server()
+    def server(self, key: str = SHARED) -> Any:
+        self.start_servers([key])
         self._starting.join()
         if self._start_error is not None:
             raise self._start_error
-        return self._server
+        return self._servers.get(key) or self._servers[SHARED]
 
     def absent(self) -> dict[str, str]:
         """Systems that cannot run with this setup, and why."""
@@ -159,7 +173,8 @@ class Builder:
         if name in TANDEM_MODES:
             from tandem.benchmarks.tandem_system import TandemSystem
 
-            return TandemSystem(name, TANDEM_MODES[name], k, self.server(), description)
+            server = self.server(server_key(name))
+            return TandemSystem(name, TANDEM_MODES[name], k, server, description)
         from tandem.benchmarks.vllm_system import VllmSystem
 
         spec: dict[str, Any] | None = None
@@ -183,6 +198,5 @@ class Builder:
     def close(self) -> None:
         if self._starting is not None:
             self._starting.join()
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        while self._servers:
+            self._servers.popitem()[1].close()

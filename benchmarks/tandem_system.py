@@ -1,8 +1,9 @@
 """tandem through its real gRPC server: the way a user reaches it.
 
 The bench starts `tandem serve` in a child process (its own embedded Ray cluster, target and
-drafter actors) unless it is given the address of a running server. Every tandem mode runs
-through that one server, chosen per request. Times are taken on the client side, so they include
+drafter actors) unless it is given the address of a running server. The tandem modes run
+through that one server, chosen per request, except the drafters whose state spans requests
+(systems.ISOLATED), which get a server each. Times are taken on the client side, so they include
 everything a user pays for: gRPC, the coordinator, Ray, the drafters, the engine.
 """
 

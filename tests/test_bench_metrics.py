@@ -10,7 +10,7 @@ import pytest
 
 from tandem.benchmarks import controlled, costs, metrics, report, runner, summary
 from tandem.benchmarks.records import ConcurrencyRun, RequestRecord, Trace
-from tandem.benchmarks.systems import BASELINE, SYSTEMS, SystemChoiceError, choose
+from tandem.benchmarks.systems import BASELINE, SYSTEMS, SystemChoiceError, choose, server_key
 from tandem.benchmarks.workload import (
     DEFAULT_PROMPTS,
     Prompt,
@@ -245,6 +245,10 @@ def test_systems_choice():
         choose(["vllm-hybrid"], absent)
     with pytest.raises(SystemChoiceError, match="unknown system"):
         choose(["nope"], absent)
+    # drafters that learn across requests get a server of their own (no same-prompt leaks)
+    assert (
+        server_key("tandem-recycle") == "tandem-recycle" and server_key("tandem-ngram") == "shared"
+    )
 
 
 def test_report_files_from_fixed_result(tmp_path):
