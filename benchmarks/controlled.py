@@ -4,8 +4,9 @@ The drafter proposes the target's known greedy continuation (taken from the base
 outputs in this run), each token corrupted with probability 1 - alpha, at a real compute cost per
 drafted token. Whatever a real drafter's quality, this shows how close tandem's pipeline comes to
 the ideal speedup E(alpha, k) x cost ratio. Each alpha needs its own server (alpha is a drafter
-setting), started with `tandem serve --measurement`; it runs prompt by prompt alternating with
-the in-process baseline, so each alpha has a baseline measured beside it.
+setting), started with `tandem serve --measurement`; on it the controlled drafter runs pipelined
+(pre-drafting while the target verifies) and sequentially, prompt by prompt alternating with the
+in-process baseline, so each alpha has both and a baseline measured beside them.
 """
 
 from __future__ import annotations
@@ -62,28 +63,45 @@ def run(
             }
             server = TandemServer(config, measurement=True)
             try:
-                system = TandemSystem(f"tandem-controlled-{alpha}", "controlled", k, server)
-                system.warmup(warm, GenerationParams(min(32, params.max_new_tokens)))
-                mine, base = _alternate(system, baseline, prompts, params, progress)
+                systems = [
+                    TandemSystem(
+                        f"tandem-controlled-{alpha}{'' if pipelined else '-seq'}",
+                        "controlled",
+                        k,
+                        server,
+                        pipelined=pipelined,
+                    )
+                    for pipelined in (True, False)
+                ]
+                for system in systems:
+                    system.warmup(warm, GenerationParams(min(32, params.max_new_tokens)))
+                records = _alternate([*systems, baseline], prompts, params, progress)
             finally:
                 server.close()
-            entries.append(entry(alpha, k, cost_ms, cost_ratio, mine, base))
+            for system, mine in zip(systems, records, strict=False):
+                entries.append(
+                    {
+                        "pipelined": system.pipelined,
+                        **entry(alpha, k, cost_ms, cost_ratio, mine, records[-1]),
+                    }
+                )
     return entries
 
 
 def _alternate(
-    system: System,
-    baseline: System,
+    systems: Sequence[System],
     prompts: Sequence[Prompt],
     params: GenerationParams,
     progress: bool,
-) -> tuple[list[RequestRecord], list[RequestRecord]]:
-    mine, base = [], []
-    for i, prompt in enumerate(tqdm(prompts, desc=system.name, disable=not progress)):
-        order = [(system, mine), (baseline, base)]
-        for which, into in order[i % 2 :] + order[: i % 2]:
-            into.append(which.run(prompt, params))
-    return mine, base
+) -> list[list[RequestRecord]]:
+    """Each system's records, the systems taking turns in a rotating order prompt by prompt."""
+    records: list[list[RequestRecord]] = [[] for _ in systems]
+    order = list(range(len(systems)))
+    for i, prompt in enumerate(tqdm(prompts, desc=systems[0].name, disable=not progress)):
+        shift = i % len(order)
+        for index in order[shift:] + order[:shift]:
+            records[index].append(systems[index].run(prompt, params))
+    return records
 
 
 def entry(
@@ -106,7 +124,10 @@ def entry(
         "achieved_fraction": metrics.achieved_fraction(figures["speedup"], ideal)
         if ideal
         else None,
-        **{key: figures[key] for key in ("speedup", "mean_accepted_tokens", "acceptance_rate")},
+        **{
+            key: figures[key]
+            for key in ("speedup", "mean_accepted_tokens", "acceptance_rate", "cache_hit_rate")
+        },
         "baseline_tokens_per_s": metrics.mean(
             [metrics.tokens_per_s(r.new_tokens, r.wall_s) for r in baseline]
         ),

@@ -35,6 +35,8 @@ class RequestRecord:
     drafts: int | None = 0  # steps that verified a draft; None where the system cannot tell
     draft_tokens: int = 0
     accepted_tokens: int = 0
+    cache_hits: int = 0  # tandem, pipelined: drafts served from the speculation cache
+    cache_misses: int = 0  # ... and drafted just in time
     finish_reason: str | None = None
 
     @property

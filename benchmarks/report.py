@@ -81,6 +81,7 @@ def markdown(result: dict[str, Any]) -> str:
             _num(s["speedup_median"]),
             _num(s["mean_accepted_tokens"]),
             _pct(s["acceptance_rate"]),
+            _pct(s.get("cache_hit_rate")),
             _ms(s["ttft_s"]),
             _ms(s["tpot_s"]),
             str(s["mismatches"]),
@@ -97,6 +98,7 @@ def markdown(result: dict[str, Any]) -> str:
             "speedup (median)",
             "tokens/forward",
             "acceptance",
+            "cache hits",
             "TTFT p50 / p90 ms",
             "TPOT p50 / p90 ms",
             "mismatches",
@@ -230,13 +232,16 @@ def controlled_section(result: dict[str, Any]) -> list[str]:
         "",
         "The drafter proposes the target's known greedy output, each token replaced with "
         f"probability 1 - alpha, at {entries[0]['cost_ms_per_draft_token']} ms of real compute "
-        "per drafted token; each alpha ran on its own server, alternating prompt by prompt with "
-        "a fresh run of the baseline. Ideal = E(alpha, k) x cost ratio (drafting free).",
+        "per drafted token; each alpha ran on its own server, pipelined and sequential drafting "
+        "alternating prompt by prompt with a fresh run of the baseline. Ideal = E(alpha, k) x "
+        "cost ratio (drafting free).",
         "",
     ]
     rows = [
         [
             _num(e["alpha"]),
+            "pipelined" if e.get("pipelined", True) else "sequential",
+            _pct(e.get("cache_hit_rate")),
             str(e["k"]),
             _pct(e["acceptance_rate"]),
             _num(e["mean_accepted_tokens"]),
@@ -251,6 +256,8 @@ def controlled_section(result: dict[str, Any]) -> list[str]:
     return lines + _table(
         [
             "alpha",
+            "drafting",
+            "cache hits",
             "k",
             "accepted / drafted",
             "tokens/round",

@@ -60,6 +60,7 @@ def figures(
         else sum(r.drafts for r in records),
         "draft_tokens": draft_tokens,
         "accepted_tokens": accepted,
+        "cache_hit_rate": _hit_rate(records),
         "ttft_s": _spread([r.ttft_s for r in records]),
         "tpot_s": _spread([r.tpot_s for r in records if r.tpot_s is not None]),
         "mismatches": len(differ),
@@ -139,3 +140,10 @@ def concurrency_entry(
         base_tokens = sum(r.new_tokens for r in baseline_run.requests)
         entry["speedup"] = tps / metrics.tokens_per_s(base_tokens, baseline_run.wall_s)
     return entry
+
+
+def _hit_rate(records: Sequence[RequestRecord]) -> float | None:
+    """Speculation-cache hits per pipelined lookup; None where nothing was pipelined."""
+    hits = sum(r.cache_hits for r in records)
+    lookups = hits + sum(r.cache_misses for r in records)
+    return hits / lookups if lookups else None

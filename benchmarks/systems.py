@@ -22,7 +22,8 @@ DESCRIPTIONS = {
     "vllm-ngram": "vLLM in-process speculative decoding, its ngram (prompt lookup) drafter",
     "vllm-draft-model": "vLLM in-process speculative decoding, draft_model = tandem's draft model",
     "tandem-target": "tandem's gRPC server, speculation off for the request (the target alone)",
-    "tandem-ngram": "tandem's gRPC server, remote ngram drafter",
+    "tandem-ngram": "tandem's gRPC server, remote ngram drafter, pipelined (speculation cache)",
+    "tandem-ngram-seq": "tandem's gRPC server, remote ngram drafter, sequential (no pre-drafting)",
     "tandem-suffix": "tandem's gRPC server, remote suffix drafter (SuffixDecoding)",
     "tandem-recycle": "tandem's gRPC server, remote Token Recycling drafter",
     "tandem-model": "tandem's gRPC server, remote draft model",
@@ -32,6 +33,7 @@ SYSTEMS = tuple(DESCRIPTIONS)
 TANDEM_MODES = {
     "tandem-target": "off",
     "tandem-ngram": "ngram",
+    "tandem-ngram-seq": "ngram",
     "tandem-suffix": "suffix",
     "tandem-recycle": "recycle",
     "tandem-model": "model",
@@ -174,7 +176,8 @@ class Builder:
             from tandem.benchmarks.tandem_system import TandemSystem
 
             server = self.server(server_key(name))
-            return TandemSystem(name, TANDEM_MODES[name], k, server, description)
+            pipelined = not name.endswith("-seq")
+            return TandemSystem(name, TANDEM_MODES[name], k, server, description, pipelined)
         from tandem.benchmarks.vllm_system import VllmSystem
 
         spec: dict[str, Any] | None = None

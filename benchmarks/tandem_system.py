@@ -74,10 +74,17 @@ class TandemSystem:
     kind = "tandem gRPC"
 
     def __init__(
-        self, name: str, mode: str, k: int, server: TandemServer, description: str = ""
+        self,
+        name: str,
+        mode: str,
+        k: int,
+        server: TandemServer,
+        description: str = "",
+        pipelined: bool = True,
     ) -> None:
         self.name = name
         self.mode = mode
+        self.pipelined = pipelined
         self.speculative = mode != "off"
         self.num_speculative_tokens = k if self.speculative else 0
         self.server = server
@@ -89,6 +96,7 @@ class TandemSystem:
             "kind": self.kind,
             "description": self.description,
             "mode": self.mode,
+            "pipelined": self.pipelined,
             "server": self.server.info(),
         }
 
@@ -101,6 +109,7 @@ class TandemSystem:
         }
         if self.speculative:
             request["num_speculative_tokens"] = self.num_speculative_tokens
+            request["pipelined"] = self.pipelined
         return request
 
     def warmup(self, prompts: Sequence[Prompt], params: GenerationParams) -> None:
@@ -174,4 +183,6 @@ def _record(trace: Trace, last: Any, system: str) -> RequestRecord:
     if last is not None and last.HasField("speculation"):
         record.draft_tokens = last.speculation.draft_tokens
         record.accepted_tokens = last.speculation.accepted_tokens
+        record.cache_hits = last.speculation.cache_hits
+        record.cache_misses = last.speculation.cache_misses
     return record
