@@ -20,10 +20,10 @@ def test_quick_bench_writes_json_table_and_plot(tmp_path, model_path):
     # A child process: the bench sets its thread count before torch starts, as `tandem` does.
     proc = subprocess.run(
         [sys.executable, "-m", "tandem.cluster.cli", "bench", "--quick", "--limit", "2"]
-        + ["--out", str(out), "--no-progress"],
+        + ["--controlled-acceptance", "0.9", "--out", str(out), "--no-progress"],
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1200,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -50,7 +50,12 @@ def test_quick_bench_writes_json_table_and_plot(tmp_path, model_path):
     assert result["machine"]["versions"]["torch"]
     assert result["threads_per_engine"] == 1
     assert result["command"].startswith("tandem bench --quick --limit 2")
+    # the measurement tool ran on its own --measurement server, losslessly
+    (controlled,) = result["controlled_acceptance"]
+    assert controlled["alpha"] == 0.9 and controlled["mismatches"] == 0
+    assert controlled["mean_accepted_tokens"] > 1 and controlled["speedup"] > 0
 
     table = (out / "bench.md").read_text()
     assert "| vllm-ngram |" in table and "| tandem-target |" in table
+    assert "### tandem-suffix" in table and "Controlled acceptance (measurement tool" in table
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
