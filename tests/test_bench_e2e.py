@@ -51,11 +51,16 @@ def test_quick_bench_writes_json_table_and_plot(tmp_path, model_path):
     assert result["threads_per_engine"] == 1
     assert result["command"].startswith("tandem bench --quick --limit 2")
     # the measurement tool ran on its own --measurement server, losslessly
-    (controlled,) = result["controlled_acceptance"]
-    assert controlled["alpha"] == 0.9 and controlled["mismatches"] == 0
-    assert controlled["mean_accepted_tokens"] > 1 and controlled["speedup"] > 0
+    # pipelined and sequential drafting, side by side
+    entries = result["controlled_acceptance"]
+    assert [e["pipelined"] for e in entries] == [True, False]
+    for controlled in entries:
+        assert controlled["alpha"] == 0.9 and controlled["mismatches"] == 0
+        assert controlled["mean_accepted_tokens"] > 1 and controlled["speedup"] > 0
+    assert entries[0]["cache_hit_rate"] > 0 and entries[1]["cache_hit_rate"] is None
 
     table = (out / "bench.md").read_text()
     assert "| vllm-ngram |" in table and "| tandem-target |" in table
+    assert "| tandem-ngram-seq |" in table
     assert "### tandem-suffix" in table and "Controlled acceptance (measurement tool" in table
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
