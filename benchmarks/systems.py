@@ -7,6 +7,7 @@ and asking for it explicitly is an error rather than a stand-in.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,16 +25,20 @@ DESCRIPTIONS = {
     "tandem-target": "tandem's gRPC server, speculation off for the request (the target alone)",
     "tandem-ngram": "tandem's gRPC server, remote ngram drafter, pipelined (speculation cache)",
     "tandem-ngram-seq": "tandem's gRPC server, remote ngram drafter, sequential (no pre-drafting)",
+    "tandem-ngram-mirror": "tandem-ngram on a server whose target sends Mirror-SD early-exit hints",
     "tandem-suffix": "tandem's gRPC server, remote suffix drafter (SuffixDecoding)",
     "tandem-recycle": "tandem's gRPC server, remote Token Recycling drafter",
     "tandem-model": "tandem's gRPC server, remote draft model",
     "tandem-hybrid": "tandem's gRPC server, remote ngram drafter, the draft model when no match",
 }
 SYSTEMS = tuple(DESCRIPTIONS)
+# Run only when asked for by name: a server of its own costs a few GiB and a minute.
+OPT_IN = {"tandem-ngram-mirror"}
 TANDEM_MODES = {
     "tandem-target": "off",
     "tandem-ngram": "ngram",
     "tandem-ngram-seq": "ngram",
+    "tandem-ngram-mirror": "ngram",
     "tandem-suffix": "suffix",
     "tandem-recycle": "recycle",
     "tandem-model": "model",
@@ -75,7 +80,7 @@ def choose(requested: Sequence[str] | None, absent: Mapping[str, str]) -> list[s
     `absent` maps unavailable systems to the reason. By default every available system runs;
     an explicitly requested one that is absent is an error naming the reason.
     """
-    wanted = list(dict.fromkeys(requested or SYSTEMS))
+    wanted = list(dict.fromkeys(requested or [s for s in SYSTEMS if s not in OPT_IN]))
     for name in wanted:
         if name in NOT_IN_VLLM:
             raise SystemChoiceError(f"system {name!r} cannot run: {NOT_IN_VLLM[name]}")
@@ -106,8 +111,10 @@ class Setup:
 # Drafters whose state spans requests (SuffixDecoding's shared trie of recent outputs, Token
 # Recycling's table): on a shared server they would learn each prompt's output from the modes run
 # on it before them. Each gets a server of its own, where it learns only from earlier prompts.
-ISOLATED = {"tandem-suffix", "tandem-recycle"}
+ISOLATED = {"tandem-suffix", "tandem-recycle", "tandem-ngram-mirror"}
 SHARED = "shared"
+# Servers whose config differs from the bench's: the Mirror-SD channel is a target setting.
+CONFIG_CHANGES = {"tandem-ngram-mirror": {"mirror": {"enabled": True}}}
 
 
 def server_key(name: str) -> str:
@@ -137,7 +144,9 @@ class Builder:
 
         try:
             for key in keys:
-                self._servers[key] = TandemServer(self.setup.tandem_config, self.setup.address)
+                config = copy.deepcopy(self.setup.tandem_config)
+                config["speculation"].update(CONFIG_CHANGES.get(key, {}))
+                self._servers[key] = TandemServer(config, self.setup.address)
         except BaseException as exc:  # re-raised by server() in the caller's thread
             self._start_error = exc
 

@@ -10,7 +10,14 @@ import pytest
 
 from tandem.benchmarks import controlled, costs, metrics, report, runner, summary
 from tandem.benchmarks.records import ConcurrencyRun, RequestRecord, Trace
-from tandem.benchmarks.systems import BASELINE, SYSTEMS, SystemChoiceError, choose, server_key
+from tandem.benchmarks.systems import (
+    BASELINE,
+    OPT_IN,
+    SYSTEMS,
+    SystemChoiceError,
+    choose,
+    server_key,
+)
 from tandem.benchmarks.workload import (
     DEFAULT_PROMPTS,
     Prompt,
@@ -237,8 +244,10 @@ def test_systems_choice():
     absent = {"tandem-model": "no draft model"}
     chosen = choose(None, absent)
     assert chosen[0] == BASELINE and "tandem-model" not in chosen
-    assert set(chosen) == set(SYSTEMS) - {"tandem-model"}  # by default, all available
+    # by default, all available but the opt-in ones, which run when named
+    assert set(chosen) == set(SYSTEMS) - {"tandem-model"} - OPT_IN
     assert choose(["tandem-target"], absent) == [BASELINE, "tandem-target"]
+    assert choose(["tandem-ngram-mirror"], absent) == [BASELINE, "tandem-ngram-mirror"]
     with pytest.raises(SystemChoiceError, match="not available: no draft model"):
         choose(["tandem-model"], absent)
     with pytest.raises(SystemChoiceError, match="vLLM has no hybrid"):
