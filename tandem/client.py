@@ -103,6 +103,13 @@ def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
+def _channel(kind: Any, address: str, tls: Credentials | None) -> Any:
+    """A channel from `kind` (grpc or grpc.aio): plaintext, or TLS with these credentials."""
+    if tls is None:
+        return kind.insecure_channel(address)
+    return kind.secure_channel(address, tls.channel_credentials())
+
+
 class TandemClient:
     """Blocking client. Keyword arguments of generate/stream are those of build_request."""
 
@@ -114,10 +121,7 @@ class TandemClient:
         tls: Credentials | None = None,
         token: str | None = None,
     ) -> None:
-        if tls is None:
-            self.channel = grpc.insecure_channel(address)
-        else:
-            self.channel = grpc.secure_channel(address, tls.channel_credentials())
+        self.channel = _channel(grpc, address, tls)
         self.stub = pb_grpc.TandemStub(self.channel)
         self.timeout = timeout
         self.metadata = _metadata(token)
@@ -161,10 +165,7 @@ class AsyncTandemClient:
         tls: Credentials | None = None,
         token: str | None = None,
     ) -> None:
-        if tls is None:
-            self.channel = grpc.aio.insecure_channel(address)
-        else:
-            self.channel = grpc.aio.secure_channel(address, tls.channel_credentials())
+        self.channel = _channel(grpc.aio, address, tls)
         self.stub = pb_grpc.TandemStub(self.channel)
         self.timeout = timeout
         self.metadata = _metadata(token)
