@@ -253,9 +253,7 @@ class SpeculationSession:
             self._rtt_total += rtt
             self._rtts.append(rtt)
             for replica, result in results.items():
-                if isinstance(result, Exception):
-                    self._failures += 1
-                    self._down.add(replica)
+                if self._failed(replica, result):
                     continue
                 for (i, request, n), reply in zip(slots[replica], result, strict=True):
                     if not reply.known:
@@ -312,9 +310,7 @@ class SpeculationSession:
         results = self.transport.collect(handle, self.timeout_s)
         with self._lock:
             for replica, result in results.items():
-                if isinstance(result, Exception):
-                    self._failures += 1
-                    self._down.add(replica)
+                if self._failed(replica, result):
                     continue
                 for reply in result:
                     request = self._requests.get(reply.request_id)
@@ -323,6 +319,15 @@ class SpeculationSession:
                     if not reply.known:
                         request.synced = 0
                     request.cache = reply.blocks
+
+    def _failed(self, replica: int, result: Any) -> bool:
+        """A failed or late drafter call: count it and skip the replica until a probe answers.
+        Call with the lock held."""
+        if not isinstance(result, Exception):
+            return False
+        self._failures += 1
+        self._down.add(replica)
+        return True
 
     def _time_step(self) -> None:
         now = time.perf_counter()
