@@ -38,7 +38,7 @@ def run(
     params: GenerationParams,
     alphas: Sequence[float],
     cost_ms: float,
-    cost_ratio: float | None,
+    cost: dict[str, Any],
     warm: Sequence[Prompt],
     progress: bool = True,
 ) -> list[dict[str, Any]]:
@@ -82,7 +82,7 @@ def run(
                 entries.append(
                     {
                         "pipelined": system.pipelined,
-                        **entry(alpha, k, cost_ms, cost_ratio, mine, records[-1]),
+                        **entry(alpha, k, cost_ms, cost, mine, records[-1]),
                     }
                 )
     return entries
@@ -108,13 +108,23 @@ def entry(
     alpha: float,
     k: int,
     cost_ms: float,
-    cost_ratio: float | None,
+    cost: dict[str, Any],
     records: Sequence[RequestRecord],
     baseline: Sequence[RequestRecord],
 ) -> dict[str, Any]:
-    """The figures, plus the ideal for the alpha asked for: E(alpha, k) x cost ratio."""
+    """The figures, plus the ideal for the alpha asked for (E(alpha, k) x cost ratio) and that
+    ideal less the drafting a miss leaves on the critical path (the draft-bound ideal)."""
+    cost_ratio = cost["cost_ratio"]
     figures = summary.figures(records, {r.question_id: r for r in baseline}, True, k, cost_ratio)
     ideal = metrics.ideal_speedup(alpha, k, cost_ratio) if cost_ratio else None
+    hits = figures["cache_hit_rate"]
+    bound = (
+        metrics.draft_bound_speedup(
+            ideal, cost["t_verify_s"], 1 - (hits or 0.0), k * cost_ms / 1000
+        )
+        if ideal
+        else None
+    )
     return {
         "alpha": alpha,
         "k": k,
@@ -123,6 +133,10 @@ def entry(
         "ideal_speedup": ideal,
         "achieved_fraction": metrics.achieved_fraction(figures["speedup"], ideal)
         if ideal
+        else None,
+        "draft_bound_speedup": bound,
+        "achieved_of_bound": metrics.achieved_fraction(figures["speedup"], bound)
+        if bound
         else None,
         **{
             key: figures[key]

@@ -85,6 +85,15 @@ def ideal_speedup(alpha: float, k: int, step_cost_ratio: float) -> float:
     return expected_tokens_per_forward(alpha, k) * step_cost_ratio
 
 
+def draft_bound_speedup(ideal: float, t_verify_s: float, miss_rate: float, draft_s: float) -> float:
+    """The ideal speedup less the drafting left on the critical path: a step whose block was
+    not pre-drafted (every step, without pipelining) also waits `draft_s` for a just-in-time
+    draft. Round trips and other overheads still count as free."""
+    if t_verify_s <= 0 or not 0 <= miss_rate <= 1 or draft_s < 0:
+        raise ValueError("need t_verify_s > 0, miss_rate in [0, 1] and draft_s >= 0")
+    return ideal * t_verify_s / (t_verify_s + miss_rate * draft_s)
+
+
 def achieved_fraction(speedup: float, ideal: float) -> float:
     """How much of the ideal the measured speedup reached."""
     if ideal <= 0:

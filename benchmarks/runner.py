@@ -181,7 +181,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
                 params,
                 options.controlled_acceptance,
                 options.controlled_cost_ms,
-                cost["cost_ratio"],
+                cost,
                 warm,
                 options.progress,
             )

@@ -60,6 +60,7 @@ class Drafter:
     requests: OrderedDict[str, RequestState] = field(default_factory=OrderedDict)
     hints: dict[str, Hint] = field(default_factory=dict)  # Mirror-SD, by request
     hints_used: int = 0  # hints that arrived in time to steer pre-drafting
+    token_s: float = 0.0  # moving average of the time drafting takes per token
 
     def __post_init__(self) -> None:
         self.shared = GlobalSuffixes(self.suffix_depth, self.suffix_global_tokens)
@@ -79,40 +80,67 @@ class Drafter:
 
     def predraft(self, items: list[DraftItem], plan: PredraftPlan) -> list[PredraftReply]:
         """Speculation cache (SSD, PEARL): while the target verifies each item's block, draft
-        the next block for its likeliest outcomes, within the plan's budgets."""
-        deadline = time.perf_counter() + plan.time_s
-        replies = []
-        for item in items:
-            state = self._sync(item)
-            if state is None:
-                replies.append(PredraftReply(item.request_id, {}, known=False))
-                continue
-            blocks = self._predraft(state, item, plan, deadline)
-            replies.append(PredraftReply(item.request_id, blocks))
-        return replies
+        the next block for its likeliest outcomes, within the plan's budgets.
 
-    def _predraft(
-        self, state: RequestState, item: DraftItem, plan: PredraftPlan, deadline: float
-    ) -> dict[Outcome, tuple[int, ...]]:
-        block = list(item.block)
-        blocks: dict[Outcome, tuple[int, ...]] = {}
-        # All accepted: one draft of k + 1 guesses the bonus token and the block after it.
-        ahead = self._propose(state, item, block, item.k + 1)
-        if len(ahead) > 1:
-            blocks[(len(block), ahead[0])] = tuple(ahead[1:])
-        hint = self._await_hint(item, deadline) if plan.await_hint else None
-        for j, token in self._rejections(state, block, hint, plan.fanout):
-            if len(blocks) >= plan.outcomes or time.perf_counter() > deadline:
-                break
-            found = self._propose(state, item, block[:j] + [token], item.k)
-            if found:  # an empty entry would only stand in for a just-in-time miss
-                blocks[(j, token)] = tuple(found)
-        return blocks
+        First "all accepted" for every item (the likeliest outcome when drafts are any good),
+        then rejections, the likeliest of every item before the next likeliest of any. No
+        outcome starts that would not end before the deadline (estimated from the time drafting
+        has taken per token): a pre-draft that overran would hold up the target's next step.
+        """
+        deadline = time.perf_counter() + plan.time_s
+        states = [self._sync(item) for item in items]
+        blocks: list[dict[Outcome, tuple[int, ...]]] = [{} for _ in items]
+        for item, state, found in zip(items, states, blocks, strict=True):
+            if state is None:
+                continue
+            # All accepted: one draft of k + 1 guesses the bonus token and the block after it.
+            ahead = self._timed_propose(state, item, item.block, item.k + 1)
+            if len(ahead) > 1:
+                found[(len(item.block), ahead[0])] = tuple(ahead[1:])
+        queues = [
+            self._rejections(state, item, plan, deadline) if state is not None else []
+            for item, state in zip(items, states, strict=True)
+        ]
+        for rank in range(max(map(len, queues), default=0)):
+            for item, state, found, queue in zip(items, states, blocks, queues, strict=True):
+                if rank >= len(queue) or len(found) >= plan.outcomes:
+                    continue
+                if time.perf_counter() + item.k * self.token_s > deadline:
+                    return self._replies(items, states, blocks)
+                j, token = queue[rank]
+                draft = self._timed_propose(state, item, [*item.block[:j], token], item.k)
+                if draft:  # an empty entry would only stand in for a just-in-time miss
+                    found[(j, token)] = tuple(draft)
+        return self._replies(items, states, blocks)
+
+    @staticmethod
+    def _replies(
+        items: list[DraftItem],
+        states: list[RequestState | None],
+        blocks: list[dict[Outcome, tuple[int, ...]]],
+    ) -> list[PredraftReply]:
+        return [
+            PredraftReply(item.request_id, found, known=state is not None)
+            for item, state, found in zip(items, states, blocks, strict=True)
+        ]
+
+    def _timed_propose(
+        self, state: RequestState, item: DraftItem, extra: Sequence[int], k: int
+    ) -> list[int]:
+        """`_propose`, keeping a moving average of the time per drafted token (for budgets)."""
+        start = time.perf_counter()
+        draft = self._propose(state, item, extra, k)
+        if draft:
+            per_token = (time.perf_counter() - start) / len(draft)
+            self.token_s = 0.8 * self.token_s + 0.2 * per_token if self.token_s else per_token
+        return draft
 
     def _rejections(
-        self, state: RequestState, block: list[int], hint: Hint | None, fanout: int
+        self, state: RequestState, item: DraftItem, plan: PredraftPlan, deadline: float
     ) -> list[Outcome]:
         """Rejection outcomes (position j, the token the target emits there), likeliest first."""
+        block, fanout = item.block, plan.fanout
+        hint = self._await_hint(item, deadline) if plan.await_hint else None
         if hint is not None and len(hint.top) > len(block):
             # Mirror-SD: the early exit says where the block likely breaks (its top token
             # differs from the draft's) and what the target emits there.
@@ -162,7 +190,7 @@ class Drafter:
         state = self._sync(item)
         if state is None:
             return DraftReply(item.request_id, (), known=False)
-        return DraftReply(item.request_id, tuple(self._propose(state, item, (), item.k)))
+        return DraftReply(item.request_id, tuple(self._timed_propose(state, item, (), item.k)))
 
     def _sync(self, item: DraftItem) -> RequestState | None:
         """Bring the request's mirror up to date; None when there is a gap to resync."""

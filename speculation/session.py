@@ -142,8 +142,10 @@ class SpeculationSession:
         self.policy = policy
         self.mirror = mirror  # the target sends early-exit hints; pre-drafting waits for them
         self._predrafting: Any = None  # the handle of the pre-drafting started last step
-        self._last_propose = 0.0
-        self._step_s = 0.0  # moving average of the time between two steps
+        self._returned = 0.0  # when propose last handed the target its drafts
+        # Moving average of the time from handing the target its drafts to the next step:
+        # the target's verification, the window pre-drafting must fit in.
+        self._window_s = 0.0
         # False: no drafts while a sampling request is registered, because vLLM 0.32's CPU
         # rejection sampler is not exact (and can crash) for sampled requests beside drafts.
         self.speculate_sampled = speculate_sampled
@@ -182,7 +184,7 @@ class SpeculationSession:
         token_ids: Any,  # 2-D array-like: row i holds request i's committed tokens
         candidates: Sequence[Candidates] | None = None,  # the target's, per request
     ) -> list[list[int]]:
-        self._time_step()
+        self._time_window()
         drafts: list[list[int]] = [[] for _ in request_ids]
         self._collect_predrafts()
         batches: dict[int, list[DraftItem]] = defaultdict(list)
@@ -225,6 +227,7 @@ class SpeculationSession:
                 request.pending = len(drafts[i])
                 request.block, request.proposed_at = tuple(drafts[i]), n
         self._start_predrafts(request_ids, speculating, token_ids)
+        self._returned = time.perf_counter()
         return drafts
 
     def _draft_length(self, k: int, batch: int) -> int:
@@ -282,7 +285,7 @@ class SpeculationSession:
                 request.synced = n  # the pre-drafting call brings the drafter up to date
         if batches:
             plan = PredraftPlan(
-                self.cache_outcomes, self.cache_fanout, 0.8 * self._step_s, self.mirror
+                self.cache_outcomes, self.cache_fanout, 0.9 * self._window_s, self.mirror
             )
             self._predrafting = self.transport.predraft(dict(batches), plan)
 
@@ -329,15 +332,16 @@ class SpeculationSession:
         self._down.add(replica)
         return True
 
-    def _time_step(self) -> None:
-        now = time.perf_counter()
-        if self._last_propose and now - self._last_propose < 1.0:  # not across idle time
-            self._step_s = (
-                0.8 * self._step_s + 0.2 * (now - self._last_propose)
-                if self._step_s
-                else now - self._last_propose
-            )
-        self._last_propose = now
+    def _time_window(self) -> None:
+        """Time the target's verification: from the last propose's return to this call.
+
+        Not the whole step: a pre-draft budget taken from the step, which includes waiting for
+        the pre-draft itself, would grow with every pre-draft that overran.
+        """
+        window = time.perf_counter() - self._returned
+        if self._returned and window < 1.0:  # not across idle time
+            self._window_s = 0.8 * self._window_s + 0.2 * window if self._window_s else window
+        self._returned = 0.0
 
     def _holds_sampled(self) -> bool:
         return any(not request.spec.greedy for request in self._requests.values())

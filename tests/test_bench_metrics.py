@@ -87,6 +87,16 @@ def test_ideal_speedup_and_achieved_fraction():
         metrics.cost_ratio(0.0, 1.0)
 
 
+def test_draft_bound_takes_the_misses_drafting_off_the_ideal():
+    # verification 60 ms, a 40 ms draft on a third of the steps: 60 / (60 + 13.3)
+    assert metrics.draft_bound_speedup(3.0, 0.060, 1 / 3, 0.040) == pytest.approx(
+        3.0 * 60 / 73.33, rel=1e-3
+    )
+    assert metrics.draft_bound_speedup(3.0, 0.060, 0.0, 0.040) == 3.0  # every step a hit
+    with pytest.raises(ValueError):
+        metrics.draft_bound_speedup(3.0, 0.060, 1.5, 0.040)
+
+
 def test_mismatches_compare_token_for_token():
     base = {1: [5, 6, 7], 2: [1, 2], 3: [9]}
     out = {1: [5, 6, 7], 2: [1, 3], 3: [9, 9]}
@@ -279,7 +289,9 @@ def test_report_files_from_fixed_result(tmp_path):
             summary.system_entry({"name": "vllm-ngram", **spec}, other, base, 1.0),
             summary.system_entry({"name": "tandem-suffix", **spec}, suffix, base, 1.0),
         ],
-        "controlled_acceptance": [controlled.entry(0.5, 4, 2.0, 1.0, suffix, base)],
+        "controlled_acceptance": [
+            controlled.entry(0.5, 4, 2.0, {"cost_ratio": 1.0, "t_verify_s": 0.06}, suffix, base)
+        ],
         "absent_systems": [{"name": "x", "reason": "not yet"}],
         "cost": {
             "context_tokens": 128,
@@ -302,7 +314,7 @@ def test_report_files_from_fixed_result(tmp_path):
     assert "### tandem-suffix" in text and "| a | 50.0% | 2.00 | 2.00 | 1.60 |" in text
     # the measurement tool: E(0.5, 4) = 1.94, ideal 1.94 x cost ratio 1.0; achieved 2.00
     assert "Controlled acceptance (measurement tool" in text
-    assert "| 0.50 | pipelined | - | 4 | 50.0% | 2.00 | 1.94 | 2.00 | 1.94 | 103.2% | 0 |" in text
+    assert "| 0.50 | pipelined | - | 4 | 50.0% | 2.00 | 1.94 | 2.00 | 1.94 | 103.2% | 1.71 | 117.0% | 0 |" in text
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not math.isnan(result["systems"][1]["tokens_per_s"])
 

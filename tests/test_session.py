@@ -18,9 +18,12 @@ class LocalTransport:
         self.failing = set()
         self.alive_again = set()
         self.predrafted = []
+        self.plans = []
+        self.delay_s = 0.0  # how long a just-in-time draft call takes
 
     def draft(self, batches, timeout_s):
         self.sent.append(batches)
+        time.sleep(self.delay_s)
         out = {}
         for replica, items in batches.items():
             if replica in self.failing:
@@ -37,6 +40,7 @@ class LocalTransport:
 
     def predraft(self, batches, plan):
         self.predrafted.append(batches)
+        self.plans.append(plan)
         return {r: self.drafters[r].predraft(items, plan) for r, items in batches.items()}
 
     def collect(self, handle, timeout_s):
@@ -260,3 +264,39 @@ def test_rejections_are_guessed_from_the_requests_own_target_candidates():
         PredraftPlan(outcomes=4, fanout=2, time_s=1),
     )
     assert all(accepted == 2 for accepted, _ in reply.blocks)
+
+
+def test_predraft_budget_is_the_targets_verification_window():
+    transport = LocalTransport()
+    transport.delay_s = 0.2  # slow just-in-time drafts: part of the step, not of the window
+    session = pipelined_session(transport)
+    session.register("a", RequestSpec(Mode.NGRAM, 2))
+    history = [7, 1, 2, 3, 4, 5, 6, 1, 2]
+    step(session, {"a": history})
+    assert transport.plans[-1].time_s == 0  # nothing measured yet: only "all accepted"
+    time.sleep(0.05)  # the target verifies
+    step(session, {"a": [*history, 9, 9]})  # a miss: drafted just in time (0.2 s)
+    assert 0.9 * 0.05 <= transport.plans[-1].time_s < 0.9 * 0.15
+
+
+def test_predraft_starts_no_outcome_it_cannot_finish_in_time():
+    drafter = Drafter()
+    history = (7, 1, 2, 3, 4, 5, 6, 1, 2, 9, 1, 8)
+    drafter.draft([DraftItem("a", 0, history, 2, Mode.NGRAM, candidates=((2, (9, 3)),))])
+    item = DraftItem("a", len(history), (), 2, Mode.NGRAM, block=(2, 3))
+    drafter.token_s = 10.0  # as if each drafted token took 10 s
+    start = time.perf_counter()
+    (reply,) = drafter.predraft([item], PredraftPlan(outcomes=4, fanout=2, time_s=1))
+    assert time.perf_counter() - start < 0.5
+    assert list(reply.blocks) == [(2, 4)]  # "all accepted" only: (1, 9) would not fit
+
+
+def test_every_request_gets_all_accepted_before_any_rejection():
+    drafter = Drafter()
+    history = (7, 1, 2, 3, 4, 5, 6, 1, 2, 9, 1, 8)
+    items = []
+    for name in "ab":
+        drafter.draft([DraftItem(name, 0, history, 2, Mode.NGRAM, candidates=((2, (9, 3)),))])
+        items.append(DraftItem(name, len(history), (), 2, Mode.NGRAM, block=(2, 3)))
+    replies = drafter.predraft(items, PredraftPlan(outcomes=4, fanout=2, time_s=0))
+    assert [list(r.blocks) for r in replies] == [[(2, 4)], [(2, 4)]]
