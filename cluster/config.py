@@ -218,8 +218,12 @@ class DraftLengthConfig(_Section):
     """How draft length follows the batch size (tandem.speculation.policy): verifying drafts
     stops paying once the target's forward pass is compute-bound."""
 
-    full_until_batch: PositiveInt = 8  # batches up to this size draft each request's full k
-    off_above_batch: PositiveInt = 32  # larger batches draft nothing
+    # Measured on the CPU default (ngram drafts, `tandem bench --config
+    # benchmarks/configs/draft-length-off.yaml --concurrency 1,2,3,4,8,16,32`): drafting pays at
+    # 1 and 2 streams (1.26x, 1.31x the target alone) and loses from 3 (0.95x; 0.73x at 32).
+    # Other hardware and drafters move this point: measure it for yours.
+    full_until_batch: PositiveInt = 2  # batches up to this size draft each request's full k
+    off_above_batch: PositiveInt = 2  # larger batches draft nothing
 
     @model_validator(mode="after")
     def _ordered(self) -> DraftLengthConfig:

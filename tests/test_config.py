@@ -89,8 +89,10 @@ def test_serve_refuses_bad_config_before_starting(tmp_path):
 def test_example_configs_load():
     from pathlib import Path
 
-    examples = sorted((Path(__file__).parents[1] / "deploy" / "configs").glob("*.yaml"))
-    assert len(examples) >= 2
+    root = Path(__file__).parents[1]
+    examples = sorted((root / "deploy" / "configs").glob("*.yaml"))
+    examples += sorted((root / "benchmarks" / "configs").glob("*.yaml"))
+    assert len(examples) >= 3
     for path in examples:
         config = TandemConfig.from_yaml(path)
         assert config.speculation.enabled and config.target.replicas >= 1

@@ -59,7 +59,9 @@ def dovetail(address: str, accelerators: int = 1) -> dict:
                 "accelerator_type": ACCELERATOR_TYPE,
                 "strategy": "strict_spread",
                 "layer_groups": 2,
-            }
+            },
+            # The crash test needs drafts with eight streams: the draft-length policy stays out.
+            "draft_length": {"full_until_batch": 8, "off_above_batch": 8},
         },
     }
 

@@ -26,7 +26,11 @@ CATEGORIES = ("writing", "coding", "math_reasoning", "summarization", "translati
 
 @pytest.fixture(scope="module")
 def service():
-    yield from start_service({"server": {"max_inflight": 64}})
+    # The sampling test needs drafts in large batches: the draft-length policy stays out.
+    no_policy = {"full_until_batch": 64, "off_above_batch": 64}
+    yield from start_service(
+        {"server": {"max_inflight": 64}, "speculation": {"draft_length": no_policy}}
+    )
 
 
 @pytest.fixture(scope="module")
