@@ -60,7 +60,8 @@ class Drafter:
     requests: OrderedDict[str, RequestState] = field(default_factory=OrderedDict)
     hints: dict[str, Hint] = field(default_factory=dict)  # Mirror-SD, by request
     hints_used: int = 0  # hints that arrived in time to steer pre-drafting
-    token_s: float = 0.0  # moving average of the time drafting takes per token
+    # Moving average of the time drafting takes per token, by mode (for pre-drafting budgets).
+    token_s: dict[Mode, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.shared = GlobalSuffixes(self.suffix_depth, self.suffix_global_tokens)
@@ -105,7 +106,7 @@ class Drafter:
             for item, state, found, queue in zip(items, states, blocks, queues, strict=True):
                 if rank >= len(queue) or len(found) >= plan.outcomes:
                     continue
-                if time.perf_counter() + item.k * self.token_s > deadline:
+                if time.perf_counter() + item.k * self.token_s.get(item.mode, 0.0) > deadline:
                     return self._replies(items, states, blocks)
                 j, token = queue[rank]
                 draft = self._timed_propose(state, item, [*item.block[:j], token], item.k)
@@ -132,7 +133,8 @@ class Drafter:
         draft = self._propose(state, item, extra, k)
         if draft:
             per_token = (time.perf_counter() - start) / len(draft)
-            self.token_s = 0.8 * self.token_s + 0.2 * per_token if self.token_s else per_token
+            last = self.token_s.get(item.mode)
+            self.token_s[item.mode] = per_token if last is None else 0.8 * last + 0.2 * per_token
         return draft
 
     def _rejections(

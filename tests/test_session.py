@@ -284,7 +284,7 @@ def test_predraft_starts_no_outcome_it_cannot_finish_in_time():
     history = (7, 1, 2, 3, 4, 5, 6, 1, 2, 9, 1, 8)
     drafter.draft([DraftItem("a", 0, history, 2, Mode.NGRAM, candidates=((2, (9, 3)),))])
     item = DraftItem("a", len(history), (), 2, Mode.NGRAM, block=(2, 3))
-    drafter.token_s = 10.0  # as if each drafted token took 10 s
+    drafter.token_s[Mode.NGRAM] = 10.0  # as if each drafted token took 10 s
     start = time.perf_counter()
     (reply,) = drafter.predraft([item], PredraftPlan(outcomes=4, fanout=2, time_s=1))
     assert time.perf_counter() - start < 0.5
