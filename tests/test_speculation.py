@@ -24,13 +24,20 @@ MODES = ("ngram", "suffix", "recycle", "model", "hybrid")
 CATEGORIES = ("writing", "coding", "math_reasoning", "summarization", "translation", "rag")
 
 
+# Every part that touches drafts is on, so that the greedy and sampling tests below hold with
+# all of them: the speculation cache (on by default), the Mirror-SD channel, and the model
+# drafter's SpecDec++ stop. The draft-length policy stays out: the sampling test needs drafts
+# in large batches.
+SPECULATION = {
+    "mirror": {"enabled": True, "layer": 20, "top_k": 4},
+    "drafters": {"stop_below": 0.3},
+    "draft_length": {"full_until_batch": 64, "off_above_batch": 64},
+}
+
+
 @pytest.fixture(scope="module")
 def service():
-    # The sampling test needs drafts in large batches: the draft-length policy stays out.
-    no_policy = {"full_until_batch": 64, "off_above_batch": 64}
-    yield from start_service(
-        {"server": {"max_inflight": 64}, "speculation": {"draft_length": no_policy}}
-    )
+    yield from start_service({"server": {"max_inflight": 64}, "speculation": SPECULATION})
 
 
 @pytest.fixture(scope="module")
