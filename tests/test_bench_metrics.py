@@ -273,7 +273,7 @@ def test_systems_choice():
 def test_report_files_from_fixed_result(tmp_path):
     base = [_record("vllm-target", 1, "a", range(10), 1.0, ttft_s=0.1, tpot_s=0.1, forwards=10)]
     other = [_record("vllm-ngram", 1, "a", range(10), 0.8, ttft_s=0.1, tpot_s=0.08, forwards=8)]
-    suffix = [_record("tandem-suffix", 1, "a", range(10), 0.5, forwards=5)]
+    suffix = [_record("tandem-suffix", 1, "a", range(10), 0.5, tpot_s=0.05, forwards=5)]
     suffix[0].draft_tokens, suffix[0].accepted_tokens = 10, 5
     spec = {"speculative": True, "num_speculative_tokens": 4}
     result = {
@@ -314,8 +314,9 @@ def test_report_files_from_fixed_result(tmp_path):
     assert "### tandem-suffix" in text and "| a | 50.0% | 2.00 | 2.00 | 1.60 |" in text
     # the measurement tool: E(0.5, 4) = 1.94, ideal 1.94 x cost ratio 1.0; achieved 2.00
     assert "Controlled acceptance (measurement tool" in text
-    # draft-bound: no cache hits, so every step also waits 4 x 2 ms: 1.94 x 60 / 68 = 1.71
-    row = "| 0.50 | pipelined | - | 4 | 50.0% | 2.00 | 1.94 | 2.00 | 1.94 | 103.2% | 1.71 | 117.0%"
+    # decode: 1 / TPOT, 20 vs 10 tokens/s; draft-bound: no cache hits, so every step also
+    # waits 4 x 2 ms: 1.94 x 60 / 68 = 1.71
+    row = "| 2.00 | 1.94 | 103.2% | 2.00 | 103.2% | 1.71 | 117.0% | 0 |"
     assert row in text
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not math.isnan(result["systems"][1]["tokens_per_s"])
