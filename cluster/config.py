@@ -200,6 +200,9 @@ class PipelineConfig(_Section):
     pre-drafts the next one for the block's likeliest outcomes (the speculation cache)."""
 
     enabled: bool = True  # the default for requests; each may turn it off
+    # Measured (BENCHMARKS.md, "Speculation-cache budget"): with ngram, 1/1, 4/2 and 8/4 give
+    # 8%, 23% and 30% hits and the same speed; a drafter that costs time is bounded by the
+    # verification window before these counts.
     outcomes: PositiveInt = 4  # outcomes pre-drafted per request and step
     fanout: PositiveInt = 2  # guesses per rejected position for the target's token there
 
