@@ -107,19 +107,11 @@ class Drafter:
                 if rank >= len(queue) or len(found) >= plan.outcomes:
                     continue
                 if time.perf_counter() + item.k * self.token_s.get(item.mode, 0.0) > deadline:
-                    return self._replies(items, states, blocks)
+                    continue  # a cheaper mode's outcome may still fit
                 j, token = queue[rank]
                 draft = self._timed_propose(state, item, [*item.block[:j], token], item.k)
                 if draft:  # an empty entry would only stand in for a just-in-time miss
                     found[(j, token)] = tuple(draft)
-        return self._replies(items, states, blocks)
-
-    @staticmethod
-    def _replies(
-        items: list[DraftItem],
-        states: list[RequestState | None],
-        blocks: list[dict[Outcome, tuple[int, ...]]],
-    ) -> list[PredraftReply]:
         return [
             PredraftReply(item.request_id, found, known=state is not None)
             for item, state, found in zip(items, states, blocks, strict=True)

@@ -300,3 +300,16 @@ def test_every_request_gets_all_accepted_before_any_rejection():
         items.append(DraftItem(name, len(history), (), 2, Mode.NGRAM, block=(2, 3)))
     replies = drafter.predraft(items, PredraftPlan(outcomes=4, fanout=2, time_s=0))
     assert [list(r.blocks) for r in replies] == [[(2, 4)], [(2, 4)]]
+
+
+def test_a_slow_modes_estimate_does_not_stop_a_fast_mode():
+    drafter = Drafter()
+    history = (7, 1, 2, 3, 4, 5, 6, 1, 2, 9, 1, 8)
+    items = []
+    for name, mode in (("slow", Mode.NGRAM), ("fast", Mode.HYBRID)):
+        drafter.draft([DraftItem(name, 0, history, 2, mode, candidates=((2, (9, 3)),))])
+        items.append(DraftItem(name, len(history), (), 2, mode, block=(2, 3)))
+    drafter.token_s[Mode.NGRAM] = 10.0  # as if ngram drafting took 10 s a token
+    slow, fast = drafter.predraft(items, PredraftPlan(outcomes=4, fanout=2, time_s=1))
+    assert list(slow.blocks) == [(2, 4)]
+    assert fast.blocks[(1, 9)] == (1, 8)
