@@ -77,5 +77,5 @@ class PredraftPlan:
 
     outcomes: int  # verification outcomes pre-drafted at most
     fanout: int  # guesses per rejected position for the token the target emits there
-    time_s: float  # stop pre-drafting after this long (the target's step time, measured)
+    time_s: float  # stop pre-drafting after this long (the target's verification, measured)
     await_hint: bool = False  # wait (within time_s) for the block's Mirror-SD hint

@@ -11,12 +11,12 @@ both speeds.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 
 import yaml
 
+from tandem.benchmarks.workload import load_questions, select
 from tandem.client import TandemClient
 from tandem.cluster.launcher import ServiceProcess
 
@@ -24,25 +24,19 @@ REPO = Path(__file__).resolve().parents[2]
 BUDGETS = ((1, 1), (4, 2), (8, 4))
 
 
-def first_of_each_category() -> list[str]:
-    rows = (REPO / "benchmarks" / "data" / "spec_bench" / "question.jsonl").read_text()
-    prompts: dict[str, str] = {}
-    for line in rows.splitlines():
-        row = json.loads(line)
-        prompts.setdefault(row["category"], row["turns"][0])
-    return list(prompts.values())
-
-
 def main() -> None:
-    prompts = first_of_each_category()
+    prompts = [q.turns[0] for q in select(load_questions(), per_category=1)]
     base = yaml.safe_load((REPO / "deploy" / "configs" / "local-cpu.yaml").read_text())
     base["speculation"]["drafters"]["derive_layers"] = 0
     base["target"]["engine_args"]["enable_prefix_caching"] = False
     for outcomes, fanout in BUDGETS:
         config = copy.deepcopy(base)
         config["speculation"]["pipeline"] = {"outcomes": outcomes, "fanout": fanout}
-        service = ServiceProcess(config)
-        with TandemClient(service.start(), timeout=600) as client:
+        # Both closed on the way out, an error included: no server is left running.
+        with (
+            ServiceProcess(config) as service,
+            TandemClient(service.address, timeout=600) as client,
+        ):
             client.generate(prompts[0], max_tokens=32, temperature=0.0)  # warm up
             speed: dict[bool, list[float]] = {True: [], False: []}
             hits = misses = 0
@@ -60,7 +54,6 @@ def main() -> None:
                     if pipelined:
                         hits += result.speculation.cache_hits
                         misses += result.speculation.cache_misses
-        service.stop()
         on, off = (sum(speed[p]) / len(speed[p]) for p in (True, False))
         print(
             f"outcomes={outcomes} fanout={fanout} hits={hits / (hits + misses):.1%} "
