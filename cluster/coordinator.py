@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -25,9 +26,11 @@ from tandem.cluster.placement import Pool, cluster_nodes, place_pool, plan, requ
 from tandem.cluster.plan import pool_requests
 from tandem.cluster.requests import Limits, PreparedRequest, RequestError, prepare
 from tandem.cluster.target import TargetReplica
-from tandem.models import check_same_vocabulary, derive_draft, resolve_model
+from tandem.models import check_same_vocabulary
 from tandem.protos import tandem_pb2 as pb
 from tandem.speculation.easyspec import make_groups
+
+log = logging.getLogger("tandem.coordinator")
 
 
 @dataclass
@@ -44,6 +47,8 @@ class Chunk:
     time_per_output_token_s: float = 0.0
     total_s: float = 0.0
     speculation: dict[str, Any] | None = None  # the request's figures, on the last chunk
+    logprobs: list | None = None  # per token, with sampling.logprobs (target.positions)
+    prompt_logprobs: list | None = None  # per prompt token after the first, on the first chunk
 
 
 @dataclass
@@ -62,6 +67,7 @@ class Counters:
     cache_hits: int = 0  # drafts served from the speculation cache
     cache_misses: int = 0  # pipelined steps drafted just in time
     accepted_per_pos: list[int] = field(default_factory=list)  # index: position in the draft
+    finished_by_reason: dict[str, int] = field(default_factory=dict)  # stop, length, abort
     started: float = field(default_factory=time.monotonic)
 
 
@@ -93,6 +99,7 @@ class Coordinator:
             max_speculative_tokens=config.speculation.num_speculative_tokens,
             speculate_sampled=config.speculation.sampled_requests,
             pipelined=config.speculation.pipeline.enabled,
+            speculative_engine=config.speculation.enabled,
         )
         self.outstanding = [0] * len(pool.actors)
         self.running: dict[str, int] = {}  # request id -> replica index
@@ -104,7 +111,8 @@ class Coordinator:
     @classmethod
     def start(cls, config: TandemConfig) -> Coordinator:
         """Place the drafter and target pools on the connected Ray cluster; wait until ready."""
-        model_path = resolve_model(config.models.target, config.models.cache_dir())
+        # This node's copy, for the tokenizer and the checks; each actor resolves its own.
+        model_path = config.models.store().resolve(config.models.target)
         plan(pool_requests(config), cluster_nodes())  # refuse what cannot fit, before reserving
         spec = config.speculation
         drafters = speculation = None
@@ -135,7 +143,7 @@ class Coordinator:
                 target.env,
                 lambda i: (
                     f"target-{i}",
-                    str(model_path),
+                    config.models,
                     target.engine_args,
                     speculation,
                     drafters.actors if drafters else [],
@@ -150,6 +158,12 @@ class Coordinator:
         return cls(config, pool, infos, drafters, drafter_infos)
 
     # ---- requests -----------------------------------------------------------------------------
+
+    def reject(self, exc: RequestError) -> RequestError:
+        """Count a refusal and log it in one line (no traceback: the client was told why)."""
+        self.counters.requests_rejected += 1
+        log.info("refused (%s): %s", exc.code, exc)
+        return exc
 
     def admit(self, request: pb.GenerateRequest) -> PreparedRequest:
         """Validate and admit a request, or raise RequestError (counted as rejected)."""
@@ -167,9 +181,8 @@ class Coordinator:
                 raise RequestError(
                     "ALREADY_EXISTS", f"request_id: {prepared.request_id!r} is already running"
                 )
-        except RequestError:
-            self.counters.requests_rejected += 1
-            raise
+        except RequestError as exc:
+            raise self.reject(exc) from None
         return prepared
 
     async def generate(self, prepared: PreparedRequest) -> AsyncIterator[Chunk]:
@@ -203,7 +216,14 @@ class Coordinator:
                     last = now
                     produced += len(step["token_ids"])
                 finish_reason = step["finish_reason"]
-                chunk = Chunk(rid, step["token_ids"], step["text"], finish_reason)
+                chunk = Chunk(
+                    rid,
+                    step["token_ids"],
+                    step["text"],
+                    finish_reason,
+                    logprobs=step.get("logprobs"),
+                    prompt_logprobs=step.get("prompt_logprobs"),
+                )
                 if finish_reason is not None:
                     chunk.prompt_tokens = len(prepared.prompt_token_ids)
                     chunk.completion_tokens = produced
@@ -233,6 +253,9 @@ class Coordinator:
                 self.counters.requests_aborted += 1
             else:
                 self.counters.requests_finished += 1
+            reason = finish_reason or "abort"
+            by_reason = self.counters.finished_by_reason
+            by_reason[reason] = by_reason.get(reason, 0) + 1
 
     def _count_speculation(self, figures: dict[str, Any]) -> None:
         self.counters.target_steps += figures["target_steps"]
@@ -343,17 +366,17 @@ class Coordinator:
 def start_drafters(config: TandemConfig, target_path) -> Pool:
     """The drafter pool, with its draft model checked against the target's vocabulary."""
     pool = config.speculation.drafters
-    draft_path = None
-    if pool.model is not None:
-        draft_path = resolve_model(pool.model, config.models.cache_dir())
-    elif pool.derive_layers > 0:
-        draft_path = derive_draft(target_path, pool.derive_layers, config.models.cache_dir())
+    models = config.models
+    draft_path = models.store().draft_for(models.target, pool.model, pool.derive_layers)
     if draft_path is not None:
         check_same_vocabulary(target_path, draft_path)
         _check_layer_groups(pool.layer_groups, draft_path)
     controlled = pool.controlled_acceptance
     settings = {
-        "model_path": str(draft_path) if draft_path else None,
+        # Each drafter resolves the draft on its own node (ModelStore.draft_for).
+        "models": models,
+        "draft_model": pool.model,
+        "derive_layers": pool.derive_layers,
         "device": pool.device,
         "devices": pool.devices,
         "layer_groups": pool.layer_groups,

@@ -22,12 +22,16 @@ class DrafterReplica:
     def __init__(self, replica_id: str, settings: dict[str, Any]) -> None:
         self.replica_id = replica_id
         model = None
-        if settings["model_path"]:
+        models = settings["models"]  # ModelsConfig: this node resolves its own copy
+        path = models.store().draft_for(
+            models.target, settings["draft_model"], settings["derive_layers"]
+        )
+        if path is not None:
             from tandem.speculation.easyspec import load_model_drafter
 
             devices = _devices(settings["device"], settings["devices"])
             model = load_model_drafter(
-                settings["model_path"], settings["layer_groups"], devices, settings["stop_below"]
+                str(path), settings["layer_groups"], devices, settings["stop_below"]
             )
         suffix = settings["suffix"]
         self.drafter = Drafter(

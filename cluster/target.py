@@ -12,11 +12,14 @@ import functools
 import os
 from collections.abc import AsyncIterator
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
 from tandem.speculation.session import SpeculationStats
+
+if TYPE_CHECKING:
+    from tandem.cluster.config import ModelsConfig
 
 # The engine must live in this process; set before vLLM reads its environment.
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -31,7 +34,7 @@ class TargetReplica:
     def __init__(
         self,
         replica_id: str,
-        model_path: str,
+        models: ModelsConfig,
         engine_args: dict[str, Any],
         speculation: dict[str, Any] | None = None,
         drafters: list[Any] = (),
@@ -41,6 +44,8 @@ class TargetReplica:
         from tandem.cluster.engine import EngineLoop
 
         self.replica_id = replica_id
+        # Resolved on this node (fetched, prepared or baked in): never a path from another node.
+        model_path = str(models.store().resolve(models.target))
         self.model_path = model_path
         args = dict(engine_args, worker_extension_cls=WORKER_EXTENSION)
         if speculation:
@@ -124,6 +129,7 @@ class TargetReplica:
         steps = tokens = 0
         # A step that adds m tokens accepted the first m-1 drafts (positions 0..m-2).
         accepted_per_pos = [0] * k
+        prompt_sent = False
         try:
             async for output in self._loop.generate(request_id, prompt_token_ids, params, flush):
                 completion = output.outputs[0]
@@ -133,6 +139,13 @@ class TargetReplica:
                 for position in range(min(len(new) - 1, k)):
                     accepted_per_pos[position] += 1
                 step = {"token_ids": new, "text": completion.text, "finish_reason": None}
+                if completion.logprobs is not None:
+                    step["logprobs"] = positions(new, completion.logprobs)
+                if output.prompt_logprobs is not None and not prompt_sent:
+                    prompt_sent = True
+                    step["prompt_logprobs"] = positions(
+                        output.prompt_token_ids[1:], output.prompt_logprobs[1:]
+                    )
                 if output.finished:
                     step["finish_reason"] = completion.finish_reason
                     step["speculation"] = self._figures(
@@ -190,6 +203,21 @@ class TargetReplica:
 
     def shutdown(self) -> None:
         self._loop.shutdown()
+
+
+Entry = tuple[int, str, float, int]  # token id, its text, log-probability, rank
+
+
+def positions(token_ids: list[int], logprobs: Any) -> list[tuple[Entry, list[Entry]]]:
+    """vLLM's per-position logprob dicts as plain tuples (they cross Ray): the token at each
+    position, and every entry vLLM gave there in its order (the sampled token first, then the
+    most likely ones), which the OpenAI formats cut as vLLM's server does."""
+    out = []
+    for token_id, entries in zip(token_ids, logprobs, strict=True):
+        top = [(t, lp.decoded_token or "", lp.logprob, lp.rank or 0) for t, lp in entries.items()]
+        chosen = next(e for e in top if e[0] == token_id)
+        out.append((chosen, top))
+    return out
 
 
 def mirror_overrides(
