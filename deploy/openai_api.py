@@ -153,7 +153,7 @@ def openai_param(field: str | None, chat: bool = True) -> str | None:
     if field is None:
         return None
     name = re.split(r"[\[]", field.removeprefix("sampling."))[0]
-    if name.startswith("prompt"):
+    if name == "prompt" or name.startswith("prompt."):
         return "messages" if chat else "prompt"
     if name.startswith("speculation.") and name != "speculation.mode":
         return name.removeprefix("speculation.")
