@@ -372,6 +372,9 @@ class RayConfig(_Section):
     address: str | None = None
     num_cpus: PositiveInt | None = None  # embedded cluster only; default: all cores
     resources: dict[str, float] = Field(default_factory=dict)  # embedded cluster only
+    # A cluster still starting (KubeRay's worker pods join after the head): wait this long for
+    # the nodes the pools need before refusing the config; 0: refuse at once.
+    wait_for_nodes_s: float = Field(0.0, ge=0)
 
 
 class TandemConfig(_Section):

@@ -22,7 +22,14 @@ import ray
 from tandem.cluster.config import ConfigError, TandemConfig
 from tandem.cluster.drafter import DrafterReplica
 from tandem.cluster.metrics import Metrics
-from tandem.cluster.placement import Pool, cluster_nodes, place_pool, plan, request_for
+from tandem.cluster.placement import (
+    PlacementError,
+    Pool,
+    cluster_nodes,
+    place_pool,
+    plan,
+    request_for,
+)
 from tandem.cluster.plan import pool_requests
 from tandem.cluster.requests import Limits, PreparedRequest, RequestError, prepare
 from tandem.cluster.target import TargetReplica
@@ -113,7 +120,7 @@ class Coordinator:
         """Place the drafter and target pools on the connected Ray cluster; wait until ready."""
         # This node's copy, for the tokenizer and the checks; each actor resolves its own.
         model_path = config.models.store().resolve(config.models.target)
-        plan(pool_requests(config), cluster_nodes())  # refuse what cannot fit, before reserving
+        wait_for_nodes(config)  # refuse what cannot fit, before reserving anything
         spec = config.speculation
         drafters = speculation = None
         drafter_infos: list[dict[str, Any]] = []
@@ -361,6 +368,21 @@ class Coordinator:
         self.pool.destroy()
         if self.drafters is not None:
             self.drafters.destroy()
+
+
+def wait_for_nodes(config: TandemConfig) -> None:
+    """Check that the pools fit the cluster, waiting up to ray.wait_for_nodes_s for nodes that
+    are still joining; then raise the planner's PlacementError naming what is missing."""
+    deadline = time.monotonic() + config.ray.wait_for_nodes_s
+    while True:
+        try:
+            plan(pool_requests(config), cluster_nodes())
+            return
+        except PlacementError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            log.info("waiting for nodes (ray.wait_for_nodes_s): %s", exc)
+            time.sleep(2)
 
 
 def start_drafters(config: TandemConfig, target_path) -> Pool:

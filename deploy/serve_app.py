@@ -11,6 +11,7 @@ with `target.replicas` and `speculation.drafters.replicas`, not with Serve repli
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -34,6 +35,7 @@ GRPC_SERVICER_FUNCTION = "tandem.protos.tandem_pb2_grpc.add_TandemServicer_to_se
 
 def unauthenticated() -> RequestError:
     return RequestError("UNAUTHENTICATED", "missing or wrong bearer token (Authorization)")
+
 
 http = FastAPI(title="tandem", description="OpenAI-compatible API of a tandem deployment")
 
@@ -101,6 +103,11 @@ class TandemDeployment:
     HTTP routes are OpenAI's."""
 
     def __init__(self, config: dict[str, Any]) -> None:
+        # tandem's one-line records (refusals) reach the replica's log, where Serve keeps it.
+        tandem_log = logging.getLogger("tandem")
+        tandem_log.setLevel(logging.INFO)
+        if not tandem_log.handlers and not logging.getLogger().handlers:
+            tandem_log.addHandler(logging.StreamHandler())
         self.config = TandemConfig.from_dict(config)
         auth = self.config.server.auth
         self.token = auth.token() if auth else None
