@@ -199,14 +199,20 @@ def sampling_kwargs(params: pb.SamplingParams, limits: Limits, room: int) -> dic
     return out
 
 
-def _penalties(params: pb.SamplingParams) -> dict[str, float]:
+def _in_range(params: pb.SamplingParams, names: tuple[str, ...], low, high) -> dict[str, Any]:
+    """The set fields among `names`, each refused unless in [low, high]."""
     out = {}
-    for name in ("presence_penalty", "frequency_penalty"):
+    for name in names:
         if params.HasField(name):
             value = getattr(params, name)
-            if not (math.isfinite(value) and -2 <= value <= 2):
-                raise invalid(f"sampling.{name}: must be in [-2, 2], got {value}")
+            if not (math.isfinite(value) and low <= value <= high):
+                raise invalid(f"sampling.{name}: must be in [{low}, {high}], got {value}")
             out[name] = value
+    return out
+
+
+def _penalties(params: pb.SamplingParams) -> dict[str, float]:
+    out = _in_range(params, ("presence_penalty", "frequency_penalty"), -2, 2)
     if params.HasField("repetition_penalty"):
         value = params.repetition_penalty
         if not (math.isfinite(value) and value > 0):
@@ -246,14 +252,7 @@ def _constraints(params: pb.SamplingParams, limits: Limits, max_new: int) -> dic
 
 
 def _logprobs(params: pb.SamplingParams) -> dict[str, int]:
-    out = {}
-    for name in ("logprobs", "prompt_logprobs"):
-        if params.HasField(name):
-            value = getattr(params, name)
-            if not 0 <= value <= MAX_LOGPROBS:
-                raise invalid(f"sampling.{name}: must be in [0, {MAX_LOGPROBS}], got {value}")
-            out[name] = value
-    return out
+    return _in_range(params, ("logprobs", "prompt_logprobs"), 0, MAX_LOGPROBS)
 
 
 def _in_vocabulary(field: str, token: int, limits: Limits) -> None:

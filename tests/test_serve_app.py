@@ -152,16 +152,22 @@ def test_models_and_refusals(app, oai, grpc_client):
     assert stats.requests_rejected >= 3
     # The Serve replica exports the same figures as Prometheus metrics, tandem's and vLLM's.
     metrics = scrape(app)
-    assert metrics[("tandem_requests_total", ("rejected",))] == stats.requests_rejected
+    assert metrics[("tandem_requests_total", (("outcome", "rejected"),))] == (
+        stats.requests_rejected
+    )
     assert metrics[("tandem_generation_tokens_total", ())] == stats.generated_tokens > 0
-    labels = (app["model"], "0")  # vLLM's model_name and engine labels
-    assert metrics[("vllm:generation_tokens_total", labels)] == stats.generated_tokens
-    assert metrics[("vllm:prompt_tokens_total", labels)] == stats.prompt_tokens
-    assert metrics[("vllm:num_requests_running", labels)] == 0
+    vllm = (("engine", "0"), ("model_name", app["model"]))  # vLLM's labels
+    assert metrics[("vllm:generation_tokens_total", vllm)] == stats.generated_tokens
+    assert metrics[("vllm:prompt_tokens_total", vllm)] == stats.prompt_tokens
+    assert metrics[("vllm:num_requests_running", vllm)] == 0
     finished = stats.requests_finished
-    assert metrics[("vllm:e2e_request_latency_seconds_count", labels)] == finished
-    assert metrics[("vllm:time_to_first_token_seconds_count", labels)] == finished
-    assert sum(metrics[("vllm:request_success_total", (*labels, r))] for r in STOPS) == finished
+    assert metrics[("vllm:e2e_request_latency_seconds_count", vllm)] == finished
+    assert metrics[("vllm:time_to_first_token_seconds_count", vllm)] == finished
+    assert finished == sum(
+        metrics[("vllm:request_success_total", (vllm[0], ("finished_reason", r), vllm[1]))]
+        for r in STOPS
+        if r != "abort"
+    )
 
 
 STOPS = ("stop", "length", "abort")
@@ -169,7 +175,7 @@ STOPS = ("stop", "length", "abort")
 
 def scrape(app) -> dict[tuple[str, tuple], float]:
     return {
-        (s.name, tuple(s.labels.values())): s.value
+        (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(httpx.get(app["metrics"]).text)
         for s in family.samples
     }
@@ -204,7 +210,7 @@ def test_every_refusal_is_counted_and_logged_in_one_line(app, grpc_client):
         list(grpc_client.stream("x", temperature=-1))
     assert streamed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert grpc_client.stats().requests_rejected == before + 6
-    assert scrape(app)[("tandem_requests_total", ("rejected",))] == before + 6
+    assert scrape(app)[("tandem_requests_total", (("outcome", "rejected"),))] == before + 6
     time.sleep(2)  # Ray flushes worker logs to files about once a second
     logs = ray_logs()
     assert logs.count("Traceback") == tracebacks
