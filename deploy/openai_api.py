@@ -313,6 +313,8 @@ def _choices(body: dict[str, Any], parsed: OpenAIRequest) -> OpenAIRequest:
     if n == 1:
         return parsed
     (request,) = parsed.requests
+    if request.sampling.HasField("temperature") and request.sampling.temperature < 1e-5:
+        raise invalid(f"n: must be 1 when using greedy sampling (temperature 0), got {n}")
     if request.sampling.HasField("seed") and request.sampling.seed + n >= 2**64:
         raise invalid(f"seed: {request.sampling.seed} + n does not fit 64 bits")
     parsed.requests = []

@@ -83,6 +83,8 @@ def test_completion_prompts_and_logprobs():
 
 
 def test_n_choices_take_vllms_seeds_and_ids():
+    with pytest.raises(RequestError, match="n: must be 1 when using greedy sampling"):
+        completion({"n": 3, "temperature": 0})
     parsed = completion({"n": 3, "seed": 10, "request_id": "r"})
     assert [r.sampling.seed for r in parsed.requests] == [10, 11, 12]
     assert [r.request_id for r in parsed.requests] == ["0_r", "1_r", "2_r"]
