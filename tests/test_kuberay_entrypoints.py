@@ -8,8 +8,9 @@ command, else `ulimit -n ...; <that command>`. Here every pod is a process sessi
 with its own model folder ($TANDEM_MODELS_DIR), so a model written on one "pod" is never seen by
 another: each copies the default model (and the drafter pod its draft) from `models.source`.
 What differs from a cluster, and why: ports are free ones on loopback (the machine is shared),
-the ConfigMap's mount path is a temporary file, the pools are scaled to one target replica, and
-the drafter's logical GPU is drafted on with torch on the CPU (this machine has no GPU).
+the ConfigMap's mount path is a temporary file, the pools are scaled to one target replica, the
+drafter's logical GPU is drafted on with torch on the CPU (this machine has no GPU), and Serve
+runs one proxy (pods have a network namespace each; here every proxy would bind one port).
 """
 
 from __future__ import annotations
@@ -202,7 +203,6 @@ def scaled(config: dict[str, Any], model_source: Path) -> dict[str, Any]:
 
 def check_models_per_pod(tmp: Path, model: str) -> None:
     """Each pod fetched what it runs into its own folder; the drafter pod its draft too."""
-    assert (tmp / "head" / "models" / model / "config.json").is_file()
     assert (tmp / "targets" / "models" / model / "config.json").is_file()
     assert (tmp / "drafters" / "models" / f"{model}-first4" / "config.json").is_file()
 
@@ -239,6 +239,7 @@ def test_raycluster_head_starts_tandem_serve_despite_block(tmp_path, model_path)
             assert client.model_info().replicas == 1
         assert httpx.get(f"http://127.0.0.1:{metrics}/metrics").status_code == 200
         check_models_per_pod(tmp_path, config["models"]["target"])
+        assert (tmp_path / "head" / "models" / config["models"]["target"]).is_dir()  # tokenizer
         # SIGTERM reaches tandem serve (exec'd by the entrypoint), which drains and exits 0.
         pod.proc.send_signal(signal.SIGTERM)
         assert pod.proc.wait(120) == 0, pod.output()
@@ -250,6 +251,8 @@ def test_rayservice_serves_after_kuberay_submits_its_serve_config(tmp_path, mode
     spec = manifest["spec"]["rayClusterConfig"]
     serve_config = yaml.safe_load(manifest["spec"]["serveConfigV2"])
     http_port, grpc_port = free_port(), free_port()
+    # Pods have a network namespace each; here every proxy would bind the same port.
+    serve_config["proxy_location"] = "HeadOnly"
     serve_config["http_options"].update(host="127.0.0.1", port=http_port)
     serve_config["grpc_options"]["port"] = grpc_port
     (app,) = serve_config["applications"]
