@@ -11,6 +11,7 @@ with `target.replicas` and `speculation.drafters.replicas`, not with Serve repli
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -138,13 +139,20 @@ class TandemDeployment:
         context.set_code(grpc.StatusCode[exc.code])
         context.set_details(str(exc))
 
-    async def Generate(self, request: pb.GenerateRequest, grpc_context: RayServegRPCContext):
+    async def _unary(self, context: RayServegRPCContext, call, refused: Any):
+        """A unary RPC: `call()` (a value or an awaitable), or `refused` with the status set."""
         try:
-            self._check(grpc_context)
-            return await self.api.generate(request)
+            self._check(context)
+            result = call()
+            return await result if inspect.isawaitable(result) else result
         except RequestError as exc:
-            self._refuse(grpc_context, exc)
-            return pb.GenerateResponse()
+            self._refuse(context, exc)
+            return refused
+
+    async def Generate(self, request: pb.GenerateRequest, grpc_context: RayServegRPCContext):
+        return await self._unary(
+            grpc_context, lambda: self.api.generate(request), pb.GenerateResponse()
+        )
 
     async def GenerateStream(
         self, request: pb.GenerateRequest, grpc_context: RayServegRPCContext
@@ -161,28 +169,13 @@ class TandemDeployment:
             yield pb.GenerateResponse()
 
     async def Abort(self, request: pb.AbortRequest, grpc_context: RayServegRPCContext):
-        try:
-            self._check(grpc_context)
-        except RequestError as exc:
-            self._refuse(grpc_context, exc)
-            return pb.AbortResponse()
-        return self.api.abort(request)
+        return await self._unary(grpc_context, lambda: self.api.abort(request), pb.AbortResponse())
 
     async def GetModelInfo(self, request, grpc_context: RayServegRPCContext):
-        try:
-            self._check(grpc_context)
-        except RequestError as exc:
-            self._refuse(grpc_context, exc)
-            return pb.ModelInfo()
-        return self.api.model_info()
+        return await self._unary(grpc_context, self.api.model_info, pb.ModelInfo())
 
     async def GetStats(self, request, grpc_context: RayServegRPCContext):
-        try:
-            self._check(grpc_context)
-        except RequestError as exc:
-            self._refuse(grpc_context, exc)
-            return pb.Stats()
-        return await self.api.stats()
+        return await self._unary(grpc_context, self.api.stats, pb.Stats())
 
     # ---- OpenAI-compatible HTTP ---------------------------------------------------------------
 
