@@ -77,9 +77,9 @@ HANDLED_COMPLETION = HANDLED | {"prompt"}
 DEFAULTS_ONLY = {
     "echo": False,
     "suffix": None,
-    "tools": [],
+    "tools": None,
     "tool_choice": "none",
-    "functions": [],
+    "functions": None,
     "function_call": "none",
     "parallel_tool_calls": True,
     "response_format": {"type": "text"},
@@ -187,7 +187,7 @@ def _check_fields(body: dict[str, Any], chat: bool) -> None:
         if name not in DEFAULTS_ONLY:
             raise invalid(f"{name}: unknown field")
         default = DEFAULTS_ONLY[name]
-        if value is not None and value != default and not (default == [] and value == []):
+        if value is not None and value != default:
             raise invalid(f"{name}: not supported by tandem (only {json.dumps(default)})")
 
 

@@ -62,7 +62,7 @@ ROWS = [
     chat("ignore_eos", ignore_eos=True),
     chat("max_completion_tokens", max_completion_tokens=5),
     chat("skip_special_tokens off", skip_special_tokens=False),
-    chat("defaults of unsupported fields", tools=[], response_format={"type": "text"}),
+    chat("defaults of unsupported fields", response_format={"type": "text"}, echo=False),
     chat("min_tokens", min_tokens=10, max_tokens=16),
     # ---- wrong types: refused before protobuf -------------------------------------------------
     completion("max_tokens overflows int32", 400, "max_tokens", max_tokens=99999999999),
