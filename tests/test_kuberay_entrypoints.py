@@ -19,9 +19,9 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,25 +91,40 @@ def _bytes(quantity: str) -> int:
 
 class Pod:
     """One container run as KubeRay runs it: bash -lc with KubeRay's environment, in a process
-    session of its own (killed whole at the end: Ray's daemons included)."""
+    session of its own (killed whole at the end: Ray's daemons included). With `restart`, it is
+    started again when it exits, as the kubelet restarts a failed container (a worker's `ray
+    start` gives up after 30 s when the head is slow, as on a busy machine)."""
 
-    def __init__(self, name: str, args: str, env: dict[str, str], tmp: Path) -> None:
+    def __init__(
+        self, name: str, args: str, env: dict[str, str], tmp: Path, restart: bool = False
+    ) -> None:
         home = tmp / name / "home"  # the image's login profile: tandem and ray on PATH
         home.mkdir(parents=True)
         (home / ".bash_profile").write_text(f'export PATH="{BIN}:$PATH"\n')
-        models = tmp / name / "models"
-        self.models = models
+        self.models = tmp / name / "models"
         self.log = (tmp / name / "log").open("w")
-        environment = {**os.environ, **env, "HOME": str(home), "TANDEM_MODELS_DIR": str(models)}
-        self.proc = subprocess.Popen(
-            ["/bin/bash", "-lc", "--", args],
-            env=environment,
+        self.args = args
+        self.env = {**os.environ, **env, "HOME": str(home), "TANDEM_MODELS_DIR": str(self.models)}
+        self.sessions: list[int] = []
+        self.restarts = 5 if restart else 0
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            ["/bin/bash", "-lc", "--", self.args],
+            env=self.env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        self.sessions.append(proc.pid)  # start_new_session: the pod's processes share its id
+        return proc
 
     def alive(self) -> bool:
+        if self.proc.poll() is not None and self.restarts > 0:
+            self.restarts -= 1
+            self._kill_sessions()
+            self.proc = self._start()
         return self.proc.poll() is None
 
     def output(self) -> str:
@@ -118,16 +133,19 @@ class Pod:
 
     def stop(self) -> None:
         """SIGTERM to the main process (as the kubelet does), then the whole session."""
-        if self.alive():
+        self.restarts = 0
+        if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(60)
-        session = self.proc.pid  # start_new_session: the pod's processes share its id
+        self._kill_sessions()
+        self.log.close()
+
+    def _kill_sessions(self) -> None:
         for process in psutil.process_iter():
             with contextlib.suppress(psutil.Error, ProcessLookupError):
-                if os.getsid(process.pid) == session:
+                if os.getsid(process.pid) in self.sessions:
                     process.kill()
-        self.log.close()
 
 
 def pod_env(ports: dict[str, int], start_command: str) -> dict[str, str]:
@@ -153,7 +171,15 @@ def cluster(
     group, all with KubeRay's start commands."""
     ports = {k: free_port() for k in ("gcs", "dashboard", "metrics", "agent")}
     head_command = kuberay_start_command(spec["headGroupSpec"], True, ports)
-    pods = []
+    pods: list[Pod] = []
+    done = threading.Event()
+
+    def kubelet() -> None:  # restarts failed worker containers
+        while not done.wait(2):
+            for pod in pods[1:]:
+                pod.alive()
+
+    threading.Thread(target=kubelet, daemon=True).start()
     try:
         head = Pod(
             "head",
@@ -162,22 +188,20 @@ def cluster(
             tmp,
         )
         pods.append(head)
-        _wait(lambda: _listening(ports["gcs"]), 120, head)
+        # KubeRay's workers wait for the head's GCS (its wait-gcs-ready init container).
+        _wait(lambda: "Ray runtime started" in head.output(), 300, head)
         for group in spec["workerGroupSpecs"]:
             worker_ports = {**ports, "metrics": free_port(), "agent": free_port()}
             command = kuberay_start_command(group, False, worker_ports)
             env = pod_env(ports, command)
-            pods.append(Pod(group["groupName"], worker_args(command), env, tmp))
+            pods.append(Pod(group["groupName"], worker_args(command), env, tmp, restart=True))
         yield head, ports
+        for pod in pods[1:]:  # workers stay up (restarted by the "kubelet" when they fail)
+            assert pod.alive(), pod.output()
     finally:
+        done.set()
         for pod in reversed(pods):
             pod.stop()
-
-
-def _listening(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-        return True
-    return False
 
 
 def _wait(ready, timeout_s: float, pod: Pod):
@@ -278,7 +302,8 @@ def test_rayservice_serves_after_kuberay_submits_its_serve_config(tmp_path, mode
                 timeout=10,
             ).json()
             status = details["applications"]["tandem"]["status"]
-            assert status != "DEPLOY_FAILED", details["applications"]["tandem"]["message"]
+            if status == "DEPLOY_FAILED":
+                pytest.fail(details["applications"]["tandem"]["message"])
             return status == "RUNNING"
 
         _wait(running, 600, pod)
