@@ -190,7 +190,7 @@ def sampling_kwargs(params: pb.SamplingParams, limits: Limits, room: int) -> dic
         out["stop_token_ids"] = list(params.stop_token_ids)
     out["ignore_eos"] = params.ignore_eos
     out.update(_penalties(params))
-    out.update(_constraints(params, limits, out["max_tokens"]))
+    out.update(_constraints(params, limits, out["max_tokens"], out["temperature"]))
     out.update(_logprobs(params))
     if params.include_stop_str_in_output:
         out["include_stop_str_in_output"] = True
@@ -221,15 +221,18 @@ def _penalties(params: pb.SamplingParams) -> dict[str, float]:
     return out
 
 
-def _constraints(params: pb.SamplingParams, limits: Limits, max_new: int) -> dict[str, Any]:
+def _constraints(
+    params: pb.SamplingParams, limits: Limits, max_new: int, temperature: float
+) -> dict[str, Any]:
     """min_p, min_tokens and logit_bias; vLLM refuses the first and last while it speculates
-    (vllm.SamplingParams._validate_spec_decode), and so does tandem, before the engine."""
+    (vllm.SamplingParams._validate_spec_decode), and so does tandem, before the engine. Greedy
+    decoding ignores min_p, as in vLLM (which resets it for temperature 0)."""
     out: dict[str, Any] = {}
     speculating = "while the deployment speculates (vLLM does not support it with drafts)"
     if params.HasField("min_p"):
         if not (math.isfinite(params.min_p) and 0 <= params.min_p <= 1):
             raise invalid(f"sampling.min_p: must be in [0, 1], got {params.min_p}")
-        if params.min_p > 0 and limits.speculative_engine:
+        if params.min_p > 0 and limits.speculative_engine and temperature > 0:
             raise invalid(f"sampling.min_p: not supported {speculating}")
         out["min_p"] = params.min_p
     if params.HasField("min_tokens"):
