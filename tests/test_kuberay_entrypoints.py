@@ -199,7 +199,11 @@ def cluster(
             worker_ports = {**ports, "metrics": free_port(), "agent": free_port()}
             command = kuberay_start_command(group, False, worker_ports)
             env = pod_env(ports, command)
-            pods.append(Pod(group["groupName"], worker_args(command), env, tmp, restart=True))
+            worker = Pod(group["groupName"], worker_args(command), env, tmp, restart=True)
+            pods.append(worker)
+            # One node at a time: on one machine, raylets starting together can race for the
+            # same random ports (pods have a network namespace each).
+            _wait(lambda w=worker: "Ray runtime started" in w.output(), 300, worker)
         yield head, ports
         for pod in pods[1:]:  # workers stayed up (or were restarted, as by the kubelet)
             assert pod.alive(), pod.output()
