@@ -162,9 +162,11 @@ def test_vllm_sampling_fields_are_honoured(client, tokenizer):
     greedy = dict(temperature=0, max_tokens=40)
     plain = client.generate(prompt, speculation="off", **greedy)
     alone = client.generate(prompt, speculation="off", **greedy, **penalties)
-    drafted = client.generate(prompt, speculation="ngram", **greedy, **penalties)
+    # Token Recycling always drafts (from the target's own candidates), so drafts are verified
+    # under the penalties even where penalized text has no n-gram to repeat.
+    drafted = client.generate(prompt, speculation="recycle", **greedy, **penalties)
     assert list(drafted.token_ids) == list(alone.token_ids) != list(plain.token_ids)
-    assert drafted.speculation.draft_tokens > 0  # drafts were verified under the penalties
+    assert drafted.speculation.draft_tokens > 0
 
     short = client.generate("Reply with one word: yes or no?", temperature=0, max_tokens=20)
     assert short.usage.completion_tokens < 10, short.text
