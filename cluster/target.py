@@ -10,7 +10,6 @@ built in tandem.plugins.engine.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,9 +21,6 @@ from tandem.cluster.figures import ReplicaFigures, RequestFigures
 if TYPE_CHECKING:
     from tandem.cluster.config import SpeculationConfig, TargetPoolConfig
     from tandem.cluster.requests import PreparedRequest
-
-# The engine must live in this process; set before vLLM reads its environment.
-os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
 
 @dataclass(frozen=True)
