@@ -20,6 +20,7 @@ from typing import Any
 from tandem.cluster.coordinator import Chunk
 from tandem.cluster.requests import MAX_LOGPROBS, RequestError, assign, invalid, render_chat
 from tandem.protos import tandem_pb2 as pb
+from tandem.protos.modes import proto_mode
 from tandem.speculation.protocol import Mode
 
 # gRPC status names (RequestError.code) to HTTP statuses and the error types vLLM's server (and
@@ -274,7 +275,7 @@ def _tandem_extras(body: dict[str, Any], request: pb.GenerateRequest) -> None:
     if mode is not None:
         if mode not in SPECULATION_MODES:
             raise invalid(f"speculation: one of {', '.join(SPECULATION_MODES)}, got {mode!r}")
-        request.speculation.mode = pb.SpeculationMode.Value(f"SPECULATION_MODE_{mode.upper()}")
+        request.speculation.mode = proto_mode(mode)
     for name in ("num_speculative_tokens", "pipelined"):
         if body.get(name) is not None:
             assign(request.speculation, name, body[name], name)

@@ -87,9 +87,9 @@ SPECULATING = Limits(
     vocab_size=49152,
     max_tokens=32,
     default_max_tokens=16,
-    speculation_modes=("off", "ngram"),
+    modes=("off", "ngram"),
     default_mode="ngram",
-    max_speculative_tokens=4,
+    num_speculative_tokens=4,
     speculative_engine=True,
 )
 
@@ -127,4 +127,5 @@ def test_min_tokens_decodes_without_drafts(tokenizer):
     """vLLM's rejection sampler does not apply min_tokens to drafted positions."""
     assert prepare(chat("x", temperature=0), tokenizer, SPECULATING).mode == "ngram"
     prepared = prepare(chat("x", temperature=0, min_tokens=3), tokenizer, SPECULATING)
-    assert (prepared.mode, prepared.k, prepared.sampling["min_tokens"]) == ("off", 0, 3)
+    assert (prepared.mode, prepared.num_speculative_tokens) == ("off", 0)
+    assert prepared.sampling["min_tokens"] == 3
