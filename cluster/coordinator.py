@@ -9,6 +9,7 @@ aborted in its replica's engine too.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from tandem.cluster.requests import Limits, PreparedRequest, RequestError, prepa
 from tandem.cluster.target import StepOutput
 from tandem.protos import tandem_pb2 as pb
 
+log = logging.getLogger("tandem.coordinator")
+
 
 @dataclass
 class Chunk:
@@ -44,6 +47,8 @@ class Chunk:
     time_per_output_token_s: float = 0.0
     total_s: float = 0.0
     figures: RequestFigures | None = None  # the request's speculation figures, on the last chunk
+    logprobs: list | None = None  # per token, with sampling.logprobs (target.positions)
+    prompt_logprobs: list | None = None  # per prompt token after the first, on the first chunk
 
 
 class Coordinator:
@@ -54,7 +59,10 @@ class Coordinator:
         self.deployment = deployment
         self.actors = deployment.targets.actors
         info = deployment.target_infos[0]
-        self.tokenizer = AutoTokenizer.from_pretrained(info.path)
+        # This node's own copy (info.path is a folder on the target's node, maybe another pod).
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            config.models.store().resolve(config.models.target)
+        )
         spec = config.speculation
         self.limits = Limits(
             max_model_len=info.max_model_len,
@@ -66,6 +74,7 @@ class Coordinator:
             num_speculative_tokens=spec.num_speculative_tokens,
             sampled_requests=spec.sampled_requests,
             pipelined=spec.pipeline.enabled,
+            speculative_engine=spec.enabled,
         )
         self.outstanding = [0] * len(self.actors)
         self.running: dict[str, int] = {}  # request id -> replica index
@@ -80,6 +89,12 @@ class Coordinator:
         return cls(config, bootstrap.start(config))
 
     # ---- requests -----------------------------------------------------------------------------
+
+    def reject(self, exc: RequestError) -> RequestError:
+        """Count a refusal and log it in one line (no traceback: the client was told why)."""
+        self.counters.requests_rejected += 1
+        log.info("refused (%s): %s", exc.code, exc)
+        return exc
 
     def admit(self, request: pb.GenerateRequest) -> PreparedRequest:
         """Validate and admit a request, or raise RequestError (counted as rejected)."""
@@ -97,9 +112,8 @@ class Coordinator:
                 raise RequestError(
                     "ALREADY_EXISTS", f"request_id: {prepared.request_id!r} is already running"
                 )
-        except RequestError:
-            self.counters.requests_rejected += 1
-            raise
+        except RequestError as exc:
+            raise self.reject(exc) from None
         return prepared
 
     async def generate(self, prepared: PreparedRequest) -> AsyncIterator[Chunk]:
@@ -126,7 +140,14 @@ class Coordinator:
                     last = now
                     produced += len(step.token_ids)
                 finish_reason = step.finish_reason
-                chunk = Chunk(rid, step.token_ids, step.text, finish_reason)
+                chunk = Chunk(
+                    rid,
+                    step.token_ids,
+                    step.text,
+                    finish_reason,
+                    logprobs=step.logprobs,
+                    prompt_logprobs=step.prompt_logprobs,
+                )
                 if finish_reason is not None:
                     chunk.prompt_tokens = len(prepared.prompt_token_ids)
                     chunk.completion_tokens = produced
@@ -156,6 +177,9 @@ class Coordinator:
                 self.counters.requests_aborted += 1
             else:
                 self.counters.requests_finished += 1
+            reason = finish_reason or "abort"
+            by_reason = self.counters.finished_by_reason
+            by_reason[reason] = by_reason.get(reason, 0) + 1
 
     def abort(self, request_id: str) -> bool:
         replica = self.running.get(request_id)

@@ -61,10 +61,12 @@ class TandemServicer(pb_grpc.TandemServicer):
 
 
 class TokenAuth(grpc.aio.ServerInterceptor):
-    """Refuses calls without the bearer token with UNAUTHENTICATED; health stays open."""
+    """Refuses calls without the bearer token with UNAUTHENTICATED; health stays open.
+    `on_refuse` counts and logs each refusal (Coordinator.reject)."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, on_refuse=None) -> None:
         self.token = token
+        self.on_refuse = on_refuse
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -73,6 +75,8 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         metadata = dict(details.invocation_metadata or ())
         if token_matches(metadata.get("authorization"), self.token):
             return handler
+        if self.on_refuse is not None:
+            self.on_refuse(RequestError("UNAUTHENTICATED", f"{details.method}: no valid token"))
         return _refusing(handler)
 
 
@@ -120,7 +124,7 @@ class Server:
         self.coordinator = coordinator
         server = coordinator.config.server
         self.health = health.aio.HealthServicer()
-        auth = [TokenAuth(server.auth.token())] if server.auth else []
+        auth = [TokenAuth(server.auth.token(), coordinator.reject)] if server.auth else []
         self.grpc = grpc.aio.server(interceptors=auth)
         pb_grpc.add_TandemServicer_to_server(TandemServicer(TandemAPI(coordinator)), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
