@@ -91,7 +91,7 @@ class Coordinator:
             speculation_modes=tuple(config.speculation.modes()),
             default_mode=config.speculation.default_mode if config.speculation.enabled else "off",
             max_speculative_tokens=config.speculation.num_speculative_tokens,
-            speculate_sampled=config.speculation.sampled_requests,
+            min_p=not (config.speculation.enabled and config.speculation.sampler.kind == "vllm"),
             pipelined=config.speculation.pipeline.enabled,
         )
         self.outstanding = [0] * len(pool.actors)
@@ -118,7 +118,7 @@ class Coordinator:
                 speculation = {
                     "num_speculative_tokens": spec.num_speculative_tokens,
                     "timeout_s": spec.step_timeout_ms / 1000,
-                    "sampled_requests": spec.sampled_requests,
+                    "sampler": spec.sampler.model_dump(),
                     "cache_outcomes": spec.pipeline.outcomes if spec.pipeline.enabled else 0,
                     "cache_fanout": spec.pipeline.fanout,
                     "candidates": spec.target_candidates,

@@ -47,7 +47,7 @@ class Limits:
     speculation_modes: tuple[str, ...] = ("off",)  # what the deployment provisions
     default_mode: str = "off"
     max_speculative_tokens: int = 0
-    speculate_sampled: bool = False  # speculation for requests with temperature > 0
+    min_p: bool = True  # whether the engine applies min_p (speculation.sampler)
     pipelined: bool = False  # pre-draft while the target verifies, unless a request says not
 
 
@@ -73,8 +73,6 @@ def prepare(request: pb.GenerateRequest, tokenizer: Any, limits: Limits) -> Prep
         )
     sampling = sampling_kwargs(request.sampling, limits, room=limits.max_model_len - len(prompt))
     mode, k = speculation(request.speculation, limits)
-    if sampling["temperature"] > 0 and not limits.speculate_sampled:
-        mode, k = "off", 0
     pipelined = (
         request.speculation.pipelined
         if request.speculation.HasField("pipelined")
@@ -162,6 +160,15 @@ def sampling_kwargs(params: pb.SamplingParams, limits: Limits, room: int) -> dic
         if params.top_k < -1:
             raise invalid(f"sampling.top_k: must be >= 0 (0 or -1 disables), got {params.top_k}")
         out["top_k"] = params.top_k if params.top_k > 0 else 0
+    if params.HasField("min_p"):
+        if not (math.isfinite(params.min_p) and 0 <= params.min_p <= 1):
+            raise invalid(f"sampling.min_p: must be in [0, 1], got {params.min_p}")
+        if params.min_p > 0 and not limits.min_p:
+            raise invalid(
+                "sampling.min_p: not applied by vLLM's own rejection sampler; this deployment "
+                "sets speculation.sampler.kind: vllm"
+            )
+        out["min_p"] = params.min_p
     if params.HasField("seed"):
         out["seed"] = params.seed
     out["max_tokens"] = max_tokens(params, limits, room)

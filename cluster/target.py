@@ -8,7 +8,6 @@ Routing and validation live in the coordinator.
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -54,7 +53,14 @@ class TargetReplica:
                     model_path, args.get("hf_overrides"), speculation["mirror"]
                 )
         self._loop = EngineLoop(EngineArgs(model=model_path, **args))
-        self._loop.call(lambda engine: engine.collective_rpc("tandem_apply_fixes"))
+        sampler = speculation["sampler"] if speculation else {"kind": "vllm", "any_vllm": False}
+        # tandem's exact speculative sampler (plugins/sampler.py) carries min_p itself.
+        self._exact_sampler = sampler["kind"] == "tandem"
+        self._loop.call(
+            lambda engine: engine.collective_rpc(
+                "tandem_apply_fixes", args=(self._exact_sampler, sampler["any_vllm"])
+            )
+        )
         self.session = None
         if speculation:
             from tandem.cluster.draft_pool import RayTransport
@@ -64,7 +70,6 @@ class TargetReplica:
             self.session = SpeculationSession(
                 RayTransport(list(drafters)),
                 speculation["timeout_s"],
-                speculation["sampled_requests"],
                 speculation["cache_outcomes"],
                 speculation["cache_fanout"],
                 DraftLengthPolicy(*speculation["draft_length"]),
@@ -107,25 +112,26 @@ class TargetReplica:
         """Stream {token_ids, text, finish_reason} per engine step; the last one also carries
         finish_reason and the request's speculation figures."""
         from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind, SamplingType
+        from vllm.sampling_params import RequestOutputKind
 
         from tandem.cluster.engine import RequestAborted
         from tandem.speculation.protocol import Mode
         from tandem.speculation.session import RequestSpec
 
+        if self._exact_sampler and "min_p" in sampling:
+            from tandem.plugins.sampler import MIN_P
+
+            sampling = {**sampling, "extra_args": {MIN_P: sampling["min_p"]}}
+            del sampling["min_p"]
         params = SamplingParams(**sampling, output_kind=RequestOutputKind.DELTA)
-        flush = None
         if self.session is not None:
-            greedy = params.sampling_type == SamplingType.GREEDY
-            spec = RequestSpec(Mode(mode), k, greedy, pipelined)
-            self.session.register(request_id, spec)
-            flush = functools.partial(self.session.must_flush_before, spec)
+            self.session.register(request_id, RequestSpec(Mode(mode), k, pipelined))
         self._served += 1
         steps = tokens = 0
         # A step that adds m tokens accepted the first m-1 drafts (positions 0..m-2).
         accepted_per_pos = [0] * k
         try:
-            async for output in self._loop.generate(request_id, prompt_token_ids, params, flush):
+            async for output in self._loop.generate(request_id, prompt_token_ids, params):
                 completion = output.outputs[0]
                 new = list(completion.token_ids)
                 steps += bool(new)

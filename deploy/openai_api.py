@@ -91,7 +91,8 @@ def _common(body: dict[str, Any], model: str) -> pb.GenerateRequest:
     for name, value, kind in (
         ("temperature", body.get("temperature"), (int, float)),
         ("top_p", body.get("top_p"), (int, float)),
-        ("top_k", body.get("top_k"), int),  # vLLM's extra parameter
+        ("top_k", body.get("top_k"), int),  # vLLM's extra parameters
+        ("min_p", body.get("min_p"), (int, float)),
         ("seed", body.get("seed"), int),
         ("max_tokens", max_tokens, int),
     ):

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atandem/protos/tandem.proto\x12\ttandem.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"8\n\x0c\x43hatMessages\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.tandem.v1.ChatMessage\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\xf4\x01\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\x05\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\r\n\x0b_max_tokens\"\xa3\x01\n\x11SpeculationParams\x12(\n\x04mode\x18\x01 \x01(\x0e\x32\x1a.tandem.v1.SpeculationMode\x12#\n\x16num_speculative_tokens\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x16\n\tpipelined\x18\x03 \x01(\x08H\x01\x88\x01\x01\x42\x19\n\x17_num_speculative_tokensB\x0c\n\n_pipelined\"\xc6\x01\n\x10SpeculationStats\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x14\n\x0c\x64raft_tokens\x18\x02 \x01(\x03\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x03 \x01(\x03\x12\x17\n\x0f\x61\x63\x63\x65ptance_rate\x18\x04 \x01(\x01\x12\x1c\n\x14mean_accepted_length\x18\x05 \x01(\x01\x12\x14\n\x0ctarget_steps\x18\x06 \x01(\x03\x12\x12\n\ncache_hits\x18\x07 \x01(\x03\x12\x14\n\x0c\x63\x61\x63he_misses\x18\x08 \x01(\x03\"\xf2\x01\n\x0fGenerateRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x13.tandem.v1.TokenIdsH\x00\x12\'\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x17.tandem.v1.ChatMessagesH\x00\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x31\n\x0bspeculation\x18\x06 \x01(\x0b\x32\x1c.tandem.v1.SpeculationParamsB\x08\n\x06prompt\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"Z\n\x07Timings\x12\x1d\n\x15time_to_first_token_s\x18\x01 \x01(\x01\x12\x1f\n\x17time_per_output_token_s\x18\x02 \x01(\x01\x12\x0f\n\x07total_s\x18\x03 \x01(\x01\"\xef\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.tandem.v1.Usage\x12#\n\x07timings\x18\x06 \x01(\x0b\x32\x12.tandem.v1.Timings\x12\x30\n\x0bspeculation\x18\x07 \x01(\x0b\x32\x1b.tandem.v1.SpeculationStats\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"\xb1\x01\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\x05\x12\x12\n\nvocab_size\x18\x04 \x01(\x05\x12\x15\n\reos_token_ids\x18\x05 \x03(\x05\x12\x19\n\x11has_chat_template\x18\x06 \x01(\x08\x12\x18\n\x10max_tokens_limit\x18\x07 \x01(\x05\x12\x10\n\x08replicas\x18\x08 \x01(\x05\"\x11\n\x0fGetStatsRequest\"\x96\x01\n\x0cReplicaStats\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x13\n\x0boutstanding\x18\x03 \x01(\x05\x12\x19\n\x11\x65ngine_unfinished\x18\x04 \x01(\x05\x12\x17\n\x0frequests_served\x18\x05 \x01(\x03\x12\x18\n\x10generated_tokens\x18\x06 \x01(\x03\"`\n\x0c\x44rafterStats\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x05\x12\x19\n\x11mirror_hints_used\x18\x04 \x01(\x03\"\xf3\x03\n\x05Stats\x12\x1a\n\x12requests_in_flight\x18\x01 \x01(\x05\x12\x16\n\x0erequests_total\x18\x02 \x01(\x03\x12\x19\n\x11requests_finished\x18\x03 \x01(\x03\x12\x18\n\x10requests_aborted\x18\x04 \x01(\x03\x12\x17\n\x0frequests_failed\x18\x05 \x01(\x03\x12\x19\n\x11requests_rejected\x18\x06 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x07 \x01(\x03\x12\x18\n\x10generated_tokens\x18\x08 \x01(\x03\x12\x10\n\x08uptime_s\x18\t \x01(\x01\x12)\n\x08replicas\x18\n \x03(\x0b\x32\x17.tandem.v1.ReplicaStats\x12\x30\n\x0bspeculation\x18\x0b \x01(\x0b\x32\x1b.tandem.v1.SpeculationStats\x12\x1a\n\x12\x64rafter_rtt_mean_s\x18\x0c \x01(\x01\x12\x19\n\x11\x64rafter_rtt_p50_s\x18\r \x01(\x01\x12\x1a\n\x12target_step_mean_s\x18\x0e \x01(\x01\x12\x18\n\x10\x64rafter_failures\x18\x0f \x01(\x03\x12\x15\n\rdrafters_down\x18\x10 \x01(\x05\x12)\n\x08\x64rafters\x18\x11 \x03(\x0b\x32\x17.tandem.v1.DrafterStats*\xfe\x01\n\x0fSpeculationMode\x12 \n\x1cSPECULATION_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14SPECULATION_MODE_OFF\x10\x01\x12\x1a\n\x16SPECULATION_MODE_NGRAM\x10\x02\x12\x1a\n\x16SPECULATION_MODE_MODEL\x10\x03\x12\x1b\n\x17SPECULATION_MODE_HYBRID\x10\x04\x12\x1b\n\x17SPECULATION_MODE_SUFFIX\x10\x05\x12\x1c\n\x18SPECULATION_MODE_RECYCLE\x10\x06\x12\x1f\n\x1bSPECULATION_MODE_CONTROLLED\x10\x07*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x32\xd6\x02\n\x06Tandem\x12\x43\n\x08Generate\x12\x1a.tandem.v1.GenerateRequest\x1a\x1b.tandem.v1.GenerateResponse\x12K\n\x0eGenerateStream\x12\x1a.tandem.v1.GenerateRequest\x1a\x1b.tandem.v1.GenerateResponse0\x01\x12:\n\x05\x41\x62ort\x12\x17.tandem.v1.AbortRequest\x1a\x18.tandem.v1.AbortResponse\x12\x44\n\x0cGetModelInfo\x12\x1e.tandem.v1.GetModelInfoRequest\x1a\x14.tandem.v1.ModelInfo\x12\x38\n\x08GetStats\x12\x1a.tandem.v1.GetStatsRequest\x1a\x10.tandem.v1.Statsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atandem/protos/tandem.proto\x12\ttandem.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"8\n\x0c\x43hatMessages\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.tandem.v1.ChatMessage\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\x92\x02\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\x05\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x12\x12\n\x05min_p\x18\t \x01(\x02H\x05\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\r\n\x0b_max_tokensB\x08\n\x06_min_p\"\xa3\x01\n\x11SpeculationParams\x12(\n\x04mode\x18\x01 \x01(\x0e\x32\x1a.tandem.v1.SpeculationMode\x12#\n\x16num_speculative_tokens\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x16\n\tpipelined\x18\x03 \x01(\x08H\x01\x88\x01\x01\x42\x19\n\x17_num_speculative_tokensB\x0c\n\n_pipelined\"\xc6\x01\n\x10SpeculationStats\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x14\n\x0c\x64raft_tokens\x18\x02 \x01(\x03\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x03 \x01(\x03\x12\x17\n\x0f\x61\x63\x63\x65ptance_rate\x18\x04 \x01(\x01\x12\x1c\n\x14mean_accepted_length\x18\x05 \x01(\x01\x12\x14\n\x0ctarget_steps\x18\x06 \x01(\x03\x12\x12\n\ncache_hits\x18\x07 \x01(\x03\x12\x14\n\x0c\x63\x61\x63he_misses\x18\x08 \x01(\x03\"\xf2\x01\n\x0fGenerateRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x13.tandem.v1.TokenIdsH\x00\x12\'\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x17.tandem.v1.ChatMessagesH\x00\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x31\n\x0bspeculation\x18\x06 \x01(\x0b\x32\x1c.tandem.v1.SpeculationParamsB\x08\n\x06prompt\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"Z\n\x07Timings\x12\x1d\n\x15time_to_first_token_s\x18\x01 \x01(\x01\x12\x1f\n\x17time_per_output_token_s\x18\x02 \x01(\x01\x12\x0f\n\x07total_s\x18\x03 \x01(\x01\"\xef\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.tandem.v1.Usage\x12#\n\x07timings\x18\x06 \x01(\x0b\x32\x12.tandem.v1.Timings\x12\x30\n\x0bspeculation\x18\x07 \x01(\x0b\x32\x1b.tandem.v1.SpeculationStats\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"\xb1\x01\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\x05\x12\x12\n\nvocab_size\x18\x04 \x01(\x05\x12\x15\n\reos_token_ids\x18\x05 \x03(\x05\x12\x19\n\x11has_chat_template\x18\x06 \x01(\x08\x12\x18\n\x10max_tokens_limit\x18\x07 \x01(\x05\x12\x10\n\x08replicas\x18\x08 \x01(\x05\"\x11\n\x0fGetStatsRequest\"\x96\x01\n\x0cReplicaStats\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x13\n\x0boutstanding\x18\x03 \x01(\x05\x12\x19\n\x11\x65ngine_unfinished\x18\x04 \x01(\x05\x12\x17\n\x0frequests_served\x18\x05 \x01(\x03\x12\x18\n\x10generated_tokens\x18\x06 \x01(\x03\"`\n\x0c\x44rafterStats\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x05\x12\x19\n\x11mirror_hints_used\x18\x04 \x01(\x03\"\xf3\x03\n\x05Stats\x12\x1a\n\x12requests_in_flight\x18\x01 \x01(\x05\x12\x16\n\x0erequests_total\x18\x02 \x01(\x03\x12\x19\n\x11requests_finished\x18\x03 \x01(\x03\x12\x18\n\x10requests_aborted\x18\x04 \x01(\x03\x12\x17\n\x0frequests_failed\x18\x05 \x01(\x03\x12\x19\n\x11requests_rejected\x18\x06 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x07 \x01(\x03\x12\x18\n\x10generated_tokens\x18\x08 \x01(\x03\x12\x10\n\x08uptime_s\x18\t \x01(\x01\x12)\n\x08replicas\x18\n \x03(\x0b\x32\x17.tandem.v1.ReplicaStats\x12\x30\n\x0bspeculation\x18\x0b \x01(\x0b\x32\x1b.tandem.v1.SpeculationStats\x12\x1a\n\x12\x64rafter_rtt_mean_s\x18\x0c \x01(\x01\x12\x19\n\x11\x64rafter_rtt_p50_s\x18\r \x01(\x01\x12\x1a\n\x12target_step_mean_s\x18\x0e \x01(\x01\x12\x18\n\x10\x64rafter_failures\x18\x0f \x01(\x03\x12\x15\n\rdrafters_down\x18\x10 \x01(\x05\x12)\n\x08\x64rafters\x18\x11 \x03(\x0b\x32\x17.tandem.v1.DrafterStats*\xfe\x01\n\x0fSpeculationMode\x12 \n\x1cSPECULATION_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14SPECULATION_MODE_OFF\x10\x01\x12\x1a\n\x16SPECULATION_MODE_NGRAM\x10\x02\x12\x1a\n\x16SPECULATION_MODE_MODEL\x10\x03\x12\x1b\n\x17SPECULATION_MODE_HYBRID\x10\x04\x12\x1b\n\x17SPECULATION_MODE_SUFFIX\x10\x05\x12\x1c\n\x18SPECULATION_MODE_RECYCLE\x10\x06\x12\x1f\n\x1bSPECULATION_MODE_CONTROLLED\x10\x07*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x32\xd6\x02\n\x06Tandem\x12\x43\n\x08Generate\x12\x1a.tandem.v1.GenerateRequest\x1a\x1b.tandem.v1.GenerateResponse\x12K\n\x0eGenerateStream\x12\x1a.tandem.v1.GenerateRequest\x1a\x1b.tandem.v1.GenerateResponse0\x01\x12:\n\x05\x41\x62ort\x12\x17.tandem.v1.AbortRequest\x1a\x18.tandem.v1.AbortResponse\x12\x44\n\x0cGetModelInfo\x12\x1e.tandem.v1.GetModelInfoRequest\x1a\x14.tandem.v1.ModelInfo\x12\x38\n\x08GetStats\x12\x1a.tandem.v1.GetStatsRequest\x1a\x10.tandem.v1.Statsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tandem.protos.tandem_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SPECULATIONMODE']._serialized_start=2488
-  _globals['_SPECULATIONMODE']._serialized_end=2742
-  _globals['_FINISHREASON']._serialized_start=2744
-  _globals['_FINISHREASON']._serialized_end=2864
+  _globals['_SPECULATIONMODE']._serialized_start=2518
+  _globals['_SPECULATIONMODE']._serialized_end=2772
+  _globals['_FINISHREASON']._serialized_start=2774
+  _globals['_FINISHREASON']._serialized_end=2894
   _globals['_CHATMESSAGE']._serialized_start=41
   _globals['_CHATMESSAGE']._serialized_end=85
   _globals['_CHATMESSAGES']._serialized_start=87
@@ -42,35 +42,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENIDS']._serialized_start=145
   _globals['_TOKENIDS']._serialized_end=168
   _globals['_SAMPLINGPARAMS']._serialized_start=171
-  _globals['_SAMPLINGPARAMS']._serialized_end=415
-  _globals['_SPECULATIONPARAMS']._serialized_start=418
-  _globals['_SPECULATIONPARAMS']._serialized_end=581
-  _globals['_SPECULATIONSTATS']._serialized_start=584
-  _globals['_SPECULATIONSTATS']._serialized_end=782
-  _globals['_GENERATEREQUEST']._serialized_start=785
-  _globals['_GENERATEREQUEST']._serialized_end=1027
-  _globals['_USAGE']._serialized_start=1029
-  _globals['_USAGE']._serialized_end=1108
-  _globals['_TIMINGS']._serialized_start=1110
-  _globals['_TIMINGS']._serialized_end=1200
-  _globals['_GENERATERESPONSE']._serialized_start=1203
-  _globals['_GENERATERESPONSE']._serialized_end=1442
-  _globals['_ABORTREQUEST']._serialized_start=1444
-  _globals['_ABORTREQUEST']._serialized_end=1478
-  _globals['_ABORTRESPONSE']._serialized_start=1480
-  _globals['_ABORTRESPONSE']._serialized_end=1510
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1512
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1533
-  _globals['_MODELINFO']._serialized_start=1536
-  _globals['_MODELINFO']._serialized_end=1713
-  _globals['_GETSTATSREQUEST']._serialized_start=1715
-  _globals['_GETSTATSREQUEST']._serialized_end=1732
-  _globals['_REPLICASTATS']._serialized_start=1735
-  _globals['_REPLICASTATS']._serialized_end=1885
-  _globals['_DRAFTERSTATS']._serialized_start=1887
-  _globals['_DRAFTERSTATS']._serialized_end=1983
-  _globals['_STATS']._serialized_start=1986
-  _globals['_STATS']._serialized_end=2485
-  _globals['_TANDEM']._serialized_start=2867
-  _globals['_TANDEM']._serialized_end=3209
+  _globals['_SAMPLINGPARAMS']._serialized_end=445
+  _globals['_SPECULATIONPARAMS']._serialized_start=448
+  _globals['_SPECULATIONPARAMS']._serialized_end=611
+  _globals['_SPECULATIONSTATS']._serialized_start=614
+  _globals['_SPECULATIONSTATS']._serialized_end=812
+  _globals['_GENERATEREQUEST']._serialized_start=815
+  _globals['_GENERATEREQUEST']._serialized_end=1057
+  _globals['_USAGE']._serialized_start=1059
+  _globals['_USAGE']._serialized_end=1138
+  _globals['_TIMINGS']._serialized_start=1140
+  _globals['_TIMINGS']._serialized_end=1230
+  _globals['_GENERATERESPONSE']._serialized_start=1233
+  _globals['_GENERATERESPONSE']._serialized_end=1472
+  _globals['_ABORTREQUEST']._serialized_start=1474
+  _globals['_ABORTREQUEST']._serialized_end=1508
+  _globals['_ABORTRESPONSE']._serialized_start=1510
+  _globals['_ABORTRESPONSE']._serialized_end=1540
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1542
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1563
+  _globals['_MODELINFO']._serialized_start=1566
+  _globals['_MODELINFO']._serialized_end=1743
+  _globals['_GETSTATSREQUEST']._serialized_start=1745
+  _globals['_GETSTATSREQUEST']._serialized_end=1762
+  _globals['_REPLICASTATS']._serialized_start=1765
+  _globals['_REPLICASTATS']._serialized_end=1915
+  _globals['_DRAFTERSTATS']._serialized_start=1917
+  _globals['_DRAFTERSTATS']._serialized_end=2013
+  _globals['_STATS']._serialized_start=2016
+  _globals['_STATS']._serialized_end=2515
+  _globals['_TANDEM']._serialized_start=2897
+  _globals['_TANDEM']._serialized_end=3239
 # @@protoc_insertion_point(module_scope)

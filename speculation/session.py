@@ -71,7 +71,6 @@ class Transport(Protocol):
 class RequestSpec:
     mode: Mode
     k: int  # speculative tokens per step, <= the engine's num_speculative_tokens
-    greedy: bool = True  # False: the request samples (temperature > 0)
     pipelined: bool = True  # pre-draft while the target verifies (speculation cache)
 
 
@@ -128,7 +127,6 @@ class SpeculationSession:
         self,
         transport: Transport,
         timeout_s: float,
-        speculate_sampled: bool = False,
         cache_outcomes: int = 0,
         cache_fanout: int = 1,
         policy: DraftLengthPolicy | None = None,
@@ -146,9 +144,6 @@ class SpeculationSession:
         # Moving average of the time from handing the target its drafts to the next step:
         # the target's verification, the window pre-drafting must fit in.
         self._window_s = 0.0
-        # False: no drafts while a sampling request is registered, because vLLM 0.32's CPU
-        # rejection sampler is not exact (and can crash) for sampled requests beside drafts.
-        self.speculate_sampled = speculate_sampled
         self._requests: dict[str, _Request] = {}
         self._down: set[int] = set()
         self._lock = threading.Lock()
@@ -193,7 +188,6 @@ class SpeculationSession:
         with self._lock:
             self._revive_drafters()
             requests = [self._requests.get(request_id) for request_id in request_ids]
-            hold = not self.speculate_sampled and self._holds_sampled()
             for i, request in enumerate(requests):
                 if request is None or request.spec.mode is Mode.OFF or request.spec.k == 0:
                     continue
@@ -207,7 +201,7 @@ class SpeculationSession:
                 cached = request.cache.get(outcome) if outcome else None
                 request.block, request.cache = (), {}
                 request.step_k = self._draft_length(request.spec.k, len(request_ids))
-                if request.replica in self._down or hold or not request.step_k:
+                if request.replica in self._down or not request.step_k:
                     continue
                 speculating.append((i, request, n))
                 if request.spec.pipelined and self.cache_outcomes and outcome:
@@ -342,18 +336,6 @@ class SpeculationSession:
         if self._returned and window < 1.0:  # not across idle time
             self._window_s = 0.8 * self._window_s + 0.2 * window if self._window_s else window
         self._returned = 0.0
-
-    def _holds_sampled(self) -> bool:
-        return any(not request.spec.greedy for request in self._requests.values())
-
-    def must_flush_before(self, spec: RequestSpec) -> bool:
-        """True when adding a request with this spec to the engine now would put it in a step
-        beside unverified drafts it must not meet: the engine should step once first (this
-        session, which has it registered, proposes no new drafts meanwhile)."""
-        if spec.greedy or self.speculate_sampled:
-            return False
-        with self._lock:
-            return any(request.pending for request in self._requests.values())
 
     def _revive_drafters(self) -> None:
         for replica in list(self._down):

@@ -37,6 +37,7 @@ def build_request(
     temperature: float | None = None,
     top_p: float | None = None,
     top_k: int | None = None,
+    min_p: float | None = None,
     seed: int | None = None,
     max_tokens: int | None = None,
     stop: Sequence[str] = (),
@@ -56,6 +57,7 @@ def build_request(
         ("temperature", temperature),
         ("top_p", top_p),
         ("top_k", top_k),
+        ("min_p", min_p),
         ("seed", seed),
         ("max_tokens", max_tokens),
     ):

@@ -29,6 +29,7 @@ def test_chat_request_maps_sampling_and_parts():
         "stop": "\n",
         "seed": 3,
         "top_k": 5,
+        "min_p": 0.25,
         "speculation": "ngram",
         "num_speculative_tokens": 2,
     }
@@ -39,6 +40,7 @@ def test_chat_request_maps_sampling_and_parts():
     ]
     s = request.sampling
     assert (s.temperature, s.max_tokens, list(s.stop), s.seed, s.top_k) == (0, 7, ["\n"], 3, 5)
+    assert s.min_p == 0.25
     assert request.speculation.mode == pb.SPECULATION_MODE_NGRAM
     assert request.speculation.num_speculative_tokens == 2
     assert not request.sampling.HasField("top_p")  # unset: the server's default

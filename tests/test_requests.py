@@ -37,7 +37,7 @@ def test_defaults_and_clamping(tokenizer):
 
 
 def test_sampling_fields_pass_through(tokenizer):
-    request = chat("x", temperature=0.5, top_p=0.9, top_k=-1, seed=7, max_tokens=4)
+    request = chat("x", temperature=0.5, top_p=0.9, top_k=-1, min_p=0.05, seed=7, max_tokens=4)
     request.sampling.stop.append("\n")
     request.sampling.stop_token_ids.append(2)
     sampling = prepare(request, tokenizer, LIMITS).sampling
@@ -45,6 +45,7 @@ def test_sampling_fields_pass_through(tokenizer):
         "temperature": 0.5,
         "top_p": pytest.approx(0.9),
         "top_k": 0,
+        "min_p": pytest.approx(0.05),
         "seed": 7,
         "max_tokens": 4,
         "stop": ["\n"],
@@ -60,6 +61,9 @@ def test_sampling_fields_pass_through(tokenizer):
         ({"temperature": math.inf}, "INVALID_ARGUMENT", "sampling.temperature"),
         ({"top_p": 0.0}, "INVALID_ARGUMENT", "sampling.top_p"),
         ({"top_k": -2}, "INVALID_ARGUMENT", "sampling.top_k"),
+        ({"min_p": -0.1}, "INVALID_ARGUMENT", "sampling.min_p"),
+        ({"min_p": 1.5}, "INVALID_ARGUMENT", "sampling.min_p"),
+        ({"min_p": math.nan}, "INVALID_ARGUMENT", "sampling.min_p"),
         ({"max_tokens": 0}, "INVALID_ARGUMENT", "sampling.max_tokens"),
         ({"max_tokens": 33}, "OUT_OF_RANGE", "sampling.max_tokens"),
         ({"stop_token_ids": [49152]}, "OUT_OF_RANGE", "sampling.stop_token_ids[0]"),
@@ -71,3 +75,22 @@ def test_bad_sampling(tokenizer, sampling, code, field):
         prepare(chat("x", **sampling), tokenizer, LIMITS)
     assert info.value.code == code
     assert str(info.value).startswith(field)
+
+
+def test_sampled_requests_speculate(tokenizer):
+    """Sampling is verified exactly (tandem.plugins.sampler): a request at temperature > 0 keeps
+    its speculation mode."""
+    limits = Limits(64, 49152, 32, 16, ("off", "ngram"), "ngram", 4)
+    request = chat("x", temperature=0.7, top_k=40, top_p=0.9, min_p=0.05)
+    prepared = prepare(request, tokenizer, limits)
+    assert (prepared.mode, prepared.k) == ("ngram", 4)
+
+
+def test_min_p_is_refused_where_vllm_would_ignore_it(tokenizer):
+    """With speculation.sampler.kind vllm, vLLM refuses min_p (it does not apply it beside
+    drafts): tandem says so first, naming the field and the setting; min_p 0 is no min_p."""
+    limits = Limits(64, 49152, 32, 16, ("off", "ngram"), "ngram", 4, min_p=False)
+    with pytest.raises(RequestError, match="speculation.sampler.kind") as info:
+        prepare(chat("x", min_p=0.1), tokenizer, limits)
+    assert info.value.code == "INVALID_ARGUMENT" and str(info.value).startswith("sampling.min_p")
+    assert prepare(chat("x", min_p=0.0), tokenizer, limits).sampling["min_p"] == 0.0
