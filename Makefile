@@ -1,5 +1,6 @@
 # make serve: set up if needed, then run the service on its embedded default.
 # make test:  set up if needed, then run the whole test suite.
+# make test-sampling: the sampling distribution test with more samples (README, Speculation).
 # make setup: idempotent; a virtualenv in .venv with the CPU extra and the default model.
 # make bench: set up if needed, then run `tandem bench` into bench-results/ (BENCH_ARGS adds
 #             options, e.g. BENCH_ARGS=--quick).
@@ -13,7 +14,7 @@ STAMP := $(VENV)/.tandem-setup-$(subst $(comma),-,$(EXTRAS))
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: setup serve test bench lint protos
+.PHONY: setup serve test test-sampling bench lint protos
 
 setup: $(STAMP)
 	$(BIN)/tandem models prepare
@@ -30,6 +31,11 @@ serve: setup
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
+
+# The sampling distribution test of tests/test_sampling.py with 5x the samples of `make test`
+# (about 5x its time); PYTEST_ARGS="--sampler vllm" runs it on vLLM's own rejection sampler.
+test-sampling: setup
+	$(BIN)/python -m pytest tests/test_sampling.py -k distribution --sampling-samples 2000 $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/tandem bench --out bench-results $(BENCH_ARGS)

@@ -248,6 +248,19 @@ def _known_mode(value: str) -> str:
     return value
 
 
+class SamplerConfig(_Section):
+    """Who verifies drafts. `tandem` (tandem.plugins.sampler) replaces the forward of vLLM's
+    rejection sampler in the target's worker: exact for greedy and for sampled requests
+    (temperature, top_k, top_p, min_p, seeds), which vLLM 0.32's own is not on the CPU (README,
+    "Known vLLM 0.32 (CPU) issues"). `vllm` keeps vLLM's own; requests with min_p are then
+    refused (vLLM does not apply it with speculation)."""
+
+    kind: Literal["tandem", "vllm"] = "tandem"
+    # tandem's sampler replaces a vLLM internal and was written for vLLM 0.32: on another
+    # version the target refuses to start unless this is true (or kind is vllm).
+    any_vllm: bool = False
+
+
 class SpeculationConfig(_Section):
     """Remote drafting. Requests choose a mode and k; these are the defaults and limits."""
 
@@ -255,10 +268,7 @@ class SpeculationConfig(_Section):
     default_mode: Annotated[str, AfterValidator(_known_mode)] = Mode.NGRAM.value
     num_speculative_tokens: PositiveInt = 4  # the default k, and the largest a request may ask
     step_timeout_ms: float = Field(250.0, gt=0)  # drafter budget per engine step
-    # Speculate for requests that sample (temperature > 0). Off by default: vLLM 0.32's CPU
-    # rejection sampler is not exact for them (README, "Known vLLM issues"); with it off they
-    # decode without drafts, and steps that hold one carry no drafts for anyone.
-    sampled_requests: bool = False
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     # Top candidates per verified position that the target shares with the drafters, read from
     # the logits it computes anyway (Token Recycling's table, speculation-cache guesses); 0: none.
     target_candidates: int = Field(8, ge=0, le=64)

@@ -72,7 +72,7 @@ class Coordinator:
             modes=deployment.modes(),
             default_mode=spec.default_mode if spec.enabled else "off",
             num_speculative_tokens=spec.num_speculative_tokens,
-            sampled_requests=spec.sampled_requests,
+            min_p=not (spec.enabled and spec.sampler.kind == "vllm"),
             pipelined=spec.pipeline.enabled,
             speculative_engine=spec.enabled,
         )

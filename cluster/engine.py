@@ -42,7 +42,6 @@ class _Add:
     params: SamplingParams
     sink: asyncio.Queue
     loop: asyncio.AbstractEventLoop
-    flush: Callable[[], bool] | None  # True: step once first (drafts it must not meet)
 
 
 @dataclass(frozen=True)
@@ -86,17 +85,15 @@ class EngineLoop:
         request_id: str,
         prompt_token_ids: list[int],
         params: SamplingParams,
-        flush: Callable[[], bool] | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Yield the request's outputs (deltas when params ask for them) until it finishes.
 
         Raises RequestAborted if `abort` stops it first. If the caller stops iterating early
-        (cancellation included), the request is aborted in the engine. `flush`, if given, is
-        asked before the request joins the engine; if it says True the engine steps once first.
+        (cancellation included), the request is aborted in the engine.
         """
         sink: asyncio.Queue = asyncio.Queue()
         self._commands.put(
-            _Add(request_id, prompt_token_ids, params, sink, asyncio.get_running_loop(), flush)
+            _Add(request_id, prompt_token_ids, params, sink, asyncio.get_running_loop())
         )
         finished = False
         try:
@@ -173,10 +170,6 @@ class EngineLoop:
                 return True
 
     def _add(self, command: _Add) -> None:
-        # Drafts proposed in the last step are verified in the next one: one step clears them.
-        flush = command.flush is not None and command.flush()
-        if flush and self.engine.has_unfinished_requests():
-            self._step()
         self._sinks[command.request_id] = (command.sink, command.loop)
         try:
             engine_input = self.engine.renderer.render_cmpl(

@@ -57,7 +57,7 @@ class Limits:
     modes: tuple[str, ...] = ("off",)  # the speculation modes the deployment offers
     default_mode: str = "off"
     num_speculative_tokens: int = 0  # the default k, and the largest a request may ask
-    sampled_requests: bool = False  # speculation for requests with temperature > 0
+    min_p: bool = True  # whether the engine applies min_p (speculation.sampler)
     pipelined: bool = False  # pre-draft while the target verifies, unless a request says not
     speculative_engine: bool = False  # the engine runs with a speculative config (any mode)
 
@@ -84,8 +84,6 @@ def prepare(request: pb.GenerateRequest, tokenizer: Any, limits: Limits) -> Prep
         )
     sampling = sampling_kwargs(request.sampling, limits, room=limits.max_model_len - len(prompt))
     mode, k = speculation(request.speculation, limits)
-    if sampling["temperature"] > 0 and not limits.sampled_requests:
-        mode, k = "off", 0
     if sampling.get("min_tokens"):
         # vLLM applies min_tokens to the token it samples, not to verified drafts (its
         # rejection sampler skips that logits processor): without drafts it holds exactly.
@@ -225,16 +223,21 @@ def _penalties(params: pb.SamplingParams) -> dict[str, float]:
 def _constraints(
     params: pb.SamplingParams, limits: Limits, max_new: int, temperature: float
 ) -> dict[str, Any]:
-    """min_p, min_tokens and logit_bias; vLLM refuses the first and last while it speculates
-    (vllm.SamplingParams._validate_spec_decode), and so does tandem, before the engine. Greedy
-    decoding ignores min_p, as in vLLM (which resets it for temperature 0)."""
+    """min_p, min_tokens and logit_bias. vLLM refuses min_p and logit_bias while it speculates
+    (vllm.SamplingParams._validate_spec_decode); tandem's exact sampler applies min_p at every
+    position (speculation.sampler), so only logit_bias is refused, and min_p where the deployment
+    keeps vLLM's own sampler. Greedy decoding ignores min_p, as in vLLM (which resets it for
+    temperature 0)."""
     out: dict[str, Any] = {}
     speculating = "while the deployment speculates (vLLM does not support it with drafts)"
     if params.HasField("min_p"):
         if not (math.isfinite(params.min_p) and 0 <= params.min_p <= 1):
             raise invalid(f"sampling.min_p: must be in [0, 1], got {params.min_p}")
-        if params.min_p > 0 and limits.speculative_engine and temperature > 0:
-            raise invalid(f"sampling.min_p: not supported {speculating}")
+        if params.min_p > 0 and not limits.min_p and temperature > 0:
+            raise invalid(
+                f"sampling.min_p: not supported {speculating}; this deployment sets "
+                "speculation.sampler.kind: vllm"
+            )
         out["min_p"] = params.min_p
     if params.HasField("min_tokens"):
         if not 0 <= params.min_tokens <= max_new:

@@ -9,7 +9,6 @@ built in tandem.plugins.engine.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -68,7 +67,13 @@ class TargetReplica:
         self._loop = EngineLoop(
             EngineArgs(**engine_args(model_path, target.engine_args, speculation))
         )
-        self._loop.call(lambda engine: engine.collective_rpc(APPLY_FIXES))
+        sampler = speculation.sampler if speculation is not None else None
+        # tandem's exact speculative sampler (plugins/sampler.py) carries min_p itself.
+        self._exact_sampler = sampler is not None and sampler.kind == "tandem"
+        any_vllm = sampler is not None and sampler.any_vllm
+        self._loop.call(
+            lambda engine: engine.collective_rpc(APPLY_FIXES, args=(self._exact_sampler, any_vllm))
+        )
         self.session = None
         if speculation is not None:
             from tandem.cluster.draft_pool import RayTransport
@@ -104,26 +109,28 @@ class TargetReplica:
         """Stream the request's new tokens step by step; the last output finishes it and
         carries its speculation figures."""
         from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind, SamplingType
+        from vllm.sampling_params import RequestOutputKind
 
         from tandem.cluster.engine import RequestAborted
         from tandem.speculation.session import RequestSpec
 
-        params = SamplingParams(**request.sampling, output_kind=RequestOutputKind.DELTA)
+        sampling = request.sampling
+        if self._exact_sampler and "min_p" in sampling:
+            from tandem.plugins.sampler import MIN_P
+
+            sampling = {**sampling, "extra_args": {MIN_P: sampling["min_p"]}}
+            del sampling["min_p"]
+        params = SamplingParams(**sampling, output_kind=RequestOutputKind.DELTA)
         rid, k = request.request_id, request.num_speculative_tokens
-        flush = None
         if self.session is not None:
-            greedy = params.sampling_type == SamplingType.GREEDY
-            spec = RequestSpec(request.mode, k, greedy, request.pipelined)
-            self.session.register(rid, spec)
-            flush = functools.partial(self.session.must_flush_before, spec)
+            self.session.register(rid, RequestSpec(request.mode, k, request.pipelined))
         self._served += 1
         steps = tokens = 0
         # A step that adds m tokens accepted the first m-1 drafts (positions 0..m-2).
         accepted_per_pos = [0] * k
         prompt_logprobs = None  # vLLM gives them with the first output
         try:
-            async for output in self._loop.generate(rid, request.prompt_token_ids, params, flush):
+            async for output in self._loop.generate(rid, request.prompt_token_ids, params):
                 completion = output.outputs[0]
                 new = list(completion.token_ids)
                 steps += bool(new)

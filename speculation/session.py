@@ -74,7 +74,6 @@ class Transport(Protocol):
 class RequestSpec:
     mode: str  # a Mode, or a registered source's name
     num_speculative_tokens: int  # the request's k, <= speculation.num_speculative_tokens
-    greedy: bool = True  # False: the request samples (temperature > 0)
     pipelined: bool = True  # pre-draft while the target verifies (speculation cache)
 
 
@@ -180,7 +179,6 @@ class SpeculationSession:
         with self._lock:
             self._revive_drafters()
             requests = [self._requests.get(request_id) for request_id in request_ids]
-            hold = not self.config.sampled_requests and self._holds_sampled()
             for i, request in enumerate(requests):
                 if request is None or request.spec.mode == Mode.OFF:
                     continue
@@ -196,7 +194,7 @@ class SpeculationSession:
                 request.draft_length = draft_length(
                     self.config.draft_length, request.spec.num_speculative_tokens, len(request_ids)
                 )
-                if request.replica in self._down or hold or not request.draft_length:
+                if request.replica in self._down or not request.draft_length:
                     continue
                 speculating.append((i, request, n))
                 if self._pipelines(request) and outcome:
@@ -339,18 +337,6 @@ class SpeculationSession:
         if self._returned and window < 1.0:  # not across idle time
             self._window_s = 0.8 * self._window_s + 0.2 * window if self._window_s else window
         self._returned = 0.0
-
-    def _holds_sampled(self) -> bool:
-        return any(not request.spec.greedy for request in self._requests.values())
-
-    def must_flush_before(self, spec: RequestSpec) -> bool:
-        """True when adding a request with this spec to the engine now would put it in a step
-        beside unverified drafts it must not meet: the engine should step once first (this
-        session, which has it registered, proposes no new drafts meanwhile)."""
-        if spec.greedy or self.config.sampled_requests:
-            return False
-        with self._lock:
-            return any(request.pending for request in self._requests.values())
 
     def _revive_drafters(self) -> None:
         for replica in list(self._down):

@@ -15,6 +15,23 @@ REPO = Path(__file__).resolve().parents[1]
 SPEC_BENCH = REPO / "benchmarks" / "data" / "spec_bench" / "question.jsonl"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("tandem", "tandem's sampling tests (tests/test_sampling.py)")
+    group.addoption(
+        "--sampler",
+        choices=("tandem", "vllm"),
+        default="tandem",
+        help="speculation.sampler.kind of their server: vllm runs them on vLLM's own rejection "
+        "sampler, which they catch (tandem)",
+    )
+    group.addoption(
+        "--sampling-samples",
+        type=int,
+        default=300,
+        help="samples per setting and arm of the distribution test (300; make test-sampling: 2000)",
+    )
+
+
 def spec_bench_prompts(n: int, categories: tuple[str, ...] = ()) -> list[str]:
     """First turns of the first n Spec-Bench prompts (optionally of some categories only)."""
     rows = [json.loads(line) for line in SPEC_BENCH.read_text().splitlines() if line.strip()]

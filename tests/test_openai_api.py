@@ -41,6 +41,7 @@ def test_chat_request_maps_every_sampling_field():
             "stop": "\n",
             "seed": 3,
             "top_k": 5,
+            "min_p": 0.25,
             "presence_penalty": 0.5,
             "frequency_penalty": -0.5,
             "repetition_penalty": 1.2,
@@ -68,6 +69,7 @@ def test_chat_request_maps_every_sampling_field():
     assert s.repetition_penalty == pytest.approx(1.2) and s.min_tokens == 2
     assert (s.logprobs, s.prompt_logprobs, parsed.logprobs) == (3, 1, 3)
     assert s.include_stop_str_in_output and not s.skip_special_tokens
+    assert s.min_p == 0.25
     assert request.speculation.mode == pb.SPECULATION_MODE_NGRAM
     assert request.speculation.num_speculative_tokens == 2
     assert not s.HasField("top_p")  # unset: the server's default

@@ -1,5 +1,6 @@
 """Request validation as plain logic, with the real tokenizer of the default model."""
 
+import dataclasses
 import math
 
 import pytest
@@ -37,7 +38,7 @@ def test_defaults_and_clamping(tokenizer):
 
 
 def test_sampling_fields_pass_through(tokenizer):
-    request = chat("x", temperature=0.5, top_p=0.9, top_k=-1, seed=7, max_tokens=4)
+    request = chat("x", temperature=0.5, top_p=0.9, top_k=-1, min_p=0.05, seed=7, max_tokens=4)
     request.sampling.stop.append("\n")
     request.sampling.stop_token_ids.append(2)
     sampling = prepare(request, tokenizer, LIMITS).sampling
@@ -45,6 +46,7 @@ def test_sampling_fields_pass_through(tokenizer):
         "temperature": 0.5,
         "top_p": pytest.approx(0.9),
         "top_k": 0,
+        "min_p": pytest.approx(0.05),
         "seed": 7,
         "max_tokens": 4,
         "stop": ["\n"],
@@ -60,6 +62,9 @@ def test_sampling_fields_pass_through(tokenizer):
         ({"temperature": math.inf}, "INVALID_ARGUMENT", "sampling.temperature"),
         ({"top_p": 0.0}, "INVALID_ARGUMENT", "sampling.top_p"),
         ({"top_k": -2}, "INVALID_ARGUMENT", "sampling.top_k"),
+        ({"min_p": -0.1}, "INVALID_ARGUMENT", "sampling.min_p"),
+        ({"min_p": 1.5}, "INVALID_ARGUMENT", "sampling.min_p"),
+        ({"min_p": math.nan}, "INVALID_ARGUMENT", "sampling.min_p"),
         ({"max_tokens": 0}, "INVALID_ARGUMENT", "sampling.max_tokens"),
         ({"max_tokens": 33}, "OUT_OF_RANGE", "sampling.max_tokens"),
         ({"stop_token_ids": [49152]}, "OUT_OF_RANGE", "sampling.stop_token_ids[0]"),
@@ -110,17 +115,14 @@ def test_vllm_sampling_fields_pass_through(tokenizer):
     assert sampling["include_stop_str_in_output"] and not sampling["skip_special_tokens"]
 
 
-@pytest.mark.parametrize("field", ["min_p", "logit_bias"])
-def test_what_vllm_refuses_with_drafts_is_refused_while_speculating(tokenizer, field):
+def test_logit_bias_is_refused_while_speculating(tokenizer):
+    """vLLM refuses logit_bias with drafts (its rejection sampler would not apply it)."""
     request = chat("x", temperature=0.5)
-    if field == "min_p":
-        request.sampling.min_p = 0.1
-    else:
-        request.sampling.logit_bias[7] = 1.0
-    with pytest.raises(RequestError, match=f"sampling.{field}: not supported while") as info:
+    request.sampling.logit_bias[7] = 1.0
+    with pytest.raises(RequestError, match="sampling.logit_bias: not supported while") as info:
         prepare(request, tokenizer, SPECULATING)
-    assert info.value.field == f"sampling.{field}"
-    assert prepare(request, tokenizer, LIMITS).sampling[field]  # honoured without drafts
+    assert info.value.field == "sampling.logit_bias"
+    assert prepare(request, tokenizer, LIMITS).sampling["logit_bias"]  # honoured without drafts
 
 
 def test_min_tokens_decodes_without_drafts(tokenizer):
@@ -129,3 +131,22 @@ def test_min_tokens_decodes_without_drafts(tokenizer):
     prepared = prepare(chat("x", temperature=0, min_tokens=3), tokenizer, SPECULATING)
     assert (prepared.mode, prepared.num_speculative_tokens) == ("off", 0)
     assert prepared.sampling["min_tokens"] == 3
+
+
+def test_sampled_requests_speculate(tokenizer):
+    """Sampling is verified exactly (tandem.plugins.sampler): a request at temperature > 0 keeps
+    its speculation mode."""
+    request = chat("x", temperature=0.7, top_k=40, top_p=0.9, min_p=0.05)
+    prepared = prepare(request, tokenizer, SPECULATING)
+    assert (prepared.mode, prepared.num_speculative_tokens) == ("ngram", 4)
+
+
+def test_min_p_is_refused_where_vllm_would_ignore_it(tokenizer):
+    """With speculation.sampler.kind vllm, vLLM refuses min_p (it does not apply it beside
+    drafts): tandem says so first, naming the field and the setting; min_p 0 is no min_p."""
+    limits = dataclasses.replace(SPECULATING, min_p=False)
+    with pytest.raises(RequestError, match="speculation.sampler.kind") as info:
+        prepare(chat("x", temperature=0.5, min_p=0.1), tokenizer, limits)
+    assert info.value.code == "INVALID_ARGUMENT" and str(info.value).startswith("sampling.min_p")
+    no_min_p = chat("x", temperature=0.5, min_p=0.0)
+    assert prepare(no_min_p, tokenizer, limits).sampling["min_p"] == 0.0

@@ -163,24 +163,6 @@ def test_drafter_evicts_least_recent_beyond_its_bound():
     assert list(drafter.histories) == ["b", "c"]
 
 
-def test_sampled_requests_hold_drafts_back():
-    transport = LocalTransport()
-    session = session_for(transport, timeout_s=1)
-    session.register("greedy", RequestSpec(Mode.NGRAM, 2))
-    assert step(session, {"greedy": [4, 5, 4]}) == [[5, 4]]
-    sampled = RequestSpec(Mode.OFF, 0, greedy=False)
-    assert session.must_flush_before(sampled)  # unverified drafts are out
-    assert not session.must_flush_before(RequestSpec(Mode.NGRAM, 2))
-    session.register("sampled", sampled)
-    rows = {"greedy": [4, 5, 4, 5, 4], "sampled": [7, 7]}
-    assert step(session, rows) == [[], []]  # no drafts while it is registered
-    assert not session.must_flush_before(sampled)
-    session.release("sampled")
-    assert step(session, {"greedy": [4, 5, 4, 5, 4, 5]}) == [[4, 5]]
-    permissive = session_for(LocalTransport(), sampled_requests=True)
-    assert not permissive.must_flush_before(sampled)
-
-
 def pipelined_session(transport):
     return session_for(transport, pipelined=True)
 
