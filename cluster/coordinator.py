@@ -415,6 +415,7 @@ def speculation_stats(counters: Counters, replicas: list[dict[str, Any]]) -> dic
         "drafter_rtt_p50_s": max((s["p50_rtt_s"] for s in sessions), default=0.0),
         "target_step_mean_s": ratio(sum(r["step_time_s"] for r in replicas), steps),
         "drafter_failures": sum(s["failures"] for s in sessions),
+        "drafter_timeouts": sum(s["timeouts"] for s in sessions),
         "drafters_down": sum(s["drafters_down"] for s in sessions),
     }
 

@@ -143,8 +143,13 @@ class _CoordinatorCollector(Collector):
         )
         yield CounterMetricFamily(
             "tandem_drafter_failures",
-            "Steps whose drafter failed or missed its time budget.",
+            "Drafter calls that failed (an error, a dead drafter).",
             sum(s["failures"] for s in sessions),
+        )
+        yield CounterMetricFamily(
+            "tandem_drafter_timeouts",
+            "Drafter calls that missed their time budget (late, not failed).",
+            sum(s["timeouts"] for s in sessions),
         )
         # Filled once the speculation cache exists; 0 until then.
         yield CounterMetricFamily(

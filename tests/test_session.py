@@ -7,44 +7,7 @@ from tandem.speculation.policy import DraftLengthPolicy
 from tandem.speculation.protocol import DraftItem, DraftReply, Hint, Mode, PredraftPlan
 from tandem.speculation.session import RequestSpec, SpeculationSession
 
-
-class LocalTransport:
-    """Real Drafters behind an in-memory transport that can fail on command."""
-
-    def __init__(self, replicas=1):
-        self.replicas = replicas
-        self.drafters = [Drafter() for _ in range(replicas)]
-        self.sent = []
-        self.failing = set()
-        self.alive_again = set()
-        self.predrafted = []
-        self.plans = []
-        self.delay_s = 0.0  # how long a just-in-time draft call takes
-
-    def draft(self, batches, timeout_s):
-        self.sent.append(batches)
-        time.sleep(self.delay_s)
-        out = {}
-        for replica, items in batches.items():
-            if replica in self.failing:
-                out[replica] = TimeoutError("too slow")
-            else:
-                out[replica] = self.drafters[replica].draft(items)
-        return out
-
-    def free(self, replica, request_ids):
-        self.drafters[replica].free(request_ids)
-
-    def probe(self, replica):
-        return replica in self.alive_again
-
-    def predraft(self, batches, plan):
-        self.predrafted.append(batches)
-        self.plans.append(plan)
-        return {r: self.drafters[r].predraft(items, plan) for r, items in batches.items()}
-
-    def collect(self, handle, timeout_s):
-        return handle
+from .local_transport import LocalTransport
 
 
 def step(session, rows):
@@ -102,6 +65,26 @@ def test_failed_drafter_yields_no_drafts_until_it_answers_again():
     resent = transport.sent[-1][0][0]
     assert (resent.start, resent.tokens) == (0, (5, 6, 5, 6, 5))
     assert session.stats().drafters_down == 0
+
+
+def test_late_drafter_is_not_a_fault_and_drafts_again_once_it_answers():
+    """A drafter that misses the time budget (a loaded machine) is counted as a timeout, not a
+    failure: it is not marked down, only skipped while its late call still runs."""
+    transport = LocalTransport()
+    session = SpeculationSession(transport, timeout_s=0.01)
+    session.register("a", RequestSpec(Mode.NGRAM, 2))
+    tokens = [5, 6, 5]
+    transport.late.add(0)
+    assert step(session, {"a": tokens}) == [[]]
+    stats = session.stats()
+    assert (stats.timeouts, stats.failures, stats.drafters_down) == (1, 0, 0)
+    transport.late.clear()
+    calls = len(transport.sent)
+    assert step(session, {"a": tokens + [6]}) == [[]]  # busy with the late call: not asked
+    assert len(transport.sent) == calls
+    transport.busy_replicas.clear()  # the late call returned
+    assert step(session, {"a": tokens + [6, 5]}) == [[6, 5]]
+    assert session.stats().timeouts == 1
 
 
 def test_drafter_that_lost_a_request_gets_it_resent():
