@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import functools
+import itertools
 import json
+import logging
+import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +29,24 @@ from tandem.cluster.drafter import DrafterReplica
 from tandem.cluster.metrics import Metrics
 from tandem.cluster.placement import Pool, cluster_nodes, place_pool, plan, request_for
 from tandem.cluster.plan import pool_requests
-from tandem.cluster.requests import Limits, PreparedRequest, RequestError, prepare
+from tandem.cluster.requests import (
+    Limits,
+    PreparedRequest,
+    RequestError,
+    max_prompt_chars,
+    prepare,
+)
 from tandem.cluster.target import TargetReplica
 from tandem.models import check_same_vocabulary, derive_draft, resolve_model
 from tandem.protos import tandem_pb2 as pb
 from tandem.speculation.easyspec import make_groups
+
+log = logging.getLogger("tandem.coordinator")
+
+# Codes of refusals a replica may still raise for the client's input (vLLM's own checks).
+CLIENT_ERRORS = ("INVALID_ARGUMENT", "OUT_OF_RANGE")
+# A request whose replica died before it streamed a token is retried on another this often.
+REPLICA_RETRIES = 1
 
 
 @dataclass
@@ -65,6 +84,41 @@ class Counters:
     started: float = field(default_factory=time.monotonic)
 
 
+@dataclass
+class _Run:
+    """A request while it runs: where, under which engine-level id, and what it streamed."""
+
+    prepared: PreparedRequest
+    start: float
+    replica: int = 0
+    submission: str | None = None  # the engine-level id of the current attempt
+    attempts: int = 0
+    produced: int = 0
+    first: float = 0.0  # when the first and the last token came
+    last: float = 0.0
+    finish_reason: str | None = None
+
+    def chunk(self, step: dict[str, Any], now: float) -> Chunk:
+        """The chunk of one replica step; the last one also carries the finish fields."""
+        prepared = self.prepared
+        if step["token_ids"]:
+            if self.produced == 0:
+                self.first = now
+            self.last = now
+            self.produced += len(step["token_ids"])
+        self.finish_reason = step["finish_reason"]
+        chunk = Chunk(prepared.request_id, step["token_ids"], step["text"], self.finish_reason)
+        if self.finish_reason is not None:
+            first, last = (self.first, self.last) if self.produced else (self.start, self.start)
+            chunk.prompt_tokens = len(prepared.prompt_token_ids)
+            chunk.completion_tokens = self.produced
+            chunk.time_to_first_token_s = first - self.start
+            chunk.time_per_output_token_s = (last - first) / max(self.produced - 1, 1)
+            chunk.total_s = now - self.start
+            chunk.speculation = step["speculation"]
+        return chunk
+
+
 class Coordinator:
     def __init__(
         self,
@@ -93,9 +147,20 @@ class Coordinator:
             max_speculative_tokens=config.speculation.num_speculative_tokens,
             speculate_sampled=config.speculation.sampled_requests,
             pipelined=config.speculation.pipeline.enabled,
+            max_prompt_chars=max_prompt_chars(self.tokenizer, infos[0]["max_model_len"]),
         )
+        # Tokenizing and chat rendering take seconds on large inputs: never on the event loop.
+        # Each thread has its own tokenizer (a fast tokenizer must not be shared by threads).
+        self._tokenizers = threading.local()
+        self._tokenizing = ThreadPoolExecutor(
+            config.server.tokenizer_threads, thread_name_prefix="tandem-tokenize"
+        )
+        self.admitting = 0  # requests being prepared (they hold an in-flight slot)
         self.outstanding = [0] * len(pool.actors)
-        self.running: dict[str, int] = {}  # request id -> replica index
+        self.running: dict[str, _Run] = {}  # by the client's request id
+        self.down: set[int] = set()  # replicas that died and are not back yet (Ray restarts)
+        self._watches: set[asyncio.Task] = set()
+        self._submissions = itertools.count()
         self.counters = Counters()
         self.draining = False
         self.metrics: Metrics | None = None  # set by a front door that exports metrics
@@ -140,6 +205,7 @@ class Coordinator:
                     speculation,
                     drafters.actors if drafters else [],
                 ),
+                max_restarts=target.max_restarts,
             )
             pools.append(pool)
             infos = ray.get([actor.info.remote() for actor in pool.actors])
@@ -151,18 +217,24 @@ class Coordinator:
 
     # ---- requests -----------------------------------------------------------------------------
 
-    def admit(self, request: pb.GenerateRequest) -> PreparedRequest:
-        """Validate and admit a request, or raise RequestError (counted as rejected)."""
+    async def admit(self, request: pb.GenerateRequest) -> PreparedRequest:
+        """Validate and admit a request, or raise RequestError (counted as rejected). The
+        prompt is tokenized on the tokenizer threads (server.tokenizer_threads)."""
         try:
             if self.draining:
                 raise RequestError("UNAVAILABLE", "the server is shutting down; retry elsewhere")
-            if len(self.running) >= self.config.server.max_inflight:
+            inflight = len(self.running) + self.admitting
+            if inflight >= self.config.server.max_inflight:
                 raise RequestError(
                     "RESOURCE_EXHAUSTED",
-                    f"{len(self.running)} requests in flight, the limit "
-                    f"(server.max_inflight); retry later",
+                    f"{inflight} requests in flight, the limit (server.max_inflight); retry later",
                 )
-            prepared = prepare(request, self.tokenizer, self.limits)
+            self.admitting += 1
+            try:
+                work = functools.partial(self._prepare, request)
+                prepared = await asyncio.get_running_loop().run_in_executor(self._tokenizing, work)
+            finally:
+                self.admitting -= 1
             if prepared.request_id in self.running:
                 raise RequestError(
                     "ALREADY_EXISTS", f"request_id: {prepared.request_id!r} is already running"
@@ -172,21 +244,65 @@ class Coordinator:
             raise
         return prepared
 
+    def _prepare(self, request: pb.GenerateRequest) -> PreparedRequest:
+        """On a tokenizer thread: the request checked and tokenized with its own tokenizer."""
+        tokenizer = getattr(self._tokenizers, "tokenizer", None)
+        if tokenizer is None:
+            tokenizer = self._tokenizers.tokenizer = copy.deepcopy(self.tokenizer)
+        return prepare(request, tokenizer, self.limits)
+
     async def generate(self, prepared: PreparedRequest) -> AsyncIterator[Chunk]:
-        """Stream one admitted request; leaving the iteration early aborts it in the engine."""
-        replica = self._pick_replica()
-        actor = self.pool.actors[replica]
+        """Stream one admitted request; leaving the iteration early aborts it in the engine.
+        If its replica dies before it streamed anything, it is retried on another replica."""
         rid = prepared.request_id
-        self.running[rid] = replica
-        self.outstanding[replica] += 1
+        run = _Run(prepared, start=time.monotonic())
+        self.running[rid] = run
         self.counters.requests_total += 1
         self.counters.prompt_tokens += len(prepared.prompt_token_ids)
-        start = time.monotonic()
-        first = last = start
-        produced = 0
-        finish_reason = None
+        outcome = "aborted"  # unless it finishes or fails: cancelled, timed out
+        try:
+            while True:
+                try:
+                    async for chunk in self._attempt(run):
+                        yield chunk
+                except ray.exceptions.RayActorError:
+                    self._lost(run.replica)
+                    if run.produced or run.attempts > REPLICA_RETRIES:
+                        raise RequestError(
+                            "UNAVAILABLE", f"request {rid}: its target replica went away; retry"
+                        ) from None
+                    log.warning("request %s: replica %d died; retrying it", rid, run.replica)
+                    continue
+                outcome = "aborted" if run.finish_reason == "abort" else "finished"
+                return
+        except RequestError as exc:
+            outcome = "rejected" if exc.code in CLIENT_ERRORS else "failed"
+            raise
+        except Exception:
+            outcome = "failed"
+            raise
+        finally:
+            self.running.pop(rid, None)
+            self.counters.generated_tokens += run.produced
+            if outcome == "aborted":
+                self.counters.requests_aborted += 1
+            elif outcome == "finished":
+                self.counters.requests_finished += 1
+            elif outcome == "failed":
+                self.counters.requests_failed += 1
+            else:
+                self.counters.requests_rejected += 1
+
+    async def _attempt(self, run: _Run) -> AsyncIterator[Chunk]:
+        """Run the request once on the least loaded replica, under a new engine-level id."""
+        prepared = run.prepared
+        run.replica = replica = self._pick_replica()
+        run.submission = f"{prepared.request_id}#{next(self._submissions)}"
+        run.attempts += 1
+        actor = self.pool.actors[replica]
+        self.outstanding[replica] += 1
         stream = actor.generate.remote(
-            rid,
+            run.submission,
             prepared.prompt_token_ids,
             prepared.sampling,
             prepared.mode,
@@ -195,44 +311,25 @@ class Coordinator:
         )
         try:
             async for ref in stream:
-                step = await ref
-                now = time.monotonic()
-                if step["token_ids"]:
-                    if produced == 0:
-                        first = now
-                    last = now
-                    produced += len(step["token_ids"])
-                finish_reason = step["finish_reason"]
-                chunk = Chunk(rid, step["token_ids"], step["text"], finish_reason)
-                if finish_reason is not None:
-                    chunk.prompt_tokens = len(prepared.prompt_token_ids)
-                    chunk.completion_tokens = produced
-                    chunk.time_to_first_token_s = first - start
-                    chunk.time_per_output_token_s = (last - first) / max(produced - 1, 1)
-                    chunk.total_s = now - start
-                    chunk.speculation = step["speculation"]
-                    self._count_speculation(chunk.speculation)
-                    if self.metrics is not None:
-                        self.metrics.observe(chunk)
+                chunk = run.chunk(await ref, time.monotonic())
+                if chunk.finish_reason is not None:
+                    self._observe(chunk)
                 yield chunk
-        except ray.exceptions.RayActorError as exc:
-            self.counters.requests_failed += 1
-            raise RequestError("UNAVAILABLE", f"target replica {replica} died: {exc}") from None
-        except Exception:
-            self.counters.requests_failed += 1
+        except ray.exceptions.RayTaskError as exc:  # a refusal raised in the replica
+            if isinstance(exc.cause, RequestError):
+                raise exc.cause from None
             raise
         finally:
-            self.running.pop(rid, None)
             self.outstanding[replica] -= 1
-            self.counters.generated_tokens += produced
-            if finish_reason is None:  # cancelled, timed out or failed: free the engine
-                actor.abort.remote(rid)
+            if run.finish_reason is None:  # cancelled, timed out or failed: free the engine
+                actor.abort.remote(run.submission)
                 ray.cancel(stream)
-                self.counters.requests_aborted += 1
-            elif finish_reason == "abort":
-                self.counters.requests_aborted += 1
-            else:
-                self.counters.requests_finished += 1
+
+    def _observe(self, chunk: Chunk) -> None:
+        """Count a finished request's figures."""
+        self._count_speculation(chunk.speculation)
+        if self.metrics is not None:
+            self.metrics.observe(chunk)
 
     def _count_speculation(self, figures: dict[str, Any]) -> None:
         self.counters.target_steps += figures["target_steps"]
@@ -248,19 +345,41 @@ class Coordinator:
             per_pos[position] += count
 
     def abort(self, request_id: str) -> bool:
-        replica = self.running.get(request_id)
-        if replica is None:
+        run = self.running.get(request_id)
+        if run is None or run.submission is None:
             return False
-        self.pool.actors[replica].abort.remote(request_id)
+        self.pool.actors[run.replica].abort.remote(run.submission)
         return True
 
     def _pick_replica(self) -> int:
-        """Fewest outstanding requests; ties rotate so idle replicas share the work."""
+        """Fewest outstanding requests among the replicas up (all of them if none is); ties
+        rotate so idle replicas share the work."""
         n = len(self.outstanding)
         order = [(self._next + i) % n for i in range(n)]
+        order = [i for i in order if i not in self.down] or order
         best = min(order, key=lambda i: self.outstanding[i])
         self._next = (best + 1) % n
         return best
+
+    def _lost(self, replica: int) -> None:
+        """A replica died: route around it until it answers again (Ray restarts it)."""
+        if replica in self.down:
+            return
+        self.down.add(replica)
+        task = asyncio.get_running_loop().create_task(self._await_restart(replica))
+        self._watches.add(task)
+        task.add_done_callback(self._watches.discard)
+
+    async def _await_restart(self, replica: int) -> None:
+        actor = self.pool.actors[replica]
+        while True:
+            try:  # Ray holds the call until the restarted actor is ready
+                await actor.stats.remote()
+                break
+            except ray.exceptions.RayActorError:
+                await asyncio.sleep(1.0)
+        self.down.discard(replica)
+        log.info("target replica %d is back", replica)
 
     # ---- introspection and lifecycle ----------------------------------------------------------
 
@@ -333,6 +452,7 @@ class Coordinator:
         return out
 
     def shutdown(self) -> None:
+        self._tokenizing.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(Exception):  # a dead replica has nothing left to shut down
             ray.get([a.shutdown.remote() for a in self.pool.actors], timeout=30)
         self.pool.destroy()

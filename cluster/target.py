@@ -105,15 +105,21 @@ class TargetReplica:
         pipelined: bool = False,
     ) -> AsyncIterator[dict[str, Any]]:
         """Stream {token_ids, text, finish_reason} per engine step; the last one also carries
-        finish_reason and the request's speculation figures."""
+        finish_reason and the request's speculation figures. `request_id` names this submission
+        (the coordinator makes it unique per submission, so a late abort of an earlier request
+        with the client's same id cannot reach this one)."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, SamplingType
 
-        from tandem.cluster.engine import RequestAborted
+        from tandem.cluster.engine import RequestAborted, StepFailed
+        from tandem.cluster.requests import RequestError
         from tandem.speculation.protocol import Mode
         from tandem.speculation.session import RequestSpec
 
-        params = SamplingParams(**sampling, output_kind=RequestOutputKind.DELTA)
+        try:
+            params = SamplingParams(**sampling, output_kind=RequestOutputKind.DELTA)
+        except ValueError as exc:  # vLLM's own limits, should the coordinator's miss one
+            raise RequestError("INVALID_ARGUMENT", f"sampling: {exc}") from None
         flush = None
         if self.session is not None:
             greedy = params.sampling_type == SamplingType.GREEDY
@@ -139,6 +145,12 @@ class TargetReplica:
                         request_id, mode, steps, tokens, accepted_per_pos
                     )
                 yield step
+        except StepFailed:
+            raise RequestError(
+                "INTERNAL",
+                f"request {request_id}: the engine failed a step with it; the other requests "
+                "went on",
+            ) from None
         except RequestAborted:
             yield {
                 "token_ids": [],
@@ -182,6 +194,7 @@ class TargetReplica:
             "generated_tokens": self._generated,
             "steps": self._loop.steps,
             "step_time_s": self._loop.step_time_s,
+            "failed_steps": self._loop.failed_steps,
         }
         if self.session is not None:
             session = self.session.stats()

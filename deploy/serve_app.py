@@ -20,7 +20,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
 
-from tandem.cluster.api import TandemAPI, token_matches
+from tandem.cluster.api import TandemAPI
+from tandem.cluster.auth import authorized
 from tandem.cluster.config import TandemConfig
 from tandem.cluster.coordinator import Chunk, Coordinator
 from tandem.cluster.metrics import start_metrics
@@ -87,8 +88,8 @@ class TandemDeployment:
     # ---- gRPC (Serve's gRPC ingress) ----------------------------------------------------------
 
     def _check(self, context: RayServegRPCContext) -> None:
-        metadata = dict(context.invocation_metadata())
-        if not token_matches(metadata.get("authorization"), self.token):
+        metadata = context.invocation_metadata()
+        if not authorized([v for k, v in metadata if k == "authorization"], self.token):
             self._fail(context, UNAUTHENTICATED)
 
     @staticmethod
@@ -137,7 +138,7 @@ class TandemDeployment:
         return {"status": "ok"}
 
     def _authorize(self, request: Request) -> None:
-        if not token_matches(request.headers.get("authorization"), self.token):
+        if not authorized(request.headers.getlist("authorization"), self.token):
             raise _HTTPError(UNAUTHENTICATED)
 
     @http.get("/v1/models")
