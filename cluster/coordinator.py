@@ -47,6 +47,7 @@ log = logging.getLogger("tandem.coordinator")
 CLIENT_ERRORS = ("INVALID_ARGUMENT", "OUT_OF_RANGE")
 # A request whose replica died before it streamed a token is retried on another this often.
 REPLICA_RETRIES = 1
+REPLICA_STATS_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -397,10 +398,10 @@ class Coordinator:
         )
 
     async def stats(self) -> pb.Stats:
-        replica_stats = await asyncio.gather(*(a.stats.remote() for a in self.pool.actors))
+        replica_stats = await self._replica_stats()
         c = self.counters
         return pb.Stats(
-            **speculation_stats(c, replica_stats),
+            **speculation_stats(c, [s for s in replica_stats if s is not None]),
             drafters=await self._drafter_stats(),
             requests_in_flight=len(self.running),
             requests_total=c.requests_total,
@@ -413,16 +414,33 @@ class Coordinator:
             uptime_s=time.monotonic() - c.started,
             replicas=[
                 pb.ReplicaStats(
-                    replica_id=s["replica_id"],
+                    replica_id=info["replica_id"],
                     node_id=info["node_id"],
                     outstanding=self.outstanding[i],
-                    engine_unfinished=s["engine_unfinished"],
-                    requests_served=s["requests_served"],
-                    generated_tokens=s["generated_tokens"],
+                    engine_unfinished=s["engine_unfinished"] if s else 0,
+                    requests_served=s["requests_served"] if s else 0,
+                    generated_tokens=s["generated_tokens"] if s else 0,
+                    up=s is not None,
                 )
                 for i, (s, info) in enumerate(zip(replica_stats, self.infos, strict=True))
             ],
         )
+
+    async def _replica_stats(self) -> list[dict[str, Any] | None]:
+        """Each target replica's figures; None for one that is down (being restarted)."""
+
+        async def one(replica: int, actor: Any) -> dict[str, Any] | None:
+            if replica in self.down:
+                return None
+            try:
+                return await asyncio.wait_for(actor.stats.remote(), REPLICA_STATS_TIMEOUT_S)
+            except ray.exceptions.RayActorError:
+                self._lost(replica)
+            except TimeoutError:
+                pass
+            return None
+
+        return await asyncio.gather(*(one(i, a) for i, a in enumerate(self.pool.actors)))
 
     async def drain(self, timeout_s: float) -> int:
         """Refuse new requests and wait up to timeout_s for running ones; returns those left."""

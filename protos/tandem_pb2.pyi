@@ -202,20 +202,22 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaStats(_message.Message):
-    __slots__ = ("replica_id", "node_id", "outstanding", "engine_unfinished", "requests_served", "generated_tokens")
+    __slots__ = ("replica_id", "node_id", "outstanding", "engine_unfinished", "requests_served", "generated_tokens", "up")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     OUTSTANDING_FIELD_NUMBER: _ClassVar[int]
     ENGINE_UNFINISHED_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_SERVED_FIELD_NUMBER: _ClassVar[int]
     GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    UP_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     node_id: str
     outstanding: int
     engine_unfinished: int
     requests_served: int
     generated_tokens: int
-    def __init__(self, replica_id: _Optional[str] = ..., node_id: _Optional[str] = ..., outstanding: _Optional[int] = ..., engine_unfinished: _Optional[int] = ..., requests_served: _Optional[int] = ..., generated_tokens: _Optional[int] = ...) -> None: ...
+    up: bool
+    def __init__(self, replica_id: _Optional[str] = ..., node_id: _Optional[str] = ..., outstanding: _Optional[int] = ..., engine_unfinished: _Optional[int] = ..., requests_served: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., up: _Optional[bool] = ...) -> None: ...
 
 class DrafterStats(_message.Message):
     __slots__ = ("replica_id", "node_id", "requests", "mirror_hints_used")

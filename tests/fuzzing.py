@@ -8,6 +8,7 @@ top_p, seeds) beside requests that speculate in every mode, and prompts of a sin
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import grpc
@@ -203,3 +204,23 @@ def openai_body(draw, chat: bool, model: str) -> Any:
     if draw(st.booleans()):
         body.setdefault("max_tokens", draw(st.integers(1, 6)))  # keep most of them cheap
     return body
+
+
+def check_http(body: Any, response: Any) -> None:
+    """A completion (JSON, or server-sent events ending in [DONE]), or an OpenAI error object
+    with a 4xx status; never a 5xx."""
+    assert response.status_code < 500, (response.status_code, response.text[:500], body)
+    if response.status_code != 200:
+        error = response.json()["error"]
+        assert error["message"] and error["type"], (error, body)
+        return
+    if response.headers["content-type"].startswith("text/event-stream"):
+        events = [line for line in response.text.splitlines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]", (events[-3:], body)
+        for event in events[:-1]:
+            data = json.loads(event.removeprefix("data: "))
+            assert "error" not in data or data["error"]["code"] != "INTERNAL", (data, body)
+        return
+    answer = response.json()
+    assert answer["choices"][0]["finish_reason"] in ("stop", "length"), (answer, body)
+    assert answer["usage"]["completion_tokens"] >= 0

@@ -83,6 +83,7 @@ class Lane:
     max_tokens: int = 32
     done: list[tuple[int, list[int], pb.SpeculationStats]] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
+    streamed: int = 0  # tokens received, finished requests or not
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
     def sampling(self) -> dict:
@@ -105,6 +106,7 @@ class Lane:
                     **self.sampling(),
                 ):
                     ids += chunk.token_ids
+                    self.streamed += len(chunk.token_ids)
                     if ids:
                         self.started.set()
             except grpc.aio.AioRpcError as exc:

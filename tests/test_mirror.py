@@ -21,7 +21,7 @@ def client():
         }
     }
     for service in start_service(config):
-        with TandemClient(service.address) as c:
+        with TandemClient(service.address, timeout=300) as c:
             yield c
 
 

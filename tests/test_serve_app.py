@@ -4,6 +4,7 @@ ingress, with bearer-token auth on both."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import grpc
@@ -12,6 +13,8 @@ import openai
 import pytest
 import ray
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
@@ -19,6 +22,7 @@ from tandem.client import TandemClient
 from tandem.deploy.serve_app import GRPC_SERVICER_FUNCTION, app_builder
 
 from .conftest import REPO, free_port, spec_bench_prompts
+from .fuzzing import check_http, fuzz_settings, openai_body
 
 pytestmark = pytest.mark.slow
 
@@ -162,10 +166,38 @@ def test_token_required_but_health_open(app):
             response = httpx.request(method, app["http"] + path, headers=headers, json={})
             assert response.status_code == 401, (key, path)
             assert response.json()["error"]["type"] == "authentication_error"
-        with TandemClient(app["grpc"], token=key) as client, pytest.raises(grpc.RpcError) as exc:
+        with (
+            TandemClient(app["grpc"], token=key, timeout=300) as client,
+            pytest.raises(grpc.RpcError) as exc,
+        ):
             client.generate("Hi", max_tokens=4)
         assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED
     unauthenticated = openai.OpenAI(base_url=app["http"] + "/v1", api_key="nope", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         unauthenticated.models.list()
     assert httpx.get(app["http"] + "/health").json() == {"status": "ok"}
+
+
+@pytest.mark.timeout_per_example(6)
+def test_fuzz_openai_http(app, fuzz_examples):
+    """Generated bodies for both endpoints (plausible fields, any JSON at all): every answer is
+    a completion or an OpenAI error with a 4xx status, never a 5xx, and the app stays up."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=app["http"], headers=headers, timeout=300) as http:
+        json_content = {"Content-Type": "application/json"}
+
+        @fuzz_settings(fuzz_examples)
+        @given(chat=st.booleans(), data=st.data())
+        def one(chat, data):
+            body = data.draw(openai_body(chat, app["model"]))
+            path = "/v1/chat/completions" if chat else "/v1/completions"
+            # Python's JSON writes NaN and Infinity, as some clients do: the server must cope.
+            sent = json.dumps(body).encode()
+            check_http(body, http.post(path, content=sent, headers=json_content))
+
+        one()
+        assert http.get("/health").json() == {"status": "ok"}
+        done = http.post(
+            "/v1/completions", json={"prompt": "Hi", "max_tokens": 2, "temperature": 0}
+        )
+        assert done.status_code == 200 and done.json()["usage"]["completion_tokens"] == 2

@@ -32,7 +32,7 @@ def service():
 
 @pytest.fixture(scope="module")
 def client(service):
-    with TandemClient(service.address) as c:
+    with TandemClient(service.address, timeout=300) as c:
         yield c
 
 
@@ -112,7 +112,7 @@ def test_eight_concurrent_streams(service, client):
     expected = [list(client.generate(p, temperature=0, max_tokens=24).token_ids) for p in prompts]
 
     async def run_all():
-        async with AsyncTandemClient(service.address) as aclient:
+        async with AsyncTandemClient(service.address, timeout=300) as aclient:
 
             async def one(prompt):
                 ids = []
@@ -185,7 +185,7 @@ def test_abort_and_too_many_in_flight(service, client):
     """Fill every in-flight slot, get RESOURCE_EXHAUSTED, then Abort frees them all."""
 
     async def scenario():
-        async with AsyncTandemClient(service.address) as aclient:
+        async with AsyncTandemClient(service.address, timeout=300) as aclient:
             calls = [
                 aclient.stub.GenerateStream(
                     build_request("Count.", request_id=f"long-{i}", max_tokens=999, ignore_eos=True)

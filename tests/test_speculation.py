@@ -42,7 +42,7 @@ def service():
 
 @pytest.fixture(scope="module")
 def client(service):
-    with TandemClient(service.address) as c:
+    with TandemClient(service.address, timeout=300) as c:
         yield c
 
 
@@ -163,7 +163,7 @@ def sample(address: str, beside_speculation: bool) -> tuple[list[list[int]], lis
     returned too."""
 
     async def run():
-        async with AsyncTandemClient(address) as client:
+        async with AsyncTandemClient(address, timeout=300) as client:
             gate = asyncio.Semaphore(32)
             done = asyncio.Event()
 
