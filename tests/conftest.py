@@ -82,7 +82,7 @@ def tokenizer(model_path):
 
 
 def start_service(config: dict) -> Iterator[ServiceProcess]:
-    service = ServiceProcess(config)
+    service = ServiceProcess(config, startup_timeout_s=600)  # a loaded 2-core machine is slow
     service.start()
     try:
         yield service

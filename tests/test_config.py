@@ -10,6 +10,8 @@ import yaml
 from tandem.cluster.auth import authorized
 from tandem.cluster.config import AuthConfig, ConfigError, TandemConfig
 
+pytestmark = pytest.mark.timeout(300)
+
 
 def test_default_config_needs_no_file():
     config = TandemConfig()

@@ -6,6 +6,8 @@ import pytest
 
 from tandem.speculation.controlled import ControlledDrafter, load_continuations, save_continuations
 
+pytestmark = pytest.mark.timeout(120)
+
 PROMPT = (5, 6, 7)
 TRUTH = list(range(100, 140))
 

@@ -1,9 +1,13 @@
 """The Drafter's suffix, recycle and controlled modes, through the protocol's DraftItems."""
 
+import pytest
+
 from tandem.speculation.controlled import ControlledDrafter
 from tandem.speculation.drafter import Drafter
 from tandem.speculation.protocol import DraftItem, Mode
 from tandem.speculation.recycle import RecycleTable
+
+pytestmark = pytest.mark.timeout(120)
 
 
 def draft(drafter, rid, start, tokens, mode, k=4, candidates=()):

@@ -18,6 +18,8 @@ from tandem.cluster.config import TandemConfig
 
 from .conftest import REPO
 
+pytestmark = pytest.mark.timeout(120)
+
 KUBERAY = REPO / "deploy" / "kuberay"
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are ~1 MB each
 

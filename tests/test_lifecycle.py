@@ -33,7 +33,7 @@ def service(model_path):
         "server": {"drain_timeout_s": 60},
         "ray": {"num_cpus": 2},
     }
-    with ServiceProcess(config) as service:
+    with ServiceProcess(config, startup_timeout_s=600) as service:
         yield service
 
 

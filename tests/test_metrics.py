@@ -13,7 +13,7 @@ from tandem.client import TandemClient
 
 from .conftest import free_port, start_service
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 # Repetitive text gives the n-gram drafter matches, so drafts are accepted.
 PROMPT = "Repeat exactly, five times: red green blue red green blue red green blue."

@@ -9,7 +9,7 @@ from tandem.client import TandemClient
 
 from .conftest import spec_bench_prompts, start_service
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")

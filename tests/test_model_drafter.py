@@ -7,6 +7,8 @@ import torch
 from tandem.models import check_same_vocabulary, derive_draft
 from tandem.speculation.model_drafter import ModelDrafter
 
+pytestmark = pytest.mark.timeout(300)
+
 
 @pytest.fixture(scope="module")
 def draft_path(model_path):

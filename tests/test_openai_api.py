@@ -11,6 +11,8 @@ from tandem.cluster.requests import RequestError
 from tandem.deploy import openai_api
 from tandem.protos import tandem_pb2 as pb
 
+pytestmark = pytest.mark.timeout(120)
+
 MODEL = "m"
 
 

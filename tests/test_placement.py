@@ -23,7 +23,7 @@ from tandem.cluster.launcher import ServiceProcess
 
 from .conftest import spec_bench_prompts
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 ACCELERATOR_TYPE = "STAND-IN"  # Ray's accelerator_type:<X> node resource, as a GPU node has

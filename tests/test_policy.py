@@ -1,6 +1,10 @@
 """The draft-length policy (pure logic)."""
 
+import pytest
+
 from tandem.speculation.policy import DraftLengthPolicy
+
+pytestmark = pytest.mark.timeout(120)
 
 
 def test_full_k_then_shrinking_then_off():

@@ -18,7 +18,7 @@ from tandem.client import Credentials, TandemClient
 from .conftest import free_port, start_service
 from .tls_certs import make_certificates
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 TOKEN = "tandem-test-token"
 

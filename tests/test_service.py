@@ -19,7 +19,7 @@ from tandem.protos import tandem_pb2 as pb
 
 from .conftest import spec_bench_prompts, start_service
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 MAX_INFLIGHT = 10
 CONFIG = {"server": {"max_inflight": MAX_INFLIGHT, "max_tokens": 1024, "default_max_tokens": 48}}

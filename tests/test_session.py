@@ -11,6 +11,8 @@ from tandem.speculation.session import RequestSpec, SpeculationSession
 
 from .local_transport import LocalTransport
 
+pytestmark = pytest.mark.timeout(120)
+
 
 def step(session, rows):
     """One engine step: rows maps request id -> committed tokens."""

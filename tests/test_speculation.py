@@ -18,7 +18,7 @@ from tandem.protos import tandem_pb2 as pb
 
 from .conftest import spec_bench_prompts, start_service
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 MODES = ("ngram", "suffix", "recycle", "model", "hybrid")
 CATEGORIES = ("writing", "coding", "math_reasoning", "summarization", "translation", "rag")
@@ -218,6 +218,7 @@ def bucketed_tv(a: list[int], b: list[int]) -> tuple[float, float]:
     return tv, noise
 
 
+@pytest.mark.timeout(900)  # 4000 sampled requests
 def test_sampling_keeps_the_target_distribution_beside_speculation(service, client):
     """Positions 2-5 at temperature 1 (top_k 8): samples taken while greedy requests speculate in
     the same engine agree with samples taken with no speculation anywhere, within TV_BOUND over

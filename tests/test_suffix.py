@@ -2,7 +2,11 @@
 
 import time
 
+import pytest
+
 from tandem.speculation.suffix import GlobalSuffixes, RequestSuffixes, SuffixDrafter, SuffixTrie
+
+pytestmark = pytest.mark.timeout(120)
 
 
 def request(tokens, depth=8):

@@ -13,7 +13,7 @@ from tandem.speculation.protocol import DraftItem, Mode
 
 from .conftest import spec_bench_prompts
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 class RecordingSession:
