@@ -86,6 +86,7 @@ def test_a_killed_replica_costs_only_its_streams_and_comes_back(service, client)
             assert ids == references[prompt][:32], (lane.index, prompt)
     stats = client.stats()
     assert stats.requests_failed - before.requests_failed == len(failures)
+    assert stats.requests_aborted == before.requests_aborted  # failed is not also aborted
     # Both replicas take requests again.
     served = [r.requests_served for r in stats.replicas]
     with TandemClient(service.address, timeout=DEADLINE_S) as other:

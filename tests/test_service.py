@@ -7,7 +7,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 
 import grpc
 import pytest
@@ -18,6 +17,7 @@ from tandem.client import AsyncTandemClient, TandemClient, build_request
 from tandem.protos import tandem_pb2 as pb
 
 from .conftest import spec_bench_prompts, start_service
+from .reliability import wait_until_idle
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -34,19 +34,6 @@ def service():
 def client(service):
     with TandemClient(service.address, timeout=300) as c:
         yield c
-
-
-def wait_until_idle(client: TandemClient, timeout_s: float = 30) -> pb.Stats:
-    """Poll GetStats until neither the coordinator nor any engine holds a request."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        stats = client.stats()
-        idle = stats.requests_in_flight == 0 and all(
-            r.engine_unfinished == 0 and r.outstanding == 0 for r in stats.replicas
-        )
-        if idle or time.monotonic() > deadline:
-            return stats
-        time.sleep(0.1)
 
 
 def test_greedy_matches_transformers(client, model_path, tokenizer):

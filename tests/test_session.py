@@ -50,22 +50,30 @@ def test_off_and_unknown_requests_cost_no_round_trip():
     assert transport.sent == []
 
 
-def test_failed_drafter_yields_no_drafts_until_it_answers_again():
+def drafter_in_trouble(trouble: str):
+    """A session whose drafter fails (`failing`) or is late (`late`) on one step, then is
+    well again: returns the transport, the session and the request's tokens after checking
+    that the next step, too, asks the drafter nothing."""
     transport = LocalTransport()
     session = SpeculationSession(transport, timeout_s=0.01)
     session.register("a", RequestSpec(Mode.NGRAM, 2))
     tokens = [5, 6, 5]
-    transport.failing.add(0)
+    getattr(transport, trouble).add(0)
     assert step(session, {"a": tokens}) == [[]]
-    assert session.stats().failures == 1 and session.stats().drafters_down == 1
+    getattr(transport, trouble).clear()
     calls = len(transport.sent)
-    transport.failing.clear()
-    assert step(session, {"a": tokens + [6]}) == [[]]  # down: not even asked
+    assert step(session, {"a": tokens + [6]}) == [[]]  # down or busy: not even asked
     assert len(transport.sent) == calls
+    return transport, session, tokens + [6, 5]
+
+
+def test_failed_drafter_yields_no_drafts_until_it_answers_again():
+    transport, session, tokens = drafter_in_trouble("failing")
+    assert session.stats().failures == 1 and session.stats().drafters_down == 1
     # It restarts empty; once a probe answers, speculation resumes with a full resend.
     transport.drafters[0] = Drafter()
     transport.alive_again.add(0)
-    assert step(session, {"a": tokens + [6, 5]}) == [[6, 5]]
+    assert step(session, {"a": tokens}) == [[6, 5]]
     resent = transport.sent[-1][0][0]
     assert (resent.start, resent.tokens) == (0, (5, 6, 5, 6, 5))
     assert session.stats().drafters_down == 0
@@ -74,20 +82,11 @@ def test_failed_drafter_yields_no_drafts_until_it_answers_again():
 def test_late_drafter_is_not_a_fault_and_drafts_again_once_it_answers():
     """A drafter that misses the time budget (a loaded machine) is counted as a timeout, not a
     failure: it is not marked down, only skipped while its late call still runs."""
-    transport = LocalTransport()
-    session = SpeculationSession(transport, timeout_s=0.01)
-    session.register("a", RequestSpec(Mode.NGRAM, 2))
-    tokens = [5, 6, 5]
-    transport.late.add(0)
-    assert step(session, {"a": tokens}) == [[]]
+    transport, session, tokens = drafter_in_trouble("late")
     stats = session.stats()
     assert (stats.timeouts, stats.failures, stats.drafters_down) == (1, 0, 0)
-    transport.late.clear()
-    calls = len(transport.sent)
-    assert step(session, {"a": tokens + [6]}) == [[]]  # busy with the late call: not asked
-    assert len(transport.sent) == calls
     transport.busy_replicas.clear()  # the late call returned
-    assert step(session, {"a": tokens + [6, 5]}) == [[6, 5]]
+    assert step(session, {"a": tokens}) == [[6, 5]]
     assert session.stats().timeouts == 1
 
 
