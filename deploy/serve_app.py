@@ -162,11 +162,18 @@ class TandemDeployment:
             except ValueError:
                 raise RequestError("INVALID_ARGUMENT", "the body is not valid JSON") from None
             convert = openai_api.chat_request if chat else openai_api.completion_request
-            prepared = convert(body, self.model)
+            try:
+                prepared = convert(body, self.model)
+                usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            except RequestError:
+                raise
+            except (TypeError, ValueError, AttributeError) as exc:  # a value protobuf refuses
+                raise RequestError(
+                    "INVALID_ARGUMENT", f"a field has a value of the wrong type or size: {exc}"
+                ) from None
             chunks = self.api.stream(prepared)
             first = await anext(chunks)  # refusals surface here, before any byte is sent
             if body.get("stream"):
-                usage = bool((body.get("stream_options") or {}).get("include_usage"))
                 events = openai_api.EventStream(self.model, chat, usage)
                 return StreamingResponse(
                     _sse(events, first, chunks), media_type="text/event-stream"
