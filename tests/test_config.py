@@ -10,7 +10,7 @@ import yaml
 from tandem.cluster.auth import authorized
 from tandem.cluster.config import AuthConfig, ConfigError, TandemConfig
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(600)  # loads models; slow on a loaded machine
 
 
 def test_default_config_needs_no_file():

@@ -7,7 +7,7 @@ import pytest
 from tandem.cluster.requests import Limits, RequestError, max_prompt_chars, prepare
 from tandem.protos import tandem_pb2 as pb
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(600)  # loads models; slow on a loaded machine
 
 LIMITS = Limits(max_model_len=64, vocab_size=49152, max_tokens=32, default_max_tokens=16)
 
