@@ -201,3 +201,18 @@ def test_fuzz_openai_http(app, fuzz_examples):
             "/v1/completions", json={"prompt": "Hi", "max_tokens": 2, "temperature": 0}
         )
         assert done.status_code == 200 and done.json()["usage"]["completion_tokens"] == 2
+
+
+def test_repeated_or_non_ascii_authorization_is_refused(app):
+    """Over HTTP a client can send two Authorization headers or non-ASCII bytes: 401, never
+    the first or last header winning, never a 500."""
+    good = f"Bearer {TOKEN}".encode()
+    for headers in (
+        [("Authorization", good), ("Authorization", b"Bearer nope")],
+        [("Authorization", b"Bearer nope"), ("Authorization", good)],
+        [("Authorization", b"Bearer t\xc3\xa9st")],
+        [("Authorization", b"Bearer \xff\xfe")],
+    ):
+        response = httpx.get(app["http"] + "/v1/models", headers=headers, timeout=60)
+        assert response.status_code == 401, headers
+    assert httpx.get(app["http"] + "/v1/models", headers=[("Authorization", good)]).is_success
