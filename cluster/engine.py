@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import threading
 import time
@@ -28,7 +29,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from vllm import SamplingParams
+# The engine core must live in this process (the proposer reaches the drafters through this
+# process's Ray connection, and the session is handed to the worker by reference); vLLM reads
+# this when an engine starts.
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+
+from vllm import SamplingParams  # noqa: E402
 from vllm.engine.arg_utils import EngineArgs
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import RequestOutputKind

@@ -1,9 +1,31 @@
-"""An in-memory Transport over real Drafters, for tests that run a speculation session without
-Ray: the session's own tests, and the engine tests that need drafts to flow."""
+"""An in-memory Transport over real Drafters, and a session over it, for tests that run a
+speculation session without Ray: the session's own tests, and the engine tests that need drafts
+to flow."""
 
 import time
 
+from tandem.cluster.config import SpeculationConfig
 from tandem.speculation.drafter import Drafter
+from tandem.speculation.ngram import NgramSource
+from tandem.speculation.session import SpeculationSession
+from tandem.speculation.suffix import SuffixSource
+
+
+def plain_drafter(**options):
+    """A drafter with the sources that need no model or vocabulary."""
+    return Drafter({"ngram": NgramSource(), "suffix": SuffixSource()}, **options)
+
+
+def session_for(transport, timeout_s=1.0, pipelined=False, draft_length=None, **speculation):
+    """A session with drafts at every batch size (unless `draft_length` says otherwise) and the
+    speculation cache off (unless `pipelined`)."""
+    config = SpeculationConfig(
+        step_timeout_ms=timeout_s * 1000,
+        pipeline={"enabled": pipelined, "outcomes": 4, "fanout": 2},
+        draft_length=draft_length or {"full_until_batch": 1000, "off_above_batch": 1000},
+        **speculation,
+    )
+    return SpeculationSession(transport, config)
 
 
 class LocalTransport:
@@ -11,7 +33,7 @@ class LocalTransport:
 
     def __init__(self, replicas=1):
         self.replicas = replicas
-        self.drafters = [Drafter() for _ in range(replicas)]
+        self.drafters = [plain_drafter() for _ in range(replicas)]
         self.sent = []
         self.failing = set()  # replicas whose calls fail
         self.late = set()  # replicas whose calls miss the time budget

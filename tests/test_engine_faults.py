@@ -13,9 +13,9 @@ from unittest import mock
 import pytest
 
 from tandem.speculation.protocol import Mode
-from tandem.speculation.session import RequestSpec, SpeculationSession
+from tandem.speculation.session import RequestSpec
 
-from .local_transport import LocalTransport
+from .local_transport import LocalTransport, session_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -25,7 +25,6 @@ PROMPTS = [
     "List the days of the week, then list them again.",
 ]
 ENGINE_ENV = {
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     "VLLM_CPU_KVCACHE_SPACE": "1",
     "VLLM_CPU_OMP_THREADS_BIND": "nobind",
 }
@@ -36,26 +35,21 @@ def engine(model_path):
     """An EngineLoop with tandem's proposer, fed by in-process ngram drafters."""
     from vllm.engine.arg_utils import EngineArgs
 
+    from tandem.cluster.config import SpeculationConfig
     from tandem.cluster.engine import EngineLoop
-    from tandem.cluster.target import PROPOSER
+    from tandem.plugins.engine import APPLY_FIXES, ATTACH, engine_args
 
-    args = EngineArgs(
-        model=str(model_path),
-        dtype="float32",
-        enforce_eager=True,
-        max_model_len=1024,
-        worker_extension_cls="tests.faulty_worker.FaultyWorkerExtension",
-        speculative_config={
-            "method": "custom_class",
-            "model": PROPOSER,
-            "num_speculative_tokens": 4,
-        },
+    args = engine_args(
+        model_path,
+        {"dtype": "float32", "enforce_eager": True, "max_model_len": 1024},
+        SpeculationConfig(num_speculative_tokens=4),
     )
+    args["worker_extension_cls"] = "tests.faulty_worker.FaultyWorkerExtension"
     with mock.patch.dict(os.environ, ENGINE_ENV):
-        loop = EngineLoop(args)
-    session = SpeculationSession(LocalTransport(), timeout_s=5.0)
-    loop.call(lambda e: e.collective_rpc("tandem_apply_fixes"))
-    loop.call(lambda e: e.collective_rpc("tandem_attach", args=(session, 0)))
+        loop = EngineLoop(EngineArgs(**args))
+    session = session_for(LocalTransport(), timeout_s=5.0)
+    loop.call(lambda e: e.collective_rpc(APPLY_FIXES))
+    loop.call(lambda e: e.collective_rpc(ATTACH, args=(session, 0)))
     yield loop, session
     loop.shutdown()
 

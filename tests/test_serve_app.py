@@ -216,3 +216,26 @@ def test_repeated_or_non_ascii_authorization_is_refused(app):
         response = httpx.get(app["http"] + "/v1/models", headers=headers, timeout=60)
         assert response.status_code == 401, headers
     assert httpx.get(app["http"] + "/v1/models", headers=[("Authorization", good)]).is_success
+
+
+def test_every_mode_through_the_openai_endpoint(app, oai):
+    """Each of tandem's modes (Mode) is accepted by the OpenAI extra field and gives the
+    target's greedy output; an unknown one is a 400 naming the field."""
+    from tandem.speculation.protocol import Mode
+
+    messages = [{"role": "user", "content": spec_bench_prompts(1, ("coding",))[0]}]
+    texts = {}
+    for mode in Mode:
+        chat = oai.chat.completions.create(
+            model=app["model"],
+            messages=messages,
+            temperature=0,
+            max_tokens=24,
+            extra_body={"speculation": mode.value},
+        )
+        texts[mode] = chat.choices[0].message.content
+    assert all(text == texts[Mode.OFF] for text in texts.values()), texts
+    with pytest.raises(openai.BadRequestError, match="speculation"):
+        oai.chat.completions.create(
+            model=app["model"], messages=messages, extra_body={"speculation": "telepathy"}
+        )
