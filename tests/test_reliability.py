@@ -353,7 +353,10 @@ def test_drafter_killed_repeatedly_under_16_streams(service, client, references)
     check_greedy(lanes, references)
     assert len(kills) == 3
     stats = client.stats()
-    assert stats.drafter_failures - before.drafter_failures >= 3
+    # Each kill is seen: a call in flight fails, or one sent meanwhile waits for the restarting
+    # actor and misses its budget. Neither fails a request.
+    noticed = stats.drafter_failures + stats.drafter_timeouts
+    assert noticed - before.drafter_failures - before.drafter_timeouts >= 3
     assert stats.requests_failed == before.requests_failed
     drafted = defaultdict(int)
     for lane in lanes:
