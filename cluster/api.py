@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 from tandem.cluster.coordinator import Chunk, Coordinator
 from tandem.cluster.requests import RequestError
@@ -34,6 +34,9 @@ def response_from(chunks: list[Chunk]) -> pb.GenerateResponse:
         text="".join(c.text for c in chunks),
         finish_reason=FINISH_REASONS[last.finish_reason],
     )
+    for chunk in chunks:
+        response.logprobs.extend(token_logprobs(chunk.logprobs or ()))
+    response.prompt_logprobs.extend(token_logprobs(chunks[0].prompt_logprobs or ()))
     if last.finish_reason is not None:
         response.usage.CopyFrom(
             pb.Usage(
@@ -52,6 +55,20 @@ def response_from(chunks: list[Chunk]) -> pb.GenerateResponse:
         if last.figures is not None:
             response.speculation.CopyFrom(last.figures.to_proto())
     return response
+
+
+def token_logprobs(positions: Iterable) -> list[pb.TokenLogprobs]:
+    """Per-position entries of a chunk (tandem.cluster.target.positions) as protobuf."""
+    return [
+        pb.TokenLogprobs(token=_logprob(chosen), top=[_logprob(e) for e in top])
+        for chosen, top in positions
+    ]
+
+
+def _logprob(entry) -> pb.Logprob:
+    token_id, token, logprob, rank = entry
+    # vLLM's server clamps -inf to -9999 so the value stays JSON; the same here.
+    return pb.Logprob(token_id=token_id, token=token, logprob=max(logprob, -9999.0), rank=rank)
 
 
 class TandemAPI:

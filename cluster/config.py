@@ -7,6 +7,7 @@ error names the key it is about (pydantic reports the path, e.g. `target.replica
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from tandem.models import DEFAULT_MODEL, default_models_dir
+from tandem.models import DEFAULT_MODEL, ModelStore, default_models_dir
 from tandem.speculation.protocol import Mode
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -49,9 +50,19 @@ class ModelsConfig(_Section):
 
     target: str = DEFAULT_MODEL  # a built-in model name or a local Hugging Face folder
     dir: Path | None = None  # model cache; default $TANDEM_MODELS_DIR or the user cache dir
+    # Where every node gets models it lacks: None, each node prepares built-in models and
+    # derives drafts in its own `dir` (or finds them baked into its image there); a folder (a
+    # mounted volume) or a URI pyarrow reads (s3://, gs://, hdfs://): each node copies a named
+    # model from <source>/<name> into its own `dir` before use. No node relies on files another
+    # node wrote.
+    source: str | None = None
 
     def cache_dir(self) -> Path:
         return self.dir.expanduser() if self.dir else default_models_dir()
+
+    def store(self) -> ModelStore:
+        """This node's view of the models: resolved in the calling process, on its own disk."""
+        return ModelStore(self.cache_dir(), self.source)
 
 
 def _check_resources(value: dict[str, float]) -> dict[str, float]:
@@ -338,6 +349,8 @@ class ServerConfig(_Section):
     metrics_auth: bool = False  # /metrics asks for the bearer token of `auth` too
     tls: TLSConfig | None = None  # None: plaintext
     auth: AuthConfig | None = None  # None: no token needed
+    # Serving a non-loopback address without auth is refused unless this says it is meant.
+    allow_unauthenticated: bool = False
 
     @model_validator(mode="after")
     def _metrics_auth_has_a_token(self) -> ServerConfig:
@@ -361,6 +374,9 @@ class RayConfig(_Section):
     address: str | None = None
     num_cpus: PositiveInt | None = None  # embedded cluster only; default: all cores
     resources: dict[str, float] = Field(default_factory=dict)  # embedded cluster only
+    # A cluster still starting (KubeRay's worker pods join after the head): wait this long for
+    # the nodes the pools need before refusing the config; 0: refuse at once.
+    wait_for_nodes_s: float = Field(0.0, ge=0)
 
 
 class TandemConfig(_Section):
@@ -387,6 +403,25 @@ class TandemConfig(_Section):
             raise ConfigError(f"config {path}: the top level must be a mapping")
         return cls.from_dict(data)
 
+    def check_serving(self, exposed: bool | None = None) -> None:
+        """Refuse a front door open to the network without a token unless the config says so.
+        `exposed`: whether it listens beyond loopback (default: from server.host; Ray Serve's
+        gRPC ingress always does, having no host option)."""
+        server = self.server
+        if exposed is None:
+            exposed = not is_loopback(server.host)
+        if exposed and server.auth is None and not server.allow_unauthenticated:
+            where = (
+                f"server.host {server.host!r} is not a loopback address"
+                if not is_loopback(server.host)
+                else "Ray Serve's gRPC ingress listens on every interface"
+            )
+            raise ConfigError(
+                f"server.auth: {where} and no token is set; set server.auth "
+                "({token_env: NAME} or {token_file: PATH}), or server.allow_unauthenticated: "
+                "true to serve the network without one"
+            )
+
     @classmethod
     def from_serve_args(cls, args: dict[str, Any]) -> TandemConfig:
         """The config from a Ray Serve application's `args`: the tandem config inline under
@@ -406,6 +441,16 @@ class TandemConfig(_Section):
         for section, values in sections.items():
             data[section].update({k: v for k, v in values.items() if v is not None})
         return TandemConfig.from_dict(data)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address only listens on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def _describe(exc: ValidationError) -> str:

@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 
@@ -48,6 +48,7 @@ from tandem.cluster.target import StepOutput
 from tandem.protos import tandem_pb2 as pb
 
 log = logging.getLogger("tandem.coordinator")
+T = TypeVar("T")
 
 # Codes of refusals a replica may still raise for the client's input (vLLM's own checks).
 CLIENT_ERRORS = ("INVALID_ARGUMENT", "OUT_OF_RANGE")
@@ -70,6 +71,8 @@ class Chunk:
     time_per_output_token_s: float = 0.0
     total_s: float = 0.0
     figures: RequestFigures | None = None  # the request's speculation figures, on the last chunk
+    logprobs: list | None = None  # per token, with sampling.logprobs (target.positions)
+    prompt_logprobs: list | None = None  # per prompt token after the first, on the first chunk
 
 
 @dataclass
@@ -95,7 +98,14 @@ class _Run:
             self.last = now
             self.produced += len(step.token_ids)
         self.finish_reason = step.finish_reason
-        chunk = Chunk(prepared.request_id, step.token_ids, step.text, self.finish_reason)
+        chunk = Chunk(
+            prepared.request_id,
+            step.token_ids,
+            step.text,
+            self.finish_reason,
+            logprobs=step.logprobs,
+            prompt_logprobs=step.prompt_logprobs,
+        )
         if self.finish_reason is not None:
             first, last = (self.first, self.last) if self.produced else (self.start, self.start)
             chunk.prompt_tokens = len(prepared.prompt_token_ids)
@@ -115,7 +125,10 @@ class Coordinator:
         self.deployment = deployment
         self.actors = deployment.targets.actors
         info = deployment.target_infos[0]
-        self.tokenizer = AutoTokenizer.from_pretrained(info.path)
+        # This node's own copy (info.path is a folder on the target's node, maybe another pod).
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            config.models.store().resolve(config.models.target)
+        )
         spec = config.speculation
         self.limits = Limits(
             max_model_len=info.max_model_len,
@@ -128,6 +141,7 @@ class Coordinator:
             sampled_requests=spec.sampled_requests,
             pipelined=spec.pipeline.enabled,
             max_prompt_chars=max_prompt_chars(self.tokenizer, info.max_model_len),
+            speculative_engine=spec.enabled,
         )
         # Tokenizing and chat rendering take seconds on large inputs: never on the event loop.
         # Each thread has its own tokenizer (a fast tokenizer must not be shared by threads).
@@ -153,6 +167,12 @@ class Coordinator:
 
     # ---- requests -----------------------------------------------------------------------------
 
+    def reject(self, exc: RequestError) -> RequestError:
+        """Count a refusal and log it in one line (no traceback: the client was told why)."""
+        self.counters.requests_rejected += 1
+        log.info("refused (%s): %s", exc.code, exc)
+        return exc
+
     async def admit(self, request: pb.GenerateRequest) -> PreparedRequest:
         """Validate and admit a request, or raise RequestError (counted as rejected). The
         prompt is tokenized on the tokenizer threads (server.tokenizer_threads)."""
@@ -167,25 +187,31 @@ class Coordinator:
                 )
             self.admitting += 1
             try:
-                work = functools.partial(self._prepare, request)
-                prepared = await asyncio.get_running_loop().run_in_executor(self._tokenizing, work)
+                prepared = await self.with_tokenizer(
+                    functools.partial(prepare, request, limits=self.limits)
+                )
             finally:
                 self.admitting -= 1
             if prepared.request_id in self.running:
                 raise RequestError(
                     "ALREADY_EXISTS", f"request_id: {prepared.request_id!r} is already running"
                 )
-        except RequestError:
-            self.counters.requests_rejected += 1
-            raise
+        except RequestError as exc:
+            raise self.reject(exc) from None
         return prepared
 
-    def _prepare(self, request: pb.GenerateRequest) -> PreparedRequest:
-        """On a tokenizer thread: the request checked and tokenized with its own tokenizer."""
+    async def with_tokenizer(self, work: Callable[..., T]) -> T:
+        """`work(tokenizer=...)` on a tokenizer thread (server.tokenizer_threads), with that
+        thread's own tokenizer: tokenizing a large prompt takes seconds, never on the loop."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._tokenizing, functools.partial(self._on_thread, work)
+        )
+
+    def _on_thread(self, work: Callable[..., T]) -> T:
         tokenizer = getattr(self._tokenizers, "tokenizer", None)
-        if tokenizer is None:
+        if tokenizer is None:  # a fast tokenizer must not be shared by threads
             tokenizer = self._tokenizers.tokenizer = copy.deepcopy(self.tokenizer)
-        return prepare(request, tokenizer, self.limits)
+        return work(tokenizer=tokenizer)
 
     async def generate(self, prepared: PreparedRequest) -> AsyncIterator[Chunk]:
         """Stream one admitted request; leaving the iteration early aborts it in the engine.
@@ -228,6 +254,9 @@ class Coordinator:
                 self.counters.requests_failed += 1
             else:
                 self.counters.requests_rejected += 1
+            reason = run.finish_reason or "abort"
+            by_reason = self.counters.finished_by_reason
+            by_reason[reason] = by_reason.get(reason, 0) + 1
 
     async def _attempt(self, run: _Run) -> AsyncIterator[Chunk]:
         """Run the request once on the least loaded replica, under a new engine-level id."""

@@ -95,6 +95,7 @@ class Counters:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     speculation: RequestFigures = field(default_factory=RequestFigures)  # summed
+    finished_by_reason: dict[str, int] = field(default_factory=dict)  # stop, length, abort
     started: float = field(default_factory=time.monotonic)
 
     def add(self, figures: RequestFigures) -> None:

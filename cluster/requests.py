@@ -7,6 +7,7 @@ so a bad request never costs engine time and its error names the field to fix.
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -16,15 +17,22 @@ from tandem.protos.modes import mode_of
 
 CHAT_ROLES = ("system", "user", "assistant")
 MAX_REQUEST_ID_LEN = 256
-MAX_TEMPERATURE = 2.0  # vLLM's SamplingParams refuses more
+# vLLM's limits (vllm.SamplingParams, ModelConfig.max_logprobs' default).
+MAX_TEMPERATURE = 2.0
+MAX_LOGPROBS = 20
+_FIELD = re.compile(r"^([A-Za-z_][\w.\[\]]*): ")
 
 
 class RequestError(ValueError):
-    """A request the server refuses; `code` is a grpc.StatusCode name."""
+    """A request the server refuses; `code` is a grpc.StatusCode name. Messages start with the
+    field they are about (`sampling.max_tokens: ...`), which `field` keeps for front doors that
+    report it apart (the OpenAI API's `param`)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+        match = _FIELD.match(message)
+        self.field = match.group(1) if match else None
 
     def __reduce__(self):  # picklable (Ray, Serve), though __init__ takes two arguments
         return type(self), (self.code, str(self))
@@ -54,6 +62,7 @@ class Limits:
     # Prompt text longer than this cannot fit max_model_len tokens (see max_prompt_chars);
     # None: no bound known for this tokenizer.
     max_prompt_chars: int | None = None
+    speculative_engine: bool = False  # the engine runs with a speculative config (any mode)
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,10 @@ def prepare(request: pb.GenerateRequest, tokenizer: Any, limits: Limits) -> Prep
     sampling = sampling_kwargs(request.sampling, limits, room=limits.max_model_len - len(prompt))
     mode, k = speculation(request.speculation, limits)
     if sampling["temperature"] > 0 and not limits.sampled_requests:
+        mode, k = "off", 0
+    if sampling.get("min_tokens"):
+        # vLLM applies min_tokens to the token it samples, not to verified drafts (its
+        # rejection sampler skips that logits processor): without drafts it holds exactly.
         mode, k = "off", 0
     pipelined = (
         request.speculation.pipelined
@@ -153,15 +166,18 @@ def prompt_token_ids(request: pb.GenerateRequest, tokenizer: Any, limits: Limits
     return render_chat(request.chat, tokenizer, limits)
 
 
-def render_chat(chat: pb.ChatMessages, tokenizer: Any, limits: Limits) -> list[int]:
+def render_chat(chat: pb.ChatMessages, tokenizer: Any, limits: Limits | None = None) -> list[int]:
+    """The chat's prompt tokens; with `limits`, a chat that cannot fit the context is refused
+    before it is rendered."""
     if not chat.messages:
         raise invalid("prompt.chat.messages: empty conversation")
-    if len(chat.messages) >= limits.max_model_len:  # each message renders to tokens of its own
-        raise out_of_range(
-            f"prompt.chat.messages: {len(chat.messages)} messages cannot fit the model's context "
-            f"of {limits.max_model_len} tokens"
-        )
-    _check_length(sum(len(m.content) for m in chat.messages), "prompt.chat", limits)
+    if limits is not None:
+        if len(chat.messages) >= limits.max_model_len:  # each message renders to own tokens
+            raise out_of_range(
+                f"prompt.chat.messages: {len(chat.messages)} messages cannot fit the model's "
+                f"context of {limits.max_model_len} tokens"
+            )
+        _check_length(sum(len(m.content) for m in chat.messages), "prompt.chat", limits)
     for i, message in enumerate(chat.messages):
         if message.role not in CHAT_ROLES:
             raise invalid(
@@ -176,8 +192,8 @@ def render_chat(chat: pb.ChatMessages, tokenizer: Any, limits: Limits) -> list[i
 
 
 def sampling_kwargs(params: pb.SamplingParams, limits: Limits, room: int) -> dict[str, Any]:
-    """Validated vllm.SamplingParams keyword arguments; `room` is the context left after the
-    prompt, which an unset max_tokens is clamped to."""
+    """Validated vllm.SamplingParams keyword arguments, with vLLM's ranges; `room` is the context
+    left after the prompt, which an unset max_tokens is clamped to."""
     out: dict[str, Any] = {"temperature": 1.0}
     if params.HasField("temperature"):
         if not (math.isfinite(params.temperature) and 0 <= params.temperature <= MAX_TEMPERATURE):
@@ -202,15 +218,82 @@ def sampling_kwargs(params: pb.SamplingParams, limits: Limits, room: int) -> dic
     if params.stop:
         out["stop"] = list(params.stop)
     for i, token in enumerate(params.stop_token_ids):
-        if not 0 <= token < limits.vocab_size:
-            raise out_of_range(
-                f"sampling.stop_token_ids[{i}]: {token} is outside the vocabulary "
-                f"[0, {limits.vocab_size})"
-            )
+        _in_vocabulary(f"sampling.stop_token_ids[{i}]", token, limits)
     if params.stop_token_ids:
         out["stop_token_ids"] = list(params.stop_token_ids)
     out["ignore_eos"] = params.ignore_eos
+    out.update(_penalties(params))
+    out.update(_constraints(params, limits, out["max_tokens"], out["temperature"]))
+    out.update(_logprobs(params))
+    if params.include_stop_str_in_output:
+        out["include_stop_str_in_output"] = True
+    if params.HasField("skip_special_tokens"):
+        out["skip_special_tokens"] = params.skip_special_tokens
     return out
+
+
+def _in_range(params: pb.SamplingParams, names: tuple[str, ...], low, high) -> dict[str, Any]:
+    """The set fields among `names`, each refused unless in [low, high]."""
+    out = {}
+    for name in names:
+        if params.HasField(name):
+            value = getattr(params, name)
+            if not (math.isfinite(value) and low <= value <= high):
+                raise invalid(f"sampling.{name}: must be in [{low}, {high}], got {value}")
+            out[name] = value
+    return out
+
+
+def _penalties(params: pb.SamplingParams) -> dict[str, float]:
+    out = _in_range(params, ("presence_penalty", "frequency_penalty"), -2, 2)
+    if params.HasField("repetition_penalty"):
+        value = params.repetition_penalty
+        if not (math.isfinite(value) and value > 0):
+            raise invalid(f"sampling.repetition_penalty: must be > 0, got {value}")
+        out["repetition_penalty"] = value
+    return out
+
+
+def _constraints(
+    params: pb.SamplingParams, limits: Limits, max_new: int, temperature: float
+) -> dict[str, Any]:
+    """min_p, min_tokens and logit_bias; vLLM refuses the first and last while it speculates
+    (vllm.SamplingParams._validate_spec_decode), and so does tandem, before the engine. Greedy
+    decoding ignores min_p, as in vLLM (which resets it for temperature 0)."""
+    out: dict[str, Any] = {}
+    speculating = "while the deployment speculates (vLLM does not support it with drafts)"
+    if params.HasField("min_p"):
+        if not (math.isfinite(params.min_p) and 0 <= params.min_p <= 1):
+            raise invalid(f"sampling.min_p: must be in [0, 1], got {params.min_p}")
+        if params.min_p > 0 and limits.speculative_engine and temperature > 0:
+            raise invalid(f"sampling.min_p: not supported {speculating}")
+        out["min_p"] = params.min_p
+    if params.HasField("min_tokens"):
+        if not 0 <= params.min_tokens <= max_new:
+            raise invalid(
+                f"sampling.min_tokens: must be in [0, max_tokens={max_new}], "
+                f"got {params.min_tokens}"
+            )
+        out["min_tokens"] = params.min_tokens
+    if params.logit_bias:
+        if limits.speculative_engine:
+            raise invalid(f"sampling.logit_bias: not supported {speculating}")
+        for token, bias in params.logit_bias.items():
+            _in_vocabulary(f"sampling.logit_bias[{token}]", token, limits)
+            if not math.isfinite(bias):
+                raise invalid(f"sampling.logit_bias[{token}]: must be finite, got {bias}")
+        # vLLM's OpenAI server clamps biases to OpenAI's range; so does tandem.
+        out["logit_bias"] = {t: min(100.0, max(-100.0, b)) for t, b in params.logit_bias.items()}
+    return out
+
+
+def _logprobs(params: pb.SamplingParams) -> dict[str, int]:
+    return _in_range(params, ("logprobs", "prompt_logprobs"), 0, MAX_LOGPROBS)
+
+
+def _in_vocabulary(field: str, token: int, limits: Limits) -> None:
+    if not 0 <= token < limits.vocab_size:
+        raise out_of_range(f"{field}: {token} is outside the vocabulary [0, {limits.vocab_size})")
 
 
 def max_tokens(params: pb.SamplingParams, limits: Limits, room: int) -> int:
@@ -229,3 +312,77 @@ def max_tokens(params: pb.SamplingParams, limits: Limits, room: int) -> int:
             f"({limits.max_model_len} tokens, {room} left after the prompt)"
         )
     return value
+
+
+# ---- JSON values into protobuf fields (the OpenAI API), typed and ranged before protobuf ------
+
+_INT_RANGES = {
+    "TYPE_INT32": (-(2**31), 2**31 - 1),
+    "TYPE_INT64": (-(2**63), 2**63 - 1),
+    "TYPE_UINT32": (0, 2**32 - 1),
+    "TYPE_UINT64": (0, 2**64 - 1),
+}
+
+
+_TYPE_NAMES = {
+    getattr(pb.SamplingParams.DESCRIPTOR.fields[0], name): name
+    for name in ("TYPE_BOOL", "TYPE_STRING", "TYPE_FLOAT", "TYPE_DOUBLE", *_INT_RANGES)
+}
+
+
+def assign(message: Any, name: str, value: Any, param: str) -> None:
+    """Set `message.name` from a JSON value, or refuse it naming `param` (the caller's name for
+    the field): the type must be the field's and an integer must fit it, so protobuf never sees
+    a value it would reject with a TypeError or an overflow. Ranges that depend on the model or
+    the server are checked by `prepare`, for gRPC and HTTP alike."""
+    field = message.DESCRIPTOR.fields_by_name[name]
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        key, val = field.message_type.fields
+        if not isinstance(value, dict):
+            raise invalid(f"{param}: expected an object, got {_json_type(value)}")
+        target = getattr(message, name)
+        for k, v in value.items():
+            try:
+                token = int(k)
+            except ValueError:
+                raise invalid(f"{param}: key {k!r} is not an integer") from None
+            _check_scalar(key, token, f"{param}[{k}]")
+            _check_scalar(val, v, f"{param}[{k}]")
+            target[token] = v
+        return
+    if field.is_repeated:
+        if not isinstance(value, list):
+            raise invalid(f"{param}: expected a list, got {_json_type(value)}")
+        for i, item in enumerate(value):
+            _check_scalar(field, item, f"{param}[{i}]")
+        getattr(message, name).extend(value)
+        return
+    _check_scalar(field, value, param)
+    setattr(message, name, value)
+
+
+def _check_scalar(field: Any, value: Any, param: str) -> None:
+    kind = _TYPE_NAMES.get(field.type)
+    if kind == "TYPE_BOOL":
+        ok, expected = isinstance(value, bool), "a boolean"
+    elif kind == "TYPE_STRING":
+        ok, expected = isinstance(value, str), "a string"
+    elif kind in ("TYPE_FLOAT", "TYPE_DOUBLE"):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        expected = "a number"
+    elif kind in _INT_RANGES:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        expected = "an integer"
+        if ok and not _INT_RANGES[kind][0] <= value <= _INT_RANGES[kind][1]:
+            low, high = _INT_RANGES[kind]
+            raise invalid(f"{param}: {value} is outside [{low}, {high}]")
+    else:  # not a field the JSON APIs set
+        raise TypeError(f"unsupported field type {kind}")
+    if not ok:
+        raise invalid(f"{param}: expected {expected}, got {_json_type(value)}")
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    names |= {list: "a list", dict: "an object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)

@@ -49,6 +49,7 @@ def connect_ray(config: RayConfig) -> bool:
 
 def run_service(config: TandemConfig, on_ready: Callable[[Server], None] | None = None) -> None:
     """Serve until SIGTERM/SIGINT; then drain, stop the actors and an embedded Ray cluster."""
+    config.check_serving()  # no token on a network address: refused before anything starts
     embedded = connect_ray(config.ray)
     coordinator = None
     try:

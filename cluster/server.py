@@ -92,10 +92,12 @@ class TandemServicer(pb_grpc.TandemServicer):
 
 class TokenAuth(grpc.aio.ServerInterceptor):
     """Refuses calls without the bearer token with UNAUTHENTICATED, whatever the method (so
-    method names cannot be probed without it); health stays open."""
+    method names cannot be probed without it); health stays open. `on_refuse` counts and logs
+    each refusal (Coordinator.reject)."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, on_refuse=None) -> None:
         self.token = token
+        self.on_refuse = on_refuse
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -104,6 +106,8 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         metadata = details.invocation_metadata or ()
         if authorized([v for k, v in metadata if k == "authorization"], self.token):
             return handler
+        if self.on_refuse is not None:
+            self.on_refuse(RequestError("UNAUTHENTICATED", f"{details.method}: no valid token"))
         return _same_shape(handler, _refuse_unauthenticated)
 
 
@@ -213,7 +217,7 @@ class Server:
         self.coordinator = coordinator
         server = coordinator.config.server
         self.health = health.aio.HealthServicer()
-        auth = [TokenAuth(server.auth.token())] if server.auth else []
+        auth = [TokenAuth(server.auth.token(), coordinator.reject)] if server.auth else []
         self.grpc = grpc.aio.server(
             interceptors=[*auth, MalformedRequests()],
             options=[("grpc.max_receive_message_length", server.max_request_bytes)],

@@ -19,7 +19,7 @@ import ray
 from tandem.cluster.figures import ReplicaFigures, RequestFigures
 
 if TYPE_CHECKING:
-    from tandem.cluster.config import SpeculationConfig, TargetPoolConfig
+    from tandem.cluster.config import ModelsConfig, SpeculationConfig, TargetPoolConfig
     from tandem.cluster.requests import PreparedRequest
 
 
@@ -31,6 +31,8 @@ class StepOutput:
     text: str
     finish_reason: str | None = None  # "stop", "length" or "abort" on the last one
     figures: RequestFigures | None = None  # on the last one
+    logprobs: list | None = None  # per new token, with sampling.logprobs (positions below)
+    prompt_logprobs: list | None = None  # per prompt token after the first, on the first one
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class TargetReplica:
     def __init__(
         self,
         replica_id: str,
-        model_path: str,
+        models: ModelsConfig,
         target: TargetPoolConfig,
         speculation: SpeculationConfig | None = None,
         drafters: list[Any] = (),
@@ -60,6 +62,8 @@ class TargetReplica:
         from tandem.plugins.engine import APPLY_FIXES, ATTACH, engine_args
 
         self.replica_id = replica_id
+        # Resolved on this node (fetched, prepared or baked in): never a path from another node.
+        model_path = str(models.store().resolve(models.target))
         self.model_path = model_path
         self._loop = EngineLoop(
             EngineArgs(**engine_args(model_path, target.engine_args, speculation))
@@ -123,6 +127,7 @@ class TargetReplica:
         steps = tokens = 0
         # A step that adds m tokens accepted the first m-1 drafts (positions 0..m-2).
         accepted_per_pos = [0] * k
+        prompt_logprobs = None  # vLLM gives them with the first output
         try:
             async for output in self._loop.generate(rid, request.prompt_token_ids, params, flush):
                 completion = output.outputs[0]
@@ -131,11 +136,23 @@ class TargetReplica:
                 tokens += len(new)
                 for position in range(min(len(new) - 1, k)):
                     accepted_per_pos[position] += 1
+                logprobs = None
+                if completion.logprobs is not None:
+                    logprobs = positions(new, completion.logprobs)
+                if output.prompt_logprobs is not None and prompt_logprobs is None:
+                    prompt_logprobs = positions(
+                        output.prompt_token_ids[1:], output.prompt_logprobs[1:]
+                    )
+                    first = prompt_logprobs
+                else:
+                    first = None
                 if not output.finished:
-                    yield StepOutput(new, completion.text)
+                    yield StepOutput(new, completion.text, None, None, logprobs, first)
                     continue
                 figures = self._figures(request, steps, tokens, accepted_per_pos)
-                yield StepOutput(new, completion.text, completion.finish_reason, figures)
+                yield StepOutput(
+                    new, completion.text, completion.finish_reason, figures, logprobs, first
+                )
         except StepFailed:
             raise RequestError(
                 "INTERNAL",
@@ -182,3 +199,18 @@ class TargetReplica:
 
     def shutdown(self) -> None:
         self._loop.shutdown()
+
+
+Entry = tuple[int, str, float, int]  # token id, its text, log-probability, rank
+
+
+def positions(token_ids: list[int], logprobs: Any) -> list[tuple[Entry, list[Entry]]]:
+    """vLLM's per-position logprob dicts as plain tuples (they cross Ray): the token at each
+    position, and every entry vLLM gave there in its order (the sampled token first, then the
+    most likely ones), which the OpenAI formats cut as vLLM's server does."""
+    out = []
+    for token_id, entries in zip(token_ids, logprobs, strict=True):
+        top = [(t, lp.decoded_token or "", lp.logprob, lp.rank or 0) for t, lp in entries.items()]
+        chosen = next(e for e in top if e[0] == token_id)
+        out.append((chosen, top))
+    return out

@@ -24,17 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atandem/protos/tandem.proto\x12\ttandem.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"8\n\x0c\x43hatMessages\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.tandem.v1.ChatMessage\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\xf4\x01\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\x05\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\r\n\x0b_max_tokens\"\xa3\x01\n\x11SpeculationParams\x12(\n\x04mode\x18\x01 \x01(\x0e\x32\x1a.tandem.v1.SpeculationMode\x12#\n\x16num_speculative_tokens\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x16\n\tpipelined\x18\x03 \x01(\x08H\x01\x88\x01\x01\x42\x19\n\x17_num_speculative_tokensB\x0c\n\n_pipelined\"\xc6\x01\n\x10SpeculationStats\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x14\n\x0c\x64raft_tokens\x18\x02 \x01(\x03\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x03 \x01(\x03\x12\x17\n\x0f\x61\x63\x63\x65ptance_rate\x18\x04 \x01(\x01\x12\x1c\n\x14mean_accepted_length\x18\x05 \x01(\x01\x12\x14\n\x0ctarget_steps\x18\x06 \x01(\x03\x12\x12\n\ncache_hits\x18\x07 \x01(\x03\x12\x14\n\x0c\x63\x61\x63he_misses\x18\x08 \x01(\x03\"\xf2\x01\n\x0fGenerateRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x13.tandem.v1.TokenIdsH\x00\x12\'\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x17.tandem.v1.ChatMessagesH\x00\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x31\n\x0bspeculation\x18\x06 \x01(\x0b\x32\x1c.tandem.v1.SpeculationParamsB\x08\n\x06prompt\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"Z\n\x07Timings\x12\x1d\n\x15time_to_first_token_s\x18\x01 \x01(\x01\x12\x1f\n\x17time_per_output_token_s\x18\x02 \x01(\x01\x12\x0f\n\x07total_s\x18\x03 \x01(\x01\"\xef\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.tandem.v1.Usage\x12#\n\x07timings\x18\x06 \x01(\x0b\x32\x12.tandem.v1.Timings\x12\x30\n\x0bspeculation\x18\x07 \x01(\x0b\x32\x1b.tandem.v1.SpeculationStats\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"\xb1\x01\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\x05\x12\x12\n\nvocab_size\x18\x04 \x01(\x05\x12\x15\n\reos_token_ids\x18\x05 \x03(\x05\x12\x19\n\x11has_chat_template\x18\x06 \x01(\x08\x12\x18\n\x10max_tokens_limit\x18\x07 \x01(\x05\x12\x10\n\x08replicas\x18\x08 \x01(\x05\"\x11\n\x0fGetStatsRequest\"\xa2\x01\n\x0cReplicaStats\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x13\n\x0boutstanding\x18\x03 \x01(\x05\x12\x19\n\x11\x65ngine_unfinished\x18\x04 \x01(\x05\x12\x17\n\x0frequests_served\x18\x05 \x01(\x03\x12\x18\n\x10generated_tokens\x18\x06 \x01(\x03\x12\n\n\x02up\x18\x07 \x01(\x08\"`\n\x0c\x44rafterStats\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x05\x12\x19\n\x11mirror_hints_used\x18\x04 \x01(\x03\"\x8d\x04\n\x05Stats\x12\x1a\n\x12requests_in_flight\x18\x01 \x01(\x05\x12\x16\n\x0erequests_total\x18\x02 \x01(\x03\x12\x19\n\x11requests_finished\x18\x03 \x01(\x03\x12\x18\n\x10requests_aborted\x18\x04 \x01(\x03\x12\x17\n\x0frequests_failed\x18\x05 \x01(\x03\x12\x19\n\x11requests_rejected\x18\x06 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x07 \x01(\x03\x12\x18\n\x10generated_tokens\x18\x08 \x01(\x03\x12\x10\n\x08uptime_s\x18\t \x01(\x01\x12)\n\x08replicas\x18\n \x03(\x0b\x32\x17.tandem.v1.ReplicaStats\x12\x30\n\x0bspeculation\x18\x0b \x01(\x0b\x32\x1b.tandem.v1.SpeculationStats\x12\x1a\n\x12\x64rafter_rtt_mean_s\x18\x0c \x01(\x01\x12\x19\n\x11\x64rafter_rtt_p50_s\x18\r \x01(\x01\x12\x1a\n\x12target_step_mean_s\x18\x0e \x01(\x01\x12\x18\n\x10\x64rafter_failures\x18\x0f \x01(\x03\x12\x15\n\rdrafters_down\x18\x10 \x01(\x05\x12)\n\x08\x64rafters\x18\x11 \x03(\x0b\x32\x17.tandem.v1.DrafterStats\x12\x18\n\x10\x64rafter_timeouts\x18\x12 \x01(\x03*\x80\x02\n\x0fSpeculationMode\x12 \n\x1cSPECULATION_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14SPECULATION_MODE_OFF\x10\x01\x12\x1a\n\x16SPECULATION_MODE_NGRAM\x10\x02\x12\x1a\n\x16SPECULATION_MODE_MODEL\x10\x03\x12\x1b\n\x17SPECULATION_MODE_HYBRID\x10\x04\x12\x1b\n\x17SPECULATION_MODE_SUFFIX\x10\x05\x12\x1c\n\x18SPECULATION_MODE_RECYCLE\x10\x06\"\x04\x08\x07\x10\x07*\x1bSPECULATION_MODE_CONTROLLED*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x32\xd6\x02\n\x06Tandem\x12\x43\n\x08Generate\x12\x1a.tandem.v1.GenerateRequest\x1a\x1b.tandem.v1.GenerateResponse\x12K\n\x0eGenerateStream\x12\x1a.tandem.v1.GenerateRequest\x1a\x1b.tandem.v1.GenerateResponse0\x01\x12:\n\x05\x41\x62ort\x12\x17.tandem.v1.AbortRequest\x1a\x18.tandem.v1.AbortResponse\x12\x44\n\x0cGetModelInfo\x12\x1e.tandem.v1.GetModelInfoRequest\x1a\x14.tandem.v1.ModelInfo\x12\x38\n\x08GetStats\x12\x1a.tandem.v1.GetStatsRequest\x1a\x10.tandem.v1.Statsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atandem/protos/tandem.proto\x12\ttandem.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"8\n\x0c\x43hatMessages\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.tandem.v1.ChatMessage\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\x80\x06\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\x05\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x12\x1d\n\x10presence_penalty\x18\t \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\n \x01(\x02H\x06\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x0b \x01(\x02H\x07\x88\x01\x01\x12\x12\n\x05min_p\x18\x0c \x01(\x02H\x08\x88\x01\x01\x12\x17\n\nmin_tokens\x18\r \x01(\x05H\t\x88\x01\x01\x12<\n\nlogit_bias\x18\x0e \x03(\x0b\x32(.tandem.v1.SamplingParams.LogitBiasEntry\x12\x15\n\x08logprobs\x18\x0f \x01(\x05H\n\x88\x01\x01\x12\x1c\n\x0fprompt_logprobs\x18\x10 \x01(\x05H\x0b\x88\x01\x01\x12\"\n\x1ainclude_stop_str_in_output\x18\x11 \x01(\x08\x12 \n\x13skip_special_tokens\x18\x12 \x01(\x08H\x0c\x88\x01\x01\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\r\n\x0b_max_tokensB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\x08\n\x06_min_pB\r\n\x0b_min_tokensB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobsB\x16\n\x14_skip_special_tokens\"\xa3\x01\n\x11SpeculationParams\x12(\n\x04mode\x18\x01 \x01(\x0e\x32\x1a.tandem.v1.SpeculationMode\x12#\n\x16num_speculative_tokens\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x16\n\tpipelined\x18\x03 \x01(\x08H\x01\x88\x01\x01\x42\x19\n\x17_num_speculative_tokensB\x0c\n\n_pipelined\"\xc6\x01\n\x10SpeculationStats\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x14\n\x0c\x64raft_tokens\x18\x02 \x01(\x03\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x03 \x01(\x03\x12\x17\n\x0f\x61\x63\x63\x65ptance_rate\x18\x04 \x01(\x01\x12\x1c\n\x14mean_accepted_length\x18\x05 \x01(\x01\x12\x14\n\x0ctarget_steps\x18\x06 \x01(\x03\x12\x12\n\ncache_hits\x18\x07 \x01(\x03\x12\x14\n\x0c\x63\x61\x63he_misses\x18\x08 \x01(\x03\"\xf2\x01\n\x0fGenerateRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x13.tandem.v1.TokenIdsH\x00\x12\'\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x17.tandem.v1.ChatMessagesH\x00\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x31\n\x0bspeculation\x18\x06 \x01(\x0b\x32\x1c.tandem.v1.SpeculationParamsB\x08\n\x06prompt\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"Z\n\x07Timings\x12\x1d\n\x15time_to_first_token_s\x18\x01 \x01(\x01\x12\x1f\n\x17time_per_output_token_s\x18\x02 \x01(\x01\x12\x0f\n\x07total_s\x18\x03 \x01(\x01\"I\n\x07Logprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\x0c\n\x04rank\x18\x04 \x01(\x05\"S\n\rTokenLogprobs\x12!\n\x05token\x18\x01 \x01(\x0b\x32\x12.tandem.v1.Logprob\x12\x1f\n\x03top\x18\x02 \x03(\x0b\x32\x12.tandem.v1.Logprob\"\xce\x02\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.tandem.v1.Usage\x12#\n\x07timings\x18\x06 \x01(\x0b\x32\x12.tandem.v1.Timings\x12\x30\n\x0bspeculation\x18\x07 \x01(\x0b\x32\x1b.tandem.v1.SpeculationStats\x12*\n\x08logprobs\x18\x08 \x03(\x0b\x32\x18.tandem.v1.TokenLogprobs\x12\x31\n\x0fprompt_logprobs\x18\t \x03(\x0b\x32\x18.tandem.v1.TokenLogprobs\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"\xb1\x01\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\x05\x12\x12\n\nvocab_size\x18\x04 \x01(\x05\x12\x15\n\reos_token_ids\x18\x05 \x03(\x05\x12\x19\n\x11has_chat_template\x18\x06 \x01(\x08\x12\x18\n\x10max_tokens_limit\x18\x07 \x01(\x05\x12\x10\n\x08replicas\x18\x08 \x01(\x05\"\x11\n\x0fGetStatsRequest\"\xa2\x01\n\x0cReplicaStats\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x13\n\x0boutstanding\x18\x03 \x01(\x05\x12\x19\n\x11\x65ngine_unfinished\x18\x04 \x01(\x05\x12\x17\n\x0frequests_served\x18\x05 \x01(\x03\x12\x18\n\x10generated_tokens\x18\x06 \x01(\x03\x12\n\n\x02up\x18\x07 \x01(\x08\"`\n\x0c\x44rafterStats\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x05\x12\x19\n\x11mirror_hints_used\x18\x04 \x01(\x03\"\x8d\x04\n\x05Stats\x12\x1a\n\x12requests_in_flight\x18\x01 \x01(\x05\x12\x16\n\x0erequests_total\x18\x02 \x01(\x03\x12\x19\n\x11requests_finished\x18\x03 \x01(\x03\x12\x18\n\x10requests_aborted\x18\x04 \x01(\x03\x12\x17\n\x0frequests_failed\x18\x05 \x01(\x03\x12\x19\n\x11requests_rejected\x18\x06 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x07 \x01(\x03\x12\x18\n\x10generated_tokens\x18\x08 \x01(\x03\x12\x10\n\x08uptime_s\x18\t \x01(\x01\x12)\n\x08replicas\x18\n \x03(\x0b\x32\x17.tandem.v1.ReplicaStats\x12\x30\n\x0bspeculation\x18\x0b \x01(\x0b\x32\x1b.tandem.v1.SpeculationStats\x12\x1a\n\x12\x64rafter_rtt_mean_s\x18\x0c \x01(\x01\x12\x19\n\x11\x64rafter_rtt_p50_s\x18\r \x01(\x01\x12\x1a\n\x12target_step_mean_s\x18\x0e \x01(\x01\x12\x18\n\x10\x64rafter_failures\x18\x0f \x01(\x03\x12\x15\n\rdrafters_down\x18\x10 \x01(\x05\x12)\n\x08\x64rafters\x18\x11 \x03(\x0b\x32\x17.tandem.v1.DrafterStats\x12\x18\n\x10\x64rafter_timeouts\x18\x12 \x01(\x03*\x80\x02\n\x0fSpeculationMode\x12 \n\x1cSPECULATION_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14SPECULATION_MODE_OFF\x10\x01\x12\x1a\n\x16SPECULATION_MODE_NGRAM\x10\x02\x12\x1a\n\x16SPECULATION_MODE_MODEL\x10\x03\x12\x1b\n\x17SPECULATION_MODE_HYBRID\x10\x04\x12\x1b\n\x17SPECULATION_MODE_SUFFIX\x10\x05\x12\x1c\n\x18SPECULATION_MODE_RECYCLE\x10\x06\"\x04\x08\x07\x10\x07*\x1bSPECULATION_MODE_CONTROLLED*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x32\xd6\x02\n\x06Tandem\x12\x43\n\x08Generate\x12\x1a.tandem.v1.GenerateRequest\x1a\x1b.tandem.v1.GenerateResponse\x12K\n\x0eGenerateStream\x12\x1a.tandem.v1.GenerateRequest\x1a\x1b.tandem.v1.GenerateResponse0\x01\x12:\n\x05\x41\x62ort\x12\x17.tandem.v1.AbortRequest\x1a\x18.tandem.v1.AbortResponse\x12\x44\n\x0cGetModelInfo\x12\x1e.tandem.v1.GetModelInfoRequest\x1a\x14.tandem.v1.ModelInfo\x12\x38\n\x08GetStats\x12\x1a.tandem.v1.GetStatsRequest\x1a\x10.tandem.v1.Statsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tandem.protos.tandem_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SPECULATIONMODE']._serialized_start=2526
-  _globals['_SPECULATIONMODE']._serialized_end=2782
-  _globals['_FINISHREASON']._serialized_start=2784
-  _globals['_FINISHREASON']._serialized_end=2904
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
+  _globals['_SPECULATIONMODE']._serialized_start=3305
+  _globals['_SPECULATIONMODE']._serialized_end=3561
+  _globals['_FINISHREASON']._serialized_start=3563
+  _globals['_FINISHREASON']._serialized_end=3683
   _globals['_CHATMESSAGE']._serialized_start=41
   _globals['_CHATMESSAGE']._serialized_end=85
   _globals['_CHATMESSAGES']._serialized_start=87
@@ -42,35 +44,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENIDS']._serialized_start=145
   _globals['_TOKENIDS']._serialized_end=168
   _globals['_SAMPLINGPARAMS']._serialized_start=171
-  _globals['_SAMPLINGPARAMS']._serialized_end=415
-  _globals['_SPECULATIONPARAMS']._serialized_start=418
-  _globals['_SPECULATIONPARAMS']._serialized_end=581
-  _globals['_SPECULATIONSTATS']._serialized_start=584
-  _globals['_SPECULATIONSTATS']._serialized_end=782
-  _globals['_GENERATEREQUEST']._serialized_start=785
-  _globals['_GENERATEREQUEST']._serialized_end=1027
-  _globals['_USAGE']._serialized_start=1029
-  _globals['_USAGE']._serialized_end=1108
-  _globals['_TIMINGS']._serialized_start=1110
-  _globals['_TIMINGS']._serialized_end=1200
-  _globals['_GENERATERESPONSE']._serialized_start=1203
-  _globals['_GENERATERESPONSE']._serialized_end=1442
-  _globals['_ABORTREQUEST']._serialized_start=1444
-  _globals['_ABORTREQUEST']._serialized_end=1478
-  _globals['_ABORTRESPONSE']._serialized_start=1480
-  _globals['_ABORTRESPONSE']._serialized_end=1510
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1512
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1533
-  _globals['_MODELINFO']._serialized_start=1536
-  _globals['_MODELINFO']._serialized_end=1713
-  _globals['_GETSTATSREQUEST']._serialized_start=1715
-  _globals['_GETSTATSREQUEST']._serialized_end=1732
-  _globals['_REPLICASTATS']._serialized_start=1735
-  _globals['_REPLICASTATS']._serialized_end=1897
-  _globals['_DRAFTERSTATS']._serialized_start=1899
-  _globals['_DRAFTERSTATS']._serialized_end=1995
-  _globals['_STATS']._serialized_start=1998
-  _globals['_STATS']._serialized_end=2523
-  _globals['_TANDEM']._serialized_start=2907
-  _globals['_TANDEM']._serialized_end=3249
+  _globals['_SAMPLINGPARAMS']._serialized_end=939
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=683
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=731
+  _globals['_SPECULATIONPARAMS']._serialized_start=942
+  _globals['_SPECULATIONPARAMS']._serialized_end=1105
+  _globals['_SPECULATIONSTATS']._serialized_start=1108
+  _globals['_SPECULATIONSTATS']._serialized_end=1306
+  _globals['_GENERATEREQUEST']._serialized_start=1309
+  _globals['_GENERATEREQUEST']._serialized_end=1551
+  _globals['_USAGE']._serialized_start=1553
+  _globals['_USAGE']._serialized_end=1632
+  _globals['_TIMINGS']._serialized_start=1634
+  _globals['_TIMINGS']._serialized_end=1724
+  _globals['_LOGPROB']._serialized_start=1726
+  _globals['_LOGPROB']._serialized_end=1799
+  _globals['_TOKENLOGPROBS']._serialized_start=1801
+  _globals['_TOKENLOGPROBS']._serialized_end=1884
+  _globals['_GENERATERESPONSE']._serialized_start=1887
+  _globals['_GENERATERESPONSE']._serialized_end=2221
+  _globals['_ABORTREQUEST']._serialized_start=2223
+  _globals['_ABORTREQUEST']._serialized_end=2257
+  _globals['_ABORTRESPONSE']._serialized_start=2259
+  _globals['_ABORTRESPONSE']._serialized_end=2289
+  _globals['_GETMODELINFOREQUEST']._serialized_start=2291
+  _globals['_GETMODELINFOREQUEST']._serialized_end=2312
+  _globals['_MODELINFO']._serialized_start=2315
+  _globals['_MODELINFO']._serialized_end=2492
+  _globals['_GETSTATSREQUEST']._serialized_start=2494
+  _globals['_GETSTATSREQUEST']._serialized_end=2511
+  _globals['_REPLICASTATS']._serialized_start=2514
+  _globals['_REPLICASTATS']._serialized_end=2676
+  _globals['_DRAFTERSTATS']._serialized_start=2678
+  _globals['_DRAFTERSTATS']._serialized_end=2774
+  _globals['_STATS']._serialized_start=2777
+  _globals['_STATS']._serialized_end=3302
+  _globals['_TANDEM']._serialized_start=3686
+  _globals['_TANDEM']._serialized_end=4028
 # @@protoc_insertion_point(module_scope)

@@ -46,21 +46,24 @@ def build_request(
     speculation: str | None = None,
     num_speculative_tokens: int | None = None,
     pipelined: bool | None = None,
+    **sampling_fields: Any,
 ) -> pb.GenerateRequest:
     """A GenerateRequest from Python values; unset fields take the server's defaults.
 
-    `speculation` is a mode name (tandem.speculation.protocol.Mode: off, ngram, ...)."""
+    `speculation` is a mode name (tandem.speculation.protocol.Mode: off, ngram, ...). Any other
+    keyword is a SamplingParams field (presence_penalty, logprobs, logit_bias={id: bias}...)."""
     sampling = pb.SamplingParams(
         stop=list(stop), stop_token_ids=list(stop_token_ids), ignore_eos=ignore_eos
     )
-    for name, value in (
-        ("temperature", temperature),
-        ("top_p", top_p),
-        ("top_k", top_k),
-        ("seed", seed),
-        ("max_tokens", max_tokens),
-    ):
-        if value is not None:
+    fields = dict(
+        temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, max_tokens=max_tokens
+    )
+    for name, value in {**fields, **sampling_fields}.items():
+        if value is None:
+            continue
+        if name == "logit_bias":
+            sampling.logit_bias.update(value)
+        else:
             setattr(sampling, name, value)
     request = pb.GenerateRequest(sampling=sampling, request_id=request_id)
     if speculation is not None:

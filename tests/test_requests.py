@@ -67,6 +67,15 @@ def test_sampling_fields_pass_through(tokenizer):
         ({"max_tokens": 33}, "OUT_OF_RANGE", "sampling.max_tokens"),
         ({"stop_token_ids": [49152]}, "OUT_OF_RANGE", "sampling.stop_token_ids[0]"),
         ({"stop": [""]}, "INVALID_ARGUMENT", "sampling.stop[0]"),
+        ({"temperature": 2.5}, "INVALID_ARGUMENT", "sampling.temperature"),
+        ({"presence_penalty": 2.5}, "INVALID_ARGUMENT", "sampling.presence_penalty"),
+        ({"frequency_penalty": -3}, "INVALID_ARGUMENT", "sampling.frequency_penalty"),
+        ({"repetition_penalty": 0}, "INVALID_ARGUMENT", "sampling.repetition_penalty"),
+        ({"min_p": 1.5}, "INVALID_ARGUMENT", "sampling.min_p"),
+        ({"min_tokens": 5, "max_tokens": 4}, "INVALID_ARGUMENT", "sampling.min_tokens"),
+        ({"logit_bias": {49152: 1.0}}, "OUT_OF_RANGE", "sampling.logit_bias[49152]"),
+        ({"logprobs": 21}, "INVALID_ARGUMENT", "sampling.logprobs"),
+        ({"prompt_logprobs": -1}, "INVALID_ARGUMENT", "sampling.prompt_logprobs"),
     ],
 )
 def test_bad_sampling(tokenizer, sampling, code, field):
@@ -97,3 +106,52 @@ def test_prompts_too_large_for_the_context_are_refused_before_tokenizing(tokeniz
     with pytest.raises(RequestError, match="64 messages cannot fit") as info:
         prepare(many, never, limits)
     assert info.value.code == "OUT_OF_RANGE"
+
+
+SPECULATING = Limits(
+    max_model_len=64,
+    vocab_size=49152,
+    max_tokens=32,
+    default_max_tokens=16,
+    modes=("off", "ngram"),
+    default_mode="ngram",
+    num_speculative_tokens=4,
+    speculative_engine=True,
+)
+
+
+def test_vllm_sampling_fields_pass_through(tokenizer):
+    request = chat("x", temperature=0, presence_penalty=0.5, frequency_penalty=0.25)
+    request.sampling.repetition_penalty = 1.5
+    request.sampling.logprobs = 3
+    request.sampling.prompt_logprobs = 0
+    request.sampling.logit_bias[7] = 250.0
+    request.sampling.include_stop_str_in_output = True
+    request.sampling.skip_special_tokens = False
+    sampling = prepare(request, tokenizer, LIMITS).sampling
+    assert sampling["presence_penalty"] == 0.5 and sampling["frequency_penalty"] == 0.25
+    assert sampling["repetition_penalty"] == 1.5
+    assert (sampling["logprobs"], sampling["prompt_logprobs"]) == (3, 0)
+    assert sampling["logit_bias"] == {7: 100.0}  # clamped to OpenAI's range, as vLLM does
+    assert sampling["include_stop_str_in_output"] and not sampling["skip_special_tokens"]
+
+
+@pytest.mark.parametrize("field", ["min_p", "logit_bias"])
+def test_what_vllm_refuses_with_drafts_is_refused_while_speculating(tokenizer, field):
+    request = chat("x", temperature=0.5)
+    if field == "min_p":
+        request.sampling.min_p = 0.1
+    else:
+        request.sampling.logit_bias[7] = 1.0
+    with pytest.raises(RequestError, match=f"sampling.{field}: not supported while") as info:
+        prepare(request, tokenizer, SPECULATING)
+    assert info.value.field == f"sampling.{field}"
+    assert prepare(request, tokenizer, LIMITS).sampling[field]  # honoured without drafts
+
+
+def test_min_tokens_decodes_without_drafts(tokenizer):
+    """vLLM's rejection sampler does not apply min_tokens to drafted positions."""
+    assert prepare(chat("x", temperature=0), tokenizer, SPECULATING).mode == "ngram"
+    prepared = prepare(chat("x", temperature=0, min_tokens=3), tokenizer, SPECULATING)
+    assert (prepared.mode, prepared.num_speculative_tokens) == ("off", 0)
+    assert prepared.sampling["min_tokens"] == 3
