@@ -172,7 +172,9 @@ def test_killed_drafter_fails_no_request_and_speculation_resumes(service):
     results = asyncio.run(eight_streams_and_a_crash())
     assert [ids for ids, _ in results] == expected
     with TandemClient(service.address, timeout=300) as client:
-        assert client.stats().drafter_failures >= 1
+        # The kill shows as a failed call, or a late one (Ray holds calls while it restarts).
+        stats = client.stats()
+        assert stats.drafter_failures + stats.drafter_timeouts >= 1
         # Ray restarts the drafter; once it answers, requests get drafts again.
         deadline = time.monotonic() + 120
         while True:
