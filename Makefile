@@ -4,6 +4,8 @@
 # make setup: idempotent; a virtualenv in .venv with the CPU extra and the default model.
 # make bench: set up if needed, then run `tandem bench` into bench-results/ (BENCH_ARGS adds
 #             options, e.g. BENCH_ARGS=--quick).
+# make soak:  set up if needed, then the long reliability run (RELIABILITY.md): a 30-minute soak
+#             and thousands of fuzzed requests; figures into soak-results/.
 
 PYTHON ?= python3
 VENV := .venv
@@ -13,8 +15,10 @@ EXTRAS ?= cpu,dev
 STAMP := $(VENV)/.tandem-setup-$(subst $(comma),-,$(EXTRAS))
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+SOAK_MINUTES ?= 30
+FUZZ_EXAMPLES ?= 1500
 
-.PHONY: setup serve test test-sampling bench lint protos
+.PHONY: setup serve test test-sampling bench soak lint protos
 
 setup: $(STAMP)
 	$(BIN)/tandem models prepare
@@ -39,6 +43,11 @@ test-sampling: setup
 
 bench: setup
 	$(BIN)/tandem bench --out bench-results $(BENCH_ARGS)
+
+soak: setup
+	$(BIN)/python -m pytest tests/test_reliability.py tests/test_serve_app.py -k "soak or fuzz" \
+		--soak-minutes $(SOAK_MINUTES) --fuzz-examples $(FUZZ_EXAMPLES) \
+		--soak-report soak-results/soak.json -s
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

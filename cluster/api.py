@@ -7,8 +7,8 @@ same everywhere.
 
 from __future__ import annotations
 
-import hmac
 import logging
+import uuid
 from collections.abc import AsyncIterator, Iterable
 
 from tandem.cluster.coordinator import Chunk, Coordinator
@@ -78,15 +78,14 @@ class TandemAPI:
         self.coordinator = coordinator
 
     async def stream(self, request: pb.GenerateRequest) -> AsyncIterator[Chunk]:
-        prepared = self.coordinator.admit(request)
+        prepared = await self.coordinator.admit(request)
         try:
             async for chunk in self.coordinator.generate(prepared):
                 yield chunk
         except RequestError:
             raise
         except Exception as exc:
-            log.exception("request %s failed", prepared.request_id)
-            raise RequestError("INTERNAL", f"generation failed: {exc}") from exc
+            raise internal_error(f"request {prepared.request_id}") from exc
 
     async def generate(self, request: pb.GenerateRequest) -> pb.GenerateResponse:
         return response_from([chunk async for chunk in self.stream(request)])
@@ -107,10 +106,12 @@ class TandemAPI:
         return await self.coordinator.stats()
 
 
-def token_matches(authorization: str | None, token: str | None) -> bool:
-    """Whether an `authorization` header/metadata value carries the bearer token (always true
-    when no token is configured). Constant-time, so the comparison leaks nothing."""
-    if token is None:
-        return True
-    scheme, _, value = (authorization or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), token)
+def internal_error(what: str) -> RequestError:
+    """An INTERNAL status for a failure that is not the client's: the client gets a short
+    message with an error id; the details (tracebacks, hosts, actor ids) go to the log only.
+    Call from an `except` block."""
+    error_id = uuid.uuid4().hex[:12]
+    log.exception("%s failed (error %s)", what, error_id)
+    return RequestError(
+        "INTERNAL", f"{what} failed; the server log has the details (error {error_id})"
+    )

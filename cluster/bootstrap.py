@@ -87,6 +87,7 @@ def start(config: TandemConfig) -> Deployment:
                 speculation,
                 drafters.actors if drafters else [],
             ),
+            max_restarts=target.max_restarts,
         )
         placed.append(targets)
         infos = ray.get([actor.info.remote() for actor in targets.actors])

@@ -137,6 +137,8 @@ class TargetPoolConfig(_PoolConfig):
         }
     )
 
+    max_restarts: int = Field(-1, ge=-1)  # Ray restarts a dead target replica (-1: always)
+
     @field_validator("engine_args")
     @classmethod
     def _known_engine_args(cls, value: dict[str, Any]) -> dict[str, Any]:
@@ -346,13 +348,25 @@ class ServerConfig(_Section):
     max_tokens: PositiveInt = 2048  # the largest max_tokens a request may ask for
     default_max_tokens: PositiveInt = 256
     max_inflight: PositiveInt = 64  # more requests at once get RESOURCE_EXHAUSTED
+    # A request message larger than this is refused (RESOURCE_EXHAUSTED) before it is parsed.
+    max_request_bytes: PositiveInt = 1 << 20
+    # Threads that tokenize prompts and render chats, off the event loop: at most this many
+    # requests are prepared at once, the rest wait (and count toward max_inflight).
+    tokenizer_threads: PositiveInt = 2
     drain_timeout_s: float = Field(10.0, ge=0)  # SIGTERM waits this long for in-flight requests
     metrics_port: int | None = Field(None, ge=0, le=65535)  # Prometheus; None or 0: off
     metrics_host: str = "127.0.0.1"
+    metrics_auth: bool = False  # /metrics asks for the bearer token of `auth` too
     tls: TLSConfig | None = None  # None: plaintext
     auth: AuthConfig | None = None  # None: no token needed
     # Serving a non-loopback address without auth is refused unless this says it is meant.
     allow_unauthenticated: bool = False
+
+    @model_validator(mode="after")
+    def _metrics_auth_has_a_token(self) -> ServerConfig:
+        if self.metrics_auth and self.auth is None:
+            raise ValueError("metrics_auth needs auth (the bearer token /metrics asks for)")
+        return self
 
     @model_validator(mode="after")
     def _default_within_limit(self) -> ServerConfig:

@@ -1,4 +1,10 @@
-"""The Transport of a speculation session over Ray: drafter actor calls with a time budget."""
+"""The Transport of a speculation session over Ray: drafter actor calls with a time budget.
+
+A call that misses its budget is not a fault (a loaded drafter is late, not broken): its result
+is dropped, and the replica is `busy` until the late call returns, so the session sends it
+nothing new and no step waits for it meanwhile. A hung replica (a stopped process) costs one
+budget, then nothing, and drafts again as soon as it answers.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from tandem.speculation.protocol import (
 
 
 class DraftTimeout(TimeoutError):
-    pass
+    """A drafter call that missed the step's time budget."""
 
 
 class RayTransport:
@@ -24,6 +30,16 @@ class RayTransport:
         self.drafters = drafters
         self.replicas = len(drafters)
         self._probes: dict[int, Any] = {}
+        self._late: dict[int, Any] = {}  # replica -> its call that missed the budget
+
+    def busy(self, replica: int) -> bool:
+        late = self._late.get(replica)
+        if late is None:
+            return False
+        ready, _ = ray.wait([late], timeout=0)
+        if ready:
+            del self._late[replica]
+        return not ready
 
     def draft(
         self, batches: dict[int, list[DraftItem]], timeout_s: float
@@ -52,6 +68,7 @@ class RayTransport:
         results: dict[int, Any] = {}
         for replica, ref in refs.items():
             if ref not in ready:
+                self._late[replica] = ref
                 results[replica] = DraftTimeout(
                     f"drafter {replica} missed {timeout_s * 1e3:.0f} ms"
                 )

@@ -6,18 +6,27 @@ actor's Ray connection), which means driving the synchronous `LLMEngine` ourselv
 the engine and steps it while requests are unfinished; asyncio callers talk to it through a
 command queue and get their outputs back through per-request asyncio queues. vLLM still does all
 the batching, scheduling, KV-cache management and sampling.
+
+A step that raises costs as little as possible (`_recover`): the engine's state is unknown, so
+every request in it is aborted there, but only the request that broke the step fails. The others
+rejoin as continuations (their prompt followed by the tokens they already delivered, with what is
+left of max_tokens), so their callers see one unbroken stream. The culprit is a request that
+joined since the last good step; when several did (or none), the suspects rejoin one per step
+until one of them breaks a step on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # The engine core must live in this process (the proposer reaches the drafters through this
@@ -28,20 +37,36 @@ os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 from vllm import SamplingParams  # noqa: E402
 from vllm.engine.arg_utils import EngineArgs
 from vllm.outputs import RequestOutput
+from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.llm_engine import LLMEngine
+
+log = logging.getLogger("tandem.engine")
+
+# Failed steps a request may be caught in (with no newcomer to blame) before it fails itself:
+# bounds the retries when the engine fails whatever it runs.
+MAX_STRIKES = 3
 
 
 class RequestAborted(Exception):
     """Raised inside `generate` when the request was aborted before it finished."""
 
 
-@dataclass(frozen=True)
-class _Add:
+class StepFailed(RuntimeError):
+    """Raised inside `generate` for the request that made an engine step fail."""
+
+
+@dataclass(eq=False)  # compared by identity
+class _Request:
+    """One submission, as the engine thread tracks it across retries."""
+
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
     sink: asyncio.Queue
     loop: asyncio.AbstractEventLoop
+    delivered: list[int] = field(default_factory=list)  # output tokens its caller has
+    in_engine: bool = False
+    strikes: int = 0  # failed steps it was a suspect of
 
 
 @dataclass(frozen=True)
@@ -64,12 +89,15 @@ class EngineLoop:
 
     def __init__(self, engine_args: EngineArgs) -> None:
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
-        self._sinks: dict[str, tuple[asyncio.Queue, asyncio.AbstractEventLoop]] = {}
+        self._requests: dict[str, _Request] = {}  # unfinished, in the engine or waiting
+        self._newcomers: set[str] = set()  # joined since the last good step
+        self._probation: deque[_Request] = deque()  # to join one per step, after a failure
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self.engine: LLMEngine | None = None
         self.steps = 0
         self.step_time_s = 0.0  # time spent inside engine.step(), drafting included
+        self.failed_steps = 0
         self._thread = threading.Thread(
             target=self._run, args=(engine_args,), name="vllm-engine", daemon=True
         )
@@ -88,13 +116,16 @@ class EngineLoop:
     ) -> AsyncIterator[RequestOutput]:
         """Yield the request's outputs (deltas when params ask for them) until it finishes.
 
-        Raises RequestAborted if `abort` stops it first. If the caller stops iterating early
-        (cancellation included), the request is aborted in the engine.
+        Raises RequestAborted if `abort` stops it first, StepFailed if it broke an engine step.
+        If the caller stops iterating early (cancellation included), the request is aborted in
+        the engine. `request_id` must be unique among running requests; outputs must be deltas
+        (RequestOutputKind.DELTA), which is what a retry continues.
         """
+        if params.output_kind != RequestOutputKind.DELTA:
+            raise ValueError("EngineLoop.generate needs RequestOutputKind.DELTA outputs")
         sink: asyncio.Queue = asyncio.Queue()
-        self._commands.put(
-            _Add(request_id, prompt_token_ids, params, sink, asyncio.get_running_loop())
-        )
+        loop = asyncio.get_running_loop()
+        self._commands.put(_Request(request_id, prompt_token_ids, params, sink, loop))
         finished = False
         try:
             while True:
@@ -121,7 +152,7 @@ class EngineLoop:
 
     def num_unfinished(self) -> int:
         """Requests the engine thread still tracks (added and not yet finished or aborted)."""
-        return len(self._sinks)
+        return len(self._requests)
 
     def shutdown(self) -> None:
         self._commands.put(_Stop())
@@ -138,9 +169,11 @@ class EngineLoop:
         finally:
             self._ready.set()
         while True:
-            idle = not self.engine.has_unfinished_requests()
+            idle = not self.engine.has_unfinished_requests() and not self._probation
             if not self._apply_commands(block=idle):
                 return
+            if self._probation:
+                self._join(self._probation.popleft())
             if self.engine.has_unfinished_requests():
                 self._step()
 
@@ -152,54 +185,123 @@ class EngineLoop:
             return True
         while True:
             if isinstance(command, _Stop):
-                self._fail_all(RequestAborted("engine shut down"))
+                for request in list(self._requests.values()):
+                    self._finish(request, RequestAborted("engine shut down"))
                 return False
-            if isinstance(command, _Add):
-                self._add(command)
+            if isinstance(command, _Request):
+                self._requests[command.request_id] = command
+                if self._probation:  # joins after the suspects, so that blame stays exact
+                    self._probation.append(command)
+                else:
+                    self._join(command)
             elif isinstance(command, _Call):
                 try:
                     command.result.set_result(command.fn(self.engine))
                 except Exception as exc:
                     command.result.set_exception(exc)
-            elif isinstance(command, _Abort) and command.request_id in self._sinks:
-                self.engine.abort_request([command.request_id])
-                self._deliver(command.request_id, RequestAborted(command.request_id), last=True)
+            elif isinstance(command, _Abort) and command.request_id in self._requests:
+                request = self._requests[command.request_id]
+                if request.in_engine:
+                    self.engine.abort_request([request.request_id])
+                elif request in self._probation:
+                    self._probation.remove(request)
+                self._finish(request, RequestAborted(request.request_id))
             try:
                 command = self._commands.get_nowait()
             except queue.Empty:
                 return True
 
-    def _add(self, command: _Add) -> None:
-        self._sinks[command.request_id] = (command.sink, command.loop)
+    def _join(self, request: _Request, proven: bool = False) -> None:
+        """Add the request to the engine (again, as a continuation, after a failed step).
+        `proven`: it ran in the last good step, so a failure is not blamed on its joining."""
         try:
             engine_input = self.engine.renderer.render_cmpl(
-                [{"prompt_token_ids": command.prompt_token_ids}]
+                [{"prompt_token_ids": request.prompt_token_ids + request.delivered}]
             )[0]
-            self.engine.add_request(command.request_id, engine_input, command.params)
+            self.engine.add_request(request.request_id, engine_input, _remaining(request))
         except Exception as exc:
-            self._deliver(command.request_id, exc, last=True)
+            self._finish(request, exc)
+            return
+        request.in_engine = True
+        if not proven:
+            self._newcomers.add(request.request_id)
 
     def _step(self) -> None:
         start = time.perf_counter()
         try:
             outputs = self.engine.step()
-            self.steps += 1
-            self.step_time_s += time.perf_counter() - start
         except Exception as exc:
-            # A failed step leaves no request in a known state: fail them all, keep serving.
-            for request_id in list(self._sinks):
-                self.engine.abort_request([request_id])
-            self._fail_all(exc)
+            self._recover(exc)
             return
+        self.steps += 1
+        self.step_time_s += time.perf_counter() - start
+        self._newcomers.clear()
         for output in outputs:
-            self._deliver(output.request_id, output, last=output.finished)
+            request = self._requests.get(output.request_id)
+            if request is None:
+                continue
+            request.delivered += output.outputs[0].token_ids
+            if output.finished:
+                request.in_engine = False
+                del self._requests[request.request_id]
+            if not _send(request, output) and request.in_engine:  # its caller is gone
+                self.engine.abort_request([request.request_id])
+                request.in_engine = False
+                del self._requests[request.request_id]
 
-    def _deliver(self, request_id: str, item: Any, last: bool) -> None:
-        entry = self._sinks.pop(request_id, None) if last else self._sinks.get(request_id)
-        if entry is not None:
-            sink, loop = entry
-            loop.call_soon_threadsafe(sink.put_nowait, item)
+    def _recover(self, exc: Exception) -> None:
+        """After a failed step: fail its culprit, give the other requests another go."""
+        self.failed_steps += 1
+        batch = [r for r in self._requests.values() if r.in_engine]
+        for request in batch:  # what the engine holds of them is unknown now
+            self.engine.abort_request([request.request_id])
+            request.in_engine = False
+        newcomers = [r for r in batch if r.request_id in self._newcomers]
+        self._newcomers.clear()
+        suspects = newcomers or batch
+        if len(suspects) == 1:
+            culprits = suspects
+        else:
+            for request in suspects:
+                request.strikes += 1
+            culprits = [r for r in suspects if r.strikes >= MAX_STRIKES]
+        log.error(
+            "engine step failed with %d requests (%s); failing %s, retrying the rest",
+            len(batch),
+            ", ".join(r.request_id for r in batch),
+            ", ".join(r.request_id for r in culprits) or "none",
+            exc_info=exc,
+        )
+        for request in culprits:
+            self._finish(request, StepFailed(f"an engine step failed with {request.request_id}"))
+        retried = [r for r in suspects if r not in culprits]
+        self._probation.extendleft(reversed(retried))  # before requests that came meanwhile
+        for request in batch:
+            if request not in suspects:
+                self._join(request, proven=True)
 
-    def _fail_all(self, exc: BaseException) -> None:
-        for request_id in list(self._sinks):
-            self._deliver(request_id, exc, last=True)
+    def _finish(self, request: _Request, exc: BaseException) -> None:
+        """End a request with an exception raised in its caller."""
+        if self._requests.pop(request.request_id, None) is not None:
+            _send(request, exc)
+
+
+def _send(request: _Request, item: Any) -> bool:
+    """Hand an output or exception to the request's caller; False if its event loop closed."""
+    try:
+        request.loop.call_soon_threadsafe(request.sink.put_nowait, item)
+    except RuntimeError:
+        return False
+    return True
+
+
+def _remaining(request: _Request) -> SamplingParams:
+    """The request's sampling parameters, less what it has already delivered."""
+    if not request.delivered:
+        return request.params
+    params = request.params.clone()
+    done = len(request.delivered)
+    if params.max_tokens is not None:
+        params.max_tokens -= done
+    params.min_tokens = max(0, request.params.min_tokens - done)
+    return params

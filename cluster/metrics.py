@@ -9,14 +9,18 @@ built for vLLM's in-process speculation read tandem's remote drafting unchanged.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import ray
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
+from tandem.cluster.auth import authorized
 from tandem.cluster.figures import DrafterFigures
 
 if TYPE_CHECKING:
@@ -114,12 +118,35 @@ class Metrics:
         for histogram, value in self.vllm:
             histogram.observe(value(last))
 
-    def serve(self, host: str, port: int) -> int:
-        """Expose /metrics on host:port in a background thread; returns the bound port."""
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, host: str, port: int, token: str | None = None) -> int:
+        """Expose /metrics on host:port in a background thread; returns the bound port. With a
+        token, scrapes must send it as a bearer token (else 401)."""
+        app = make_wsgi_app(self.registry)
+        if token is not None:
+            app = _bearer_only(app, token)
+        server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         bound = server.server_address[1]
         log.info("metrics on http://%s:%d/metrics", host, bound)
         return bound
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
+        pass
+
+
+def _bearer_only(app: Any, token: str) -> Any:
+    """A WSGI app that answers 401 unless the request carries the bearer token."""
+
+    def guarded(environ: dict[str, Any], start_response: Any) -> Any:
+        header = environ.get("HTTP_AUTHORIZATION")  # repeated headers arrive comma-joined
+        if authorized([header] if header is not None else [], token):
+            return app(environ, start_response)
+        start_response("401 Unauthorized", [("WWW-Authenticate", "Bearer")])
+        return [b"missing or wrong bearer token (Authorization)\n"]
+
+    return guarded
 
 
 def vllm_labels(coordinator: Coordinator) -> tuple[str, str]:
@@ -134,7 +161,8 @@ def start_metrics(coordinator: Coordinator) -> Metrics | None:
         return None
     metrics = Metrics(coordinator)
     coordinator.on_finished.append(metrics.observe)
-    metrics.serve(server.metrics_host, server.metrics_port)
+    token = server.auth.token() if server.metrics_auth else None
+    metrics.serve(server.metrics_host, server.metrics_port, token)
     return metrics
 
 
@@ -239,8 +267,13 @@ class _CoordinatorCollector(Collector):
         )
         yield CounterMetricFamily(
             "tandem_drafter_failures",
-            "Steps whose drafter failed or missed its time budget.",
+            "Drafter calls that failed (an error, a dead drafter).",
             drafters.failures,
+        )
+        yield CounterMetricFamily(
+            "tandem_drafter_timeouts",
+            "Drafter calls that missed their time budget (late, not failed).",
+            drafters.timeouts,
         )
         yield CounterMetricFamily(
             "tandem_spec_cache_hits",

@@ -59,6 +59,9 @@ class Limits:
     num_speculative_tokens: int = 0  # the default k, and the largest a request may ask
     min_p: bool = True  # whether the engine applies min_p (speculation.sampler)
     pipelined: bool = False  # pre-draft while the target verifies, unless a request says not
+    # Prompt text longer than this cannot fit max_model_len tokens (see max_prompt_chars);
+    # None: no bound known for this tokenizer.
+    max_prompt_chars: int | None = None
     speculative_engine: bool = False  # the engine runs with a speculative config (any mode)
 
 
@@ -76,7 +79,7 @@ def prepare(request: pb.GenerateRequest, tokenizer: Any, limits: Limits) -> Prep
     request_id = request.request_id or uuid.uuid4().hex
     if len(request_id) > MAX_REQUEST_ID_LEN:
         raise invalid(f"request_id: at most {MAX_REQUEST_ID_LEN} characters")
-    prompt = prompt_token_ids(request, tokenizer, limits.vocab_size)
+    prompt = prompt_token_ids(request, tokenizer, limits)
     if len(prompt) >= limits.max_model_len:
         raise out_of_range(
             f"prompt: {len(prompt)} tokens leave no room in the model's context of "
@@ -120,30 +123,59 @@ def speculation(params: pb.SpeculationParams, limits: Limits) -> tuple[str, int]
     return (mode, k) if mode != "off" and k > 0 else ("off", 0)
 
 
-def prompt_token_ids(request: pb.GenerateRequest, tokenizer: Any, vocab_size: int) -> list[int]:
+def max_prompt_chars(tokenizer: Any, max_model_len: int) -> int | None:
+    """The longest text that may still fit the context: each token covers at most as many
+    characters as its vocabulary entry is long (byte-level and SentencePiece vocabularies), so
+    a longer text is refused before any tokenizing. None when a normalizer could shrink text."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.normalizer is not None:
+        return None
+    return max_model_len * max(len(token) for token in tokenizer.get_vocab())
+
+
+def _check_length(chars: int, field: str, limits: Limits) -> None:
+    if limits.max_prompt_chars is not None and chars > limits.max_prompt_chars:
+        raise out_of_range(
+            f"{field}: {chars} characters cannot fit the model's context of "
+            f"{limits.max_model_len} tokens; shorten the prompt"
+        )
+
+
+def prompt_token_ids(request: pb.GenerateRequest, tokenizer: Any, limits: Limits) -> list[int]:
     kind = request.WhichOneof("prompt")
     if kind is None:
         raise invalid("prompt: set one of text, token_ids or chat")
     if kind == "text":
         if not request.text:
             raise invalid("prompt.text: empty prompt")
+        _check_length(len(request.text), "prompt.text", limits)
         return tokenizer.encode(request.text)
     if kind == "token_ids":
         ids = list(request.token_ids.ids)
         if not ids:
             raise invalid("prompt.token_ids: empty prompt")
+        vocab_size = limits.vocab_size
         for i, token in enumerate(ids):
             if not 0 <= token < vocab_size:
                 raise out_of_range(
                     f"prompt.token_ids[{i}]: {token} is outside the vocabulary [0, {vocab_size})"
                 )
         return ids
-    return render_chat(request.chat, tokenizer)
+    return render_chat(request.chat, tokenizer, limits)
 
 
-def render_chat(chat: pb.ChatMessages, tokenizer: Any) -> list[int]:
+def render_chat(chat: pb.ChatMessages, tokenizer: Any, limits: Limits | None = None) -> list[int]:
+    """The chat's prompt tokens; with `limits`, a chat that cannot fit the context is refused
+    before it is rendered."""
     if not chat.messages:
         raise invalid("prompt.chat.messages: empty conversation")
+    if limits is not None:
+        if len(chat.messages) >= limits.max_model_len:  # each message renders to own tokens
+            raise out_of_range(
+                f"prompt.chat.messages: {len(chat.messages)} messages cannot fit the model's "
+                f"context of {limits.max_model_len} tokens"
+            )
+        _check_length(sum(len(m.content) for m in chat.messages), "prompt.chat", limits)
     for i, message in enumerate(chat.messages):
         if message.role not in CHAT_ROLES:
             raise invalid(

@@ -107,11 +107,14 @@ class TargetReplica:
 
     async def generate(self, request: PreparedRequest) -> AsyncIterator[StepOutput]:
         """Stream the request's new tokens step by step; the last output finishes it and
-        carries its speculation figures."""
+        carries its speculation figures. `request.request_id` names this submission (the
+        coordinator makes it unique per submission, so a late abort of an earlier request
+        with the client's same id cannot reach this one)."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        from tandem.cluster.engine import RequestAborted
+        from tandem.cluster.engine import RequestAborted, StepFailed
+        from tandem.cluster.requests import RequestError
         from tandem.speculation.session import RequestSpec
 
         sampling = request.sampling
@@ -120,7 +123,10 @@ class TargetReplica:
 
             sampling = {**sampling, "extra_args": {MIN_P: sampling["min_p"]}}
             del sampling["min_p"]
-        params = SamplingParams(**sampling, output_kind=RequestOutputKind.DELTA)
+        try:
+            params = SamplingParams(**sampling, output_kind=RequestOutputKind.DELTA)
+        except ValueError as exc:  # vLLM's own limits, should the coordinator's miss one
+            raise RequestError("INVALID_ARGUMENT", f"sampling: {exc}") from None
         rid, k = request.request_id, request.num_speculative_tokens
         if self.session is not None:
             self.session.register(rid, RequestSpec(request.mode, k, request.pipelined))
@@ -154,6 +160,11 @@ class TargetReplica:
                 yield StepOutput(
                     new, completion.text, completion.finish_reason, figures, logprobs, first
                 )
+        except StepFailed:
+            raise RequestError(
+                "INTERNAL",
+                f"request {rid}: the engine failed a step with it; the other requests went on",
+            ) from None
         except RequestAborted:
             figures = self._figures(request, steps, tokens, accepted_per_pos)
             yield StepOutput([], "", "abort", figures)

@@ -11,6 +11,7 @@ with `target.replicas` and `speculation.drafters.replicas`, not with Serve repli
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import time
@@ -23,7 +24,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
 
-from tandem.cluster.api import TandemAPI, token_matches
+from tandem.cluster.api import TandemAPI
+from tandem.cluster.auth import authorized
 from tandem.cluster.config import TandemConfig
 from tandem.cluster.coordinator import Chunk, Coordinator
 from tandem.cluster.metrics import start_metrics
@@ -128,8 +130,8 @@ class TandemDeployment:
     # ---- gRPC (Serve's gRPC ingress) ----------------------------------------------------------
 
     def _check(self, context: RayServegRPCContext) -> None:
-        metadata = dict(context.invocation_metadata())
-        if not token_matches(metadata.get("authorization"), self.token):
+        metadata = context.invocation_metadata()
+        if not authorized([v for k, v in metadata if k == "authorization"], self.token):
             raise self.coordinator.reject(unauthenticated())
 
     @staticmethod
@@ -187,7 +189,7 @@ class TandemDeployment:
         return {"status": "ok"}
 
     def _authorize(self, request: Request) -> None:
-        if not token_matches(request.headers.get("authorization"), self.token):
+        if not authorized(request.headers.getlist("authorization"), self.token):
             raise _HTTPError(self.coordinator.reject(unauthenticated()))
 
     async def _body(self, request: Request) -> Any:
@@ -224,20 +226,22 @@ class TandemDeployment:
     @http.post("/tokenize")
     async def tokenize(self, request: Request) -> dict[str, Any]:
         body = await self._body(request)
+        work = functools.partial(
+            openai_api.tokenize, body, self.model, max_model_len=self.max_model_len
+        )
         try:
-            return openai_api.tokenize(
-                body, self.model, self.coordinator.tokenizer, self.max_model_len
-            )
+            return await self.coordinator.with_tokenizer(work)
         except RequestError as exc:
             raise self._refused(exc) from None
 
     @http.post("/detokenize")
     async def detokenize(self, request: Request) -> dict[str, str]:
         body = await self._body(request)
+        work = functools.partial(
+            openai_api.detokenize, body, self.model, vocab_size=self.coordinator.limits.vocab_size
+        )
         try:
-            return openai_api.detokenize(
-                body, self.model, self.coordinator.tokenizer, self.coordinator.limits.vocab_size
-            )
+            return await self.coordinator.with_tokenizer(work)
         except RequestError as exc:
             raise self._refused(exc) from None
 

@@ -251,20 +251,22 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaStats(_message.Message):
-    __slots__ = ("replica_id", "node_id", "outstanding", "engine_unfinished", "requests_served", "generated_tokens")
+    __slots__ = ("replica_id", "node_id", "outstanding", "engine_unfinished", "requests_served", "generated_tokens", "up")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     OUTSTANDING_FIELD_NUMBER: _ClassVar[int]
     ENGINE_UNFINISHED_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_SERVED_FIELD_NUMBER: _ClassVar[int]
     GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    UP_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     node_id: str
     outstanding: int
     engine_unfinished: int
     requests_served: int
     generated_tokens: int
-    def __init__(self, replica_id: _Optional[str] = ..., node_id: _Optional[str] = ..., outstanding: _Optional[int] = ..., engine_unfinished: _Optional[int] = ..., requests_served: _Optional[int] = ..., generated_tokens: _Optional[int] = ...) -> None: ...
+    up: bool
+    def __init__(self, replica_id: _Optional[str] = ..., node_id: _Optional[str] = ..., outstanding: _Optional[int] = ..., engine_unfinished: _Optional[int] = ..., requests_served: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., up: _Optional[bool] = ...) -> None: ...
 
 class DrafterStats(_message.Message):
     __slots__ = ("replica_id", "node_id", "requests", "mirror_hints_used")
@@ -279,7 +281,7 @@ class DrafterStats(_message.Message):
     def __init__(self, replica_id: _Optional[str] = ..., node_id: _Optional[str] = ..., requests: _Optional[int] = ..., mirror_hints_used: _Optional[int] = ...) -> None: ...
 
 class Stats(_message.Message):
-    __slots__ = ("requests_in_flight", "requests_total", "requests_finished", "requests_aborted", "requests_failed", "requests_rejected", "prompt_tokens", "generated_tokens", "uptime_s", "replicas", "speculation", "drafter_rtt_mean_s", "drafter_rtt_p50_s", "target_step_mean_s", "drafter_failures", "drafters_down", "drafters")
+    __slots__ = ("requests_in_flight", "requests_total", "requests_finished", "requests_aborted", "requests_failed", "requests_rejected", "prompt_tokens", "generated_tokens", "uptime_s", "replicas", "speculation", "drafter_rtt_mean_s", "drafter_rtt_p50_s", "target_step_mean_s", "drafter_failures", "drafters_down", "drafters", "drafter_timeouts")
     REQUESTS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FINISHED_FIELD_NUMBER: _ClassVar[int]
@@ -297,6 +299,7 @@ class Stats(_message.Message):
     DRAFTER_FAILURES_FIELD_NUMBER: _ClassVar[int]
     DRAFTERS_DOWN_FIELD_NUMBER: _ClassVar[int]
     DRAFTERS_FIELD_NUMBER: _ClassVar[int]
+    DRAFTER_TIMEOUTS_FIELD_NUMBER: _ClassVar[int]
     requests_in_flight: int
     requests_total: int
     requests_finished: int
@@ -314,4 +317,5 @@ class Stats(_message.Message):
     drafter_failures: int
     drafters_down: int
     drafters: _containers.RepeatedCompositeFieldContainer[DrafterStats]
-    def __init__(self, requests_in_flight: _Optional[int] = ..., requests_total: _Optional[int] = ..., requests_finished: _Optional[int] = ..., requests_aborted: _Optional[int] = ..., requests_failed: _Optional[int] = ..., requests_rejected: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., uptime_s: _Optional[float] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStats, _Mapping]]] = ..., speculation: _Optional[_Union[SpeculationStats, _Mapping]] = ..., drafter_rtt_mean_s: _Optional[float] = ..., drafter_rtt_p50_s: _Optional[float] = ..., target_step_mean_s: _Optional[float] = ..., drafter_failures: _Optional[int] = ..., drafters_down: _Optional[int] = ..., drafters: _Optional[_Iterable[_Union[DrafterStats, _Mapping]]] = ...) -> None: ...
+    drafter_timeouts: int
+    def __init__(self, requests_in_flight: _Optional[int] = ..., requests_total: _Optional[int] = ..., requests_finished: _Optional[int] = ..., requests_aborted: _Optional[int] = ..., requests_failed: _Optional[int] = ..., requests_rejected: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., uptime_s: _Optional[float] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStats, _Mapping]]] = ..., speculation: _Optional[_Union[SpeculationStats, _Mapping]] = ..., drafter_rtt_mean_s: _Optional[float] = ..., drafter_rtt_p50_s: _Optional[float] = ..., target_step_mean_s: _Optional[float] = ..., drafter_failures: _Optional[int] = ..., drafters_down: _Optional[int] = ..., drafters: _Optional[_Iterable[_Union[DrafterStats, _Mapping]]] = ..., drafter_timeouts: _Optional[int] = ...) -> None: ...

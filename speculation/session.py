@@ -2,9 +2,10 @@
 drafter health, independent of how messages travel (a Transport) and of vLLM (plain lists in).
 
 Once per engine step `propose` receives the batch (request ids and their committed tokens) and
-returns one draft per request. A drafter that errs or misses the step's
-time budget is marked down: its requests get no drafts (decoding goes on without speculation)
-until a probe shows it answers again, then speculation resumes.
+returns one draft per request. A drafter that errs is marked down: its requests get no drafts
+(decoding goes on without speculation) until a probe shows it answers again, then speculation
+resumes. A drafter that misses the step's time budget is late, not broken (a loaded machine):
+the transport keeps it `busy` until the late call returns, and it drafts again right after.
 
 Pipelining (PEARL, SSD): after handing the target a block, the session asks the drafters to
 pre-draft the next block for the block's likeliest verification outcomes while the target
@@ -46,7 +47,8 @@ class Transport(Protocol):
     def draft(
         self, batches: dict[int, list[DraftItem]], timeout_s: float
     ) -> dict[int, list[DraftReply] | Exception]:
-        """Send every replica its batch at once; a replica's entry is an exception on failure."""
+        """Send every replica its batch at once; a replica's entry is an exception on failure,
+        a TimeoutError when it missed timeout_s."""
         ...
 
     def free(self, replica: int, request_ids: list[str]) -> None:
@@ -55,6 +57,10 @@ class Transport(Protocol):
 
     def probe(self, replica: int) -> bool:
         """Non-blocking health probe: True once the replica answers again."""
+        ...
+
+    def busy(self, replica: int) -> bool:
+        """True while a call to the replica that missed its time budget still runs."""
         ...
 
     def predraft(self, batches: dict[int, list[DraftItem]], plan: PredraftPlan) -> Any:
@@ -121,8 +127,9 @@ class SessionStats:
     steps: int  # engine steps that called a drafter
     mean_rtt_s: float  # drafter round trip per such step
     p50_rtt_s: float
-    failures: int  # steps where a drafter failed or missed the time budget
+    failures: int  # drafter calls that failed (an error, a dead drafter)
     drafters_down: int
+    timeouts: int = 0  # drafter calls that missed the time budget (not faults)
 
 
 class SpeculationSession:
@@ -143,6 +150,7 @@ class SpeculationSession:
         self._rtt_total = 0.0
         self._rtts: deque[float] = deque(maxlen=1000)
         self._failures = 0
+        self._timeouts = 0
 
     def register(self, request_id: str, spec: RequestSpec) -> None:
         with self._lock:
@@ -178,6 +186,7 @@ class SpeculationSession:
         speculating: list[tuple[int, _Request, int]] = []
         with self._lock:
             self._revive_drafters()
+            skipped = self._down | self._busy()
             requests = [self._requests.get(request_id) for request_id in request_ids]
             for i, request in enumerate(requests):
                 if request is None or request.spec.mode == Mode.OFF:
@@ -194,7 +203,7 @@ class SpeculationSession:
                 request.draft_length = draft_length(
                     self.config.draft_length, request.spec.num_speculative_tokens, len(request_ids)
                 )
-                if request.replica in self._down or not request.draft_length:
+                if request.replica in skipped or not request.draft_length:
                     continue
                 speculating.append((i, request, n))
                 if self._pipelines(request) and outcome:
@@ -266,12 +275,9 @@ class SpeculationSession:
         """Have the drafters pre-draft the next blocks while the target verifies these."""
         batches: dict[int, list[DraftItem]] = defaultdict(list)
         with self._lock:
+            skipped = self._down | self._busy()
             for i, request, n in speculating:
-                if (
-                    not request.block
-                    or not self._pipelines(request)
-                    or request.replica in self._down
-                ):
+                if not request.block or not self._pipelines(request) or request.replica in skipped:
                     continue
                 item = self._item(request_ids[i], request, token_ids[i], n)
                 item = dataclasses.replace(item, block=request.block)
@@ -319,13 +325,20 @@ class SpeculationSession:
                     request.cache = reply.blocks
 
     def _failed(self, replica: int, result: Any) -> bool:
-        """A failed or late drafter call: count it and skip the replica until a probe answers.
+        """A failed or late drafter call. A late one is counted (the transport keeps the replica
+        busy until it returns); a failed one also marks the replica down until a probe answers.
         Call with the lock held."""
         if not isinstance(result, Exception):
             return False
-        self._failures += 1
-        self._down.add(replica)
+        if isinstance(result, TimeoutError):
+            self._timeouts += 1
+        else:
+            self._failures += 1
+            self._down.add(replica)
         return True
+
+    def _busy(self) -> set[int]:
+        return {r for r in range(self.transport.replicas) if self.transport.busy(r)}
 
     def _time_window(self) -> None:
         """Time the target's verification: from the last propose's return to this call.
@@ -360,4 +373,5 @@ class SpeculationSession:
                 p50_rtt_s=rtts[len(rtts) // 2] if rtts else 0.0,
                 failures=self._failures,
                 drafters_down=len(self._down),
+                timeouts=self._timeouts,
             )

@@ -113,7 +113,8 @@ def _channel(kind: Any, address: str, tls: Credentials | None) -> Any:
 
 
 class TandemClient:
-    """Blocking client. Keyword arguments of generate/stream are those of build_request."""
+    """Blocking client. Keyword arguments of generate/stream are those of build_request;
+    `timeout` (seconds) is the deadline of every call (None: no deadline)."""
 
     def __init__(
         self,
@@ -138,13 +139,15 @@ class TandemClient:
 
     def abort(self, request_id: str) -> bool:
         request = pb.AbortRequest(request_id=request_id)
-        return self.stub.Abort(request, metadata=self.metadata).found
+        return self.stub.Abort(request, timeout=self.timeout, metadata=self.metadata).found
 
     def model_info(self) -> pb.ModelInfo:
-        return self.stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=self.metadata)
+        request = pb.GetModelInfoRequest()
+        return self.stub.GetModelInfo(request, timeout=self.timeout, metadata=self.metadata)
 
     def stats(self) -> pb.Stats:
-        return self.stub.GetStats(pb.GetStatsRequest(), metadata=self.metadata)
+        request = pb.GetStatsRequest()
+        return self.stub.GetStats(request, timeout=self.timeout, metadata=self.metadata)
 
     def close(self) -> None:
         self.channel.close()
@@ -184,13 +187,16 @@ class AsyncTandemClient:
 
     async def abort(self, request_id: str) -> bool:
         request = pb.AbortRequest(request_id=request_id)
-        return (await self.stub.Abort(request, metadata=self.metadata)).found
+        call = self.stub.Abort(request, timeout=self.timeout, metadata=self.metadata)
+        return (await call).found
 
     async def model_info(self) -> pb.ModelInfo:
-        return await self.stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=self.metadata)
+        request = pb.GetModelInfoRequest()
+        return await self.stub.GetModelInfo(request, timeout=self.timeout, metadata=self.metadata)
 
     async def stats(self) -> pb.Stats:
-        return await self.stub.GetStats(pb.GetStatsRequest(), metadata=self.metadata)
+        request = pb.GetStatsRequest()
+        return await self.stub.GetStats(request, timeout=self.timeout, metadata=self.metadata)
 
     async def close(self) -> None:
         await self.channel.close()

@@ -21,6 +21,8 @@ from tandem.cluster.config import TandemConfig
 from . import kuberay_rules
 from .conftest import REPO
 
+pytestmark = pytest.mark.timeout(120)
+
 KUBERAY = REPO / "deploy" / "kuberay"
 SCHEMAS = KUBERAY / "crds" / "kuberay-v1.schema.yaml"
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -7,6 +7,8 @@ import pytest
 
 from tandem.models import DEFAULT_MODEL, ModelError, list_models, prepare_model, resolve_model
 
+pytestmark = pytest.mark.timeout(600)  # loads models; slow on a loaded machine
+
 
 def test_prepare_from_gguf_then_idempotent(tmp_path):
     folder = prepare_model(DEFAULT_MODEL, tmp_path)

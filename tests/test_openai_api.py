@@ -14,6 +14,8 @@ from tandem.deploy import openai_api
 from tandem.protos import tandem_pb2 as pb
 from tandem.speculation.protocol import Mode
 
+pytestmark = pytest.mark.timeout(120)
+
 MODEL = "m"
 
 

@@ -5,8 +5,10 @@ import math
 
 import pytest
 
-from tandem.cluster.requests import Limits, RequestError, prepare
+from tandem.cluster.requests import Limits, RequestError, max_prompt_chars, prepare
 from tandem.protos import tandem_pb2 as pb
+
+pytestmark = pytest.mark.timeout(600)  # loads models; slow on a loaded machine
 
 LIMITS = Limits(max_model_len=64, vocab_size=49152, max_tokens=32, default_max_tokens=16)
 
@@ -60,6 +62,7 @@ def test_sampling_fields_pass_through(tokenizer):
     [
         ({"temperature": -0.1}, "INVALID_ARGUMENT", "sampling.temperature"),
         ({"temperature": math.inf}, "INVALID_ARGUMENT", "sampling.temperature"),
+        ({"temperature": 2.01}, "INVALID_ARGUMENT", "sampling.temperature"),  # vLLM's limit
         ({"top_p": 0.0}, "INVALID_ARGUMENT", "sampling.top_p"),
         ({"top_k": -2}, "INVALID_ARGUMENT", "sampling.top_k"),
         ({"min_p": -0.1}, "INVALID_ARGUMENT", "sampling.min_p"),
@@ -85,6 +88,29 @@ def test_bad_sampling(tokenizer, sampling, code, field):
         prepare(chat("x", **sampling), tokenizer, LIMITS)
     assert info.value.code == code
     assert str(info.value).startswith(field)
+
+
+def test_prompts_too_large_for_the_context_are_refused_before_tokenizing(tokenizer):
+    """A text longer than max_model_len times the longest vocabulary entry cannot fit: it is
+    refused without tokenizing it (a 4 MB prompt costs nothing); so are more chat messages
+    than the context has tokens."""
+    bound = max_prompt_chars(tokenizer, LIMITS.max_model_len)
+    assert bound == 64 * max(len(t) for t in tokenizer.get_vocab())
+    limits = Limits(**{**LIMITS.__dict__, "max_prompt_chars": bound})
+    never = type("Untouchable", (), {})()  # any use of this tokenizer would raise
+    for request, field in (
+        (pb.GenerateRequest(text="x" * (bound + 1)), "prompt.text"),
+        (chat("x" * (bound + 1)), "prompt.chat"),
+    ):
+        with pytest.raises(RequestError, match=f"^{field}: {bound + 1} characters") as info:
+            prepare(request, never, limits)
+        assert info.value.code == "OUT_OF_RANGE"
+    many = pb.GenerateRequest()
+    for _ in range(64):
+        many.chat.messages.add(role="user", content="")
+    with pytest.raises(RequestError, match="64 messages cannot fit") as info:
+        prepare(many, never, limits)
+    assert info.value.code == "OUT_OF_RANGE"
 
 
 SPECULATING = Limits(

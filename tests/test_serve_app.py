@@ -6,6 +6,7 @@ model (tests/test_openai_vllm.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -16,6 +17,8 @@ import openai
 import pytest
 import ray
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
@@ -24,6 +27,7 @@ from tandem.deploy.serve_app import GRPC_SERVICER_FUNCTION, app_builder
 
 from . import openai_table
 from .conftest import REPO, free_port, spec_bench_prompts
+from .fuzzing import check_http, fuzz_settings, openai_body
 
 pytestmark = pytest.mark.slow
 
@@ -224,13 +228,56 @@ def test_token_required_but_health_open(app):
             response = httpx.request(method, app["http"] + path, headers=headers, json={})
             assert response.status_code == 401, (key, path)
             assert response.json()["error"]["type"] == "AuthenticationError"
-        with TandemClient(app["grpc"], token=key) as client, pytest.raises(grpc.RpcError) as exc:
+        with (
+            TandemClient(app["grpc"], token=key, timeout=300) as client,
+            pytest.raises(grpc.RpcError) as exc,
+        ):
             client.generate("Hi", max_tokens=4)
         assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED
     unauthenticated = openai.OpenAI(base_url=app["http"] + "/v1", api_key="nope", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         unauthenticated.models.list()
     assert httpx.get(app["http"] + "/health").json() == {"status": "ok"}
+
+
+@pytest.mark.timeout_per_example(6)
+def test_fuzz_openai_http(app, fuzz_examples):
+    """Generated bodies for both endpoints (plausible fields, any JSON at all): every answer is
+    a completion or an OpenAI error with a 4xx status, never a 5xx, and the app stays up."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=app["http"], headers=headers, timeout=300) as http:
+        json_content = {"Content-Type": "application/json"}
+
+        @fuzz_settings(fuzz_examples)
+        @given(chat=st.booleans(), data=st.data())
+        def one(chat, data):
+            body = data.draw(openai_body(chat, app["model"]))
+            path = "/v1/chat/completions" if chat else "/v1/completions"
+            # Python's JSON writes NaN and Infinity, as some clients do: the server must cope.
+            sent = json.dumps(body).encode()
+            check_http(body, http.post(path, content=sent, headers=json_content))
+
+        one()
+        assert http.get("/health").json() == {"status": "ok"}
+        done = http.post(
+            "/v1/completions", json={"prompt": "Hi", "max_tokens": 2, "temperature": 0}
+        )
+        assert done.status_code == 200 and done.json()["usage"]["completion_tokens"] == 2
+
+
+def test_repeated_or_non_ascii_authorization_is_refused(app):
+    """Over HTTP a client can send two Authorization headers or non-ASCII bytes: 401, never
+    the first or last header winning, never a 500."""
+    good = f"Bearer {TOKEN}".encode()
+    for headers in (
+        [("Authorization", good), ("Authorization", b"Bearer nope")],
+        [("Authorization", b"Bearer nope"), ("Authorization", good)],
+        [("Authorization", b"Bearer t\xc3\xa9st")],
+        [("Authorization", b"Bearer \xff\xfe")],
+    ):
+        response = httpx.get(app["http"] + "/v1/models", headers=headers, timeout=60)
+        assert response.status_code == 401, headers
+    assert httpx.get(app["http"] + "/v1/models", headers=[("Authorization", good)]).is_success
 
 
 # ---- the OpenAI request table ---------------------------------------------------------------

@@ -7,7 +7,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 
 import grpc
 import pytest
@@ -18,8 +17,9 @@ from tandem.client import AsyncTandemClient, TandemClient, build_request
 from tandem.protos import tandem_pb2 as pb
 
 from .conftest import spec_bench_prompts, start_service
+from .reliability import wait_until_idle
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 MAX_INFLIGHT = 10
 CONFIG = {"server": {"max_inflight": MAX_INFLIGHT, "max_tokens": 1024, "default_max_tokens": 48}}
@@ -32,21 +32,8 @@ def service():
 
 @pytest.fixture(scope="module")
 def client(service):
-    with TandemClient(service.address) as c:
+    with TandemClient(service.address, timeout=300) as c:
         yield c
-
-
-def wait_until_idle(client: TandemClient, timeout_s: float = 30) -> pb.Stats:
-    """Poll GetStats until neither the coordinator nor any engine holds a request."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        stats = client.stats()
-        idle = stats.requests_in_flight == 0 and all(
-            r.engine_unfinished == 0 and r.outstanding == 0 for r in stats.replicas
-        )
-        if idle or time.monotonic() > deadline:
-            return stats
-        time.sleep(0.1)
 
 
 def test_greedy_matches_transformers(client, model_path, tokenizer):
@@ -112,7 +99,7 @@ def test_eight_concurrent_streams(service, client):
     expected = [list(client.generate(p, temperature=0, max_tokens=24).token_ids) for p in prompts]
 
     async def run_all():
-        async with AsyncTandemClient(service.address) as aclient:
+        async with AsyncTandemClient(service.address, timeout=300) as aclient:
 
             async def one(prompt):
                 ids = []
@@ -222,7 +209,7 @@ def test_abort_and_too_many_in_flight(service, client):
     """Fill every in-flight slot, get RESOURCE_EXHAUSTED, then Abort frees them all."""
 
     async def scenario():
-        async with AsyncTandemClient(service.address) as aclient:
+        async with AsyncTandemClient(service.address, timeout=300) as aclient:
             calls = [
                 aclient.stub.GenerateStream(
                     build_request("Count.", request_id=f"long-{i}", max_tokens=999, ignore_eos=True)

@@ -15,7 +15,7 @@ from tandem.protos import tandem_pb2 as pb
 
 from .conftest import spec_bench_prompts, start_service
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 MODES = ("ngram", "suffix", "recycle", "model", "hybrid")
 CATEGORIES = ("writing", "coding", "math_reasoning", "summarization", "translation", "rag")
@@ -38,7 +38,7 @@ def service():
 
 @pytest.fixture(scope="module")
 def client(service):
-    with TandemClient(service.address) as c:
+    with TandemClient(service.address, timeout=300) as c:
         yield c
 
 
