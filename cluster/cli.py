@@ -1,4 +1,4 @@
-"""The `tandem` command line: serve, plan, generate, models."""
+"""The `tandem` command line: serve, plan, generate, models, bench, draft."""
 
 from __future__ import annotations
 
@@ -218,8 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dir", help="model cache folder (overrides the config)")
         p.set_defaults(func=func)
     from tandem.benchmarks.cli import add_bench_parser
+    from tandem.training.cli import add_draft_parser
 
     add_bench_parser(sub)
+    add_draft_parser(sub)
     return parser
 
 
