@@ -113,6 +113,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=2.0,
         help="measurement tool: compute per token drafted by the controlled drafter (2.0)",
     )
+    add(
+        "--eagle-head", help="EAGLE-3 head for vllm-eagle3 (default: the one shipped for the model)"
+    )
     add("--config", help="tandem YAML config: model, engine args, server (default built-in)")
     add("--address", help="use this running tandem server instead of starting one")
     add("--quick", action="store_true", help="a run of minutes: 6 prompts, 64 new tokens")
@@ -155,6 +158,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from tandem.benchmarks.systems import SystemChoiceError
     from tandem.benchmarks.workload import DEFAULT_PROMPTS, WorkloadError
     from tandem.cluster.config import TandemConfig
+    from tandem.speculation.eagle import HeadError
 
     preset = QUICK if args.quick else DEFAULTS
 
@@ -187,6 +191,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         controlled_acceptance=args.controlled_acceptance,
         controlled_cost_ms=args.controlled_cost_ms,
+        eagle_head=args.eagle_head,
     )
     if args.controlled_acceptance and args.address:
         print(
@@ -195,7 +200,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 2
     try:
         result = runner.run(options)
-    except (WorkloadError, SystemChoiceError) as exc:
+    except (WorkloadError, SystemChoiceError, HeadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     paths = report.write(result, args.out)

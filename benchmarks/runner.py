@@ -64,6 +64,7 @@ class BenchOptions:
     # Measurement tool: the alphas of the controlled-acceptance runs (none: not run).
     controlled_acceptance: list[float] = field(default_factory=list)
     controlled_cost_ms: float = 2.0  # compute per drafted token of the controlled drafter
+    eagle_head: str | None = None  # EAGLE-3 head for vllm-eagle3 (default: the shipped one)
 
 
 def threads_per_engine(config: Any) -> int:
@@ -133,6 +134,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
         tandem_config=_server_config(config),
         modes=tuple(spec.modes()),
         draft_model_path=draft_model_path(config, model_path),
+        eagle_head_path=eagle_head_path(options.eagle_head, config, model_path),
         num_speculative_tokens=spec.num_speculative_tokens,
         ngram_min=spec.drafters.ngram_min,
         ngram_max=spec.drafters.ngram_max,
@@ -346,6 +348,7 @@ def _config(options: BenchOptions, setup: Setup, threads: int) -> dict[str, Any]
         "model": config.models.target,
         "model_path": setup.model_path,
         "draft_model_path": setup.draft_model_path,
+        "eagle_head_path": setup.eagle_head_path,
         "engine_args": setup.engine_args,
         "target_env": dict(config.target.env),
         "threads_per_engine": threads,
@@ -396,6 +399,19 @@ def bench_config(
         if value is not None:
             speculation["drafters"][key] = value
     return type(config).from_dict(data)
+
+
+def eagle_head_path(head: str | None, config: Any, target_path: str) -> str | None:
+    """The EAGLE-3 head vllm-eagle3 loads: the one asked for, else the one tandem ships for the
+    target. A head that does not fit the target is refused here, naming the mismatch."""
+    from tandem.models import builtin_head
+    from tandem.speculation.eagle import HeadConfig, check_fits, read_config
+
+    path = Path(head) if head else builtin_head(config.models.target)
+    if path is None:
+        return None
+    check_fits(HeadConfig.from_dict(read_config(path)), read_config(target_path), str(path))
+    return str(path)
 
 
 def draft_model_path(config: Any, target_path: str) -> str | None:

@@ -256,7 +256,7 @@ def stage_two(seed: int, articles: Sequence[tuple[str, str]]) -> list[PromptSpec
         text = article.strip()
         sentences = [s for s in re.split(r"(?<=[.!?])\s+", text) if 6 <= len(s.split()) <= 40]
         words = sorted({w for w in re.findall(r"\b[a-z]{6,}\b", text)})
-        if len(text.split()) < 40 or not sentences or not words:
+        if len(text.split()) < 30 or not sentences or not words:
             continue
         category = categories[len(out) % len(categories)]
         template = rng.choice(STAGE_TWO[category])
