@@ -37,11 +37,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from tandem.models import ModelError
+
 ARCHITECTURE = "LlamaForCausalLMEagle3"
 HEAD_WEIGHTS = "model.safetensors"
 
 
-class HeadError(ValueError):
+class HeadError(ModelError):
     """A head that cannot be used (with this target), with a message naming what does not fit."""
 
 
