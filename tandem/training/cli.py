@@ -35,6 +35,9 @@ def add_draft_parser(subparsers: Any) -> argparse.ArgumentParser:
     data.add_argument("--prompts", type=int, default=2000, help="stage-one prompts (2000)")
     data.add_argument("--max-tokens", type=int, default=256, help="tokens per answer (256)")
     data.add_argument("--seed", type=int, default=0)
+    data.add_argument(
+        "--workers", type=int, default=1, help="feature extraction processes, 1 thread each (1)"
+    )
     data.set_defaults(func=cmd_data)
 
     train = sub.add_parser("train", help="train a head on a data folder; writes HEAD/")
@@ -46,7 +49,9 @@ def add_draft_parser(subparsers: Any) -> argparse.ArgumentParser:
         "draft_vocab",
         "epochs",
         "lr",
+        "warmup",
         "batch_tokens",
+        "max_len",
         "ttt_steps",
         "seed",
         "checkpoint_every",
@@ -68,6 +73,11 @@ def add_draft_parser(subparsers: Any) -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True)
     evaluate.add_argument("--k", type=int, default=4, help="draft length (4)")
     evaluate.add_argument("--conversations", type=int, help="at most this many (default all)")
+    evaluate.add_argument(
+        "--vllm",
+        action="store_true",
+        help="also measure it in vLLM's own eagle3 (the same prompts, greedy, as many tokens)",
+    )
     evaluate.set_defaults(func=cmd_eval)
 
     for p in (data, train, evaluate):
@@ -92,7 +102,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     target = resolve_model(args.target or config.models.target, config.models.cache_dir())
     recipe = DataRecipe(str(target), args.seed, args.prompts, args.max_tokens)
-    print(build(recipe, args.out))
+    print(build(recipe, args.out, workers=args.workers))
     return 0
 
 
@@ -115,5 +125,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
     recipe = json.loads((Path(args.data) / "recipe.json").read_text())
     heldout = [e for e in load_features(args.data) if e.heldout][: args.conversations]
     drafter = EagleDrafter(args.head, recipe["target"])
-    print(json.dumps({"conversations": len(heldout), **acceptance(drafter, heldout, args.k)}))
+    result = {"conversations": len(heldout), **acceptance(drafter, heldout, args.k)}
+    if args.vllm:
+        result["vllm"] = vllm_acceptance(args.head, recipe["target"], heldout, args.k)
+    print(json.dumps(result))
     return 0
+
+
+def vllm_acceptance(head: str, target: str, examples: list, k: int) -> dict[str, float]:
+    """Mean tokens per target forward of vLLM's in-process eagle3 with this head, greedy, on
+    the examples' prompts for as many tokens as their answers (vLLM's own counters)."""
+    import os
+
+    from tandem.benchmarks.records import GenerationParams
+    from tandem.benchmarks.vllm_system import VllmSystem
+    from tandem.benchmarks.workload import Prompt
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    spec = {"method": "eagle3", "model": head, "num_speculative_tokens": k}
+    args = {"dtype": "float32", "enforce_eager": True, "max_model_len": 2048}
+    system = VllmSystem("vllm-eagle3", target, args, spec)
+    drafts = accepted = 0
+    for e in examples:
+        prompt = Prompt(e.id, "", "", tuple(e.tokens[: e.prompt_len].tolist()))
+        new = len(e.tokens) - e.prompt_len
+        record = system.run(prompt, GenerationParams(max_new_tokens=new, temperature=0.0))
+        drafts += record.drafts
+        accepted += record.accepted_tokens
+    system.close()
+    return {f"accept_len_k{k}": round(1 + accepted / max(1, drafts), 4), "drafts": drafts}

@@ -64,7 +64,7 @@ def is_heldout(conversation_id: str) -> bool:
     return int(conversation_id.rsplit("-", 1)[-1]) % HELDOUT_EVERY == 0
 
 
-def build(recipe: DataRecipe, folder: str | Path, progress: bool = True) -> Path:
+def build(recipe: DataRecipe, folder: str | Path, progress: bool = True, workers: int = 1) -> Path:
     """Generate (or finish generating) the data set `recipe` describes in `folder`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,7 @@ def build(recipe: DataRecipe, folder: str | Path, progress: bool = True) -> Path
         _answer(generator, tokenizer, stage_two(recipe.seed, passages), folder, progress, "stage 2")
     finally:
         generator.close()
-    extract(recipe, folder, progress)
+    extract(recipe, folder, progress, workers=workers)
     return folder
 
 
@@ -182,19 +182,22 @@ def _vllm(target: str, max_tokens: int) -> Any:
 # ---- features -----------------------------------------------------------------------------------
 
 
-def extract(recipe: DataRecipe, folder: Path, progress: bool = True, shard_size: int = 64) -> None:
+def extract(
+    recipe: DataRecipe,
+    folder: Path,
+    progress: bool = True,
+    shard_size: int = 64,
+    workers: int = 1,
+) -> None:
     """The target's features on every conversation not in a shard yet, in new shards of
-    `shard_size` conversations (safetensors): tokens, aux (fp16), final (fp16, the target's
-    last hidden state after its norm), greedy (the target's argmax), offsets, prompt_lens; the
-    conversation ids in the metadata."""
-    import torch
-
-    out = folder / FEATURES
-    out.mkdir(exist_ok=True)
+    `shard_size` conversations (safetensors, named after their first conversation): tokens,
+    aux (fp16), final (fp16, the target's last hidden state after its norm), greedy (the
+    target's argmax), offsets, prompt_lens; the conversation ids in the metadata. `workers` > 1
+    extracts shards in that many processes of one thread each."""
+    (folder / FEATURES).mkdir(exist_ok=True)
     done = {i for path in _shards(folder) for i in _shard_ids(path)}
     todo = [c for c in load_conversations(folder) if c.id not in done]
-    first = len(_shards(folder))
-    model = None
+    shards = list(_chunks(todo, shard_size))
     bar = tqdm(
         total=sum(len(c.prompt) + len(c.response) for c in todo),
         desc="features",
@@ -202,15 +205,41 @@ def extract(recipe: DataRecipe, folder: Path, progress: bool = True, shard_size:
         unit_scale=True,
         disable=not progress,
     )
-    for index, shard in enumerate(_chunks(todo, shard_size), start=first):
-        if model is None:
-            model, layers = _target_model(recipe)
-        rows = []
-        for conversation in shard:
-            rows.append(_features(model, layers, conversation.prompt + conversation.response))
-            bar.update(len(conversation.prompt) + len(conversation.response))
-        _write_shard(out / f"shard-{index:05d}.safetensors", shard, rows, torch)
+    if workers <= 1:
+        for shard in shards:
+            _extract_shard(recipe, folder, shard)
+            bar.update(sum(len(c.prompt) + len(c.response) for c in shard))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
+            jobs = {pool.submit(_extract_shard, recipe, folder, shard): shard for shard in shards}
+            for job in as_completed(jobs):
+                job.result()
+                bar.update(sum(len(c.prompt) + len(c.response) for c in jobs[job]))
     bar.close()
+
+
+_MODEL: tuple[Any, tuple[int, ...]] | None = None  # the target, loaded once per process
+
+
+def _extract_shard(recipe: DataRecipe, folder: Path, shard: Sequence[Conversation]) -> None:
+    import torch
+
+    global _MODEL
+    if _MODEL is None:
+        _MODEL = _target_model(recipe)
+    model, layers = _MODEL
+    rows = [_features(model, layers, c.prompt + c.response) for c in shard]
+    _write_shard(folder / FEATURES / f"shard-{shard[0].id}.safetensors", shard, rows, torch)
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _shards(folder: Path) -> list[Path]:

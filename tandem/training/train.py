@@ -81,9 +81,13 @@ def train(opts: TrainOptions, resume: bool = False, progress: bool = True) -> Pa
     device = torch.device(opts.device)
     torch.manual_seed(opts.seed)
 
+    target_config = read_config(target)
+    if not 0 < opts.draft_vocab <= target_config["vocab_size"]:
+        raise ValueError(
+            f"draft_vocab must be between 1 and the target's {target_config['vocab_size']} tokens"
+        )
     checkpoint = _load_checkpoint(out, opts) if resume else None
     vocab = checkpoint["vocab"] if checkpoint else draft_vocabulary(train_set, opts.draft_vocab)
-    target_config = read_config(target)
     head = _new_head(target, target_config, vocab, data_recipe["aux_layers"]).to(device)
     teacher = target_weight(target, "lm_head.weight", "embed_tokens.weight")
     teacher = teacher[vocab].float().to(device)  # the target's LM head over the draft vocab
@@ -295,12 +299,19 @@ def acceptance(drafter: EagleDrafter, examples: list[Example], k: int) -> dict[s
 
 
 def draft_vocabulary(examples: list[Example], size: int) -> torch.Tensor:
-    """The `size` tokens the target picks most often (ties by id), sorted by id."""
-    counts = torch.zeros(int(max(int(e.greedy.max()) for e in examples)) + 1, dtype=torch.long)
+    """The draft vocabulary (sorted ids): the tokens the target chose in the training data,
+    most often first, then the lowest ids not seen yet (a BPE tokenizer numbers its merges in
+    order of frequency, so they stand in for what a small data set does not show)."""
+    counts: dict[int, int] = {}
     for e in examples:
-        counts += torch.bincount(e.greedy, minlength=len(counts))[: len(counts)]
-    order = sorted(range(len(counts)), key=lambda t: (-int(counts[t]), t))
-    return torch.tensor(sorted(order[:size]), dtype=torch.long)
+        ids, n = e.greedy.unique(return_counts=True)
+        for token, count in zip(ids.tolist(), n.tolist(), strict=True):
+            counts[token] = counts.get(token, 0) + count
+    chosen = sorted(counts, key=lambda t: (-counts[t], t))[:size]
+    seen = set(chosen)
+    filler = (t for t in range(10**9) if t not in seen)
+    chosen += [next(filler) for _ in range(size - len(chosen))]
+    return torch.tensor(sorted(chosen), dtype=torch.long)
 
 
 def _batches(examples: list[Example], opts: TrainOptions, epoch: int) -> list[list[Example]]:
