@@ -55,16 +55,16 @@ class TrainOptions:
     out: str  # the head folder (standard format), with checkpoint.pt and curve.jsonl
     draft_vocab: int = 8192
     epochs: float = 3.0
-    lr: float = 5e-4
-    warmup: int = 50
-    batch_tokens: int = 4096
+    lr: float = 1e-3
+    warmup: int = 20
+    batch_tokens: int = 2048  # padded tokens per step
     max_len: int = 1024
     ttt_steps: int = 4
     seed: int = 0
-    checkpoint_every: int = 100
-    eval_every: int = 200
+    checkpoint_every: int = 25
+    eval_every: int = 75
     eval_k: int = 4
-    eval_conversations: int = 60
+    eval_conversations: int = 24
     device: str = "cpu"
 
 
