@@ -4,9 +4,10 @@ The drafter proposes the target's known greedy continuation (taken from the base
 outputs in this run), each token corrupted with probability 1 - alpha, at a real compute cost per
 drafted token. Whatever a real drafter's quality, this shows how close tandem's pipeline comes to
 the ideal speedup E(alpha, k) x cost ratio. Each alpha needs its own server (alpha is a drafter
-setting), started with `tandem serve --measurement`; on it the controlled drafter runs pipelined
-(pre-drafting while the target verifies) and sequentially, prompt by prompt alternating with the
-in-process baseline, so each alpha has both and a baseline measured beside them.
+setting), started through tandem.benchmarks.controlled_source, which registers the source; on
+it the controlled drafter runs pipelined (pre-drafting while the target verifies) and
+sequentially, prompt by prompt alternating with the in-process baseline, so each alpha has both
+and a baseline measured beside them.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ def run(
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """One entry per alpha: the controlled system's figures against its paired baseline."""
+    from tandem.benchmarks.controlled_source import MODE, ControlledSettings, save_continuations
     from tandem.benchmarks.tandem_system import TandemServer, TandemSystem
-    from tandem.speculation.controlled import save_continuations
 
     k = setup.num_speculative_tokens
     entries = []
@@ -55,18 +56,17 @@ def run(
             [(p.token_ids, r.token_ids) for p, r in zip(prompts, baseline_records, strict=True)],
         )
         for alpha in alphas:
+            settings = Path(folder) / f"settings-{alpha}.json"
+            ControlledSettings(str(path), alpha, cost_ms).save(settings)
             config = copy.deepcopy(setup.tandem_config)
-            config["speculation"]["drafters"]["controlled_acceptance"] = {
-                "continuations": str(path),
-                "alpha": alpha,
-                "cost_ms": cost_ms,
-            }
-            server = TandemServer(config, measurement=True)
+            config["speculation"]["default_mode"] = MODE
+            command = ("tandem.benchmarks.controlled_source", "--settings", str(settings))
+            server = TandemServer(config, command=command)
             try:
                 systems = [
                     TandemSystem(
                         f"tandem-controlled-{alpha}{'' if pipelined else '-seq'}",
-                        "controlled",
+                        None,  # the server's default: the controlled source
                         k,
                         server,
                         pipelined=pipelined,

@@ -22,16 +22,19 @@ class TandemServer:
     """A tandem server the bench started (stopped on close), or one it was pointed at."""
 
     def __init__(
-        self, config: dict[str, Any], address: str | None = None, measurement: bool = False
+        self,
+        config: dict[str, Any],
+        address: str | None = None,
+        command: Sequence[str] = ("tandem.cli",),
     ) -> None:
-        """`measurement`: start it with `tandem serve --measurement`, for the bench's tools."""
+        """`command`: the module (and its arguments) that runs `serve` (ServiceProcess)."""
         from tandem.client import TandemClient
         from tandem.cluster.launcher import ServiceProcess
 
         self.config = config
         self.service = None
         if address is None:
-            self.service = ServiceProcess(config, measurement=measurement)
+            self.service = ServiceProcess(config, command=command)
             address = self.service.start()
         self.address = address
         self.client = TandemClient(address)
@@ -69,14 +72,15 @@ class TandemServer:
 
 
 class TandemSystem:
-    """One speculation mode of a tandem server (mode "off": the target alone)."""
+    """One speculation mode of a tandem server (mode "off": the target alone; None: the
+    server's default mode, which is how a registered source outside tandem's Mode is asked)."""
 
     kind = "tandem gRPC"
 
     def __init__(
         self,
         name: str,
-        mode: str,
+        mode: str | None,
         k: int,
         server: TandemServer,
         description: str = "",

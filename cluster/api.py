@@ -23,7 +23,6 @@ FINISH_REASONS = {
     "length": pb.FINISH_REASON_LENGTH,
     "abort": pb.FINISH_REASON_ABORT,
 }
-_SPECULATION_FIELDS = set(pb.SpeculationStats.DESCRIPTOR.fields_by_name)
 
 
 def response_from(chunks: list[Chunk]) -> pb.GenerateResponse:
@@ -50,10 +49,8 @@ def response_from(chunks: list[Chunk]) -> pb.GenerateResponse:
                 total_s=last.total_s,
             )
         )
-        if last.speculation is not None:
-            # The replica's figures also carry metrics-only counts the proto does not have.
-            fields = {k: v for k, v in last.speculation.items() if k in _SPECULATION_FIELDS}
-            response.speculation.CopyFrom(pb.SpeculationStats(**fields))
+        if last.figures is not None:
+            response.speculation.CopyFrom(last.figures.to_proto())
     return response
 
 

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from tandem.models import DEFAULT_MODEL, default_models_dir
+from tandem.speculation.protocol import Mode
 
 PositiveInt = Annotated[int, Field(gt=0)]
 
@@ -152,16 +153,6 @@ class SuffixConfig(_Section):
     global_tokens: int = Field(100_000, ge=0)  # recent outputs shared across requests (0: none)
 
 
-class ControlledAcceptanceConfig(_Section):
-    """A measurement tool of `tandem bench`, refused by `tandem serve`: drafts are the target's
-    known greedy continuations, corrupted with probability 1 - alpha, at cost_ms per token."""
-
-    continuations: Path  # JSON written by the bench: [{"prompt": [ids], "continuation": [ids]}]
-    alpha: float = Field(ge=0, le=1)
-    cost_ms: float = Field(0.0, ge=0)  # real compute per drafted token
-    seed: int = 0
-
-
 class DraftPoolConfig(_PoolConfig):
     """Drafter replicas: Ray actors on their own bundles, serving every drafter kind."""
 
@@ -182,7 +173,6 @@ class DraftPoolConfig(_PoolConfig):
     ngram_max: PositiveInt = 4
     max_requests: PositiveInt = 1024  # per-request states kept; the least recent are evicted
     suffix: SuffixConfig = Field(default_factory=SuffixConfig)
-    controlled_acceptance: ControlledAcceptanceConfig | None = None  # measurement tool only
     max_restarts: int = Field(-1, ge=-1)  # Ray restarts a dead drafter (-1: always)
 
     @model_validator(mode="after")
@@ -238,14 +228,20 @@ class DraftLengthConfig(_Section):
         return self
 
 
-SpeculationMode = Literal["off", "ngram", "suffix", "recycle", "model", "hybrid", "controlled"]
+def _known_mode(value: str) -> str:
+    """A mode of tandem.speculation.protocol.Mode, or of a source registered in this process."""
+    from tandem.speculation.registry import mode_names
+
+    if value not in mode_names():
+        raise ValueError(f"unknown mode {value!r}; one of {', '.join(mode_names())}")
+    return value
 
 
 class SpeculationConfig(_Section):
     """Remote drafting. Requests choose a mode and k; these are the defaults and limits."""
 
     enabled: bool = True  # provision drafters and the vLLM proposer
-    default_mode: SpeculationMode = "ngram"
+    default_mode: Annotated[str, AfterValidator(_known_mode)] = Mode.NGRAM.value
     num_speculative_tokens: PositiveInt = 4  # the default k, and the largest a request may ask
     step_timeout_ms: float = Field(250.0, gt=0)  # drafter budget per engine step
     # Speculate for requests that sample (temperature > 0). Off by default: vLLM 0.32's CPU
@@ -262,15 +258,11 @@ class SpeculationConfig(_Section):
 
     @model_validator(mode="after")
     def _mode_available(self) -> SpeculationConfig:
-        if self.default_mode in ("model", "hybrid") and not self.drafters.has_model():
+        mode = self.default_mode
+        if mode in set(Mode) and Mode(mode).needs_draft_model and not self.drafters.has_model():
             raise ValueError(
-                f"default_mode {self.default_mode!r} needs a draft model: set drafters.model "
+                f"default_mode {mode!r} needs a draft model: set drafters.model "
                 "or drafters.derive_layers > 0"
-            )
-        if self.default_mode == "controlled":
-            raise ValueError(
-                "default_mode 'controlled' is refused: controlled acceptance is a measurement "
-                "tool that `tandem bench` asks for per request"
             )
         return self
 
@@ -281,14 +273,10 @@ class SpeculationConfig(_Section):
         return self
 
     def modes(self) -> list[str]:
+        """tandem's modes this config provides for (the drafters confirm them when they start)."""
         if not self.enabled:
-            return ["off"]
-        modes = ["off", "ngram", "suffix", "recycle"]
-        if self.drafters.has_model():
-            modes += ["model", "hybrid"]
-        if self.drafters.controlled_acceptance is not None:
-            modes.append("controlled")
-        return modes
+            return [Mode.OFF.value]
+        return [m.value for m in Mode if not m.needs_draft_model or self.drafters.has_model()]
 
 
 class TLSConfig(_Section):
@@ -384,14 +372,6 @@ class TandemConfig(_Section):
         if data is not None and not isinstance(data, dict):
             raise ConfigError(f"config {path}: the top level must be a mapping")
         return cls.from_dict(data)
-
-    def check_serving(self, measurement: bool) -> None:
-        """Refuse measurement-only settings unless the benchmark harness started the server."""
-        if self.speculation.drafters.controlled_acceptance is not None and not measurement:
-            raise ConfigError(
-                "speculation.drafters.controlled_acceptance: a measurement tool of `tandem bench` "
-                "(its drafts are the target's known outputs); refused in a serving config"
-            )
 
     @classmethod
     def from_serve_args(cls, args: dict[str, Any]) -> TandemConfig:

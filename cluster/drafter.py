@@ -1,5 +1,7 @@
 """The drafter replica: a Ray actor around tandem.speculation.drafter.Drafter.
 
+It receives the speculation config whole (in a DrafterSetup) and the registered source
+factories, finds its torch devices, and builds every draft source the setup provides for.
 A threaded actor (two threads) so that Mirror-SD hints land while a pre-drafting call runs;
 a lock keeps every other call one at a time, which is what a single torch model wants.
 Ray restarts it when it dies (the pool sets max_restarts); it comes back empty and the proposers
@@ -8,57 +10,47 @@ resend each request's history on their next step.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
 
-from tandem.speculation.controlled import ControlledDrafter, load_continuations
+import ray
+
+from tandem.cluster.figures import DrafterLoad
 from tandem.speculation.drafter import Drafter
 from tandem.speculation.protocol import DraftItem, DraftReply, Hint, PredraftPlan, PredraftReply
-from tandem.speculation.recycle import RecycleTable
-from tandem.speculation.suffix import SuffixDrafter
+from tandem.speculation.registry import SourceFactory
+from tandem.speculation.source import DrafterSetup
+
+
+@dataclass(frozen=True)
+class DrafterInfo:
+    replica_id: str
+    node_id: str
+    modes: list[str]  # the modes its sources serve
 
 
 class DrafterReplica:
-    def __init__(self, replica_id: str, settings: dict[str, Any]) -> None:
+    def __init__(
+        self, replica_id: str, setup: DrafterSetup, factories: Mapping[str, SourceFactory]
+    ) -> None:
         self.replica_id = replica_id
-        model = None
-        if settings["model_path"]:
-            from tandem.speculation.easyspec import load_model_drafter
-
-            devices = _devices(settings["device"], settings["devices"])
-            model = load_model_drafter(
-                settings["model_path"], settings["layer_groups"], devices, settings["stop_below"]
-            )
-        suffix = settings["suffix"]
-        self.drafter = Drafter(
-            model=model,
-            ngram_min=settings["ngram_min"],
-            ngram_max=settings["ngram_max"],
-            max_requests=settings["max_requests"],
-            suffix=SuffixDrafter(suffix["max_pattern"], suffix["min_prob"]),
-            suffix_depth=suffix["max_depth"],
-            suffix_global_tokens=suffix["global_tokens"],
-            recycle=RecycleTable(settings["vocab_size"], settings["recycle_top_k"]),
-            controlled=_controlled(settings["controlled"], settings["vocab_size"]),
-        )
-        self.calls = 0
+        pool = setup.config.drafters
+        setup = dataclasses.replace(setup, devices=_devices(pool.device, pool.devices))
+        self.drafter = Drafter.from_setup(setup, factories)
         self.lock = threading.Lock()
 
     def ping(self) -> str:
         return self.replica_id
 
-    def info(self) -> dict[str, Any]:
-        import ray
-
-        return {
-            "replica_id": self.replica_id,
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "modes": [m.value for m in self.drafter.modes()],
-        }
+    def info(self) -> DrafterInfo:
+        return DrafterInfo(
+            self.replica_id, ray.get_runtime_context().get_node_id(), self.drafter.modes()
+        )
 
     def draft(self, items: list[DraftItem]) -> list[DraftReply]:
         with self.lock:
-            self.calls += 1
             return self.drafter.draft(items)
 
     def predraft(self, items: list[DraftItem], plan: PredraftPlan) -> list[PredraftReply]:
@@ -72,34 +64,15 @@ class DrafterReplica:
         with self.lock:
             self.drafter.free(request_ids)
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "replica_id": self.replica_id,
-            "requests": len(self.drafter.requests),
-            "mirror_hints_used": self.drafter.hints_used,
-        }
+    def stats(self) -> DrafterLoad:
+        return DrafterLoad(len(self.drafter.histories), self.drafter.hints_used)
 
 
-def _controlled(settings: dict[str, Any] | None, vocab_size: int) -> ControlledDrafter | None:
-    """The bench's controlled-acceptance drafter, when the (measurement) config asks for it."""
-    if settings is None:
-        return None
-    return ControlledDrafter(
-        load_continuations(settings["continuations"]),
-        settings["alpha"],
-        settings["cost_ms"],
-        vocab_size,
-        settings["seed"],
-    )
-
-
-def _devices(setting: str, count: int) -> list[str]:
+def _devices(setting: str, count: int) -> tuple[str, ...]:
     """The torch devices of the draft model. "auto": the GPUs Ray gave this actor, if any, else
     the CPU; `count` devices of that kind (Ray numbers an actor's GPUs from 0)."""
     if setting == "auto":
-        import ray
-
         setting = "cuda" if ray.get_gpu_ids() else "cpu"
     if count == 1 or setting == "cpu":
-        return [setting]
-    return [f"{setting}:{i}" for i in range(count)]
+        return (setting,)
+    return tuple(f"{setting}:{i}" for i in range(count))

@@ -11,6 +11,7 @@ the batching, scheduling, KV-cache management and sampling.
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import threading
 import time
@@ -19,7 +20,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from vllm import SamplingParams
+# The engine core must live in this process (the proposer reaches the drafters through this
+# process's Ray connection, and the session is handed to the worker by reference); vLLM reads
+# this when an engine starts.
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+
+from vllm import SamplingParams  # noqa: E402
 from vllm.engine.arg_utils import EngineArgs
 from vllm.outputs import RequestOutput
 from vllm.v1.engine.llm_engine import LLMEngine

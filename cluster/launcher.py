@@ -14,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,12 @@ class ServiceProcess:
         self,
         config: dict[str, Any] | None = None,
         startup_timeout_s: float = 300,
-        measurement: bool = False,
+        command: Sequence[str] = ("tandem.cli",),
     ) -> None:
         self.config = config or {}
-        self.measurement = measurement  # `tandem serve --measurement`: the bench's tools allowed
+        # Run as `python -m COMMAND... serve --config FILE`: tandem's CLI, or a module that
+        # registers more draft sources first (the bench's controlled acceptance).
+        self.command = list(command)
         self.startup_timeout_s = startup_timeout_s
         self.address: str | None = None
         self.proc: subprocess.Popen | None = None
@@ -45,8 +48,7 @@ class ServiceProcess:
             yaml.safe_dump(config, f)
         self._config_file = Path(name)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tandem.cluster.cli", "serve", "--config", name]
-            + ["--measurement"] * self.measurement,
+            [sys.executable, "-m", *self.command, "serve", "--config", name],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from tandem.cluster.figures import DrafterFigures
+
 if TYPE_CHECKING:
     from tandem.cluster.coordinator import Chunk, Coordinator
 
@@ -75,7 +77,7 @@ def start_metrics(coordinator: Coordinator) -> Metrics | None:
     if not server.metrics_port:
         return None
     metrics = Metrics(coordinator)
-    coordinator.metrics = metrics
+    coordinator.on_finished.append(metrics.observe)
     metrics.serve(server.metrics_host, server.metrics_port)
     return metrics
 
@@ -105,50 +107,50 @@ class _CoordinatorCollector(Collector):
         yield CounterMetricFamily(
             "tandem_generation_tokens", "Generated tokens.", c.generated_tokens
         )
+        spec = c.speculation
         yield CounterMetricFamily(
-            "vllm:spec_decode_num_drafts", "Verification rounds that carried a draft.", c.drafts
+            "vllm:spec_decode_num_drafts", "Verification rounds that carried a draft.", spec.drafts
         )
         yield CounterMetricFamily(
-            "vllm:spec_decode_num_draft_tokens", "Draft tokens verified.", c.draft_tokens
+            "vllm:spec_decode_num_draft_tokens", "Draft tokens verified.", spec.draft_tokens
         )
         yield CounterMetricFamily(
-            "vllm:spec_decode_num_accepted_tokens", "Draft tokens accepted.", c.accepted_tokens
+            "vllm:spec_decode_num_accepted_tokens", "Draft tokens accepted.", spec.accepted_tokens
         )
         per_pos = CounterMetricFamily(
             "vllm:spec_decode_num_accepted_tokens_per_pos",
             "Draft tokens accepted, by position in the draft.",
             labels=["position"],
         )
-        for position, value in enumerate(c.accepted_per_pos):
+        for position, value in enumerate(spec.accepted_per_pos):
             per_pos.add_metric([str(position)], value)
         yield per_pos
         yield from self._replica_metrics()
 
     def _replica_metrics(self) -> Iterator[Metric]:
         """Drafter figures kept by the target replicas' speculation sessions."""
-        actors = self.coordinator.pool.actors
+        actors = self.coordinator.actors
         try:
             replicas = ray.get([a.stats.remote() for a in actors], timeout=REPLICA_STATS_TIMEOUT_S)
         except Exception as exc:  # a scrape must not fail because one replica is slow
             log.warning("replica stats unavailable for metrics: %s", exc)
             return
-        sessions = [r["session"] for r in replicas if "session" in r]
-        steps = sum(s["steps"] for s in sessions)
-        rtt_total = sum(s["mean_rtt_s"] * s["steps"] for s in sessions)
+        drafters = DrafterFigures.of(replicas)
         yield CounterMetricFamily(
-            "tandem_drafter_round_trips", "Engine steps that called a drafter.", steps
+            "tandem_drafter_round_trips", "Engine steps that called a drafter.", drafters.steps
         )
         yield CounterMetricFamily(
-            "tandem_drafter_round_trip_seconds", "Drafter round-trip time, summed.", rtt_total
+            "tandem_drafter_round_trip_seconds",
+            "Drafter round-trip time, summed.",
+            drafters.rtt_total_s,
         )
         yield CounterMetricFamily(
             "tandem_drafter_failures",
             "Steps whose drafter failed or missed its time budget.",
-            sum(s["failures"] for s in sessions),
+            drafters.failures,
         )
-        # Filled once the speculation cache exists; 0 until then.
         yield CounterMetricFamily(
             "tandem_spec_cache_hits",
             "Drafts served from the speculation cache.",
-            sum(s["speculation"].get("cache_hits", 0) for s in sessions),
+            drafters.cache_hits,
         )

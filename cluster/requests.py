@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tandem.protos import tandem_pb2 as pb
+from tandem.protos.modes import mode_of
 
 CHAT_ROLES = ("system", "user", "assistant")
 MAX_REQUEST_ID_LEN = 256
@@ -44,10 +45,10 @@ class Limits:
     vocab_size: int
     max_tokens: int
     default_max_tokens: int
-    speculation_modes: tuple[str, ...] = ("off",)  # what the deployment provisions
+    modes: tuple[str, ...] = ("off",)  # the speculation modes the deployment offers
     default_mode: str = "off"
-    max_speculative_tokens: int = 0
-    speculate_sampled: bool = False  # speculation for requests with temperature > 0
+    num_speculative_tokens: int = 0  # the default k, and the largest a request may ask
+    sampled_requests: bool = False  # speculation for requests with temperature > 0
     pipelined: bool = False  # pre-draft while the target verifies, unless a request says not
 
 
@@ -57,7 +58,7 @@ class PreparedRequest:
     prompt_token_ids: list[int]
     sampling: dict[str, Any]  # keyword arguments of vllm.SamplingParams
     mode: str = "off"  # speculation mode
-    k: int = 0  # speculative tokens per step
+    num_speculative_tokens: int = 0  # the request's k
     pipelined: bool = False
 
 
@@ -73,7 +74,7 @@ def prepare(request: pb.GenerateRequest, tokenizer: Any, limits: Limits) -> Prep
         )
     sampling = sampling_kwargs(request.sampling, limits, room=limits.max_model_len - len(prompt))
     mode, k = speculation(request.speculation, limits)
-    if sampling["temperature"] > 0 and not limits.speculate_sampled:
+    if sampling["temperature"] > 0 and not limits.sampled_requests:
         mode, k = "off", 0
     pipelined = (
         request.speculation.pipelined
@@ -90,19 +91,19 @@ def speculation(params: pb.SpeculationParams, limits: Limits) -> tuple[str, int]
     elif params.mode not in pb.SpeculationMode.values():
         raise invalid(f"speculation.mode: unknown value {params.mode}")
     else:
-        mode = pb.SpeculationMode.Name(params.mode).removeprefix("SPECULATION_MODE_").lower()
-        if mode not in limits.speculation_modes:
+        mode = mode_of(params.mode)
+        if mode not in limits.modes:
             raise invalid(
                 f"speculation.mode: {mode!r} is not provisioned by this deployment; "
-                f"available: {', '.join(limits.speculation_modes)}"
+                f"available: {', '.join(limits.modes)}"
             )
-    k = limits.max_speculative_tokens
+    k = limits.num_speculative_tokens
     if params.HasField("num_speculative_tokens"):
         k = params.num_speculative_tokens
-        if not 0 <= k <= limits.max_speculative_tokens:
+        if not 0 <= k <= limits.num_speculative_tokens:
             raise out_of_range(
                 f"speculation.num_speculative_tokens: {k} is outside "
-                f"[0, {limits.max_speculative_tokens}] (speculation.num_speculative_tokens)"
+                f"[0, {limits.num_speculative_tokens}] (speculation.num_speculative_tokens)"
             )
     return (mode, k) if mode != "off" and k > 0 else ("off", 0)
 

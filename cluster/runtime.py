@@ -34,14 +34,8 @@ def connect_ray(config: RayConfig) -> bool:
     return True
 
 
-def run_service(
-    config: TandemConfig,
-    on_ready: Callable[[Server], None] | None = None,
-    measurement: bool = False,
-) -> None:
-    """Serve until SIGTERM/SIGINT; then drain, stop the actors and an embedded Ray cluster.
-    `measurement`: started by the benchmark harness, which may use measurement tools."""
-    config.check_serving(measurement)
+def run_service(config: TandemConfig, on_ready: Callable[[Server], None] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; then drain, stop the actors and an embedded Ray cluster."""
     embedded = connect_ray(config.ray)
     coordinator = None
     try:

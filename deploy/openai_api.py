@@ -14,6 +14,8 @@ from typing import Any
 from tandem.cluster.coordinator import Chunk
 from tandem.cluster.requests import RequestError, invalid
 from tandem.protos import tandem_pb2 as pb
+from tandem.protos.modes import proto_mode
+from tandem.speculation.protocol import Mode
 
 # gRPC status names (RequestError.code) to HTTP statuses and OpenAI error types.
 HTTP_STATUS = {
@@ -26,7 +28,7 @@ HTTP_STATUS = {
     "UNAVAILABLE": (503, "service_unavailable"),
     "INTERNAL": (500, "internal_error"),
 }
-SPECULATION_MODES = ("off", "ngram", "model", "hybrid")
+SPECULATION_MODES = tuple(m.value for m in Mode)  # tandem's extra field `speculation`
 
 
 def error_response(exc: RequestError) -> tuple[int, dict[str, Any]]:
@@ -114,7 +116,7 @@ def _common(body: dict[str, Any], model: str) -> pb.GenerateRequest:
     if mode is not None:
         if mode not in SPECULATION_MODES:
             raise invalid(f"speculation: one of {', '.join(SPECULATION_MODES)}, got {mode!r}")
-        request.speculation.mode = pb.SpeculationMode.Value(f"SPECULATION_MODE_{mode.upper()}")
+        request.speculation.mode = proto_mode(mode)
     if body.get("num_speculative_tokens") is not None:
         request.speculation.num_speculative_tokens = int(body["num_speculative_tokens"])
     return request

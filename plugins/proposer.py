@@ -14,7 +14,6 @@ from tandem.speculation.candidates import verified_candidates
 
 class TandemProposer:
     def __init__(self, vllm_config: Any) -> None:
-        self.max_k = vllm_config.speculative_config.num_speculative_tokens
         self.session: Any = None
         self.input_batch: Any = None
         self.tap: Any = None

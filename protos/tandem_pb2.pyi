@@ -16,7 +16,6 @@ class SpeculationMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SPECULATION_MODE_HYBRID: _ClassVar[SpeculationMode]
     SPECULATION_MODE_SUFFIX: _ClassVar[SpeculationMode]
     SPECULATION_MODE_RECYCLE: _ClassVar[SpeculationMode]
-    SPECULATION_MODE_CONTROLLED: _ClassVar[SpeculationMode]
 
 class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -31,7 +30,6 @@ SPECULATION_MODE_MODEL: SpeculationMode
 SPECULATION_MODE_HYBRID: SpeculationMode
 SPECULATION_MODE_SUFFIX: SpeculationMode
 SPECULATION_MODE_RECYCLE: SpeculationMode
-SPECULATION_MODE_CONTROLLED: SpeculationMode
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason

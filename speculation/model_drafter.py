@@ -8,9 +8,12 @@ and rejected ones are cropped away.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tandem.speculation.source import DrafterSetup, DraftSource, History
 
 
 @dataclass
@@ -19,7 +22,11 @@ class CacheState:
     tokens: list[int] = field(default_factory=list)  # the tokens whose keys/values it holds
 
 
-class ModelDrafter:
+class ModelDrafter(DraftSource):
+    """Mode `model`: a draft LM, one KV cache per request (in the request's History)."""
+
+    name = "model"
+
     def __init__(
         self, model_path: str | Path, device: str = "cpu", stop_below: float = 0.0
     ) -> None:
@@ -34,6 +41,25 @@ class ModelDrafter:
         # SpecDec++'s stopping rule, with the draft's own confidence standing in for its
         # acceptance predictor: end the block before a token the draft itself doubts.
         self.stop_below = stop_below
+
+    @classmethod
+    def build(cls, setup: DrafterSetup, built: Mapping[str, DraftSource]) -> ModelDrafter | None:
+        """The draft model on the drafter's devices: EasySpec's layer groups when configured
+        (tandem.speculation.easyspec), else the plain model; None without a draft model."""
+        if setup.draft_model is None:
+            return None
+        from tandem.speculation.easyspec import load_model_drafter
+
+        drafters = setup.config.drafters
+        return load_model_drafter(
+            setup.draft_model, drafters.layer_groups, setup.devices, drafters.stop_below
+        )
+
+    def propose(self, history: History, extra: Sequence[int], k: int) -> list[int]:
+        state = history.state.get(self.name)
+        if state is None:
+            state = history.state[self.name] = self.new_state()
+        return self.draft(state, [*history.tokens, *extra], k)
 
     def new_state(self) -> CacheState:
         from transformers import DynamicCache

@@ -7,7 +7,10 @@ text is the best predictor of what comes next (PLD, Saxena 2023; vLLM's ngram pr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+from tandem.speculation.candidates import Candidates
+from tandem.speculation.source import DrafterSetup, DraftSource, History
 
 
 class NgramIndex:
@@ -42,3 +45,35 @@ class NgramIndex:
             if end is not None:
                 return self.tokens[end + 1 : end + 1 + k]
         return []
+
+
+class NgramSource(DraftSource):
+    """Mode `ngram`: prompt lookup over the request's own tokens. The index is built on the
+    request's first ngram draft and kept up to date from then on."""
+
+    name = "ngram"
+
+    def __init__(self, min_n: int = 1, max_n: int = 4) -> None:
+        NgramIndex(min_n, max_n)  # refuses a bad range now, not on the first draft
+        self.min_n = min_n
+        self.max_n = max_n
+
+    @classmethod
+    def build(cls, setup: DrafterSetup, built: Mapping[str, DraftSource]) -> NgramSource:
+        drafters = setup.config.drafters
+        return cls(drafters.ngram_min, drafters.ngram_max)
+
+    def index(self, history: History) -> NgramIndex:
+        index = history.state.get(self.name)
+        if index is None:
+            index = history.state[self.name] = NgramIndex(self.min_n, self.max_n)
+            index.extend(history.tokens)
+        return index
+
+    def observe(self, history: History, new: Sequence[int], candidates: Candidates) -> None:
+        index = history.state.get(self.name)
+        if index is not None:
+            index.extend(new)
+
+    def propose(self, history: History, extra: Sequence[int], k: int) -> list[int]:
+        return self.index(history).propose(k, extra)

@@ -13,17 +13,21 @@ from enum import StrEnum
 
 
 class Mode(StrEnum):
-    """Which drafter serves a request."""
+    """Which drafter serves a request: the one list of tandem's modes. The config's accepted
+    values, the CLI's choices, the OpenAI extra field and the gRPC enum (a test keeps
+    `SpeculationMode` equal to it) all come from here; each mode but `off` has its draft source
+    registered in tandem.speculation.registry."""
 
-    OFF = "off"
+    OFF = "off"  # the target alone
     NGRAM = "ngram"  # prompt lookup over the request's own tokens
-    MODEL = "model"  # a small causal LM with its own KV cache
+    SUFFIX = "suffix"  # SuffixDecoding: suffix tries over this request and recent outputs
+    RECYCLE = "recycle"  # Token Recycling: chains through the target's own top candidates
+    MODEL = "model"  # a small causal LM with its own KV cache per request
     HYBRID = "hybrid"  # ngram when it finds a match, the model otherwise
-    SUFFIX = "suffix"  # SuffixDecoding: suffix trees over this request and recent outputs
-    RECYCLE = "recycle"  # Token Recycling: chains through the target's own top-k candidates
-    # Measurement only (tandem bench): the target's known greedy continuation, corrupted with
-    # probability 1 - alpha. Refused in serving configs.
-    CONTROLLED = "controlled"
+
+    @property
+    def needs_draft_model(self) -> bool:
+        return self in (Mode.MODEL, Mode.HYBRID)
 
 
 @dataclass(frozen=True)
@@ -31,8 +35,8 @@ class DraftItem:
     request_id: str
     start: int  # position of tokens[0] in the request's committed sequence
     tokens: tuple[int, ...]  # committed tokens from `start` on
-    k: int  # how many tokens to draft
-    mode: Mode
+    draft_length: int  # how many tokens to draft (this step's, tandem.speculation.policy)
+    mode: str  # a Mode, or the name of a source registered from outside (the bench's)
     # The target's top candidates seen while verifying this request's last block: (input token,
     # candidate next tokens, best first) per verified position. Token Recycling's table feeds on it.
     candidates: tuple[tuple[int, tuple[int, ...]], ...] = ()

@@ -9,9 +9,12 @@ every request of the replica, so it starts hot for new requests.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+
+from tandem.speculation.candidates import Candidates
+from tandem.speculation.source import DrafterSetup, DraftSource, History
 
 EMPTY = -1
 
@@ -54,3 +57,30 @@ class RecycleTable:
                 break
             out.append(token)
         return out
+
+
+class RecycleSource(DraftSource):
+    """Mode `recycle`: one table per drafter replica, learning from every request."""
+
+    name = "recycle"
+
+    def __init__(self, vocab_size: int, top_k: int = 8) -> None:
+        self.table = RecycleTable(vocab_size, top_k)
+
+    @classmethod
+    def build(cls, setup: DrafterSetup, built: Mapping[str, DraftSource]) -> RecycleSource:
+        # as many candidates per token as the target shares
+        return cls(setup.vocab_size, max(1, setup.config.target_candidates))
+
+    def observe(self, history: History, new: Sequence[int], candidates: Candidates) -> None:
+        """The target's top candidates, and its committed output tokens (prompt text is the
+        user's, not the target's choice)."""
+        self.table.update(candidates)
+        had = len(history.tokens) - len(new)
+        skip = max(0, history.prompt_len - had, 1 - had)  # the first token has no predecessor
+        if skip < len(new):
+            previous = new[skip - 1] if skip > 0 else history.tokens[had - 1]
+            self.table.observe(previous, new[skip:])
+
+    def propose(self, history: History, extra: Sequence[int], k: int) -> list[int]:
+        return self.table.chain(extra[-1] if extra else history.tokens[-1], k)

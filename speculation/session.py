@@ -20,10 +20,10 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tandem.speculation.candidates import Candidates
-from tandem.speculation.policy import DraftLengthPolicy
+from tandem.speculation.policy import draft_length
 from tandem.speculation.protocol import (
     DraftItem,
     DraftReply,
@@ -33,6 +33,9 @@ from tandem.speculation.protocol import (
     PredraftPlan,
     PredraftReply,
 )
+
+if TYPE_CHECKING:
+    from tandem.cluster.config import SpeculationConfig
 
 
 class Transport(Protocol):
@@ -69,8 +72,8 @@ class Transport(Protocol):
 
 @dataclass(frozen=True)
 class RequestSpec:
-    mode: Mode
-    k: int  # speculative tokens per step, <= the engine's num_speculative_tokens
+    mode: str  # a Mode, or a registered source's name
+    num_speculative_tokens: int  # the request's k, <= speculation.num_speculative_tokens
     greedy: bool = True  # False: the request samples (temperature > 0)
     pipelined: bool = True  # pre-draft while the target verifies (speculation cache)
 
@@ -81,13 +84,13 @@ class SpeculationStats:
     replica): vLLM may cut an accepted run short at max_tokens or a stop token."""
 
     draft_tokens: int = 0
-    rounds: int = 0  # verification rounds that carried a draft
+    drafts: int = 0  # verification rounds that carried a draft
     cache_hits: int = 0  # steps whose draft came from the speculation cache
     cache_misses: int = 0  # pipelined steps that had to draft just in time
 
     def add(self, other: SpeculationStats) -> None:
         self.draft_tokens += other.draft_tokens
-        self.rounds += other.rounds
+        self.drafts += other.drafts
         self.cache_hits += other.cache_hits
         self.cache_misses += other.cache_misses
 
@@ -102,7 +105,7 @@ class _Request:
     proposed_at: int = 0  # committed tokens when it was proposed
     cache: dict[Outcome, tuple[int, ...]] = field(default_factory=dict)
     candidates: Candidates = ()  # the target's, from the last verification, not yet sent
-    step_k: int = 0  # this step's draft length (the policy's, at most spec.k)
+    draft_length: int = 0  # this step's (the policy's, at most num_speculative_tokens)
     stats: SpeculationStats = field(default_factory=SpeculationStats)
 
     def outcome(self, committed: int, last_token: int) -> Outcome | None:
@@ -124,31 +127,15 @@ class SessionStats:
 
 
 class SpeculationSession:
-    def __init__(
-        self,
-        transport: Transport,
-        timeout_s: float,
-        speculate_sampled: bool = False,
-        cache_outcomes: int = 0,
-        cache_fanout: int = 1,
-        policy: DraftLengthPolicy | None = None,
-        mirror: bool = False,
-    ) -> None:
+    def __init__(self, transport: Transport, config: SpeculationConfig) -> None:
         self.transport = transport
-        self.timeout_s = timeout_s
-        # Speculation cache budget per request and step; 0 turns pipelining off.
-        self.cache_outcomes = cache_outcomes
-        self.cache_fanout = cache_fanout
-        self.policy = policy
-        self.mirror = mirror  # the target sends early-exit hints; pre-drafting waits for them
+        self.config = config
+        self.timeout_s = config.step_timeout_ms / 1000
         self._predrafting: Any = None  # the handle of the pre-drafting started last step
         self._returned = 0.0  # when propose last handed the target its drafts
         # Moving average of the time from handing the target its drafts to the next step:
         # the target's verification, the window pre-drafting must fit in.
         self._window_s = 0.0
-        # False: no drafts while a sampling request is registered, because vLLM 0.32's CPU
-        # rejection sampler is not exact (and can crash) for sampled requests beside drafts.
-        self.speculate_sampled = speculate_sampled
         self._requests: dict[str, _Request] = {}
         self._down: set[int] = set()
         self._lock = threading.Lock()
@@ -173,7 +160,7 @@ class SpeculationSession:
             if request is None:
                 return SpeculationStats()
             self._done.add(request.stats)
-        if request.spec.mode is not Mode.OFF:
+        if request.spec.mode != Mode.OFF:
             self.transport.free(request.replica, [request_id])
         return request.stats
 
@@ -193,12 +180,12 @@ class SpeculationSession:
         with self._lock:
             self._revive_drafters()
             requests = [self._requests.get(request_id) for request_id in request_ids]
-            hold = not self.speculate_sampled and self._holds_sampled()
+            hold = not self.config.sampled_requests and self._holds_sampled()
             for i, request in enumerate(requests):
-                if request is None or request.spec.mode is Mode.OFF or request.spec.k == 0:
+                if request is None or request.spec.mode == Mode.OFF:
                     continue
                 if request.pending:  # its last draft was verified in this step
-                    request.stats.rounds += 1
+                    request.stats.drafts += 1
                     request.stats.draft_tokens += request.pending
                     request.pending = 0
                 n = int(num_tokens[i])
@@ -206,15 +193,17 @@ class SpeculationSession:
                 outcome = request.outcome(n, int(token_ids[i][n - 1]))
                 cached = request.cache.get(outcome) if outcome else None
                 request.block, request.cache = (), {}
-                request.step_k = self._draft_length(request.spec.k, len(request_ids))
-                if request.replica in self._down or hold or not request.step_k:
+                request.draft_length = draft_length(
+                    self.config.draft_length, request.spec.num_speculative_tokens, len(request_ids)
+                )
+                if request.replica in self._down or hold or not request.draft_length:
                     continue
                 speculating.append((i, request, n))
-                if request.spec.pipelined and self.cache_outcomes and outcome:
+                if self._pipelines(request) and outcome:
                     request.stats.cache_hits += cached is not None
                     request.stats.cache_misses += cached is None
                 if cached is not None:
-                    drafts[i] = list(cached[: request.step_k])
+                    drafts[i] = list(cached[: request.draft_length])
                     continue
                 batches[request.replica].append(
                     self._item(request_ids[i], request, token_ids[i], n)
@@ -230,14 +219,19 @@ class SpeculationSession:
         self._returned = time.perf_counter()
         return drafts
 
-    def _draft_length(self, k: int, batch: int) -> int:
-        return self.policy.k(k, batch) if self.policy else k
+    def _pipelines(self, request: _Request) -> bool:
+        return request.spec.pipelined and self.config.pipeline.enabled
 
     def _item(self, request_id: str, request: _Request, tokens: Any, n: int) -> DraftItem:
         """What the drafter lacks of this request, and what to draft."""
         new = tuple(int(t) for t in tokens[request.synced : n])
         item = DraftItem(
-            request_id, request.synced, new, request.step_k, request.spec.mode, request.candidates
+            request_id,
+            request.synced,
+            new,
+            request.draft_length,
+            request.spec.mode,
+            request.candidates,
         )
         request.candidates = ()  # delivered once
         return item
@@ -263,7 +257,7 @@ class SpeculationSession:
                         request.synced = 0
                         continue
                     request.synced = n
-                    drafts[i] = list(reply.tokens[: request.step_k])
+                    drafts[i] = list(reply.tokens[: request.draft_length])
 
     def _start_predrafts(
         self,
@@ -272,20 +266,23 @@ class SpeculationSession:
         token_ids: Any,
     ) -> None:
         """Have the drafters pre-draft the next blocks while the target verifies these."""
-        if not self.cache_outcomes:
-            return
         batches: dict[int, list[DraftItem]] = defaultdict(list)
         with self._lock:
             for i, request, n in speculating:
-                if not request.block or not request.spec.pipelined or request.replica in self._down:
+                if (
+                    not request.block
+                    or not self._pipelines(request)
+                    or request.replica in self._down
+                ):
                     continue
                 item = self._item(request_ids[i], request, token_ids[i], n)
                 item = dataclasses.replace(item, block=request.block)
                 batches[request.replica].append(item)
                 request.synced = n  # the pre-drafting call brings the drafter up to date
         if batches:
+            pipeline = self.config.pipeline
             plan = PredraftPlan(
-                self.cache_outcomes, self.cache_fanout, 0.9 * self._window_s, self.mirror
+                pipeline.outcomes, pipeline.fanout, 0.9 * self._window_s, self.config.mirror.enabled
             )
             self._predrafting = self.transport.predraft(dict(batches), plan)
 
@@ -298,7 +295,7 @@ class SpeculationSession:
                 request = self._requests.get(request_id)
                 if (
                     request is not None
-                    and request.spec.pipelined
+                    and self._pipelines(request)
                     and request.replica not in self._down
                 ):
                     batches[request.replica][request_id] = hint
@@ -350,7 +347,7 @@ class SpeculationSession:
         """True when adding a request with this spec to the engine now would put it in a step
         beside unverified drafts it must not meet: the engine should step once first (this
         session, which has it registered, proposes no new drafts meanwhile)."""
-        if spec.greedy or self.speculate_sampled:
+        if spec.greedy or self.config.sampled_requests:
             return False
         with self._lock:
             return any(request.pending for request in self._requests.values())

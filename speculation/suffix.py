@@ -13,8 +13,11 @@ running probabilities) wins.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from tandem.speculation.candidates import Candidates
+from tandem.speculation.source import DrafterSetup, DraftSource, History
 
 
 class Node:
@@ -137,21 +140,48 @@ class GlobalSuffixes:
         self.size += len(output)
 
 
-@dataclass
-class SuffixDrafter:
-    """Drafts for one request from its own trie and the global one, whichever scores better."""
+class SuffixSource(DraftSource):
+    """Mode `suffix`: drafts for a request from its own trie and the shared trie of recent
+    outputs (every finished request's, whatever its mode), whichever scores better."""
 
-    max_pattern: int = 8
-    min_prob: float = 0.1
+    name = "suffix"
 
-    def propose(
-        self, request: RequestSuffixes, shared: GlobalSuffixes, k: int, extra: Sequence[int] = ()
-    ) -> list[int]:
+    def __init__(
+        self,
+        max_depth: int = 16,
+        max_pattern: int = 8,
+        min_prob: float = 0.1,
+        global_tokens: int = 100_000,
+    ) -> None:
+        self.max_depth = max_depth  # the tries' depth: the longest pattern plus the longest draft
+        self.max_pattern = max_pattern
+        self.min_prob = min_prob
+        self.shared = GlobalSuffixes(max_depth, global_tokens)
+
+    @classmethod
+    def build(cls, setup: DrafterSetup, built: Mapping[str, DraftSource]) -> SuffixSource:
+        suffix = setup.config.drafters.suffix
+        return cls(suffix.max_depth, suffix.max_pattern, suffix.min_prob, suffix.global_tokens)
+
+    def observe(self, history: History, new: Sequence[int], candidates: Candidates) -> None:
+        own = history.state.get(self.name)
+        if own is not None:
+            own.extend(new)
+
+    def propose(self, history: History, extra: Sequence[int], k: int) -> list[int]:
         """`extra`: tokens after the committed ones that are not committed yet (a block under
         verification, when pre-drafting); they take part in the match only."""
         if k <= 0:
             return []
-        context = [*request.tokens[len(request.tokens) - self.max_pattern :], *extra]
-        own = follow(request.trie.find(context, self.max_pattern, k), k, self.min_prob)
-        other = follow(shared.trie.find(context, self.max_pattern, k), k, self.min_prob)
-        return (own if own.score >= other.score else other).tokens
+        own = history.state.get(self.name)
+        if own is None:  # built on the request's first suffix draft
+            own = history.state[self.name] = RequestSuffixes(self.max_depth)
+            own.extend(history.tokens)
+        context = [*own.tokens[len(own.tokens) - self.max_pattern :], *extra]
+        mine = follow(own.trie.find(context, self.max_pattern, k), k, self.min_prob)
+        other = follow(self.shared.trie.find(context, self.max_pattern, k), k, self.min_prob)
+        return (mine if mine.score >= other.score else other).tokens
+
+    def release(self, history: History) -> None:
+        """The request's output joins the recent outputs other requests draw on."""
+        self.shared.add(history.output)

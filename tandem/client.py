@@ -25,6 +25,7 @@ import grpc
 
 from tandem.protos import tandem_pb2 as pb
 from tandem.protos import tandem_pb2_grpc as pb_grpc
+from tandem.protos.modes import proto_mode
 
 Prompt = str | Sequence[int] | Sequence[dict[str, str]]
 
@@ -48,7 +49,7 @@ def build_request(
 ) -> pb.GenerateRequest:
     """A GenerateRequest from Python values; unset fields take the server's defaults.
 
-    `speculation` is a mode name: off, ngram, suffix, recycle, model or hybrid."""
+    `speculation` is a mode name (tandem.speculation.protocol.Mode: off, ngram, ...)."""
     sampling = pb.SamplingParams(
         stop=list(stop), stop_token_ids=list(stop_token_ids), ignore_eos=ignore_eos
     )
@@ -63,9 +64,7 @@ def build_request(
             setattr(sampling, name, value)
     request = pb.GenerateRequest(sampling=sampling, request_id=request_id)
     if speculation is not None:
-        request.speculation.mode = pb.SpeculationMode.Value(
-            f"SPECULATION_MODE_{speculation.upper()}"
-        )
+        request.speculation.mode = proto_mode(speculation)
     if num_speculative_tokens is not None:
         request.speculation.num_speculative_tokens = num_speculative_tokens
     if pipelined is not None:

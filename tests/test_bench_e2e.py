@@ -19,7 +19,7 @@ def test_quick_bench_writes_json_table_and_plot(tmp_path, model_path):
     out = tmp_path / "bench"
     # A child process: the bench sets its thread count before torch starts, as `tandem` does.
     proc = subprocess.run(
-        [sys.executable, "-m", "tandem.cluster.cli", "bench", "--quick", "--limit", "2"]
+        [sys.executable, "-m", "tandem.cli", "bench", "--quick", "--limit", "2"]
         + ["--controlled-acceptance", "0.9", "--out", str(out), "--no-progress"],
         capture_output=True,
         text=True,

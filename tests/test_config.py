@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
 from tandem.cluster.api import token_matches
 from tandem.cluster.config import AuthConfig, ConfigError, TandemConfig
@@ -77,7 +76,7 @@ def test_serve_refuses_bad_config_before_starting(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("server:\n  max_inflight: 0\n")
     run = subprocess.run(
-        [sys.executable, "-m", "tandem.cluster.cli", "serve", "--config", str(path)],
+        [sys.executable, "-m", "tandem.cli", "serve", "--config", str(path)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -100,35 +99,27 @@ def test_example_configs_load():
     assert TandemConfig.from_yaml(local) == TandemConfig()  # the built-in default, written out
 
 
-def test_controlled_acceptance_is_a_measurement_tool(tmp_path):
-    """Offered only when configured, never as the default, and `tandem serve` refuses it unless
-    the benchmark harness started it (--measurement)."""
-    settings = {"continuations": str(tmp_path / "c.json"), "alpha": 0.7, "cost_ms": 1.0}
-    data = {"speculation": {"drafters": {"controlled_acceptance": settings}}}
-    config = TandemConfig.from_dict(data)
-    assert "controlled" in config.speculation.modes()
-    assert "controlled" not in TandemConfig().speculation.modes()
-    config.check_serving(measurement=True)
-    with pytest.raises(ConfigError, match="measurement tool"):
-        config.check_serving(measurement=False)
-    with pytest.raises(ConfigError, match="default_mode"):
+def test_modes_come_from_one_registry():
+    """Config, proto enum and CLI name the same modes; the bench's measurement tool is none of
+    them (it registers itself only in the servers the bench starts)."""
+    from tandem.cli import build_parser
+    from tandem.protos import tandem_pb2 as pb
+    from tandem.protos.modes import mode_of, proto_mode
+    from tandem.speculation.protocol import Mode
+
+    names = set(pb.SpeculationMode.keys()) - {"SPECULATION_MODE_UNSPECIFIED"}
+    assert {mode_of(pb.SpeculationMode.Value(n)) for n in names} == set(Mode)
+    assert all(mode_of(proto_mode(m)) == m for m in Mode)
+    generate = build_parser().parse_args(["generate", "hi", "--speculation", "suffix"])
+    assert generate.speculation == "suffix"
+    for mode in Mode:
+        TandemConfig.from_dict({"speculation": {"default_mode": mode.value}})
+    with pytest.raises(ConfigError, match="speculation.default_mode: unknown mode 'controlled'"):
+        TandemConfig.from_dict({"speculation": {"default_mode": "controlled"}})
+    with pytest.raises(ConfigError, match="controlled_acceptance: unknown key"):
         TandemConfig.from_dict(
-            {"speculation": {**data["speculation"], "default_mode": "controlled"}}
+            {"speculation": {"drafters": {"controlled_acceptance": {"alpha": 0.5}}}}
         )
-    with pytest.raises(ConfigError, match="alpha"):
-        TandemConfig.from_dict(
-            {"speculation": {"drafters": {"controlled_acceptance": {**settings, "alpha": 1.5}}}}
-        )
-    path = tmp_path / "measure.yaml"
-    path.write_text(yaml.safe_dump(data))
-    run = subprocess.run(
-        [sys.executable, "-m", "tandem.cluster.cli", "serve", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 2
-    assert "measurement tool" in run.stderr and "controlled_acceptance" in run.stderr
 
 
 def test_server_security_and_metrics_keys(tmp_path, monkeypatch):

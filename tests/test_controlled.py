@@ -4,14 +4,30 @@ import time
 
 import pytest
 
-from tandem.speculation.controlled import ControlledDrafter, load_continuations, save_continuations
+from tandem.benchmarks.controlled_source import (
+    ControlledSource,
+    load_continuations,
+    save_continuations,
+)
+from tandem.speculation.source import History
 
 PROMPT = (5, 6, 7)
 TRUTH = list(range(100, 140))
 
 
 def drafter(alpha, cost_ms=0.0, seed=0):
-    return ControlledDrafter({PROMPT: TRUTH}, alpha, cost_ms, vocab_size=1000, seed=seed)
+    source = ControlledSource({PROMPT: TRUTH}, alpha, cost_ms, vocab_size=1000, seed=seed)
+    return Proposer(source)
+
+
+class Proposer:
+    """propose(tokens, prompt_len, k) over the source's history-shaped call."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def propose(self, tokens, prompt_len, k):
+        return self.source.propose(History("r", list(tokens), prompt_len), (), k)
 
 
 @pytest.mark.parametrize("alpha", [0.5, 0.7, 0.9])

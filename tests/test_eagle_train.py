@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 def tandem(*args: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "tandem.cluster.cli", *args],
+        [sys.executable, "-m", "tandem.cli", *args],
         capture_output=True,
         text=True,
         timeout=600,

@@ -35,8 +35,7 @@ def test_resolve_explains_unknown_and_unprepared(tmp_path):
 
 def test_models_list_cli(model_path):
     run = subprocess.run(
-        [sys.executable, "-m", "tandem.cluster.cli", "models", "list"]
-        + ["--dir", str(model_path.parent)],
+        [sys.executable, "-m", "tandem.cli", "models", "list"] + ["--dir", str(model_path.parent)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -48,7 +47,7 @@ def test_models_list_cli(model_path):
 def test_derive_draft_cli(model_path, tmp_path):
     def derive(layers):
         return subprocess.run(
-            [sys.executable, "-m", "tandem.cluster.cli", "models", "derive-draft"]
+            [sys.executable, "-m", "tandem.cli", "models", "derive-draft"]
             + ["--layers", str(layers), "--target", str(model_path), "--dir", str(tmp_path)],
             capture_output=True,
             text=True,

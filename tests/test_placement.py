@@ -75,7 +75,7 @@ def service(cluster):
 def tandem_plan(config: dict, tmp_path) -> subprocess.CompletedProcess:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    command = [sys.executable, "-m", "tandem.cluster.cli", "plan", "--config", str(path)]
+    command = [sys.executable, "-m", "tandem.cli", "plan", "--config", str(path)]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 

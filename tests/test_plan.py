@@ -69,7 +69,7 @@ def test_devices_need_a_matching_accelerator_resource():
 
 
 def test_plan_describes_the_embedded_node_without_starting_it(capsys, tmp_path):
-    from tandem.cluster.cli import main
+    from tandem.cli import main
 
     assert main(["plan"]) == 0
     out = capsys.readouterr().out

@@ -1,12 +1,15 @@
 """The draft-length policy (pure logic)."""
 
-from tandem.speculation.policy import DraftLengthPolicy
+from functools import partial
+
+from tandem.cluster.config import DraftLengthConfig
+from tandem.speculation.policy import draft_length
 
 
 def test_full_k_then_shrinking_then_off():
-    policy = DraftLengthPolicy(full_until=4, off_above=12)
-    assert [policy.k(4, b) for b in (1, 4)] == [4, 4]
-    shrinking = [policy.k(4, b) for b in range(5, 13)]
+    k = partial(draft_length, DraftLengthConfig(full_until_batch=4, off_above_batch=12))
+    assert [k(4, b) for b in (1, 4)] == [4, 4]
+    shrinking = [k(4, b) for b in range(5, 13)]
     assert shrinking == sorted(shrinking, reverse=True) and shrinking[-1] == 1
-    assert policy.k(4, 13) == 0
-    assert policy.k(0, 1) == 0
+    assert k(4, 13) == 0
+    assert k(0, 1) == 0

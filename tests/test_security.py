@@ -93,7 +93,7 @@ def test_cli_with_mutual_tls_and_token(mtls_service, certs, tmp_path):
     ):
         paths[name] = tmp_path / f"{name}.pem"
         paths[name].write_bytes(data)
-    command = [sys.executable, "-m", "tandem.cluster.cli", "generate", "Hi", "--max-tokens", "3"]
+    command = [sys.executable, "-m", "tandem.cli", "generate", "Hi", "--max-tokens", "3"]
     command += ["--address", mtls_service.address, "--temperature", "0", "--json"]
     command += ["--tls-ca", str(paths["ca"]), "--tls-cert", str(paths["cert"])]
     command += ["--tls-key", str(paths["key"]), "--token-env", "TANDEM_TEST_TOKEN"]

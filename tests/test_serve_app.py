@@ -169,3 +169,26 @@ def test_token_required_but_health_open(app):
     with pytest.raises(openai.AuthenticationError):
         unauthenticated.models.list()
     assert httpx.get(app["http"] + "/health").json() == {"status": "ok"}
+
+
+def test_every_mode_through_the_openai_endpoint(app, oai):
+    """Each of tandem's modes (Mode) is accepted by the OpenAI extra field and gives the
+    target's greedy output; an unknown one is a 400 naming the field."""
+    from tandem.speculation.protocol import Mode
+
+    messages = [{"role": "user", "content": spec_bench_prompts(1, ("coding",))[0]}]
+    texts = {}
+    for mode in Mode:
+        chat = oai.chat.completions.create(
+            model=app["model"],
+            messages=messages,
+            temperature=0,
+            max_tokens=24,
+            extra_body={"speculation": mode.value},
+        )
+        texts[mode] = chat.choices[0].message.content
+    assert all(text == texts[Mode.OFF] for text in texts.values()), texts
+    with pytest.raises(openai.BadRequestError, match="speculation"):
+        oai.chat.completions.create(
+            model=app["model"], messages=messages, extra_body={"speculation": "telepathy"}
+        )

@@ -262,7 +262,7 @@ def test_health_and_reflection(service):
 
 def test_cli_generate_json(service, client):
     run = subprocess.run(
-        [sys.executable, "-m", "tandem.cluster.cli", "generate", "What is Ray?"]
+        [sys.executable, "-m", "tandem.cli", "generate", "What is Ray?"]
         + ["--address", service.address, "--temperature", "0", "--max-tokens", "12", "--json"],
         capture_output=True,
         text=True,
@@ -275,7 +275,7 @@ def test_cli_generate_json(service, client):
     assert out["token_ids"] == list(unary.token_ids)
     assert out["usage"]["completion_tokens"] == 12 and out["finish_reason"] == "length"
     streamed = subprocess.run(
-        [sys.executable, "-m", "tandem.cluster.cli", "generate", "What is Ray?"]
+        [sys.executable, "-m", "tandem.cli", "generate", "What is Ray?"]
         + ["--address", service.address, "--temperature", "0", "--max-tokens", "12"],
         capture_output=True,
         text=True,

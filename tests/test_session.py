@@ -2,10 +2,29 @@
 
 import time
 
+from tandem.cluster.config import SpeculationConfig
 from tandem.speculation.drafter import Drafter
-from tandem.speculation.policy import DraftLengthPolicy
+from tandem.speculation.ngram import NgramSource
 from tandem.speculation.protocol import DraftItem, DraftReply, Hint, Mode, PredraftPlan
 from tandem.speculation.session import RequestSpec, SpeculationSession
+from tandem.speculation.suffix import SuffixSource
+
+
+def plain_drafter(**options):
+    """A drafter with the sources that need no model or vocabulary."""
+    return Drafter({"ngram": NgramSource(), "suffix": SuffixSource()}, **options)
+
+
+def session_for(transport, timeout_s=1.0, pipelined=False, draft_length=None, **speculation):
+    """A session with drafts at every batch size (unless `draft_length` says otherwise) and the
+    speculation cache off (unless `pipelined`)."""
+    config = SpeculationConfig(
+        step_timeout_ms=timeout_s * 1000,
+        pipeline={"enabled": pipelined, "outcomes": 4, "fanout": 2},
+        draft_length=draft_length or {"full_until_batch": 1000, "off_above_batch": 1000},
+        **speculation,
+    )
+    return SpeculationSession(transport, config)
 
 
 class LocalTransport:
@@ -13,7 +32,7 @@ class LocalTransport:
 
     def __init__(self, replicas=1):
         self.replicas = replicas
-        self.drafters = [Drafter() for _ in range(replicas)]
+        self.drafters = [plain_drafter() for _ in range(replicas)]
         self.sent = []
         self.failing = set()
         self.alive_again = set()
@@ -55,7 +74,7 @@ def step(session, rows):
 
 def test_sends_only_new_tokens_and_counts_verified_drafts():
     transport = LocalTransport()
-    session = SpeculationSession(transport, timeout_s=1)
+    session = session_for(transport, timeout_s=1)
     session.register("a", RequestSpec(Mode.NGRAM, 3))
     history = [1, 2, 3, 1, 2]
     assert step(session, {"a": history}) == [[3, 1, 2]]
@@ -68,13 +87,13 @@ def test_sends_only_new_tokens_and_counts_verified_drafts():
     assert (second.start, second.tokens) == (5, (3, 1, 7))
     stats = session.release("a")
     # the second step's draft was never verified (the request ended): not counted
-    assert (stats.rounds, stats.draft_tokens) == (1, 3)
-    assert "a" not in transport.drafters[0].requests  # freed on the drafter too
+    assert (stats.drafts, stats.draft_tokens) == (1, 3)
+    assert "a" not in transport.drafters[0].histories  # freed on the drafter too
 
 
 def test_off_and_unknown_requests_cost_no_round_trip():
     transport = LocalTransport()
-    session = SpeculationSession(transport, timeout_s=1)
+    session = session_for(transport, timeout_s=1)
     session.register("off", RequestSpec(Mode.OFF, 0))
     assert step(session, {"off": [1, 1], "stranger": [1, 1]}) == [
         [],
@@ -85,7 +104,7 @@ def test_off_and_unknown_requests_cost_no_round_trip():
 
 def test_failed_drafter_yields_no_drafts_until_it_answers_again():
     transport = LocalTransport()
-    session = SpeculationSession(transport, timeout_s=0.01)
+    session = session_for(transport, timeout_s=0.01)
     session.register("a", RequestSpec(Mode.NGRAM, 2))
     tokens = [5, 6, 5]
     transport.failing.add(0)
@@ -96,7 +115,7 @@ def test_failed_drafter_yields_no_drafts_until_it_answers_again():
     assert step(session, {"a": tokens + [6]}) == [[]]  # down: not even asked
     assert len(transport.sent) == calls
     # It restarts empty; once a probe answers, speculation resumes with a full resend.
-    transport.drafters[0] = Drafter()
+    transport.drafters[0] = plain_drafter()
     transport.alive_again.add(0)
     assert step(session, {"a": tokens + [6, 5]}) == [[6, 5]]
     resent = transport.sent[-1][0][0]
@@ -106,7 +125,7 @@ def test_failed_drafter_yields_no_drafts_until_it_answers_again():
 
 def test_drafter_that_lost_a_request_gets_it_resent():
     transport = LocalTransport()
-    session = SpeculationSession(transport, timeout_s=1)
+    session = session_for(transport, timeout_s=1)
     session.register("a", RequestSpec(Mode.NGRAM, 2))
     step(session, {"a": [1, 2, 1]})
     transport.drafters[0].free(["a"])  # e.g. evicted
@@ -117,7 +136,7 @@ def test_drafter_that_lost_a_request_gets_it_resent():
 
 def test_requests_spread_over_drafter_replicas():
     transport = LocalTransport(replicas=2)
-    session = SpeculationSession(transport, timeout_s=1)
+    session = session_for(transport, timeout_s=1)
     for name in "abcd":
         session.register(name, RequestSpec(Mode.NGRAM, 1))
     step(session, {n: [1, 1] for n in "abcd"})
@@ -126,27 +145,27 @@ def test_requests_spread_over_drafter_replicas():
 
 
 def test_drafter_protocol_overlap_and_gap():
-    drafter = Drafter()
+    drafter = plain_drafter()
     assert drafter.draft([DraftItem("r", 0, (1, 2, 1), 2, Mode.NGRAM)]) == [DraftReply("r", (2, 1))]
     # a resend that overlaps what it holds is skipped, not duplicated
     drafter.draft([DraftItem("r", 1, (2, 1, 2), 2, Mode.NGRAM)])
-    assert drafter.requests["r"].tokens == [1, 2, 1, 2]
+    assert drafter.histories["r"].tokens == [1, 2, 1, 2]
     # a gap cannot be filled: the drafter asks for everything again
     assert not drafter.draft([DraftItem("r", 9, (1,), 2, Mode.NGRAM)])[0].known
-    assert "r" not in drafter.requests
+    assert "r" not in drafter.histories
     assert not drafter.draft([DraftItem("new", 3, (1,), 2, Mode.NGRAM)])[0].known
 
 
 def test_drafter_evicts_least_recent_beyond_its_bound():
-    drafter = Drafter(max_requests=2)
+    drafter = plain_drafter(max_requests=2)
     for name in "abc":
         drafter.draft([DraftItem(name, 0, (1,), 1, Mode.NGRAM)])
-    assert list(drafter.requests) == ["b", "c"]
+    assert list(drafter.histories) == ["b", "c"]
 
 
 def test_sampled_requests_hold_drafts_back():
     transport = LocalTransport()
-    session = SpeculationSession(transport, timeout_s=1)
+    session = session_for(transport, timeout_s=1)
     session.register("greedy", RequestSpec(Mode.NGRAM, 2))
     assert step(session, {"greedy": [4, 5, 4]}) == [[5, 4]]
     sampled = RequestSpec(Mode.OFF, 0, greedy=False)
@@ -158,12 +177,12 @@ def test_sampled_requests_hold_drafts_back():
     assert not session.must_flush_before(sampled)
     session.release("sampled")
     assert step(session, {"greedy": [4, 5, 4, 5, 4, 5]}) == [[4, 5]]
-    permissive = SpeculationSession(LocalTransport(), timeout_s=1, speculate_sampled=True)
+    permissive = session_for(LocalTransport(), sampled_requests=True)
     assert not permissive.must_flush_before(sampled)
 
 
 def pipelined_session(transport):
-    return SpeculationSession(transport, timeout_s=1, cache_outcomes=4, cache_fanout=2)
+    return session_for(transport, pipelined=True)
 
 
 def test_speculation_cache_hit_skips_the_round_trip():
@@ -181,9 +200,9 @@ def test_speculation_cache_hit_skips_the_round_trip():
     assert len(transport.sent) == 1  # served from the cache: no draft call
     # the next pre-drafting call carried the committed tokens the drafter lacked
     assert transport.predrafted[-1][0][0].tokens == (3, 4, 5)
-    assert transport.drafters[0].requests["a"].tokens == history
+    assert transport.drafters[0].histories["a"].tokens == history
     stats = session.release("a")
-    assert (stats.cache_hits, stats.cache_misses, stats.rounds) == (1, 0, 1)
+    assert (stats.cache_hits, stats.cache_misses, stats.drafts) == (1, 0, 1)
 
 
 def test_speculation_cache_miss_drafts_just_in_time():
@@ -193,7 +212,7 @@ def test_speculation_cache_miss_drafts_just_in_time():
     history = [7, 1, 2, 3, 4, 5, 6, 1, 2]
     step(session, {"a": history})
     history += [3, 1]  # one draft accepted, then the target emitted 1: not pre-drafted
-    expected = Drafter().draft([DraftItem("x", 0, tuple(history), 2, Mode.NGRAM)])[0]
+    expected = plain_drafter().draft([DraftItem("x", 0, tuple(history), 2, Mode.NGRAM)])[0]
     assert expected.tokens == (2, 3)
     assert step(session, {"a": history}) == [list(expected.tokens)]
     assert len(transport.sent) == 2  # the miss went to the drafter
@@ -211,8 +230,8 @@ def test_unpipelined_requests_are_not_predrafted():
 
 def test_large_batches_draft_less_then_nothing():
     transport = LocalTransport()
-    policy = DraftLengthPolicy(full_until=1, off_above=2)
-    session = SpeculationSession(transport, timeout_s=1, policy=policy)
+    draft_length = {"full_until_batch": 1, "off_above_batch": 2}
+    session = session_for(transport, draft_length=draft_length)
     for name in "abc":
         session.register(name, RequestSpec(Mode.NGRAM, 3))
     history = [1, 2, 3, 4, 1, 2]
@@ -222,7 +241,7 @@ def test_large_batches_draft_less_then_nothing():
 
 
 def test_mirror_hint_chooses_the_rejections_to_predraft():
-    drafter = Drafter()
+    drafter = plain_drafter()
     history = (7, 1, 2, 3, 4, 5, 6, 1, 2, 9, 1, 8)
     drafter.draft([DraftItem("a", 0, history, 2, Mode.NGRAM)])
     block = (2, 3)
@@ -238,7 +257,7 @@ def test_mirror_hint_chooses_the_rejections_to_predraft():
 
 
 def test_predraft_without_its_hint_stops_waiting_at_the_deadline():
-    drafter = Drafter()
+    drafter = plain_drafter()
     drafter.draft([DraftItem("a", 0, (1, 2, 1), 1, Mode.NGRAM)])
     drafter.hint({"a": Hint((5,), ((6,), (7,)))})  # a hint for another block: ignored
     item = DraftItem("a", 3, (), 1, Mode.NGRAM, block=(2,))
@@ -250,7 +269,7 @@ def test_predraft_without_its_hint_stops_waiting_at_the_deadline():
 
 
 def test_rejections_are_guessed_from_the_requests_own_target_candidates():
-    drafter = Drafter()
+    drafter = plain_drafter()
     history = (7, 1, 2, 3, 4, 5, 6, 1, 2, 9, 1, 8)
     # the target once ranked 9 then 3 after token 2 (in this request): the likeliest corrections
     drafter.draft([DraftItem("a", 0, history, 2, Mode.NGRAM, candidates=((2, (9, 3)),))])
@@ -280,7 +299,7 @@ def test_predraft_budget_is_the_targets_verification_window():
 
 
 def test_predraft_starts_no_outcome_it_cannot_finish_in_time():
-    drafter = Drafter()
+    drafter = plain_drafter()
     history = (7, 1, 2, 3, 4, 5, 6, 1, 2, 9, 1, 8)
     drafter.draft([DraftItem("a", 0, history, 2, Mode.NGRAM, candidates=((2, (9, 3)),))])
     item = DraftItem("a", len(history), (), 2, Mode.NGRAM, block=(2, 3))
@@ -292,7 +311,7 @@ def test_predraft_starts_no_outcome_it_cannot_finish_in_time():
 
 
 def test_every_request_gets_all_accepted_before_any_rejection():
-    drafter = Drafter()
+    drafter = plain_drafter()
     history = (7, 1, 2, 3, 4, 5, 6, 1, 2, 9, 1, 8)
     items = []
     for name in "ab":
@@ -303,10 +322,10 @@ def test_every_request_gets_all_accepted_before_any_rejection():
 
 
 def test_a_slow_modes_estimate_does_not_stop_a_fast_mode():
-    drafter = Drafter()
+    drafter = plain_drafter()
     history = (7, 1, 2, 3, 4, 5, 6, 1, 2, 9, 1, 8)
     items = []
-    for name, mode in (("slow", Mode.NGRAM), ("fast", Mode.HYBRID)):
+    for name, mode in (("slow", Mode.NGRAM), ("fast", Mode.SUFFIX)):
         drafter.draft([DraftItem(name, 0, history, 2, mode, candidates=((2, (9, 3)),))])
         items.append(DraftItem(name, len(history), (), 2, mode, block=(2, 3)))
     drafter.token_s[Mode.NGRAM] = 10.0  # as if ngram drafting took 10 s a token

@@ -136,7 +136,7 @@ def test_unknown_mode_value_is_refused(client):
 
 def test_cli_generate_reports_speculation(service):
     run = subprocess.run(
-        [sys.executable, "-m", "tandem.cluster.cli", "generate", "Say hello twice."]
+        [sys.executable, "-m", "tandem.cli", "generate", "Say hello twice."]
         + ["--address", service.address, "--temperature", "0", "--max-tokens", "16"]
         + ["--speculation", "hybrid", "--num-speculative-tokens", "3", "--json"],
         capture_output=True,

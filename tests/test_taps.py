@@ -8,8 +8,7 @@ import asyncio
 
 import pytest
 
-from tandem.speculation.drafter import Drafter
-from tandem.speculation.protocol import DraftItem, Mode
+from tandem.speculation.ngram import NgramIndex
 
 from .conftest import spec_bench_prompts
 
@@ -27,8 +26,9 @@ class RecordingSession:
         for i, request_id in enumerate(request_ids):
             n = int(num_tokens[i])
             self.steps.append((request_id, n, candidates[i] if candidates else ()))
-            item = DraftItem(request_id, 0, tuple(int(t) for t in token_ids[i][:n]), 3, Mode.NGRAM)
-            drafts.append(list(Drafter().draft([item])[0].tokens))
+            index = NgramIndex()
+            index.extend([int(t) for t in token_ids[i][:n]])
+            drafts.append(index.propose(3))
         return drafts
 
 
@@ -38,26 +38,16 @@ def test_candidates_line_up_with_verified_tokens(model_path, tokenizer, monkeypa
     from vllm.engine.arg_utils import EngineArgs
     from vllm.sampling_params import RequestOutputKind
 
+    from tandem.cluster.config import SpeculationConfig
     from tandem.cluster.engine import EngineLoop
-    from tandem.cluster.target import PROPOSER, WORKER_EXTENSION
+    from tandem.plugins.engine import ATTACH, engine_args
 
-    loop = EngineLoop(
-        EngineArgs(
-            model=str(model_path),
-            dtype="float32",
-            enforce_eager=True,
-            max_model_len=1024,
-            worker_extension_cls=WORKER_EXTENSION,
-            speculative_config={
-                "method": "custom_class",
-                "model": PROPOSER,
-                "num_speculative_tokens": 3,
-            },
-        )
-    )
+    user_args = {"dtype": "float32", "enforce_eager": True, "max_model_len": 1024}
+    speculation = SpeculationConfig(num_speculative_tokens=3)
+    loop = EngineLoop(EngineArgs(**engine_args(model_path, user_args, speculation)))
     session = RecordingSession()
     try:
-        assert all(loop.call(lambda e: e.collective_rpc("tandem_attach", args=(session, 4))))
+        assert all(loop.call(lambda e: e.collective_rpc(ATTACH, args=(session, 4))))
         prompts = {
             f"r{i}": tokenizer.encode(p)
             for i, p in enumerate(spec_bench_prompts(2, ("rag", "summarization")))

@@ -94,12 +94,12 @@ def _threads(args: argparse.Namespace) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from tandem.cluster.cli import load_config
+    from tandem.cluster.config import TandemConfig
     from tandem.models import resolve_model
     from tandem.training.data import DataRecipe, build
 
     _threads(args)
-    config = load_config(args.config)
+    config = TandemConfig.from_yaml(args.config) if args.config else TandemConfig()
     target = resolve_model(args.target or config.models.target, config.models.cache_dir())
     recipe = DataRecipe(str(target), args.seed, args.prompts, args.max_tokens)
     print(build(recipe, args.out, workers=args.workers))

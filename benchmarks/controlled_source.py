@@ -1,4 +1,4 @@
-"""Controlled acceptance: a measurement tool for `tandem bench`, never a drafter to serve with.
+"""Controlled acceptance: a measurement tool of `tandem bench`, never a drafter to serve with.
 
 It proposes the target's own greedy continuation of the prompt (known in advance), each token
 replaced by a different random token with probability 1 - alpha, so that every draft position
@@ -7,16 +7,29 @@ token (matrix products on this process's threads, not a sleep), so the pipeline 
 against a drafter that competes for the machine. Comparing the speedup achieved with the ideal
 one for the same alpha, k and verification cost says how close tandem's pipelining comes to it,
 independently of any drafter's quality.
+
+It is a draft source like any other (tandem.speculation.source) but no part of the service
+knows it: the bench starts its measurement servers with `python -m
+tandem.benchmarks.controlled_source --settings FILE serve --config CONFIG`, which registers it
+under the mode name `controlled` and then runs `tandem serve` (whose config makes it the
+default mode).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from tandem.speculation.source import DrafterSetup, DraftSource, History
+
+MODE = "controlled"
 
 
 def load_continuations(path: str | Path) -> dict[tuple[int, ...], list[int]]:
@@ -45,8 +58,10 @@ class Burner:
             x = np.tanh(x @ self.matrix)
 
 
-class ControlledDrafter:
+class ControlledSource(DraftSource):
     """Drafts the known continuation, each token corrupted with probability 1 - alpha."""
+
+    name = MODE
 
     def __init__(
         self,
@@ -65,9 +80,10 @@ class ControlledDrafter:
         self.rng = np.random.default_rng(seed)
         self.burner = Burner()
 
-    def propose(self, tokens: Sequence[int], prompt_len: int, k: int) -> list[int]:
-        """The continuation after the request's committed tokens; empty for an unknown prompt
-        or once the committed output has left the continuation."""
+    def propose(self, history: History, extra: Sequence[int], k: int) -> list[int]:
+        """The continuation after the request's committed tokens (and `extra`); empty for an
+        unknown prompt or once the output has left the continuation."""
+        tokens, prompt_len = [*history.tokens, *extra], history.prompt_len
         truth = self.continuations.get(tuple(tokens[:prompt_len]))
         if truth is None or k <= 0:
             return []
@@ -83,3 +99,40 @@ class ControlledDrafter:
             return int(token)
         other = int(self.rng.integers(self.vocab_size - 1))
         return other + (other >= token)  # uniform over every token but the true one
+
+
+@dataclass(frozen=True)
+class ControlledSettings:
+    """The measurement's settings, written by the bench for its server (`--settings FILE`)."""
+
+    continuations: str  # JSON of save_continuations
+    alpha: float
+    cost_ms: float = 0.0  # real compute per drafted token
+    seed: int = 0
+
+    def build(self, setup: DrafterSetup, built: Mapping[str, DraftSource]) -> ControlledSource:
+        """The source factory (tandem.speculation.registry.SourceFactory)."""
+        continuations = load_continuations(self.continuations)
+        return ControlledSource(
+            continuations, self.alpha, self.cost_ms, setup.vocab_size, self.seed
+        )
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`--settings FILE` then tandem's own CLI arguments (`serve --config CONFIG`)."""
+    from tandem.cli import main as tandem_main
+    from tandem.speculation import registry
+
+    parser = argparse.ArgumentParser(prog="controlled_source")
+    parser.add_argument("--settings", required=True)
+    args, rest = parser.parse_known_args(argv)
+    settings = ControlledSettings(**json.loads(Path(args.settings).read_text()))
+    registry.register(MODE, settings.build)
+    return tandem_main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,8 @@
-"""The `tandem` command line: serve, plan, generate, models, bench, draft."""
+"""The `tandem` command line: serve, plan, generate, models, bench, draft.
+
+It sits above everything it drives (tandem.cluster for the service, tandem.benchmarks for the
+bench, tandem.training for draft heads), so nothing below it imports upward.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"tandem listening on {server.address} (model {config.models.target})", flush=True)
         print(f'try: tandem generate "Tell me about Ray." --address {server.address}', flush=True)
 
-    run_service(config, on_ready=announce, measurement=args.measurement)
+    run_service(config, on_ready=announce)
     return 0
 
 
@@ -150,6 +154,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from tandem.models import DEFAULT_MODEL
+    from tandem.speculation.protocol import Mode
 
     parser = argparse.ArgumentParser(prog="tandem", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -158,8 +163,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="YAML config; the built-in default without it")
     serve.add_argument("--host", help="bind address (default from config: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default from config: 50051; 0 = any)")
-    # Passed only by the benchmark harness: allows its measurement tools (controlled acceptance).
-    serve.add_argument("--measurement", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     plan = sub.add_parser(
@@ -178,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-chat", action="store_true", help="send the prompt as raw text")
     gen.add_argument(
         "--speculation",
-        choices=["off", "ngram", "suffix", "recycle", "model", "hybrid"],
+        choices=[m.value for m in Mode],
         help="drafter for this request (default: the server's speculation.default_mode)",
     )
     gen.add_argument("--num-speculative-tokens", type=int, help="draft length k per step")

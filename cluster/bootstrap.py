@@ -1,0 +1,131 @@
+"""Bringing a deployment up: models resolved, pools placed, actors started and checked.
+
+Drafters first (the targets' proposers need their handles), then the targets. Each actor gets
+the typed config sections it needs, whole. What the drafters load is checked against the target
+before any of it serves: the draft model's vocabulary, EasySpec's layer groups, and that the
+default mode is one the drafters offer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+
+from tandem.cluster.config import ConfigError, TandemConfig
+from tandem.cluster.drafter import DrafterInfo, DrafterReplica
+from tandem.cluster.placement import Pool, cluster_nodes, place_pool, plan, request_for
+from tandem.cluster.plan import pool_requests
+from tandem.cluster.target import ReplicaInfo, TargetReplica
+from tandem.models import check_same_vocabulary, derive_draft, resolve_model
+from tandem.speculation import registry
+from tandem.speculation.easyspec import make_groups
+from tandem.speculation.protocol import Mode
+from tandem.speculation.source import DrafterSetup
+
+
+@dataclass
+class Deployment:
+    """The placed pools and what their actors reported when they came up."""
+
+    targets: Pool
+    target_infos: list[ReplicaInfo]
+    drafters: Pool | None = None
+    drafter_infos: list[DrafterInfo] = field(default_factory=list)
+
+    def modes(self) -> tuple[str, ...]:
+        """`off`, and the modes every drafter replica offers."""
+        offered = [set(info.modes) for info in self.drafter_infos]
+        common = set.intersection(*offered) if offered else set()
+        return (Mode.OFF.value, *(m for m in registry.mode_names() if m in common))
+
+    def shutdown(self) -> None:
+        """Stop the engines cleanly, then free the pools."""
+        with contextlib.suppress(Exception):  # a dead replica has nothing left to shut down
+            ray.get([a.shutdown.remote() for a in self.targets.actors], timeout=30)
+        for pool in (self.targets, self.drafters):
+            if pool is not None:
+                pool.destroy()
+
+
+def start(config: TandemConfig) -> Deployment:
+    """Place the drafter and target pools on the connected Ray cluster; wait until ready."""
+    model_path = resolve_model(config.models.target, config.models.cache_dir())
+    plan(pool_requests(config), cluster_nodes())  # refuse what cannot fit, before reserving
+    speculation = config.speculation if config.speculation.enabled else None
+    placed: list[Pool] = []
+    try:
+        drafters, drafter_infos = None, []
+        if speculation is not None:
+            drafters = start_drafters(config, model_path)
+            placed.append(drafters)
+            drafter_infos = ray.get([a.info.remote() for a in drafters.actors])
+        target = config.target
+        targets = place_pool(
+            request_for("target", target),
+            TargetReplica,
+            target.env,
+            lambda i: (
+                f"target-{i}",
+                str(model_path),
+                target,
+                speculation,
+                drafters.actors if drafters else [],
+            ),
+        )
+        placed.append(targets)
+        infos = ray.get([actor.info.remote() for actor in targets.actors])
+        deployment = Deployment(targets, infos, drafters, drafter_infos)
+        if speculation is not None and speculation.default_mode not in deployment.modes():
+            raise ConfigError(
+                f"speculation.default_mode: the drafters do not offer "
+                f"{speculation.default_mode!r}; they offer {', '.join(deployment.modes())}"
+            )
+    except Exception:
+        for pool in placed:
+            pool.destroy()
+        raise
+    return deployment
+
+
+def start_drafters(config: TandemConfig, target_path: Path) -> Pool:
+    """The drafter pool, with its draft model checked against the target's vocabulary."""
+    pool = config.speculation.drafters
+    draft_path = None
+    if pool.model is not None:
+        draft_path = resolve_model(pool.model, config.models.cache_dir())
+    elif pool.derive_layers > 0:
+        draft_path = derive_draft(target_path, pool.derive_layers, config.models.cache_dir())
+    if draft_path is not None:
+        check_same_vocabulary(target_path, draft_path)
+        _check_layer_groups(pool.layer_groups, draft_path)
+    setup = DrafterSetup(config.speculation, vocab_size(target_path), draft_path)
+    factories = registry.factories()  # tandem's sources and any registered in this process
+    return place_pool(
+        request_for("drafters", pool),
+        DrafterReplica,
+        pool.env,
+        lambda i: (f"drafter-{i}", setup, factories),
+        max_restarts=pool.max_restarts,
+        max_concurrency=2,  # Mirror-SD hints arrive while a pre-drafting call runs
+    )
+
+
+def vocab_size(model_path: Path) -> int:
+    """The target's vocabulary size (the rows of the Token Recycling table)."""
+    return int(json.loads((Path(model_path) / "config.json").read_text())["vocab_size"])
+
+
+def _check_layer_groups(layer_groups: int | list[int], draft_path: Path) -> None:
+    """Explicit group sizes must cover the draft's layers: refused here, not in a drafter actor
+    that Ray would restart forever."""
+    from transformers import AutoConfig
+
+    layers = AutoConfig.from_pretrained(draft_path).num_hidden_layers
+    try:
+        make_groups(layer_groups, layers)
+    except ValueError as exc:
+        raise ConfigError(f"speculation.drafters.layer_groups: {exc}") from None

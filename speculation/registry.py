@@ -1,0 +1,57 @@
+"""Which draft source serves which mode: one registration line per source.
+
+Every drafter replica builds its sources from these factories, in this order (a source may use
+those built before it, as hybrid uses ngram and model). A factory returns None when the setup
+lacks what its source needs; that mode is then not offered. Sources from outside tandem's own
+(the benchmark's controlled-acceptance tool) join through `register` in the process that starts
+the service, which hands the factories to its drafter actors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from tandem.speculation.hybrid import HybridSource
+from tandem.speculation.model_drafter import ModelDrafter
+from tandem.speculation.ngram import NgramSource
+from tandem.speculation.protocol import Mode
+from tandem.speculation.recycle import RecycleSource
+from tandem.speculation.source import DrafterSetup, DraftSource
+from tandem.speculation.suffix import SuffixSource
+
+SourceFactory = Callable[[DrafterSetup, Mapping[str, DraftSource]], DraftSource | None]
+
+_FACTORIES: dict[str, SourceFactory] = {
+    Mode.NGRAM: NgramSource.build,
+    Mode.SUFFIX: SuffixSource.build,
+    Mode.RECYCLE: RecycleSource.build,
+    Mode.MODEL: ModelDrafter.build,
+    Mode.HYBRID: HybridSource.build,
+}
+
+
+def register(name: str, factory: SourceFactory) -> None:
+    """Add a draft source under a mode name of its own (tandem's modes cannot be replaced)."""
+    if name in set(Mode):
+        raise ValueError(f"{name!r} is one of tandem's own modes")
+    _FACTORIES[name] = factory
+
+
+def factories() -> dict[str, SourceFactory]:
+    return dict(_FACTORIES)
+
+
+def mode_names() -> list[str]:
+    """Every mode a request or config may name: `off` and each registered source."""
+    return [Mode.OFF.value, *_FACTORIES]
+
+
+def build_sources(
+    setup: DrafterSetup, factories: Mapping[str, SourceFactory]
+) -> dict[str, DraftSource]:
+    built: dict[str, DraftSource] = {}
+    for name, factory in factories.items():
+        source = factory(setup, built)
+        if source is not None:
+            built[name] = source
+    return built
