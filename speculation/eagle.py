@@ -411,7 +411,6 @@ class EagleState:
     verification). They are reused while their tokens still apply and cropped otherwise.
     """
 
-    tokens: list[int] = field(default_factory=list)  # committed tokens seen
     pending: torch.Tensor | None = None  # features received for grid positions >= settled
     k: torch.Tensor | None = None  # [kv_heads, capacity, head_dim]
     v: torch.Tensor | None = None
@@ -427,20 +426,20 @@ class EagleDrafter:
     The contract (what a draft source calls, once per engine step and request):
 
     - `new_state()`: an empty state for a new request.
-    - `draft(state, committed_tokens, features_for_new_tokens, k) -> list[int]`:
-      `committed_tokens` is the request's whole committed sequence x_0..x_n (prompt and accepted
-      output, the target's bonus token last); `features_for_new_tokens` holds the target's
-      auxiliary features ([m, num_aux * hidden], any float dtype) for the positions this state
-      has not had features for yet, in order: position p's row is what the target computed
-      while reading x_p. Normally that is every committed position but the last, whose token
-      the target has not read yet. Returns k target token ids (fewer only when no feature has
-      arrived at all). Features may lag: positions without them are read from the head's own
-      outputs until they arrive.
-    - `predraft(state, committed_tokens, features_for_new_tokens, block, outcomes, k)`: while
-      the target verifies `block`, the next block for each verification outcome (accepted,
-      emitted): the block's first `accepted` tokens followed by `emitted` (None: the head's own
-      guess, for "all accepted"). All outcomes run batched, one forward per drafted token,
-      over the prefix they share. Returns {(accepted, emitted): draft}.
+    - `draft(state, tokens, features_for_new_tokens, k) -> list[int]`: k target token ids that
+      follow `tokens`: the request's committed sequence x_0..x_n (prompt and accepted output,
+      the target's bonus token last), optionally followed by uncommitted tokens (a block under
+      verification). `features_for_new_tokens` holds the target's auxiliary features
+      ([m, num_aux * hidden], any float dtype) for the positions this state has had none for
+      yet, in order: position p's row is what the target computed while reading x_p. Normally
+      that is every committed position but the last, whose token the target has not read yet.
+      Features may lag: positions without them are read from the head's own outputs until they
+      arrive. Fewer than k tokens only when no feature has arrived at all.
+    - `draft_many(state, tokens, features_for_new_tokens, extras, k) -> list[list[int]]`: for
+      each `extra` (uncommitted tokens after `tokens`, e.g. a verification outcome of the block
+      under verification: its accepted drafts and the token the target emits after them), k
+      tokens after tokens + extra. All of them run batched, one forward per drafted token,
+      over the provisional positions they share (the block's).
     """
 
     def __init__(
@@ -462,12 +461,12 @@ class EagleDrafter:
     def draft(
         self,
         state: EagleState,
-        committed_tokens: Sequence[int],
+        tokens: Sequence[int],
         features_for_new_tokens: torch.Tensor | None,
         k: int,
     ) -> list[int]:
-        self._sync(state, committed_tokens, features_for_new_tokens)
-        prefix = list(committed_tokens[state.settled + 1 :])
+        self._sync(state, tokens, features_for_new_tokens)
+        prefix = list(tokens[state.settled + 1 :])
         draft: list[int] = []
         while len(draft) < k:
             out = self._extend(state, prefix + draft)
@@ -477,77 +476,77 @@ class EagleDrafter:
         return draft
 
     @torch.inference_mode()
-    def predraft(
+    def draft_many(
         self,
         state: EagleState,
-        committed_tokens: Sequence[int],
+        tokens: Sequence[int],
         features_for_new_tokens: torch.Tensor | None,
-        block: Sequence[int],
-        outcomes: Sequence[tuple[int, int | None]],
+        extras: Sequence[Sequence[int]],
         k: int,
-    ) -> dict[tuple[int, int], list[int]]:
-        self._sync(state, committed_tokens, features_for_new_tokens)
-        if not outcomes or k <= 0:
-            return {}
-        prefix = list(committed_tokens[state.settled + 1 :])
-        if self._extend(state, prefix + list(block[: max(a for a, _ in outcomes)])) is None:
-            return {}
+    ) -> list[list[int]]:
+        self._sync(state, tokens, features_for_new_tokens)
+        prefix = list(tokens[state.settled + 1 :])
+        # The chain every extra but its last token lies on (a block's prefixes); extras off it,
+        # or empty ones, are drafted one by one.
+        chain = list(max((e[:-1] for e in extras), key=len, default=()))
+        batched = [i for i, e in enumerate(extras) if e and list(e[:-1]) == chain[: len(e) - 1]]
+        out: list[list[int]] = [[] for _ in extras]
+        for i in sorted(set(range(len(extras))) - set(batched)):
+            out[i] = self.draft(state, [*tokens, *extras[i]], None, k)
+        if not batched or k <= 0 or self._extend(state, prefix + chain) is None:
+            return out
         head = self.head
-        starts = [state.settled + len(prefix) + a for a, _ in outcomes]  # grid of the emitted
-        hidden = torch.stack([self._output_before(state, start) for start in starts])
-        guesses = head.to_target(head.logits(hidden).argmax(-1))
-        tokens = torch.tensor(
-            [e if e is not None else int(g) for (_, e), g in zip(outcomes, guesses, strict=True)],
-            device=self.device,
+        # Row b starts at the grid position of its extra's last token, from the output before.
+        starts = torch.tensor(
+            [state.settled + len(prefix) + len(extras[i]) - 1 for i in batched], device=self.device
         )
-        keys = [(a, int(t)) for (a, _), t in zip(outcomes, tokens, strict=True)]
+        hidden = torch.stack([self._output_before(state, int(s)) for s in starts])
+        current = torch.tensor([extras[i][-1] for i in batched], device=self.device)
         shared = state.settled + len(state.branch)
-        starts_t = torch.tensor(starts, device=self.device)
-        # Each outcome sees the shared cache before its own start, then its own chain.
-        visible = torch.arange(shared, device=self.device) < starts_t[:, None]
+        # Each row sees the cache before its own start, then its own chain.
+        visible = torch.arange(shared, device=self.device) < starts[:, None]
+        rows = len(batched)
         own_k, own_v, drafts = [], [], []
         for step in range(k):
             q, kk, vv, residual = head.project(
-                tokens[:, None], hidden[:, None], (starts_t + step)[:, None]
+                current[:, None], hidden[:, None], (starts + step)[:, None]
             )
             own_k.append(kk)
             own_v.append(vv)
-            keys_all = torch.cat([state.k[:, :shared].expand(len(keys), -1, -1, -1), *own_k], 2)
-            values_all = torch.cat([state.v[:, :shared].expand(len(keys), -1, -1, -1), *own_v], 2)
-            mask = torch.cat([visible, visible.new_ones(len(keys), step + 1)], 1)
+            keys = torch.cat([state.k[:, :shared].expand(rows, -1, -1, -1), *own_k], 2)
+            values = torch.cat([state.v[:, :shared].expand(rows, -1, -1, -1), *own_v], 2)
+            mask = torch.cat([visible, visible.new_ones(rows, step + 1)], 1)
             attended = F.scaled_dot_product_attention(
-                q, keys_all, values_all, attn_mask=mask[:, None, None, :], enable_gqa=True
+                q, keys, values, attn_mask=mask[:, None, None, :], enable_gqa=True
             )
             hidden = head.finish(attended, residual)[:, 0]
-            tokens = head.to_target(head.logits(hidden).argmax(-1))
-            drafts.append(tokens)
-        table = torch.stack(drafts, 1).tolist()
-        return {key: row for key, row in zip(keys, table, strict=True)}
+            current = head.to_target(head.logits(hidden).argmax(-1))
+            drafts.append(current)
+        for i, row in zip(batched, torch.stack(drafts, 1).tolist(), strict=True):
+            out[i] = row
+        return out
 
     # ---- state ----------------------------------------------------------------------------------
 
     def _sync(
-        self, state: EagleState, committed: Sequence[int], features: torch.Tensor | None
+        self, state: EagleState, tokens: Sequence[int], features: torch.Tensor | None
     ) -> None:
-        """Take in newly committed tokens and features; settle every position that has both."""
-        if len(committed) < len(state.tokens):
-            raise ValueError("committed tokens never shrink; start a new state to restart")
-        state.tokens = list(committed)
+        """Take in new features; settle every position that has its feature and next token."""
         if features is not None and len(features):
             features = features.to(self.device, self.dtype)
             state.pending = (
                 features if state.pending is None else torch.cat([state.pending, features])
             )
         have = 0 if state.pending is None else len(state.pending)
-        target = min(state.settled + have, len(committed) - 1)
+        target = min(state.settled + have, len(tokens) - 1)
         count = target - state.settled
         if count <= 0:
             return
         state.branch, state.branch_out = [], []  # features arrived: provisional work is stale
         start = state.settled
-        tokens = torch.tensor(committed[start + 1 : target + 1], device=self.device)
+        ids = torch.tensor(tokens[start + 1 : target + 1], device=self.device)
         hidden = self.head.fuse(state.pending[:count])
-        out = self._forward(state, start, tokens, hidden)
+        out = self._forward(state, start, ids, hidden)
         state.pending = state.pending[count:]
         state.settled = target
         state.settled_out = out[-1]

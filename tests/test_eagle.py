@@ -143,21 +143,17 @@ def test_draft_ids_are_in_the_draft_vocabulary(drafter):
 
 
 @pytest.mark.timeout(120)
-def test_predraft_batched_equals_drafting_each_outcome(drafter):
+def test_batched_outcomes_equal_drafting_each_one(drafter):
+    """Pre-drafting the outcomes of a block under verification (all accepted with one more
+    token guessed; rejected at j with the target's token there), batched, gives what drafting
+    each outcome alone gives, and leaves the request's state as it was."""
     tokens, feats = sequence(30, seed=7), features(29, seed=8)
     state = drafter.new_state()
     block = drafter.draft(state, tokens, feats, 4)
-    outcomes = [(4, None), (0, 5), (1, 7), (2, 11), (3, 1), (0, 9)]
-    found = drafter.predraft(state, tokens, None, block, outcomes, 4)
-    assert len(found) == len(outcomes)
-    for (accepted, emitted), draft in found.items():
-        after = [*tokens, *block[:accepted], emitted]
-        expected = drafter.draft(drafter.new_state(), after, feats, 4)
-        assert draft == expected, (accepted, emitted)
-    # the guess for "all accepted" is the head's own next token after the block
-    guess = drafter.draft(drafter.new_state(), [*tokens, *block], feats, 1)[0]
-    assert (4, guess) in found
-    # the request's state still drafts as before (pre-drafting left the committed cache alone)
+    extras = [block, [5], [block[0], 7], block[:2] + [11], block[:3] + [1], [9], [], [3, 4, 5]]
+    found = drafter.draft_many(state, tokens, None, extras, 4)
+    for extra, draft in zip(extras, found, strict=True):
+        assert draft == drafter.draft(drafter.new_state(), [*tokens, *extra], feats, 4), extra
     assert drafter.draft(state, tokens, None, 4) == block
 
 
