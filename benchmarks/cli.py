@@ -158,7 +158,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from tandem.benchmarks.systems import SystemChoiceError
     from tandem.benchmarks.workload import DEFAULT_PROMPTS, WorkloadError
     from tandem.cluster.config import TandemConfig
-    from tandem.speculation.eagle import HeadError
+    from tandem.speculation.eagle_head import HeadError
 
     preset = QUICK if args.quick else DEFAULTS
 

@@ -405,7 +405,7 @@ def eagle_head_path(head: str | None, config: Any, target_path: str) -> str | No
     """The EAGLE-3 head vllm-eagle3 loads: the one asked for, else the one tandem ships for the
     target. A head that does not fit the target is refused here, naming the mismatch."""
     from tandem.models import builtin_head
-    from tandem.speculation.eagle import HeadConfig, check_fits, read_config
+    from tandem.speculation.eagle_head import HeadConfig, check_fits, read_config
 
     path = Path(head) if head else builtin_head(config.models.target)
     if path is None:

@@ -11,14 +11,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from tandem.speculation.eagle import (
-    Eagle3Head,
-    EagleDrafter,
-    HeadConfig,
-    HeadError,
-    load_head,
-    save_head,
-)
+from tandem.speculation.eagle import EagleDrafter
+from tandem.speculation.eagle_head import Eagle3Head, HeadConfig, HeadError, load_head, save_head
 from tandem.training.train import unroll
 
 VOCAB = 96

@@ -15,7 +15,8 @@ import pytest
 from tandem.benchmarks.records import GenerationParams
 from tandem.benchmarks.systems import Builder, Setup
 from tandem.benchmarks.workload import Prompt
-from tandem.speculation.eagle import EagleDrafter, HeadError
+from tandem.speculation.eagle import EagleDrafter
+from tandem.speculation.eagle_head import HeadError
 from tandem.training.data import load_conversations, load_features
 
 pytestmark = pytest.mark.slow

@@ -35,9 +35,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from tandem.speculation.eagle import (
+from tandem.speculation.eagle import EagleDrafter
+from tandem.speculation.eagle_head import (
     Eagle3Head,
-    EagleDrafter,
     HeadConfig,
     read_config,
     save_head,
