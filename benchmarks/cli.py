@@ -114,7 +114,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="measurement tool: compute per token drafted by the controlled drafter (2.0)",
     )
     add(
-        "--eagle-head", help="EAGLE-3 head for vllm-eagle3 (default: the one shipped for the model)"
+        "--eagle-head",
+        help="EAGLE-3 head for vllm-eagle3 and tandem-eagle (config: speculation.drafters."
+        "eagle_head, by default the one tandem ships for the model)",
     )
     add("--config", help="tandem YAML config: model, engine args, server (default built-in)")
     add("--address", help="use this running tandem server instead of starting one")
@@ -158,7 +160,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from tandem.benchmarks.systems import SystemChoiceError
     from tandem.benchmarks.workload import DEFAULT_PROMPTS, WorkloadError
     from tandem.cluster.config import TandemConfig
-    from tandem.speculation.eagle_head import HeadError
+    from tandem.speculation.eagle_format import HeadError
 
     preset = QUICK if args.quick else DEFAULTS
 
@@ -168,7 +170,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     config = TandemConfig.from_yaml(args.config) if args.config else TandemConfig()
     config = runner.bench_config(
-        config, args.num_speculative_tokens, args.ngram_min, args.ngram_max, args.layer_groups
+        config,
+        args.num_speculative_tokens,
+        args.ngram_min,
+        args.ngram_max,
+        args.layer_groups,
+        args.eagle_head,
     )
     categories = args.categories
     if args.quick and categories is None and args.prompts is None:
@@ -191,7 +198,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         controlled_acceptance=args.controlled_acceptance,
         controlled_cost_ms=args.controlled_cost_ms,
-        eagle_head=args.eagle_head,
     )
     if args.controlled_acceptance and args.address:
         print(

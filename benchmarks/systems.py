@@ -31,6 +31,8 @@ DESCRIPTIONS = {
     "tandem-recycle": "tandem's gRPC server, remote Token Recycling drafter",
     "tandem-model": "tandem's gRPC server, remote draft model",
     "tandem-hybrid": "tandem's gRPC server, remote ngram drafter, the draft model when no match",
+    "tandem-eagle": "tandem's gRPC server, remote EAGLE-3 head on the target's features, pipelined",
+    "tandem-eagle-seq": "tandem's gRPC server, remote EAGLE-3 head, sequential (no pre-drafting)",
 }
 SYSTEMS = tuple(DESCRIPTIONS)
 # Run only when asked for by name: a server of its own costs a few GiB and a minute.
@@ -44,6 +46,8 @@ TANDEM_MODES = {
     "tandem-recycle": "recycle",
     "tandem-model": "model",
     "tandem-hybrid": "hybrid",
+    "tandem-eagle": "eagle",
+    "tandem-eagle-seq": "eagle",
 }
 # Counterparts that cannot exist: always reported, never run.
 NOT_IN_VLLM = {

@@ -111,6 +111,7 @@ class DrafterFigures:
     failures: int = 0
     drafters_down: int = 0
     cache_hits: int = 0
+    feature_bytes: int = 0  # target features sent (feature modes)
 
     @classmethod
     def of(cls, replicas: Sequence[ReplicaFigures]) -> DrafterFigures:
@@ -122,6 +123,7 @@ class DrafterFigures:
             failures=sum(s.failures for s in sessions),
             drafters_down=sum(s.drafters_down for s in sessions),
             cache_hits=sum(s.speculation.cache_hits for s in sessions),
+            feature_bytes=sum(s.feature_bytes for s in sessions),
         )
 
     @property

@@ -9,14 +9,16 @@ or its token is rejected).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
 from tandem.speculation.eagle_head import load_head
+from tandem.speculation.source import DrafterSetup, DraftJob, DraftSource, History
 
 # ---- the runtime --------------------------------------------------------------------------------
 
@@ -25,25 +27,39 @@ from tandem.speculation.eagle_head import load_head
 class EagleState:
     """One request's head state.
 
-    Grid positions [0, settled) hold keys/values computed from the target's features; they
+    Grid positions [base, settled) hold keys/values computed from the target's features; they
     never change. Positions [settled, settled + len(branch)) are provisional: computed from the
     head's own outputs for tokens the target has not processed yet (drafts, a block under
     verification). They are reused while their tokens still apply and cropped otherwise.
+    `base` is 0 unless the state started late (its first features were for a later position,
+    e.g. on a drafter that restarted): positions before it are simply not attended to.
     """
 
+    base: int = 0  # the grid position of cache slot 0
     pending: torch.Tensor | None = None  # features received for grid positions >= settled
     k: torch.Tensor | None = None  # [kv_heads, capacity, head_dim]
     v: torch.Tensor | None = None
-    settled: int = 0
+    settled: int = 0  # (absolute grid position, like every position here)
     settled_out: torch.Tensor | None = None  # the head's output at grid position settled - 1
     branch: list[int] = field(default_factory=list)  # tokens of the provisional positions
     branch_out: list[torch.Tensor] = field(default_factory=list)  # outputs there
 
+    @property
+    def received(self) -> int:
+        """Features received: positions base..received-1."""
+        return self.settled + (0 if self.pending is None else len(self.pending))
 
-class EagleDrafter:
-    """Drafts with an EAGLE-3 head from the target's auxiliary features, one state per request.
+    @property
+    def used(self) -> int:
+        """Cache slots holding keys/values (settled and provisional)."""
+        return self.settled + len(self.branch) - self.base
 
-    The contract (what a draft source calls, once per engine step and request):
+
+class EagleDrafter(DraftSource):
+    """Mode `eagle`: drafts with an EAGLE-3 head from the target's auxiliary features, one
+    state per request (in its History; the features arrive with its committed tokens).
+
+    The runtime, usable without a drafter (what `propose_batch` calls):
 
     - `new_state()`: an empty state for a new request.
     - `draft(state, tokens, features_for_new_tokens, k) -> list[int]`: k target token ids that
@@ -74,6 +90,37 @@ class EagleDrafter:
         self.head = load_head(head_dir, target_dir, self.device, dtype)
         self.cfg = self.head.cfg
 
+    name = "eagle"
+
+    @classmethod
+    def build(cls, setup: DrafterSetup, built: Mapping[str, DraftSource]) -> EagleDrafter | None:
+        """The head on the drafter's device; None without a head (or without its target)."""
+        if setup.eagle_head is None or setup.target is None:
+            return None
+        return cls(setup.eagle_head, setup.target, setup.devices[0])
+
+    def propose(self, history: History, extra: Sequence[int], k: int) -> list[int]:
+        return self.propose_batch([DraftJob(history, tuple(extra), k)])[0]
+
+    def propose_batch(self, jobs: Sequence[DraftJob]) -> list[list[int]]:
+        """Jobs of one request (a pre-draft's outcomes) run batched over what they share."""
+        out: list[list[int]] = [[] for _ in jobs]
+        by_request: dict[int, list[int]] = {}
+        for i, job in enumerate(jobs):
+            by_request.setdefault(id(job.history), []).append(i)
+        for indices in by_request.values():
+            history = jobs[indices[0]].history
+            state = history.state.setdefault(self.name, EagleState())
+            start, features = _take_features(history, state.received)
+            if start is not None and start != state.received:  # a gap: start again from here
+                state = history.state[self.name] = EagleState()
+            extras = [jobs[i].extra for i in indices]
+            k = max(jobs[i].k for i in indices)
+            drafts = self.draft_many(state, history.tokens, features, extras, k, start)
+            for i, draft in zip(indices, drafts, strict=True):
+                out[i] = draft[: jobs[i].k]
+        return out
+
     def new_state(self) -> EagleState:
         return EagleState()
 
@@ -84,8 +131,9 @@ class EagleDrafter:
         tokens: Sequence[int],
         features_for_new_tokens: torch.Tensor | None,
         k: int,
+        features_start: int | None = None,
     ) -> list[int]:
-        self._sync(state, tokens, features_for_new_tokens)
+        self._sync(state, tokens, features_for_new_tokens, features_start)
         prefix = list(tokens[state.settled + 1 :])
         draft: list[int] = []
         while len(draft) < k:
@@ -103,8 +151,9 @@ class EagleDrafter:
         features_for_new_tokens: torch.Tensor | None,
         extras: Sequence[Sequence[int]],
         k: int,
+        features_start: int | None = None,
     ) -> list[list[int]]:
-        self._sync(state, tokens, features_for_new_tokens)
+        self._sync(state, tokens, features_for_new_tokens, features_start)
         prefix = list(tokens[state.settled + 1 :])
         # The chain every extra but its last token lies on (a block's prefixes); extras off it,
         # or empty ones, are drafted one by one.
@@ -124,7 +173,7 @@ class EagleDrafter:
         current = torch.tensor([extras[i][-1] for i in batched], device=self.device)
         shared = state.settled + len(state.branch)
         # Each row sees the cache before its own start, then its own chain.
-        visible = torch.arange(shared, device=self.device) < starts[:, None]
+        visible = torch.arange(state.base, shared, device=self.device) < starts[:, None]
         rows = len(batched)
         own_k, own_v, drafts = [], [], []
         for step in range(k):
@@ -133,8 +182,8 @@ class EagleDrafter:
             )
             own_k.append(kk)
             own_v.append(vv)
-            keys = torch.cat([state.k[:, :shared].expand(rows, -1, -1, -1), *own_k], 2)
-            values = torch.cat([state.v[:, :shared].expand(rows, -1, -1, -1), *own_v], 2)
+            keys = torch.cat([state.k[:, : state.used].expand(rows, -1, -1, -1), *own_k], 2)
+            values = torch.cat([state.v[:, : state.used].expand(rows, -1, -1, -1), *own_v], 2)
             mask = torch.cat([visible, visible.new_ones(rows, step + 1)], 1)
             attended = F.scaled_dot_product_attention(
                 q, keys, values, attn_mask=mask[:, None, None, :], enable_gqa=True
@@ -149,9 +198,20 @@ class EagleDrafter:
     # ---- state ----------------------------------------------------------------------------------
 
     def _sync(
-        self, state: EagleState, tokens: Sequence[int], features: torch.Tensor | None
+        self,
+        state: EagleState,
+        tokens: Sequence[int],
+        features: torch.Tensor | None,
+        features_start: int | None = None,
     ) -> None:
-        """Take in new features; settle every position that has its feature and next token."""
+        """Take in new features (from position `features_start`, by default the next one the
+        state expects); settle every position that has its feature and next token."""
+        if features_start is not None and features_start != state.received:
+            if state.k is not None or state.received:
+                raise ValueError(
+                    f"features must continue at position {state.received}, not {features_start}"
+                )
+            state.base = state.settled = features_start  # a late start
         if features is not None and len(features):
             features = features.to(self.device, self.dtype)
             state.pending = (
@@ -199,11 +259,12 @@ class EagleDrafter:
         n = len(tokens)
         positions = torch.arange(start, start + n, device=self.device)
         q, k, v, residual = self.head.project(tokens, hidden, positions)
-        self._reserve(state, start + n)
-        state.k[:, start : start + n] = k
-        state.v[:, start : start + n] = v
-        keys, values = state.k[:, : start + n], state.v[:, : start + n]
-        mask = torch.arange(start + n, device=self.device) <= positions[:, None]
+        slot = start - state.base
+        self._reserve(state, slot + n)
+        state.k[:, slot : slot + n] = k
+        state.v[:, slot : slot + n] = v
+        keys, values = state.k[:, : slot + n], state.v[:, : slot + n]
+        mask = torch.arange(state.base, start + n, device=self.device) <= positions[:, None]
         attended = F.scaled_dot_product_attention(
             q[None], keys[None], values[None], attn_mask=mask, enable_gqa=True
         )[0]
@@ -219,10 +280,26 @@ class EagleDrafter:
         k = torch.empty(shape, device=self.device, dtype=self.dtype)
         v = torch.empty_like(k)
         if state.k is not None:
-            used = state.settled + len(state.branch)
-            k[:, :used] = state.k[:, :used]
-            v[:, :used] = state.v[:, :used]
+            k[:, : state.used] = state.k[:, : state.used]
+            v[:, : state.used] = state.v[:, : state.used]
         state.k, state.v = k, v
+
+
+def _take_features(history: History, received: int) -> tuple[int | None, torch.Tensor | None]:
+    """The request's features from position `received` on, taken out of its History: (the
+    position of the first row, the rows). Rows a state already holds are skipped. After a gap
+    (a drafter that restarted receives only the features sent since) the rows start later."""
+    first, rows = None, []
+    for start, block in history.features:
+        if first is not None and start > received:
+            break  # a second gap: what follows it is of no use
+        skip = max(0, received - start)
+        if skip < len(block):
+            first = start + skip if first is None else first
+            rows.append(block[skip:])
+            received = start + len(block)
+    history.features.clear()
+    return first, (torch.from_numpy(np.concatenate(rows)) if rows else None)
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -12,7 +12,8 @@ import torch
 from torch.nn import functional as F
 
 from tandem.speculation.eagle import EagleDrafter
-from tandem.speculation.eagle_head import Eagle3Head, HeadConfig, HeadError, load_head, save_head
+from tandem.speculation.eagle_format import HeadConfig, HeadError
+from tandem.speculation.eagle_head import Eagle3Head, load_head, save_head
 from tandem.training.train import unroll
 
 VOCAB = 96
@@ -76,21 +77,25 @@ def sequence(n, seed=3):
     return [rng.randrange(VOCAB) for _ in range(n)]
 
 
-def reference_draft(head, tokens, feats, k):
+def reference_draft(head, tokens, feats, k, base=0):
     """Drafting recomputed from scratch at every token, no cache: grid position p pairs token
-    x_{p+1} with fc(f_p) where the feature is known, else with the output at p - 1."""
+    x_{p+1} with fc(f_p) where the feature is known, else with the output at p - 1. `feats`
+    start at position `base`; the grid starts there too."""
     tokens = list(tokens)
     draft = []
     with torch.no_grad():
         while len(draft) < k:
             seq = tokens + draft
             outs = []
-            for p in range(len(seq) - 1):  # recompute the whole grid up to p each time
+            for p in range(base, len(seq) - 1):  # recompute the whole grid up to p each time
                 hidden = [
-                    head.fuse(feats[j]) if j < len(feats) else outs[j - 1] for j in range(p + 1)
+                    head.fuse(feats[j - base]) if j - base < len(feats) else outs[j - base - 1]
+                    for j in range(base, p + 1)
                 ]
                 q, kk, v, residual = head.project(
-                    torch.tensor(seq[1 : p + 2]), torch.stack(hidden), torch.arange(p + 1)
+                    torch.tensor(seq[base + 1 : p + 2]),
+                    torch.stack(hidden),
+                    torch.arange(base, p + 1),
                 )
                 attended = F.scaled_dot_product_attention(q, kk, v, is_causal=True, enable_gqa=True)
                 outs.append(head.finish(attended, residual)[-1])
@@ -113,21 +118,35 @@ def test_lagging_features_read_the_heads_own_outputs(drafter):
 
 
 @pytest.mark.timeout(120)
-def test_incremental_rounds_equal_a_fresh_state(drafter):
+def test_a_late_start_attends_from_its_first_feature(drafter):
+    tokens, feats = sequence(16), features(9)  # features for positions 6..14
+    state = drafter.new_state()
+    draft = drafter.draft(state, tokens, feats, 4, features_start=6)
+    assert draft == reference_draft(drafter.head, tokens, feats, 4, base=6)
+    with pytest.raises(ValueError, match="continue at position 15"):
+        drafter.draft(state, tokens, feats[:1], 4, features_start=17)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("base", [0, 5])
+def test_incremental_rounds_equal_a_fresh_state(drafter, base):
     """Round after round (some drafts accepted, the rest cropped), the kept cache gives the
     same drafts as a state built from the whole history at once."""
     rng = random.Random(4)
     tokens, feats = sequence(80, seed=5), features(80, seed=6)
     state = drafter.new_state()
-    committed, fed = 6, 0
+    committed, fed = 8, base
     while committed < 60:
-        draft = drafter.draft(state, tokens[:committed], feats[fed : committed - 1], 4)
+        new = feats[fed : committed - 1]
+        draft = drafter.draft(state, tokens[:committed], new, 4, features_start=fed)
         fed = committed - 1
-        fresh = drafter.draft(drafter.new_state(), tokens[:committed], feats[:fed], 4)
+        fresh = drafter.draft(
+            drafter.new_state(), tokens[:committed], feats[base:fed], 4, features_start=base
+        )
         assert draft == fresh
         assert len(draft) == 4 and all(0 <= t < VOCAB for t in draft)
         committed += rng.randrange(5) + 1
-    assert state.settled == fed and state.k.shape[1] >= state.settled
+    assert state.settled == fed and state.k.shape[1] >= state.used
 
 
 @pytest.mark.timeout(120)

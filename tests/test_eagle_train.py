@@ -16,7 +16,7 @@ from tandem.benchmarks.records import GenerationParams
 from tandem.benchmarks.systems import Builder, Setup
 from tandem.benchmarks.workload import Prompt
 from tandem.speculation.eagle import EagleDrafter
-from tandem.speculation.eagle_head import HeadError
+from tandem.speculation.eagle_format import HeadError
 from tandem.training.data import load_conversations, load_features
 
 pytestmark = pytest.mark.slow
@@ -108,7 +108,7 @@ def test_tandems_runtime_loads_and_drafts(trained, model_path):
     ],
 )
 def test_a_head_that_does_not_fit_is_refused(trained, model_path, tmp_path, change, message):
-    from tandem.benchmarks.runner import eagle_head_path
+    from tandem.benchmarks.runner import bench_config, eagle_head_path
     from tandem.cluster.config import TandemConfig
 
     _, head = trained
@@ -120,7 +120,9 @@ def test_a_head_that_does_not_fit_is_refused(trained, model_path, tmp_path, chan
     with pytest.raises(HeadError, match=message):
         EagleDrafter(bad, model_path)
     with pytest.raises(HeadError, match=message):  # the bench's vllm-eagle3 refuses it too
-        eagle_head_path(str(bad), TandemConfig(), str(model_path))
+        eagle_head_path(
+            bench_config(TandemConfig(), None, None, None, None, str(bad)), str(model_path)
+        )
 
 
 @pytest.mark.timeout(900)

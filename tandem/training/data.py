@@ -257,7 +257,7 @@ def _target_model(recipe: DataRecipe) -> tuple[Any, tuple[int, ...]]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tandem.speculation.eagle_head import default_aux_layers
+    from tandem.speculation.eagle_format import default_aux_layers
 
     model = AutoModelForCausalLM.from_pretrained(recipe.target, dtype=torch.float32).eval()
     layers = recipe.aux_layers or default_aux_layers(model.config.num_hidden_layers)

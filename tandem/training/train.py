@@ -36,13 +36,8 @@ import torch
 from tqdm import tqdm
 
 from tandem.speculation.eagle import EagleDrafter
-from tandem.speculation.eagle_head import (
-    Eagle3Head,
-    HeadConfig,
-    read_config,
-    save_head,
-    target_weight,
-)
+from tandem.speculation.eagle_format import HeadConfig, read_config
+from tandem.speculation.eagle_head import Eagle3Head, save_head, target_weight
 from tandem.training.data import Example, load_features
 
 CHECKPOINT = "checkpoint.pt"
