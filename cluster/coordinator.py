@@ -351,6 +351,7 @@ class Coordinator:
             drafter_failures=drafters.failures,
             drafter_timeouts=drafters.timeouts,
             drafters_down=drafters.drafters_down,
+            feature_bytes=drafters.feature_bytes,
             drafters=await self._drafter_stats(),
             requests_in_flight=len(self.running),
             requests_total=c.requests_total,
