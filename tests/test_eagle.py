@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from tandem.speculation.eagle import EagleDrafter
 from tandem.speculation.eagle_format import HeadConfig, HeadError
 from tandem.speculation.eagle_head import Eagle3Head, load_head, save_head
-from tandem.training.train import unroll
+from tandem.training.train import locate, unroll
 
 VOCAB = 96
 HIDDEN = 64
@@ -228,3 +228,17 @@ def test_a_head_for_another_target_is_refused(parts, tmp_path):
     other_vocab = tiny_target(tmp_path / "vocab", vocab=2 * VOCAB)
     with pytest.raises(HeadError, match=r"vocabulary of 96 tokens, but the target's has 192"):
         load_head(head, other_vocab)
+
+
+def test_steps_walk_through_epochs_of_different_lengths():
+    """Each epoch packs its own shuffle into batches, so epochs differ in length: a global step
+    maps to the epoch it falls in, never past an epoch's last batch."""
+    lengths = {0: 5, 1: 3, 2: 4}
+    assert [locate(s, lengths.__getitem__) for s in (0, 4, 5, 7, 8, 11)] == [
+        (0, 0),
+        (0, 4),
+        (1, 0),
+        (1, 2),
+        (2, 0),
+        (2, 3),
+    ]

@@ -27,7 +27,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,13 @@ def train(opts: TrainOptions, resume: bool = False, progress: bool = True) -> Pa
             epochs[epoch] = _batches(train_set, opts, epoch)
         return epochs[epoch]
 
+    lengths: dict[int, int] = {}  # batches per epoch
+
+    def epoch_length(epoch: int) -> int:
+        if epoch not in lengths:
+            lengths[epoch] = len(batches(epoch))
+        return lengths[epoch]
+
     batches_per_epoch = len(batches(0))
     total = max(1, math.ceil(opts.epochs * batches_per_epoch))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(opts.warmup, total))
@@ -112,7 +119,7 @@ def train(opts: TrainOptions, resume: bool = False, progress: bool = True) -> Pa
     started = time.perf_counter() - wall
     window: list[dict[str, float]] = []
     while step < total:
-        epoch, index = divmod(step, batches_per_epoch)
+        epoch, index = locate(step, epoch_length)
         batch = batches(epoch)[index]
         head.train()
         stats = ttt_loss(head, teacher, _collate(batch, opts.max_len, device), opts.ttt_steps)
@@ -307,6 +314,16 @@ def draft_vocabulary(examples: list[Example], size: int) -> torch.Tensor:
     filler = (t for t in range(10**9) if t not in seen)
     chosen += [next(filler) for _ in range(size - len(chosen))]
     return torch.tensor(sorted(chosen), dtype=torch.long)
+
+
+def locate(step: int, epoch_length: Callable[[int], int]) -> tuple[int, int]:
+    """The (epoch, batch index) of a global step. Epochs differ in length (their batches are
+    packed after each epoch's own shuffle), so the step is walked through them in order."""
+    epoch = 0
+    while step >= (length := epoch_length(epoch)):
+        step -= length
+        epoch += 1
+    return epoch, step
 
 
 def _batches(examples: list[Example], opts: TrainOptions, epoch: int) -> list[list[Example]]:
