@@ -3,15 +3,18 @@
 It runs in the front-door process (the gRPC server, or a Ray Serve replica) as a Ray driver,
 over a deployment that tandem.cluster.bootstrap brought up. Each request goes to the replica
 with the fewest outstanding requests; a request that is cancelled, times out or is aborted is
-aborted in its replica's engine too.
+aborted in its replica's engine too. Outputs come back on one Ray stream per replica
+(`ReplicaStream`), one batch per engine step, and are handed to each request's own queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import ray
 
@@ -19,14 +22,16 @@ from tandem.cluster import bootstrap
 from tandem.cluster.bootstrap import Deployment
 from tandem.cluster.config import TandemConfig
 from tandem.cluster.figures import (
+    Breakdown,
     Counters,
+    DeliveryTimes,
     DrafterFigures,
     DrafterLoad,
     RequestFigures,
     ratio,
 )
 from tandem.cluster.requests import Limits, PreparedRequest, RequestError, prepare
-from tandem.cluster.target import StepOutput
+from tandem.cluster.target import OutputBatch
 from tandem.protos import tandem_pb2 as pb
 
 
@@ -44,6 +49,46 @@ class Chunk:
     time_per_output_token_s: float = 0.0
     total_s: float = 0.0
     figures: RequestFigures | None = None  # the request's speculation figures, on the last chunk
+
+
+class ReplicaStream:
+    """One target replica's outputs for this coordinator: a long-lived Ray stream, read by a
+    task that hands each request's outputs to its queue (with when the batch arrived). If the
+    stream breaks (the replica died), every waiting request gets the error; the next request
+    opens a new stream."""
+
+    def __init__(self, actor: Any, subscriber: str, counters: Counters) -> None:
+        self.actor = actor
+        self.subscriber = subscriber
+        self.counters = counters
+        self.queues: dict[str, asyncio.Queue] = {}
+        self._task: asyncio.Task | None = None
+
+    def open(self, request_id: str) -> asyncio.Queue:
+        """A queue for a request's outputs; reads the stream if nobody does on this loop."""
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            self._task = loop.create_task(self._read())
+        queue = self.queues[request_id] = asyncio.Queue()
+        return queue
+
+    async def _read(self) -> None:
+        stream = self.actor.outputs.remote(self.subscriber)
+        try:
+            async for ref in stream:
+                batch: OutputBatch = await ref
+                arrived = time.perf_counter()
+                delay = max(0.0, time.time() - batch.sent_at)
+                self.counters.delivery += DeliveryTimes(batches=1, ray_stream_s=delay)
+                for step in batch.outputs:
+                    queue = self.queues.get(step.request_id)
+                    if queue is not None:
+                        queue.put_nowait((step, arrived))
+        except Exception as exc:  # the replica died: fail what waits on it
+            for queue in self.queues.values():
+                queue.put_nowait(exc)
+        finally:
+            ray.cancel(stream)
 
 
 class Coordinator:
@@ -74,6 +119,8 @@ class Coordinator:
         # Called with the last chunk of every request (a front door's metrics observe it).
         self.on_finished: list[Callable[[Chunk], None]] = []
         self._next = 0
+        subscriber = uuid.uuid4().hex
+        self.streams = [ReplicaStream(a, subscriber, self.counters) for a in self.actors]
 
     @classmethod
     def start(cls, config: TandemConfig) -> Coordinator:
@@ -115,11 +162,20 @@ class Coordinator:
         first = last = start
         produced = 0
         finish_reason = None
-        stream = actor.generate.remote(prepared)
+        stream = self.streams[replica]
+        queue = stream.open(rid)
         try:
-            async for ref in stream:
-                step: StepOutput = await ref
+            await actor.submit.remote(prepared, stream.subscriber)
+            while finish_reason is None:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                step, arrived = item
+                waited = time.perf_counter() - arrived
+                self.counters.delivery += DeliveryTimes(chunks=1, coordinator_s=waited)
                 now = time.monotonic()
+                if step.error is not None:
+                    raise RuntimeError(step.error)
                 if step.token_ids:
                     if produced == 0:
                         first = now
@@ -145,12 +201,12 @@ class Coordinator:
             self.counters.requests_failed += 1
             raise
         finally:
+            stream.queues.pop(rid, None)
             self.running.pop(rid, None)
             self.outstanding[replica] -= 1
             self.counters.generated_tokens += produced
             if finish_reason is None:  # cancelled, timed out or failed: free the engine
                 actor.abort.remote(rid)
-                ray.cancel(stream)
                 self.counters.requests_aborted += 1
             elif finish_reason == "abort":
                 self.counters.requests_aborted += 1
@@ -196,10 +252,11 @@ class Coordinator:
             drafter_rtt_mean_s=drafters.rtt_mean_s,
             drafter_rtt_p50_s=drafters.rtt_p50_s,
             target_step_mean_s=ratio(
-                sum(r.step_time_s for r in replicas), sum(r.steps for r in replicas)
+                sum(r.engine.step_s for r in replicas), sum(r.engine.steps for r in replicas)
             ),
             drafter_failures=drafters.failures,
             drafters_down=drafters.drafters_down,
+            breakdown=Breakdown.of(replicas, c.delivery).to_proto(),
             drafters=await self._drafter_stats(),
             requests_in_flight=len(self.running),
             requests_total=c.requests_total,

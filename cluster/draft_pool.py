@@ -1,11 +1,15 @@
-"""The Transport of a speculation session over Ray: drafter actor calls with a time budget."""
+"""The Transport of a speculation session: drafter replicas reached over their sockets
+(tandem.cluster.draft_channel), found and revived through Ray, with a time budget per call."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import ray
 
+from tandem.cluster.draft_channel import DraftChannel, Endpoint, wait
+from tandem.cluster.figures import WireTraffic
 from tandem.speculation.protocol import (
     DraftItem,
     DraftReply,
@@ -13,72 +17,92 @@ from tandem.speculation.protocol import (
     PredraftPlan,
     PredraftReply,
 )
+from tandem.speculation.wire import Kind
+
+CONNECT_TIMEOUT_S = 30.0
 
 
-class DraftTimeout(TimeoutError):
+class DrafterUnreachable(RuntimeError):
     pass
 
 
-class RayTransport:
-    def __init__(self, drafters: list[Any]) -> None:
-        self.drafters = drafters
-        self.replicas = len(drafters)
+class SocketTransport:
+    def __init__(self, drafters: Sequence[Any]) -> None:
+        self.drafters = list(drafters)
+        self.replicas = len(self.drafters)
+        endpoints = ray.get([d.endpoint.remote() for d in self.drafters], timeout=CONNECT_TIMEOUT_S)
+        self.channels = [DraftChannel(e) for e in endpoints]
+        self._closed = WireTraffic()  # traffic of channels replaced after a drafter restart
         self._probes: dict[int, Any] = {}
+        for replica, channel in enumerate(self.channels):
+            seq = channel.send(Kind.PING, None)
+            result = wait({replica: (channel, seq)}, CONNECT_TIMEOUT_S)[replica]
+            if isinstance(result, Exception):
+                raise DrafterUnreachable(
+                    f"drafter {replica} does not answer on {channel.endpoint.address} from this "
+                    f"target's node ({result}): open that port range between the nodes"
+                )
 
     def draft(
         self, batches: dict[int, list[DraftItem]], timeout_s: float
     ) -> dict[int, list[DraftReply] | Exception]:
-        refs = {
-            replica: self.drafters[replica].draft.remote(items)
-            for replica, items in batches.items()
-        }
-        return self._wait(refs, timeout_s)
+        return self.collect(self._send(Kind.DRAFT, batches), timeout_s)
 
-    def predraft(self, batches: dict[int, list[DraftItem]], plan: PredraftPlan) -> dict[int, Any]:
-        return {
-            replica: self.drafters[replica].predraft.remote(items, plan)
-            for replica, items in batches.items()
-        }
+    def predraft(self, batches: dict[int, list[DraftItem]], plan: PredraftPlan) -> Any:
+        return self._send(Kind.PREDRAFT, {r: (items, plan) for r, items in batches.items()})
 
     def collect(
-        self, handle: dict[int, Any], timeout_s: float
+        self, handle: dict[int, tuple[DraftChannel, int]], timeout_s: float
     ) -> dict[int, list[PredraftReply] | Exception]:
-        return self._wait(handle, timeout_s)
+        return wait(handle, timeout_s)
 
-    def _wait(self, refs: dict[int, Any], timeout_s: float) -> dict[int, Any]:
-        """Each replica's result, or the exception that stands for its failure or lateness."""
-        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
-        ready = set(ready)
-        results: dict[int, Any] = {}
-        for replica, ref in refs.items():
-            if ref not in ready:
-                results[replica] = DraftTimeout(
-                    f"drafter {replica} missed {timeout_s * 1e3:.0f} ms"
-                )
-                continue
-            try:
-                results[replica] = ray.get(ref)
-            except Exception as exc:  # a dead or failing drafter: no drafts this step
-                results[replica] = exc
-        return results
+    def _send(self, kind: Kind, bodies: dict[int, Any]) -> dict[int, tuple[DraftChannel, int]]:
+        return {
+            replica: (self.channels[replica], self.channels[replica].send(kind, body))
+            for replica, body in bodies.items()
+        }
 
     def hint(self, replica: int, hints: dict[str, Hint]) -> None:
-        self.drafters[replica].hint.remote(hints)
+        self.channels[replica].send(Kind.HINT, hints)
 
     def free(self, replica: int, request_ids: list[str]) -> None:
-        self.drafters[replica].free.remote(request_ids)
+        self.channels[replica].post(Kind.FREE, request_ids)
 
     def probe(self, replica: int) -> bool:
+        """Non-blocking: True once Ray says the drafter answers again; it may have restarted on
+        a new address, so its channel is replaced."""
         probe = self._probes.get(replica)
         if probe is None:
-            self._probes[replica] = self.drafters[replica].ping.remote()
+            self._probes[replica] = self.drafters[replica].endpoint.remote()
             return False
         ready, _ = ray.wait([probe], timeout=0)
         if not ready:
             return False
         del self._probes[replica]
         try:
-            ray.get(probe)
+            endpoint: Endpoint = ray.get(probe)
         except Exception:  # still dead (or restarting): probe again next step
             return False
+        old = self.channels[replica]
+        self._closed = self._add(self._closed, old)
+        old.close()
+        self.channels[replica] = DraftChannel(endpoint)
         return True
+
+    def traffic(self) -> WireTraffic:
+        total = self._closed
+        for channel in self.channels:
+            total = self._add(total, channel)
+        return total
+
+    @staticmethod
+    def _add(total: WireTraffic, channel: DraftChannel) -> WireTraffic:
+        return WireTraffic(
+            total.messages + channel.messages,
+            total.bytes_sent + channel.bytes_sent,
+            total.bytes_received + channel.bytes_received,
+        )
+
+    def close(self) -> None:
+        for channel in self.channels:
+            channel.close()

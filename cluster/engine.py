@@ -1,11 +1,13 @@
 """An in-process vLLM engine served to asyncio callers.
 
 vLLM's AsyncLLM always runs its engine core in a child process. tandem keeps the engine inside the
-Ray actor's own process instead (so the proposer plugin can reach the drafters through that
-actor's Ray connection), which means driving the synchronous `LLMEngine` ourselves: one thread owns
-the engine and steps it while requests are unfinished; asyncio callers talk to it through a
-command queue and get their outputs back through per-request asyncio queues. vLLM still does all
-the batching, scheduling, KV-cache management and sampling.
+Ray actor's own process instead (the proposer plugin shares the actor's speculation session),
+which means driving the synchronous `LLMEngine` ourselves: one thread owns the engine and steps it
+while requests are unfinished; asyncio callers talk to it through a command queue and get their
+outputs back through `Outbox`es, each engine step's outputs for one outbox in one batch with one
+wake-up of the caller's event loop (every wake-up is Python work that competes with the engine
+thread for the GIL). vLLM still does all the batching, scheduling, KV-cache management and
+sampling; the loop times its steps (tandem.cluster.figures.EngineTimes).
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
+
+from tandem.cluster.figures import EngineTimes
+from tandem.plugins.timers import StepTimers
 
 # The engine core must live in this process (the proposer reaches the drafters through this
 # process's Ray connection, and the session is handed to the worker by reference); vLLM reads
@@ -35,13 +40,49 @@ class RequestAborted(Exception):
     """Raised inside `generate` when the request was aborted before it finished."""
 
 
+class Outbox:
+    """What the engine thread hands one asyncio consumer: (request id, output or exception)
+    pairs, everything that arrived since the consumer last took, as one batch."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, on_take: Callable[[float], None] | None = None
+    ) -> None:
+        self._loop = loop
+        self._on_take = on_take  # called with how long the oldest item waited
+        self._items: list[tuple[str, Any]] = []
+        self._lock = threading.Lock()
+        self._ready = asyncio.Event()
+        self._since = 0.0
+
+    def put(self, items: list[tuple[str, Any]]) -> None:
+        """From the engine thread: wakes the consumer's loop only when it has nothing yet."""
+        with self._lock:
+            wake = not self._items
+            self._items.extend(items)
+            if wake:
+                self._since = time.perf_counter()
+        if wake:
+            self._loop.call_soon_threadsafe(self._ready.set)
+
+    async def take(self) -> list[tuple[str, Any]]:
+        while True:
+            await self._ready.wait()
+            with self._lock:
+                items, self._items = self._items, []
+                self._ready.clear()
+                waited = time.perf_counter() - self._since
+            if items:
+                if self._on_take is not None:
+                    self._on_take(waited)
+                return items
+
+
 @dataclass(frozen=True)
 class _Add:
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
-    sink: asyncio.Queue
-    loop: asyncio.AbstractEventLoop
+    outbox: Outbox
     flush: Callable[[], bool] | None  # True: step once first (drafts it must not meet)
 
 
@@ -65,12 +106,16 @@ class EngineLoop:
 
     def __init__(self, engine_args: EngineArgs) -> None:
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
-        self._sinks: dict[str, tuple[asyncio.Queue, asyncio.AbstractEventLoop]] = {}
+        self._outboxes: dict[str, Outbox] = {}  # by request id
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self.engine: LLMEngine | None = None
-        self.steps = 0
-        self.step_time_s = 0.0  # time spent inside engine.step(), drafting included
+        self.timers = StepTimers()
+        self._steps = self._tokens = 0
+        self._step_s = self._between_s = 0.0
+        self._last_step_end: float | None = None  # None: idle since
+        self._deliveries = 0
+        self._handoff_s = 0.0
         self._thread = threading.Thread(
             target=self._run, args=(engine_args,), name="vllm-engine", daemon=True
         )
@@ -81,34 +126,45 @@ class EngineLoop:
 
     # ---- asyncio side -------------------------------------------------------------------------
 
-    async def generate(
+    def outbox(self) -> Outbox:
+        """An outbox on the running event loop, whose takes are counted as hand-offs."""
+        return Outbox(asyncio.get_running_loop(), self._handed_off)
+
+    def _handed_off(self, waited_s: float) -> None:
+        self._deliveries += 1
+        self._handoff_s += waited_s
+
+    def add(
         self,
         request_id: str,
         prompt_token_ids: list[int],
         params: SamplingParams,
+        outbox: Outbox,
         flush: Callable[[], bool] | None = None,
-    ) -> AsyncIterator[RequestOutput]:
-        """Yield the request's outputs (deltas when params ask for them) until it finishes.
+    ) -> None:
+        """Start a request; its outputs (deltas when params ask for them), then a
+        RequestAborted if `abort` stops it first, or the exception that failed it, arrive in
+        `outbox`. `flush`, if given, is asked before the request joins the engine; if it says
+        True the engine steps once first."""
+        self._commands.put(_Add(request_id, prompt_token_ids, params, outbox, flush))
 
-        Raises RequestAborted if `abort` stops it first. If the caller stops iterating early
-        (cancellation included), the request is aborted in the engine. `flush`, if given, is
-        asked before the request joins the engine; if it says True the engine steps once first.
-        """
-        sink: asyncio.Queue = asyncio.Queue()
-        self._commands.put(
-            _Add(request_id, prompt_token_ids, params, sink, asyncio.get_running_loop(), flush)
-        )
+    async def generate(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[RequestOutput]:
+        """One request's outputs until it finishes, through an outbox of its own. Raises
+        RequestAborted if `abort` stops it first; a caller that stops iterating early
+        (cancellation included) aborts it in the engine."""
+        outbox = self.outbox()
+        self.add(request_id, prompt_token_ids, params, outbox)
         finished = False
         try:
-            while True:
-                item = await sink.get()
-                if isinstance(item, BaseException):
-                    finished = True
-                    raise item
-                finished = item.finished
-                yield item
-                if finished:
-                    return
+            while not finished:
+                for _, item in await outbox.take():
+                    if isinstance(item, BaseException):
+                        finished = True
+                        raise item
+                    finished = item.finished
+                    yield item
         finally:
             if not finished:
                 self.abort(request_id)
@@ -124,7 +180,19 @@ class EngineLoop:
 
     def num_unfinished(self) -> int:
         """Requests the engine thread still tracks (added and not yet finished or aborted)."""
-        return len(self._sinks)
+        return len(self._outboxes)
+
+    def times(self) -> EngineTimes:
+        return EngineTimes(
+            steps=self._steps,
+            tokens=self._tokens,
+            step_s=self._step_s,
+            schedule_s=self.timers.schedule_s,
+            model_s=self.timers.model_s,
+            between_s=self._between_s,
+            deliveries=self._deliveries,
+            handoff_s=self._handoff_s,
+        )
 
     def shutdown(self) -> None:
         self._commands.put(_Stop())
@@ -140,8 +208,11 @@ class EngineLoop:
             return
         finally:
             self._ready.set()
+        self.timers.install(self.engine)
         while True:
             idle = not self.engine.has_unfinished_requests()
+            if idle:
+                self._last_step_end = None  # waiting for work is not time between steps
             if not self._apply_commands(block=idle):
                 return
             if self.engine.has_unfinished_requests():
@@ -164,9 +235,10 @@ class EngineLoop:
                     command.result.set_result(command.fn(self.engine))
                 except Exception as exc:
                     command.result.set_exception(exc)
-            elif isinstance(command, _Abort) and command.request_id in self._sinks:
+            elif isinstance(command, _Abort) and command.request_id in self._outboxes:
                 self.engine.abort_request([command.request_id])
-                self._deliver(command.request_id, RequestAborted(command.request_id), last=True)
+                aborted = RequestAborted(command.request_id)
+                self._deliver([(command.request_id, aborted, True)])
             try:
                 command = self._commands.get_nowait()
             except queue.Empty:
@@ -177,36 +249,45 @@ class EngineLoop:
         flush = command.flush is not None and command.flush()
         if flush and self.engine.has_unfinished_requests():
             self._step()
-        self._sinks[command.request_id] = (command.sink, command.loop)
+        self._outboxes[command.request_id] = command.outbox
         try:
             engine_input = self.engine.renderer.render_cmpl(
                 [{"prompt_token_ids": command.prompt_token_ids}]
             )[0]
             self.engine.add_request(command.request_id, engine_input, command.params)
         except Exception as exc:
-            self._deliver(command.request_id, exc, last=True)
+            self._deliver([(command.request_id, exc, True)])
 
     def _step(self) -> None:
         start = time.perf_counter()
+        if self._last_step_end is not None:
+            self._between_s += start - self._last_step_end
         try:
             outputs = self.engine.step()
-            self.steps += 1
-            self.step_time_s += time.perf_counter() - start
         except Exception as exc:
             # A failed step leaves no request in a known state: fail them all, keep serving.
-            for request_id in list(self._sinks):
+            self._last_step_end = None
+            for request_id in list(self._outboxes):
                 self.engine.abort_request([request_id])
             self._fail_all(exc)
             return
-        for output in outputs:
-            self._deliver(output.request_id, output, last=output.finished)
+        end = self._last_step_end = time.perf_counter()
+        self._steps += 1
+        self._tokens += sum(len(o.outputs[0].token_ids) for o in outputs if o.outputs)
+        self._step_s += end - start
+        self._deliver((o.request_id, o, o.finished) for o in outputs)
 
-    def _deliver(self, request_id: str, item: Any, last: bool) -> None:
-        entry = self._sinks.pop(request_id, None) if last else self._sinks.get(request_id)
-        if entry is not None:
-            sink, loop = entry
-            loop.call_soon_threadsafe(sink.put_nowait, item)
+    def _deliver(self, items: Iterable[tuple[str, Any, bool]]) -> None:
+        """Hand (request id, output or exception, whether it is the last) on: one batch per
+        outbox. After its last item the request is forgotten."""
+        batches: dict[Outbox, list[tuple[str, Any]]] = {}
+        for request_id, item, last in items:
+            outboxes = self._outboxes
+            outbox = outboxes.pop(request_id, None) if last else outboxes.get(request_id)
+            if outbox is not None:
+                batches.setdefault(outbox, []).append((request_id, item))
+        for outbox, batch in batches.items():
+            outbox.put(batch)
 
     def _fail_all(self, exc: BaseException) -> None:
-        for request_id in list(self._sinks):
-            self._deliver(request_id, exc, last=True)
+        self._deliver([(request_id, exc, True) for request_id in self._outboxes])

@@ -1,25 +1,29 @@
 """The target replica: a Ray actor around one in-process vLLM engine.
 
-A thin shell: it turns an admitted request into vLLM SamplingParams, streams one `StepOutput`
-per engine step back to the coordinator, and reports what the engine holds. With speculation on,
-the engine's proposer is tandem's plugin, attached here to a speculation session that reaches the
-drafter actors. Routing and validation live in the coordinator; what vLLM needs from tandem is
-built in tandem.plugins.engine.
+A thin shell: it turns an admitted request into vLLM SamplingParams (`submit`), streams each
+engine step's outputs back to the coordinator, and reports what the engine holds. The outputs of
+all the requests a coordinator submitted travel on one long-lived Ray stream (`outputs`), one
+`OutputBatch` per engine step however many requests it served, not one Ray object per request
+and step. With speculation on, the engine's proposer is tandem's plugin, attached here to a
+speculation session that reaches the drafter actors. Routing and validation live in the
+coordinator; what vLLM needs from tandem is built in tandem.plugins.engine.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import ray
 
-from tandem.cluster.figures import ReplicaFigures, RequestFigures
+from tandem.cluster.figures import ReplicaFigures, RequestFigures, WireTraffic
 
 if TYPE_CHECKING:
     from tandem.cluster.config import SpeculationConfig, TargetPoolConfig
+    from tandem.cluster.engine import Outbox
     from tandem.cluster.requests import PreparedRequest
 
 
@@ -27,10 +31,32 @@ if TYPE_CHECKING:
 class StepOutput:
     """One engine step's new tokens of a request; the last also finishes it."""
 
+    request_id: str
     token_ids: list[int]
     text: str
     finish_reason: str | None = None  # "stop", "length" or "abort" on the last one
     figures: RequestFigures | None = None  # on the last one
+    error: str | None = None  # on the last one, when the engine failed the request
+
+
+@dataclass(frozen=True)
+class OutputBatch:
+    """What one engine step produced for one coordinator's requests."""
+
+    outputs: list[StepOutput]
+    sent_at: float  # time.time() when the replica sent it (Ray streaming time, same node)
+
+
+@dataclass
+class _Running:
+    """A request in the engine, and what its outputs so far add up to."""
+
+    request: PreparedRequest
+    subscriber: str
+    steps: int = 0
+    tokens: int = 0
+    # A step that adds m tokens accepted the first m-1 drafts (positions 0..m-2).
+    accepted_per_pos: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -66,11 +92,13 @@ class TargetReplica:
         )
         self._loop.call(lambda engine: engine.collective_rpc(APPLY_FIXES))
         self.session = None
+        self.transport = None
         if speculation is not None:
-            from tandem.cluster.draft_pool import RayTransport
+            from tandem.cluster.draft_pool import SocketTransport
             from tandem.speculation.session import SpeculationSession
 
-            self.session = SpeculationSession(RayTransport(list(drafters)), speculation)
+            self.transport = SocketTransport(drafters)
+            self.session = SpeculationSession(self.transport, speculation)
             attached = self._loop.call(
                 lambda engine: engine.collective_rpc(
                     ATTACH, args=(self.session, speculation.target_candidates)
@@ -80,6 +108,8 @@ class TargetReplica:
                 raise RuntimeError("vLLM did not load tandem's proposer")
         self._served = 0
         self._generated = 0
+        self._running: dict[str, _Running] = {}
+        self._outboxes: dict[str, Outbox] = {}  # one per subscriber (coordinator)
 
     def info(self) -> ReplicaInfo:
         engine = self._loop.engine
@@ -96,13 +126,11 @@ class TargetReplica:
             eos_token_ids=[i for i in eos_ids if i is not None],
         )
 
-    async def generate(self, request: PreparedRequest) -> AsyncIterator[StepOutput]:
-        """Stream the request's new tokens step by step; the last output finishes it and
-        carries its speculation figures."""
+    async def submit(self, request: PreparedRequest, subscriber: str) -> None:
+        """Start a request; its outputs come on `subscriber`'s stream (`outputs`)."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, SamplingType
 
-        from tandem.cluster.engine import RequestAborted
         from tandem.speculation.session import RequestSpec
 
         params = SamplingParams(**request.sampling, output_kind=RequestOutputKind.DELTA)
@@ -114,45 +142,68 @@ class TargetReplica:
             self.session.register(rid, spec)
             flush = functools.partial(self.session.must_flush_before, spec)
         self._served += 1
-        steps = tokens = 0
-        # A step that adds m tokens accepted the first m-1 drafts (positions 0..m-2).
-        accepted_per_pos = [0] * k
-        try:
-            async for output in self._loop.generate(rid, request.prompt_token_ids, params, flush):
-                completion = output.outputs[0]
-                new = list(completion.token_ids)
-                steps += bool(new)
-                tokens += len(new)
-                for position in range(min(len(new) - 1, k)):
-                    accepted_per_pos[position] += 1
-                if not output.finished:
-                    yield StepOutput(new, completion.text)
-                    continue
-                figures = self._figures(request, steps, tokens, accepted_per_pos)
-                yield StepOutput(new, completion.text, completion.finish_reason, figures)
-        except RequestAborted:
-            figures = self._figures(request, steps, tokens, accepted_per_pos)
-            yield StepOutput([], "", "abort", figures)
-        finally:
-            self._generated += tokens
-            if self.session is not None:
-                self.session.release(rid)
+        self._running[rid] = _Running(request, subscriber, accepted_per_pos=[0] * k)
+        self._loop.add(rid, request.prompt_token_ids, params, self._outbox(subscriber), flush)
 
-    def _figures(
-        self, request: PreparedRequest, steps: int, tokens: int, accepted_per_pos: list[int]
-    ) -> RequestFigures:
+    async def outputs(self, subscriber: str) -> AsyncIterator[OutputBatch]:
+        """The outputs of `subscriber`'s requests, one batch per engine step, until the
+        subscriber closes the stream (then its unfinished requests are aborted)."""
+        outbox = self._outbox(subscriber)
+        try:
+            while True:
+                items = await outbox.take()
+                outputs = [self._step_output(rid, item) for rid, item in items]
+                if outputs := [o for o in outputs if o is not None]:
+                    yield OutputBatch(outputs, time.time())
+        finally:
+            del self._outboxes[subscriber]
+            for rid in [r for r, run in self._running.items() if run.subscriber == subscriber]:
+                self._loop.abort(rid)
+                self._finish(rid)
+
+    def _outbox(self, subscriber: str) -> Outbox:
+        if subscriber not in self._outboxes:
+            self._outboxes[subscriber] = self._loop.outbox()
+        return self._outboxes[subscriber]
+
+    def _step_output(self, rid: str, item: Any) -> StepOutput | None:
+        """A request's output (or the exception that ended it) as the coordinator gets it;
+        None for a request already forgotten (its subscriber went away)."""
+        from tandem.cluster.engine import RequestAborted
+
+        running = self._running.get(rid)
+        if running is None:
+            return None
+        if isinstance(item, BaseException):
+            error = None if isinstance(item, RequestAborted) else f"{item}"
+            return StepOutput(rid, [], "", "abort", self._finish(rid), error)
+        completion = item.outputs[0]
+        new = list(completion.token_ids)
+        running.steps += bool(new)
+        running.tokens += len(new)
+        for position in range(min(len(new) - 1, len(running.accepted_per_pos))):
+            running.accepted_per_pos[position] += 1
+        if not item.finished:
+            return StepOutput(rid, new, completion.text)
+        figures = self._finish(rid)
+        return StepOutput(rid, new, completion.text, completion.finish_reason, figures)
+
+    def _finish(self, rid: str) -> RequestFigures:
+        """Forget a finished or aborted request; its figures."""
         from tandem.speculation.session import SpeculationStats
 
-        drafted = self.session.release(request.request_id) if self.session else SpeculationStats()
+        running = self._running.pop(rid)
+        self._generated += running.tokens
+        drafted = self.session.release(rid) if self.session else SpeculationStats()
         return RequestFigures(
-            mode=request.mode,
-            target_steps=steps,
+            mode=running.request.mode,
+            target_steps=running.steps,
             draft_tokens=drafted.draft_tokens,
-            accepted_tokens=tokens - steps,  # every target step yields its accepted drafts + 1
+            accepted_tokens=running.tokens - running.steps,  # a step yields its accepted + 1
             drafts=drafted.drafts,
             cache_hits=drafted.cache_hits,
             cache_misses=drafted.cache_misses,
-            accepted_per_pos=tuple(accepted_per_pos),
+            accepted_per_pos=tuple(running.accepted_per_pos),
         )
 
     def abort(self, request_id: str) -> None:
@@ -164,10 +215,12 @@ class TargetReplica:
             engine_unfinished=self._loop.num_unfinished(),
             requests_served=self._served,
             generated_tokens=self._generated,
-            steps=self._loop.steps,
-            step_time_s=self._loop.step_time_s,
+            engine=self._loop.times(),
             session=self.session.stats() if self.session is not None else None,
+            wire=self.transport.traffic() if self.transport is not None else WireTraffic(),
         )
 
     def shutdown(self) -> None:
         self._loop.shutdown()
+        if self.transport is not None:
+            self.transport.close()

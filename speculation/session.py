@@ -124,6 +124,8 @@ class SessionStats:
     p50_rtt_s: float
     failures: int  # steps where a drafter failed or missed the time budget
     drafters_down: int
+    propose_s: float = 0.0  # time in `propose`, the round trips and waits included
+    predraft_wait_s: float = 0.0  # of which waiting for pre-drafted blocks
 
 
 class SpeculationSession:
@@ -144,6 +146,9 @@ class SpeculationSession:
         self._rtt_total = 0.0
         self._rtts: deque[float] = deque(maxlen=1000)
         self._failures = 0
+        self._speculating = 0  # registered requests in a mode other than `off`
+        self._propose_s = 0.0
+        self._predraft_wait_s = 0.0
 
     def register(self, request_id: str, spec: RequestSpec) -> None:
         with self._lock:
@@ -152,6 +157,7 @@ class SpeculationSession:
                 load[request.replica] += 1
             replica = min(range(self.transport.replicas), key=lambda r: load[r])
             self._requests[request_id] = _Request(spec, replica)
+            self._speculating += spec.mode != Mode.OFF
 
     def release(self, request_id: str) -> SpeculationStats:
         """Forget a finished or aborted request; returns its figures."""
@@ -160,9 +166,14 @@ class SpeculationSession:
             if request is None:
                 return SpeculationStats()
             self._done.add(request.stats)
+            self._speculating -= request.spec.mode != Mode.OFF
         if request.spec.mode != Mode.OFF:
             self.transport.free(request.replica, [request_id])
         return request.stats
+
+    def speculating(self) -> bool:
+        """Whether any registered request is in a mode that drafts."""
+        return self._speculating > 0
 
     def propose(
         self,
@@ -170,6 +181,22 @@ class SpeculationSession:
         num_tokens: Sequence[int],
         token_ids: Any,  # 2-D array-like: row i holds request i's committed tokens
         candidates: Sequence[Candidates] | None = None,  # the target's, per request
+    ) -> list[list[int]]:
+        if not self._speculating and self._predrafting is None:
+            self._returned = 0.0  # no verification window to time either
+            return [[] for _ in request_ids]  # every request is `off`: nothing to do
+        start = time.perf_counter()
+        try:
+            return self._propose(request_ids, num_tokens, token_ids, candidates)
+        finally:
+            self._propose_s += time.perf_counter() - start
+
+    def _propose(
+        self,
+        request_ids: Sequence[str],
+        num_tokens: Sequence[int],
+        token_ids: Any,
+        candidates: Sequence[Candidates] | None,
     ) -> list[list[int]]:
         self._time_window()
         drafts: list[list[int]] = [[] for _ in request_ids]
@@ -307,7 +334,9 @@ class SpeculationSession:
         handle, self._predrafting = self._predrafting, None
         if handle is None:
             return
+        start = time.perf_counter()
         results = self.transport.collect(handle, self.timeout_s)
+        self._predraft_wait_s += time.perf_counter() - start
         with self._lock:
             for replica, result in results.items():
                 if self._failed(replica, result):
@@ -374,4 +403,6 @@ class SpeculationSession:
                 p50_rtt_s=rtts[len(rtts) // 2] if rtts else 0.0,
                 failures=self._failures,
                 drafters_down=len(self._down),
+                propose_s=self._propose_s,
+                predraft_wait_s=self._predraft_wait_s,
             )
