@@ -22,6 +22,9 @@ DESCRIPTIONS = {
     "vllm-target": "the target alone in vLLM, in-process (the baseline)",
     "vllm-ngram": "vLLM in-process speculative decoding, its ngram (prompt lookup) drafter",
     "vllm-draft-model": "vLLM in-process speculative decoding, draft_model = tandem's draft model",
+    "vllm-serve-target": "vLLM's OpenAI server process (what a user runs), the target alone, over "
+    "HTTP streaming",
+    "vllm-serve-ngram": "vLLM's OpenAI server process, its ngram drafter, over HTTP streaming",
     "tandem-target": "tandem's gRPC server, speculation off for the request (the target alone)",
     "tandem-ngram": "tandem's gRPC server, remote ngram drafter, pipelined (speculation cache)",
     "tandem-ngram-seq": "tandem's gRPC server, remote ngram drafter, sequential (no pre-drafting)",
@@ -44,6 +47,8 @@ TANDEM_MODES = {
     "tandem-model": "model",
     "tandem-hybrid": "hybrid",
 }
+# vLLM's own server process, driven over HTTP like a user's client does.
+SERVED = {"vllm-serve-target", "vllm-serve-ngram"}
 # Counterparts that cannot exist: always reported, never run.
 NOT_IN_VLLM = {
     "vllm-hybrid": "vLLM has no hybrid drafter (ngram when it matches, a model otherwise)",
@@ -70,6 +75,11 @@ class System(Protocol):
     def run_concurrent(
         self, prompts: Sequence[Prompt], concurrency: int, params: GenerationParams
     ) -> ConcurrencyRun: ...
+
+    def breakdown(self) -> Any:
+        """The serving breakdown summed so far (tandem.cluster.figures.Breakdown), or None
+        where the system has no timers inside."""
+        ...
 
     def close(self) -> None: ...
 
@@ -106,6 +116,7 @@ class Setup:
     ngram_min: int = 1
     ngram_max: int = 4
     address: str | None = None  # a running tandem server instead of starting one
+    threads: int = 1  # per engine (vLLM's server gets the same)
 
 
 # Drafters whose state spans requests (SuffixDecoding's shared trie of recent outputs, Token
@@ -187,25 +198,38 @@ class Builder:
             server = self.server(server_key(name))
             pipelined = not name.endswith("-seq")
             return TandemSystem(name, TANDEM_MODES[name], k, server, description, pipelined)
+        spec = self._speculative_config(name)
+        if name in SERVED:
+            from tandem.benchmarks.vllm_serve_system import VllmServeSystem
+
+            args = (setup.model_path, setup.engine_args, spec, setup.threads, description)
+            return VllmServeSystem(name, *args)
         from tandem.benchmarks.vllm_system import VllmSystem
 
-        spec: dict[str, Any] | None = None
-        if name == "vllm-ngram":
-            spec = {
+        return VllmSystem(name, setup.model_path, setup.engine_args, spec, description)
+
+    def _speculative_config(self, name: str) -> dict[str, Any] | None:
+        """vLLM's speculative config of a vllm-* system: the same k, n-gram sizes and draft
+        model as tandem's; None for the target alone."""
+        setup = self.setup
+        k = setup.num_speculative_tokens
+        method = name.removeprefix("vllm-").removeprefix("serve-")
+        if method == "ngram":
+            return {
                 "method": "ngram",
                 "num_speculative_tokens": k,
                 "prompt_lookup_min": setup.ngram_min,
                 "prompt_lookup_max": setup.ngram_max,
             }
-        elif name == "vllm-draft-model":
-            spec = {
+        if method == "draft-model":
+            return {
                 "method": "draft_model",
                 "model": setup.draft_model_path,
                 "num_speculative_tokens": k,
             }
-        elif name != BASELINE:
+        if method != "target":
             raise SystemChoiceError(f"unknown system {name!r}")
-        return VllmSystem(name, setup.model_path, setup.engine_args, spec, description)
+        return None
 
     def close(self) -> None:
         if self._starting is not None:

@@ -210,6 +210,7 @@ class Breakdown(Sums):
     schedule_s: float = 0.0
     forward_s: float = 0.0  # model forward and sampling, the proposer's share taken out
     proposer_s: float = 0.0
+    drafter_round_trips: int = 0  # steps that waited for just-in-time drafts
     drafter_rtt_s: float = 0.0  # of the proposer's: waiting for just-in-time drafts
     predraft_wait_s: float = 0.0  # of the proposer's: waiting for pre-drafted blocks
     output_s: float = 0.0  # the rest of the step: scheduler update, output processing
@@ -234,6 +235,7 @@ class Breakdown(Sums):
         proposer = sum(s.propose_s for s in sessions)
         return dataclasses.replace(
             cls.from_engine(engine, proposer),
+            drafter_round_trips=sum(s.steps for s in sessions),
             drafter_rtt_s=sum(s.mean_rtt_s * s.steps for s in sessions),
             predraft_wait_s=sum(s.predraft_wait_s for s in sessions),
             batches=delivery.batches,

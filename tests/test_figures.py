@@ -1,5 +1,7 @@
 """Figures and their sums (plain logic): what GetStats and Prometheus report."""
 
+import pytest
+
 from tandem.cluster.figures import (
     Breakdown,
     Counters,
@@ -57,6 +59,7 @@ def test_drafter_figures_sum_the_replicas_sessions():
     assert abs(figures.rtt_mean_s - 0.0035) < 1e-12 and figures.rtt_p50_s == 0.004
 
 
+@pytest.mark.timeout(30)
 def test_breakdown_splits_the_step_and_differences_of_two_reads_add_up():
     def replica(steps, propose_s, wire_bytes):
         engine = EngineTimes(
