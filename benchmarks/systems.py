@@ -35,8 +35,11 @@ DESCRIPTIONS = {
     "tandem-hybrid": "tandem's gRPC server, remote ngram drafter, the draft model when no match",
 }
 SYSTEMS = tuple(DESCRIPTIONS)
-# Run only when asked for by name: a server of its own costs a few GiB and a minute.
-OPT_IN = {"tandem-ngram-mirror"}
+# vLLM's own server process, driven over HTTP like a user's client does.
+SERVED = {"vllm-serve-target", "vllm-serve-ngram"}
+# Run only when asked for by name: a server of its own costs a few GiB (vLLM's: ~3.5 GiB in three
+# processes on the CPU) and a minute.
+OPT_IN = {"tandem-ngram-mirror", *SERVED}
 TANDEM_MODES = {
     "tandem-target": "off",
     "tandem-ngram": "ngram",
@@ -47,8 +50,6 @@ TANDEM_MODES = {
     "tandem-model": "model",
     "tandem-hybrid": "hybrid",
 }
-# vLLM's own server process, driven over HTTP like a user's client does.
-SERVED = {"vllm-serve-target", "vllm-serve-ngram"}
 # Counterparts that cannot exist: always reported, never run.
 NOT_IN_VLLM = {
     "vllm-hybrid": "vLLM has no hybrid drafter (ngram when it matches, a model otherwise)",

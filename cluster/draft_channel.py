@@ -40,6 +40,14 @@ class DrafterError(RuntimeError):
     """The drafter answered a message with an error."""
 
 
+class ChannelTimeout(TimeoutError):
+    """No reply within the time budget."""
+
+
+class ChannelFull(ConnectionError):
+    """The drafter has stopped reading (dead, or hung): its queue is full."""
+
+
 @dataclass(frozen=True)
 class Endpoint:
     address: str  # tcp://host:port
@@ -151,20 +159,28 @@ class DraftChannel:
         return socket
 
     def send(self, kind: Kind, body: Any) -> int:
-        """Send a message from the engine thread; returns its seq (wait for answered kinds)."""
+        """Send a message from the engine thread; returns its seq (wait for answered kinds).
+        Never blocks: raises ChannelFull when a drafter that stopped reading has a full queue."""
         seq = next(self._seq)
         data = CODEC.encode(kind, seq, body)
-        self.socket.send(data, copy=False)
+        try:
+            self.socket.send(data, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            raise ChannelFull(f"{self.endpoint.address} takes no more messages") from None
         self._count(len(data))
         if kind.answered:
             self._pending.add(seq)
         return seq
 
     def post(self, kind: Kind, body: Any) -> None:
-        """Send a message that gets no reply, from any thread."""
+        """Send a message that gets no reply, from any thread; dropped if the drafter's queue
+        is full (a dead drafter forgets everything anyway)."""
         data = CODEC.encode(kind, 0, body)
         with self._control_lock:
-            self._control.send(data, copy=False)
+            try:
+                self._control.send(data, zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
             self._count(len(data))
 
     def _count(self, sent: int) -> None:
@@ -205,16 +221,14 @@ class DraftChannel:
 _MISSING = object()
 
 
-class ChannelTimeout(TimeoutError):
-    pass
-
-
-def wait(waits: Mapping[int, tuple[DraftChannel, int]], timeout_s: float) -> dict[int, Any]:
+def wait(
+    waits: Mapping[int, tuple[DraftChannel, int] | Exception], timeout_s: float
+) -> dict[int, Any]:
     """Each key's reply to its (channel, seq), or the exception standing for its failure or
-    lateness, waiting at most timeout_s for all of them."""
+    lateness (a key given an exception keeps it), waiting at most timeout_s for all."""
     deadline = time.perf_counter() + timeout_s
-    results: dict[int, Any] = {}
-    left = dict(waits)
+    results = {key: w for key, w in waits.items() if isinstance(w, Exception)}
+    left = {key: w for key, w in waits.items() if not isinstance(w, Exception)}
     while True:
         for key, (channel, seq) in list(left.items()):
             reply = channel.take(seq)

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 import ray
 
-from tandem.cluster.draft_channel import DraftChannel, Endpoint, wait
+from tandem.cluster.draft_channel import ChannelFull, DraftChannel, Endpoint, wait
 from tandem.cluster.figures import WireTraffic
 from tandem.speculation.protocol import (
     DraftItem,
@@ -52,18 +53,24 @@ class SocketTransport:
         return self._send(Kind.PREDRAFT, {r: (items, plan) for r, items in batches.items()})
 
     def collect(
-        self, handle: dict[int, tuple[DraftChannel, int]], timeout_s: float
+        self, handle: dict[int, Any], timeout_s: float
     ) -> dict[int, list[PredraftReply] | Exception]:
         return wait(handle, timeout_s)
 
-    def _send(self, kind: Kind, bodies: dict[int, Any]) -> dict[int, tuple[DraftChannel, int]]:
-        return {
-            replica: (self.channels[replica], self.channels[replica].send(kind, body))
-            for replica, body in bodies.items()
-        }
+    def _send(self, kind: Kind, bodies: dict[int, Any]) -> dict[int, Any]:
+        """Each replica's (channel, seq) to wait for, or the exception that stopped the send."""
+        sent: dict[int, Any] = {}
+        for replica, body in bodies.items():
+            channel = self.channels[replica]
+            try:
+                sent[replica] = (channel, channel.send(kind, body))
+            except ChannelFull as exc:
+                sent[replica] = exc
+        return sent
 
     def hint(self, replica: int, hints: dict[str, Hint]) -> None:
-        self.channels[replica].send(Kind.HINT, hints)
+        with contextlib.suppress(ChannelFull):  # a hint is only advice
+            self.channels[replica].send(Kind.HINT, hints)
 
     def free(self, replica: int, request_ids: list[str]) -> None:
         self.channels[replica].post(Kind.FREE, request_ids)

@@ -52,7 +52,7 @@ class _Running:
     """A request in the engine, and what its outputs so far add up to."""
 
     request: PreparedRequest
-    subscriber: str
+    outbox: Outbox  # its subscriber's
     steps: int = 0
     tokens: int = 0
     # A step that adds m tokens accepted the first m-1 drafts (positions 0..m-2).
@@ -142,8 +142,9 @@ class TargetReplica:
             self.session.register(rid, spec)
             flush = functools.partial(self.session.must_flush_before, spec)
         self._served += 1
-        self._running[rid] = _Running(request, subscriber, accepted_per_pos=[0] * k)
-        self._loop.add(rid, request.prompt_token_ids, params, self._outbox(subscriber), flush)
+        outbox = self._outbox(subscriber)
+        self._running[rid] = _Running(request, outbox, accepted_per_pos=[0] * k)
+        self._loop.add(rid, request.prompt_token_ids, params, outbox, flush)
 
     async def outputs(self, subscriber: str) -> AsyncIterator[OutputBatch]:
         """The outputs of `subscriber`'s requests, one batch per engine step, until the
@@ -156,8 +157,9 @@ class TargetReplica:
                 if outputs := [o for o in outputs if o is not None]:
                     yield OutputBatch(outputs, time.time())
         finally:
-            del self._outboxes[subscriber]
-            for rid in [r for r, run in self._running.items() if run.subscriber == subscriber]:
+            if self._outboxes.get(subscriber) is outbox:
+                del self._outboxes[subscriber]
+            for rid in [r for r, run in self._running.items() if run.outbox is outbox]:
                 self._loop.abort(rid)
                 self._finish(rid)
 

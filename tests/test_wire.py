@@ -180,3 +180,24 @@ def test_a_caller_without_the_password_gets_nothing(server):
         assert server.recorder.seen == []
     finally:
         intruder.close()
+
+
+def test_a_dead_drafter_never_blocks_the_sender():
+    """Nobody listens: messages queue up to ZMQ's high-water mark, then sends fail at once
+    (the proposer treats the drafter as failed) and posts are dropped, never blocking."""
+    from tandem.cluster.draft_channel import ChannelFull
+    from tests.conftest import free_port
+
+    channel = DraftChannel(Endpoint(f"tcp://127.0.0.1:{free_port()}", "x"))
+    try:
+        with pytest.raises(ChannelFull):
+            for _ in range(100_000):
+                channel.send(Kind.HINT, {})
+        for _ in range(100_000):
+            channel.post(Kind.FREE, ["a"])
+        full = channel.socket.get_hwm()
+        assert channel.messages < 3 * full  # the rest were refused, not queued
+        (result,) = wait({0: ChannelFull("full")}, 1.0).values()
+        assert isinstance(result, ChannelFull)
+    finally:
+        channel.close()
