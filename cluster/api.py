@@ -7,9 +7,9 @@ same everywhere.
 
 from __future__ import annotations
 
-import hmac
 import logging
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterable
 
 from tandem.cluster.coordinator import Chunk, Coordinator
 from tandem.cluster.requests import RequestError
@@ -34,6 +34,9 @@ def response_from(chunks: list[Chunk]) -> pb.GenerateResponse:
         text="".join(c.text for c in chunks),
         finish_reason=FINISH_REASONS[last.finish_reason],
     )
+    for chunk in chunks:
+        response.logprobs.extend(token_logprobs(chunk.logprobs or ()))
+    response.prompt_logprobs.extend(token_logprobs(chunks[0].prompt_logprobs or ()))
     if last.finish_reason is not None:
         response.usage.CopyFrom(
             pb.Usage(
@@ -54,6 +57,20 @@ def response_from(chunks: list[Chunk]) -> pb.GenerateResponse:
     return response
 
 
+def token_logprobs(positions: Iterable) -> list[pb.TokenLogprobs]:
+    """Per-position entries of a chunk (tandem.cluster.target.positions) as protobuf."""
+    return [
+        pb.TokenLogprobs(token=_logprob(chosen), top=[_logprob(e) for e in top])
+        for chosen, top in positions
+    ]
+
+
+def _logprob(entry) -> pb.Logprob:
+    token_id, token, logprob, rank = entry
+    # vLLM's server clamps -inf to -9999 so the value stays JSON; the same here.
+    return pb.Logprob(token_id=token_id, token=token, logprob=max(logprob, -9999.0), rank=rank)
+
+
 class TandemAPI:
     """The RPCs of tandem.v1.Tandem; refusals and failures raise RequestError."""
 
@@ -61,15 +78,14 @@ class TandemAPI:
         self.coordinator = coordinator
 
     async def stream(self, request: pb.GenerateRequest) -> AsyncIterator[Chunk]:
-        prepared = self.coordinator.admit(request)
+        prepared = await self.coordinator.admit(request)
         try:
             async for chunk in self.coordinator.generate(prepared):
                 yield chunk
         except RequestError:
             raise
         except Exception as exc:
-            log.exception("request %s failed", prepared.request_id)
-            raise RequestError("INTERNAL", f"generation failed: {exc}") from exc
+            raise internal_error(f"request {prepared.request_id}") from exc
 
     async def generate(self, request: pb.GenerateRequest) -> pb.GenerateResponse:
         return response_from([chunk async for chunk in self.stream(request)])
@@ -90,10 +106,12 @@ class TandemAPI:
         return await self.coordinator.stats()
 
 
-def token_matches(authorization: str | None, token: str | None) -> bool:
-    """Whether an `authorization` header/metadata value carries the bearer token (always true
-    when no token is configured). Constant-time, so the comparison leaks nothing."""
-    if token is None:
-        return True
-    scheme, _, value = (authorization or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), token)
+def internal_error(what: str) -> RequestError:
+    """An INTERNAL status for a failure that is not the client's: the client gets a short
+    message with an error id; the details (tracebacks, hosts, actor ids) go to the log only.
+    Call from an `except` block."""
+    error_id = uuid.uuid4().hex[:12]
+    log.exception("%s failed (error %s)", what, error_id)
+    return RequestError(
+        "INTERNAL", f"{what} failed; the server log has the details (error {error_id})"
+    )

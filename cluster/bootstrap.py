@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,14 +19,23 @@ import ray
 
 from tandem.cluster.config import ConfigError, TandemConfig
 from tandem.cluster.drafter import DrafterInfo, DrafterReplica
-from tandem.cluster.placement import Pool, cluster_nodes, place_pool, plan, request_for
+from tandem.cluster.placement import (
+    PlacementError,
+    Pool,
+    cluster_nodes,
+    place_pool,
+    plan,
+    request_for,
+)
 from tandem.cluster.plan import pool_requests
 from tandem.cluster.target import ReplicaInfo, TargetReplica
-from tandem.models import check_same_vocabulary, derive_draft, resolve_model
+from tandem.models import check_same_vocabulary
 from tandem.speculation import registry
 from tandem.speculation.easyspec import make_groups
 from tandem.speculation.protocol import Mode
 from tandem.speculation.source import DrafterSetup
+
+log = logging.getLogger("tandem.bootstrap")
 
 
 @dataclass
@@ -53,8 +64,9 @@ class Deployment:
 
 def start(config: TandemConfig) -> Deployment:
     """Place the drafter and target pools on the connected Ray cluster; wait until ready."""
-    model_path = resolve_model(config.models.target, config.models.cache_dir())
-    plan(pool_requests(config), cluster_nodes())  # refuse what cannot fit, before reserving
+    # This node's copy, for the checks below; every actor resolves its own on its node.
+    model_path = config.models.store().resolve(config.models.target)
+    wait_for_nodes(config)  # refuse what cannot fit, before reserving anything
     speculation = config.speculation if config.speculation.enabled else None
     placed: list[Pool] = []
     try:
@@ -70,11 +82,12 @@ def start(config: TandemConfig) -> Deployment:
             target.env,
             lambda i: (
                 f"target-{i}",
-                str(model_path),
+                config.models,
                 target,
                 speculation,
                 drafters.actors if drafters else [],
             ),
+            max_restarts=target.max_restarts,
         )
         placed.append(targets)
         infos = ray.get([actor.info.remote() for actor in targets.actors])
@@ -94,15 +107,14 @@ def start(config: TandemConfig) -> Deployment:
 def start_drafters(config: TandemConfig, target_path: Path) -> Pool:
     """The drafter pool, with its draft model checked against the target's vocabulary."""
     pool = config.speculation.drafters
-    draft_path = None
-    if pool.model is not None:
-        draft_path = resolve_model(pool.model, config.models.cache_dir())
-    elif pool.derive_layers > 0:
-        draft_path = derive_draft(target_path, pool.derive_layers, config.models.cache_dir())
+    models = config.models
+    draft_path = models.store().draft_for(models.target, pool.model, pool.derive_layers)
     if draft_path is not None:
         check_same_vocabulary(target_path, draft_path)
         _check_layer_groups(pool.layer_groups, draft_path)
-    setup = DrafterSetup(config.speculation, vocab_size(target_path), draft_path)
+    # Each drafter resolves its own copy of the draft on its node (models); draft_path is
+    # this node's, checked here.
+    setup = DrafterSetup(config.speculation, vocab_size(target_path), draft_path, models=models)
     factories = registry.factories()  # tandem's sources and any registered in this process
     return place_pool(
         request_for("drafters", pool),
@@ -111,6 +123,21 @@ def start_drafters(config: TandemConfig, target_path: Path) -> Pool:
         lambda i: (f"drafter-{i}", setup, factories),
         max_restarts=pool.max_restarts,
     )
+
+
+def wait_for_nodes(config: TandemConfig) -> None:
+    """Check that the pools fit the cluster, waiting up to ray.wait_for_nodes_s for nodes that
+    are still joining; then raise the planner's PlacementError naming what is missing."""
+    deadline = time.monotonic() + config.ray.wait_for_nodes_s
+    while True:
+        try:
+            plan(pool_requests(config), cluster_nodes())
+            return
+        except PlacementError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            log.info("waiting for nodes (ray.wait_for_nodes_s): %s", exc)
+            time.sleep(2)
 
 
 def vocab_size(model_path: Path) -> int:

@@ -7,6 +7,7 @@ error names the key it is about (pydantic reports the path, e.g. `target.replica
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from tandem.models import DEFAULT_MODEL, default_models_dir
+from tandem.models import DEFAULT_MODEL, ModelStore, default_models_dir
 from tandem.speculation.protocol import Mode
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -49,9 +50,19 @@ class ModelsConfig(_Section):
 
     target: str = DEFAULT_MODEL  # a built-in model name or a local Hugging Face folder
     dir: Path | None = None  # model cache; default $TANDEM_MODELS_DIR or the user cache dir
+    # Where every node gets models it lacks: None, each node prepares built-in models and
+    # derives drafts in its own `dir` (or finds them baked into its image there); a folder (a
+    # mounted volume) or a URI pyarrow reads (s3://, gs://, hdfs://): each node copies a named
+    # model from <source>/<name> into its own `dir` before use. No node relies on files another
+    # node wrote.
+    source: str | None = None
 
     def cache_dir(self) -> Path:
         return self.dir.expanduser() if self.dir else default_models_dir()
+
+    def store(self) -> ModelStore:
+        """This node's view of the models: resolved in the calling process, on its own disk."""
+        return ModelStore(self.cache_dir(), self.source)
 
 
 def _check_resources(value: dict[str, float]) -> dict[str, float]:
@@ -125,6 +136,8 @@ class TargetPoolConfig(_PoolConfig):
             "VLLM_LOGGING_LEVEL": "WARNING",
         }
     )
+
+    max_restarts: int = Field(-1, ge=-1)  # Ray restarts a dead target replica (-1: always)
 
     @field_validator("engine_args")
     @classmethod
@@ -237,6 +250,19 @@ def _known_mode(value: str) -> str:
     return value
 
 
+class SamplerConfig(_Section):
+    """Who verifies drafts. `tandem` (tandem.plugins.sampler) replaces the forward of vLLM's
+    rejection sampler in the target's worker: exact for greedy and for sampled requests
+    (temperature, top_k, top_p, min_p, seeds), which vLLM 0.32's own is not on the CPU (README,
+    "Known vLLM 0.32 (CPU) issues"). `vllm` keeps vLLM's own; requests with min_p are then
+    refused (vLLM does not apply it with speculation)."""
+
+    kind: Literal["tandem", "vllm"] = "tandem"
+    # tandem's sampler replaces a vLLM internal and was written for vLLM 0.32: on another
+    # version the target refuses to start unless this is true (or kind is vllm).
+    any_vllm: bool = False
+
+
 class SpeculationConfig(_Section):
     """Remote drafting. Requests choose a mode and k; these are the defaults and limits."""
 
@@ -244,10 +270,7 @@ class SpeculationConfig(_Section):
     default_mode: Annotated[str, AfterValidator(_known_mode)] = Mode.NGRAM.value
     num_speculative_tokens: PositiveInt = 4  # the default k, and the largest a request may ask
     step_timeout_ms: float = Field(250.0, gt=0)  # drafter budget per engine step
-    # Speculate for requests that sample (temperature > 0). Off by default: vLLM 0.32's CPU
-    # rejection sampler is not exact for them (README, "Known vLLM issues"); with it off they
-    # decode without drafts, and steps that hold one carry no drafts for anyone.
-    sampled_requests: bool = False
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     # Top candidates per verified position that the target shares with the drafters, read from
     # the logits it computes anyway (Token Recycling's table, speculation-cache guesses); 0: none.
     target_candidates: int = Field(8, ge=0, le=64)
@@ -325,11 +348,25 @@ class ServerConfig(_Section):
     max_tokens: PositiveInt = 2048  # the largest max_tokens a request may ask for
     default_max_tokens: PositiveInt = 256
     max_inflight: PositiveInt = 64  # more requests at once get RESOURCE_EXHAUSTED
+    # A request message larger than this is refused (RESOURCE_EXHAUSTED) before it is parsed.
+    max_request_bytes: PositiveInt = 1 << 20
+    # Threads that tokenize prompts and render chats, off the event loop: at most this many
+    # requests are prepared at once, the rest wait (and count toward max_inflight).
+    tokenizer_threads: PositiveInt = 2
     drain_timeout_s: float = Field(10.0, ge=0)  # SIGTERM waits this long for in-flight requests
     metrics_port: int | None = Field(None, ge=0, le=65535)  # Prometheus; None or 0: off
     metrics_host: str = "127.0.0.1"
+    metrics_auth: bool = False  # /metrics asks for the bearer token of `auth` too
     tls: TLSConfig | None = None  # None: plaintext
     auth: AuthConfig | None = None  # None: no token needed
+    # Serving a non-loopback address without auth is refused unless this says it is meant.
+    allow_unauthenticated: bool = False
+
+    @model_validator(mode="after")
+    def _metrics_auth_has_a_token(self) -> ServerConfig:
+        if self.metrics_auth and self.auth is None:
+            raise ValueError("metrics_auth needs auth (the bearer token /metrics asks for)")
+        return self
 
     @model_validator(mode="after")
     def _default_within_limit(self) -> ServerConfig:
@@ -347,6 +384,9 @@ class RayConfig(_Section):
     address: str | None = None
     num_cpus: PositiveInt | None = None  # embedded cluster only; default: all cores
     resources: dict[str, float] = Field(default_factory=dict)  # embedded cluster only
+    # A cluster still starting (KubeRay's worker pods join after the head): wait this long for
+    # the nodes the pools need before refusing the config; 0: refuse at once.
+    wait_for_nodes_s: float = Field(0.0, ge=0)
 
 
 class TandemConfig(_Section):
@@ -373,6 +413,25 @@ class TandemConfig(_Section):
             raise ConfigError(f"config {path}: the top level must be a mapping")
         return cls.from_dict(data)
 
+    def check_serving(self, exposed: bool | None = None) -> None:
+        """Refuse a front door open to the network without a token unless the config says so.
+        `exposed`: whether it listens beyond loopback (default: from server.host; Ray Serve's
+        gRPC ingress always does, having no host option)."""
+        server = self.server
+        if exposed is None:
+            exposed = not is_loopback(server.host)
+        if exposed and server.auth is None and not server.allow_unauthenticated:
+            where = (
+                f"server.host {server.host!r} is not a loopback address"
+                if not is_loopback(server.host)
+                else "Ray Serve's gRPC ingress listens on every interface"
+            )
+            raise ConfigError(
+                f"server.auth: {where} and no token is set; set server.auth "
+                "({token_env: NAME} or {token_file: PATH}), or server.allow_unauthenticated: "
+                "true to serve the network without one"
+            )
+
     @classmethod
     def from_serve_args(cls, args: dict[str, Any]) -> TandemConfig:
         """The config from a Ray Serve application's `args`: the tandem config inline under
@@ -392,6 +451,16 @@ class TandemConfig(_Section):
         for section, values in sections.items():
             data[section].update({k: v for k, v in values.items() if v is not None})
         return TandemConfig.from_dict(data)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address only listens on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def _describe(exc: ValidationError) -> str:

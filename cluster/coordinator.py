@@ -2,19 +2,29 @@
 
 It runs in the front-door process (the gRPC server, or a Ray Serve replica) as a Ray driver,
 over a deployment that tandem.cluster.bootstrap brought up. Each request goes to the replica
-with the fewest outstanding requests; a request that is cancelled, times out or is aborted is
-aborted in its replica's engine too. Outputs come back on one Ray stream per replica
-(`ReplicaStream`), one batch per engine step, and are handed to each request's own queue.
+with the fewest outstanding requests (among those up) under an engine-level id of its own, so a
+late abort of an earlier request with the same client id never reaches it; a request that is
+cancelled, times out or is aborted is aborted in its replica's engine too. Outputs come back on
+one Ray stream per replica (`ReplicaStream`), one batch per engine step, and are handed to each
+request's own queue. A replica that dies fails the requests that had streamed from it and
+retries on another those that had not; it is routed around until Ray has restarted it. Prompts
+are tokenized on threads of their own, off the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import functools
+import itertools
+import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import ray
 
@@ -27,12 +37,28 @@ from tandem.cluster.figures import (
     DeliveryTimes,
     DrafterFigures,
     DrafterLoad,
+    ReplicaFigures,
     RequestFigures,
     ratio,
 )
-from tandem.cluster.requests import Limits, PreparedRequest, RequestError, prepare
-from tandem.cluster.target import OutputBatch
+from tandem.cluster.requests import (
+    Limits,
+    PreparedRequest,
+    RequestError,
+    max_prompt_chars,
+    prepare,
+)
+from tandem.cluster.target import OutputBatch, StepOutput
 from tandem.protos import tandem_pb2 as pb
+
+log = logging.getLogger("tandem.coordinator")
+T = TypeVar("T")
+
+# Codes of refusals a replica may still raise for the client's input (vLLM's own checks).
+CLIENT_ERRORS = ("INVALID_ARGUMENT", "OUT_OF_RANGE")
+# A request whose replica died before it streamed a token is retried on another this often.
+REPLICA_RETRIES = 1
+REPLICA_STATS_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -49,6 +75,50 @@ class Chunk:
     time_per_output_token_s: float = 0.0
     total_s: float = 0.0
     figures: RequestFigures | None = None  # the request's speculation figures, on the last chunk
+    logprobs: list | None = None  # per token, with sampling.logprobs (target.positions)
+    prompt_logprobs: list | None = None  # per prompt token after the first, on the first chunk
+
+
+@dataclass
+class _Run:
+    """A request while it runs: where, under which engine-level id, and what it streamed."""
+
+    prepared: PreparedRequest
+    start: float
+    replica: int = 0
+    submission: str | None = None  # the engine-level id of the current attempt
+    attempts: int = 0
+    produced: int = 0
+    first: float = 0.0  # when the first and the last token came
+    last: float = 0.0
+    finish_reason: str | None = None
+
+    def chunk(self, step: StepOutput, now: float) -> Chunk:
+        """The chunk of one replica step; the last one also carries the finish fields."""
+        prepared = self.prepared
+        if step.token_ids:
+            if self.produced == 0:
+                self.first = now
+            self.last = now
+            self.produced += len(step.token_ids)
+        self.finish_reason = step.finish_reason
+        chunk = Chunk(
+            prepared.request_id,
+            step.token_ids,
+            step.text,
+            self.finish_reason,
+            logprobs=step.logprobs,
+            prompt_logprobs=step.prompt_logprobs,
+        )
+        if self.finish_reason is not None:
+            first, last = (self.first, self.last) if self.produced else (self.start, self.start)
+            chunk.prompt_tokens = len(prepared.prompt_token_ids)
+            chunk.completion_tokens = self.produced
+            chunk.time_to_first_token_s = first - self.start
+            chunk.time_per_output_token_s = (last - first) / max(self.produced - 1, 1)
+            chunk.total_s = now - self.start
+            chunk.figures = step.figures
+        return chunk
 
 
 class ReplicaStream:
@@ -84,11 +154,13 @@ class ReplicaStream:
                     queue = self.queues.get(step.request_id)
                     if queue is not None:
                         queue.put_nowait((step, arrived))
-        except Exception as exc:  # the replica died: fail what waits on it
-            for queue in self.queues.values():
-                queue.put_nowait(exc)
+            error: Exception = RuntimeError("the replica closed its output stream")
+        except Exception as exc:  # the replica died
+            error = exc
         finally:
             ray.cancel(stream)
+        for queue in self.queues.values():  # fail what waits on the stream
+            queue.put_nowait(error)
 
 
 class Coordinator:
@@ -99,7 +171,10 @@ class Coordinator:
         self.deployment = deployment
         self.actors = deployment.targets.actors
         info = deployment.target_infos[0]
-        self.tokenizer = AutoTokenizer.from_pretrained(info.path)
+        # This node's own copy (info.path is a folder on the target's node, maybe another pod).
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            config.models.store().resolve(config.models.target)
+        )
         spec = config.speculation
         self.limits = Limits(
             max_model_len=info.max_model_len,
@@ -109,11 +184,23 @@ class Coordinator:
             modes=deployment.modes(),
             default_mode=spec.default_mode if spec.enabled else "off",
             num_speculative_tokens=spec.num_speculative_tokens,
-            sampled_requests=spec.sampled_requests,
+            min_p=not (spec.enabled and spec.sampler.kind == "vllm"),
             pipelined=spec.pipeline.enabled,
+            max_prompt_chars=max_prompt_chars(self.tokenizer, info.max_model_len),
+            speculative_engine=spec.enabled,
         )
+        # Tokenizing and chat rendering take seconds on large inputs: never on the event loop.
+        # Each thread has its own tokenizer (a fast tokenizer must not be shared by threads).
+        self._tokenizers = threading.local()
+        self._tokenizing = ThreadPoolExecutor(
+            config.server.tokenizer_threads, thread_name_prefix="tandem-tokenize"
+        )
+        self.admitting = 0  # requests being prepared (they hold an in-flight slot)
         self.outstanding = [0] * len(self.actors)
-        self.running: dict[str, int] = {}  # request id -> replica index
+        self.running: dict[str, _Run] = {}  # by the client's request id
+        self.down: set[int] = set()  # replicas that died and are not back yet (Ray restarts)
+        self._watches: set[asyncio.Task] = set()
+        self._submissions = itertools.count()
         self.counters = Counters()
         self.draining = False
         # Called with the last chunk of every request (a front door's metrics observe it).
@@ -128,105 +215,172 @@ class Coordinator:
 
     # ---- requests -----------------------------------------------------------------------------
 
-    def admit(self, request: pb.GenerateRequest) -> PreparedRequest:
-        """Validate and admit a request, or raise RequestError (counted as rejected)."""
+    def reject(self, exc: RequestError) -> RequestError:
+        """Count a refusal and log it in one line (no traceback: the client was told why)."""
+        self.counters.requests_rejected += 1
+        log.info("refused (%s): %s", exc.code, exc)
+        return exc
+
+    async def admit(self, request: pb.GenerateRequest) -> PreparedRequest:
+        """Validate and admit a request, or raise RequestError (counted as rejected). The
+        prompt is tokenized on the tokenizer threads (server.tokenizer_threads)."""
         try:
             if self.draining:
                 raise RequestError("UNAVAILABLE", "the server is shutting down; retry elsewhere")
-            if len(self.running) >= self.config.server.max_inflight:
+            inflight = len(self.running) + self.admitting
+            if inflight >= self.config.server.max_inflight:
                 raise RequestError(
                     "RESOURCE_EXHAUSTED",
-                    f"{len(self.running)} requests in flight, the limit "
-                    f"(server.max_inflight); retry later",
+                    f"{inflight} requests in flight, the limit (server.max_inflight); retry later",
                 )
-            prepared = prepare(request, self.tokenizer, self.limits)
+            self.admitting += 1
+            try:
+                prepared = await self.with_tokenizer(
+                    functools.partial(prepare, request, limits=self.limits)
+                )
+            finally:
+                self.admitting -= 1
             if prepared.request_id in self.running:
                 raise RequestError(
                     "ALREADY_EXISTS", f"request_id: {prepared.request_id!r} is already running"
                 )
-        except RequestError:
-            self.counters.requests_rejected += 1
-            raise
+        except RequestError as exc:
+            raise self.reject(exc) from None
         return prepared
 
+    async def with_tokenizer(self, work: Callable[..., T]) -> T:
+        """`work(tokenizer=...)` on a tokenizer thread (server.tokenizer_threads), with that
+        thread's own tokenizer: tokenizing a large prompt takes seconds, never on the loop."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._tokenizing, functools.partial(self._on_thread, work)
+        )
+
+    def _on_thread(self, work: Callable[..., T]) -> T:
+        tokenizer = getattr(self._tokenizers, "tokenizer", None)
+        if tokenizer is None:  # a fast tokenizer must not be shared by threads
+            tokenizer = self._tokenizers.tokenizer = copy.deepcopy(self.tokenizer)
+        return work(tokenizer=tokenizer)
+
     async def generate(self, prepared: PreparedRequest) -> AsyncIterator[Chunk]:
-        """Stream one admitted request; leaving the iteration early aborts it in the engine."""
-        replica = self._pick_replica()
-        actor = self.actors[replica]
+        """Stream one admitted request; leaving the iteration early aborts it in the engine.
+        If its replica dies before it streamed anything, it is retried on another replica."""
         rid = prepared.request_id
-        self.running[rid] = replica
-        self.outstanding[replica] += 1
+        run = _Run(prepared, start=time.monotonic())
+        self.running[rid] = run
         self.counters.requests_total += 1
         self.counters.prompt_tokens += len(prepared.prompt_token_ids)
-        start = time.monotonic()
-        first = last = start
-        produced = 0
-        finish_reason = None
-        stream = self.streams[replica]
-        queue = stream.open(rid)
+        outcome = "aborted"  # unless it finishes or fails: cancelled, timed out
         try:
-            await actor.submit.remote(prepared, stream.subscriber)
-            while finish_reason is None:
+            while True:
+                try:
+                    async for chunk in self._attempt(run):
+                        yield chunk
+                except ray.exceptions.RayActorError:
+                    self._lost(run.replica)
+                    if run.produced or run.attempts > REPLICA_RETRIES:
+                        raise RequestError(
+                            "UNAVAILABLE", f"request {rid}: its target replica went away; retry"
+                        ) from None
+                    log.warning("request %s: replica %d died; retrying it", rid, run.replica)
+                    continue
+                outcome = "aborted" if run.finish_reason == "abort" else "finished"
+                return
+        except RequestError as exc:
+            outcome = "rejected" if exc.code in CLIENT_ERRORS else "failed"
+            raise
+        except Exception:
+            outcome = "failed"
+            raise
+        finally:
+            self.running.pop(rid, None)
+            self.counters.generated_tokens += run.produced
+            if outcome == "aborted":
+                self.counters.requests_aborted += 1
+            elif outcome == "finished":
+                self.counters.requests_finished += 1
+            elif outcome == "failed":
+                self.counters.requests_failed += 1
+            else:
+                self.counters.requests_rejected += 1
+            reason = run.finish_reason or "abort"
+            by_reason = self.counters.finished_by_reason
+            by_reason[reason] = by_reason.get(reason, 0) + 1
+
+    async def _attempt(self, run: _Run) -> AsyncIterator[Chunk]:
+        """Run the request once on the least loaded replica, under a new engine-level id; its
+        outputs come on the replica's stream."""
+        run.replica = replica = self._pick_replica()
+        run.submission = submission = f"{run.prepared.request_id}#{next(self._submissions)}"
+        run.attempts += 1
+        actor = self.actors[replica]
+        stream = self.streams[replica]
+        queue = stream.open(submission)
+        self.outstanding[replica] += 1
+        try:
+            await actor.submit.remote(
+                replace(run.prepared, request_id=submission), stream.subscriber
+            )
+            while run.finish_reason is None:
                 item = await queue.get()
-                if isinstance(item, BaseException):
+                if isinstance(item, BaseException):  # the stream broke: the replica died
                     raise item
                 step, arrived = item
                 waited = time.perf_counter() - arrived
                 self.counters.delivery += DeliveryTimes(chunks=1, coordinator_s=waited)
-                now = time.monotonic()
                 if step.error is not None:
-                    raise RuntimeError(step.error)
-                if step.token_ids:
-                    if produced == 0:
-                        first = now
-                    last = now
-                    produced += len(step.token_ids)
-                finish_reason = step.finish_reason
-                chunk = Chunk(rid, step.token_ids, step.text, finish_reason)
-                if finish_reason is not None:
-                    chunk.prompt_tokens = len(prepared.prompt_token_ids)
-                    chunk.completion_tokens = produced
-                    chunk.time_to_first_token_s = first - start
-                    chunk.time_per_output_token_s = (last - first) / max(produced - 1, 1)
-                    chunk.total_s = now - start
-                    chunk.figures = step.figures
-                    self.counters.add(step.figures)
+                    raise step.error
+                chunk = run.chunk(step, time.monotonic())
+                if chunk.finish_reason is not None:
+                    self.counters.add(chunk.figures)
                     for observe in self.on_finished:
                         observe(chunk)
                 yield chunk
-        except ray.exceptions.RayActorError as exc:
-            self.counters.requests_failed += 1
-            raise RequestError("UNAVAILABLE", f"target replica {replica} died: {exc}") from None
-        except Exception:
-            self.counters.requests_failed += 1
+        except ray.exceptions.RayTaskError as exc:  # a refusal raised in the replica
+            if isinstance(exc.cause, RequestError):
+                raise exc.cause from None
             raise
         finally:
-            stream.queues.pop(rid, None)
-            self.running.pop(rid, None)
+            stream.queues.pop(submission, None)
             self.outstanding[replica] -= 1
-            self.counters.generated_tokens += produced
-            if finish_reason is None:  # cancelled, timed out or failed: free the engine
-                actor.abort.remote(rid)
-                self.counters.requests_aborted += 1
-            elif finish_reason == "abort":
-                self.counters.requests_aborted += 1
-            else:
-                self.counters.requests_finished += 1
+            if run.finish_reason is None:  # cancelled, timed out or failed: free the engine
+                actor.abort.remote(submission)
 
     def abort(self, request_id: str) -> bool:
-        replica = self.running.get(request_id)
-        if replica is None:
+        run = self.running.get(request_id)
+        if run is None or run.submission is None:
             return False
-        self.actors[replica].abort.remote(request_id)
+        self.actors[run.replica].abort.remote(run.submission)
         return True
 
     def _pick_replica(self) -> int:
-        """Fewest outstanding requests; ties rotate so idle replicas share the work."""
+        """Fewest outstanding requests among the replicas up (all of them if none is); ties
+        rotate so idle replicas share the work."""
         n = len(self.outstanding)
         order = [(self._next + i) % n for i in range(n)]
+        order = [i for i in order if i not in self.down] or order
         best = min(order, key=lambda i: self.outstanding[i])
         self._next = (best + 1) % n
         return best
+
+    def _lost(self, replica: int) -> None:
+        """A replica died: route around it until it answers again (Ray restarts it)."""
+        if replica in self.down:
+            return
+        self.down.add(replica)
+        task = asyncio.get_running_loop().create_task(self._await_restart(replica))
+        self._watches.add(task)
+        task.add_done_callback(self._watches.discard)
+
+    async def _await_restart(self, replica: int) -> None:
+        actor = self.actors[replica]
+        while True:
+            try:  # Ray holds the call until the restarted actor is ready
+                await actor.stats.remote()
+                break
+            except ray.exceptions.RayActorError:
+                await asyncio.sleep(1.0)
+        self.down.discard(replica)
+        log.info("target replica %d is back", replica)
 
     # ---- introspection and lifecycle ----------------------------------------------------------
 
@@ -244,7 +398,8 @@ class Coordinator:
         )
 
     async def stats(self) -> pb.Stats:
-        replicas = await asyncio.gather(*(a.stats.remote() for a in self.actors))
+        figures = await self._replica_stats()
+        replicas = [r for r in figures if r is not None]
         drafters = DrafterFigures.of(replicas)
         c = self.counters
         return pb.Stats(
@@ -255,6 +410,7 @@ class Coordinator:
                 sum(r.engine.step_s for r in replicas), sum(r.engine.steps for r in replicas)
             ),
             drafter_failures=drafters.failures,
+            drafter_timeouts=drafters.timeouts,
             drafters_down=drafters.drafters_down,
             breakdown=Breakdown.of(replicas, c.delivery).to_proto(),
             drafters=await self._drafter_stats(),
@@ -269,18 +425,35 @@ class Coordinator:
             uptime_s=time.monotonic() - c.started,
             replicas=[
                 pb.ReplicaStats(
-                    replica_id=r.replica_id,
+                    replica_id=info.replica_id,
                     node_id=info.node_id,
                     outstanding=self.outstanding[i],
-                    engine_unfinished=r.engine_unfinished,
-                    requests_served=r.requests_served,
-                    generated_tokens=r.generated_tokens,
+                    engine_unfinished=r.engine_unfinished if r else 0,
+                    requests_served=r.requests_served if r else 0,
+                    generated_tokens=r.generated_tokens if r else 0,
+                    up=r is not None,
                 )
                 for i, (r, info) in enumerate(
-                    zip(replicas, self.deployment.target_infos, strict=True)
+                    zip(figures, self.deployment.target_infos, strict=True)
                 )
             ],
         )
+
+    async def _replica_stats(self) -> list[ReplicaFigures | None]:
+        """Each target replica's figures; None for one that is down (being restarted)."""
+
+        async def one(replica: int, actor: Any) -> ReplicaFigures | None:
+            if replica in self.down:
+                return None
+            try:
+                return await asyncio.wait_for(actor.stats.remote(), REPLICA_STATS_TIMEOUT_S)
+            except ray.exceptions.RayActorError:
+                self._lost(replica)
+            except TimeoutError:
+                pass
+            return None
+
+        return await asyncio.gather(*(one(i, a) for i, a in enumerate(self.actors)))
 
     async def _drafter_stats(self) -> list[pb.DrafterStats]:
         if self.deployment.drafters is None:
@@ -311,4 +484,5 @@ class Coordinator:
         return len(self.running)
 
     def shutdown(self) -> None:
+        self._tokenizing.shutdown(wait=False, cancel_futures=True)
         self.deployment.shutdown()

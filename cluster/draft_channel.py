@@ -207,6 +207,10 @@ class DraftChannel:
         self._pending.discard(seq)
         return self._replies.pop(seq)
 
+    def answered(self, seq: int) -> bool:
+        """Whether the reply to a pending `seq` has arrived (it is dropped then)."""
+        return self.take(seq) is not _MISSING
+
     def forget(self, seq: int) -> None:
         """Stop waiting for `seq` (its reply will be dropped)."""
         self._pending.discard(seq)
@@ -222,10 +226,14 @@ _MISSING = object()
 
 
 def wait(
-    waits: Mapping[int, tuple[DraftChannel, int] | Exception], timeout_s: float
+    waits: Mapping[int, tuple[DraftChannel, int] | Exception],
+    timeout_s: float,
+    forget: bool = True,
 ) -> dict[int, Any]:
     """Each key's reply to its (channel, seq), or the exception standing for its failure or
-    lateness (a key given an exception keeps it), waiting at most timeout_s for all."""
+    lateness (a key given an exception keeps it), waiting at most timeout_s for all. A late
+    seq is forgotten (its reply dropped when it comes) unless `forget` is False: then it stays
+    pending, for `DraftChannel.answered`."""
     deadline = time.perf_counter() + timeout_s
     results = {key: w for key, w in waits.items() if isinstance(w, Exception)}
     left = {key: w for key, w in waits.items() if not isinstance(w, Exception)}
@@ -243,6 +251,7 @@ def wait(
             poller.register(channel.socket, zmq.POLLIN)
         poller.poll(max(1, int(remaining * 1000)))
     for key, (channel, seq) in left.items():
-        channel.forget(seq)
+        if forget:
+            channel.forget(seq)
         results[key] = ChannelTimeout(f"drafter {key} missed {timeout_s * 1e3:.0f} ms")
     return results

@@ -1,5 +1,14 @@
 """The Transport of a speculation session: drafter replicas reached over their sockets
-(tandem.cluster.draft_channel), found and revived through Ray, with a time budget per call."""
+(tandem.cluster.draft_channel), found and revived through Ray, with a time budget per call.
+
+A call that misses its budget is not a fault (a loaded drafter is late, not broken): its reply
+is dropped when it comes, and the replica is `busy` until then, so the session sends it nothing
+new and no step waits for it meanwhile. A hung replica (a stopped process) costs one budget,
+then nothing, and drafts again as soon as it answers. A socket cannot tell late from dead, so
+while a replica is busy Ray is asked, one call at a time, whether its actor is still the one
+behind the socket: if it died or restarted (on a new socket) the replica stops being busy and
+its next call fails, which marks it down until a probe finds the new socket.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +18,13 @@ from typing import Any
 
 import ray
 
-from tandem.cluster.draft_channel import ChannelFull, DraftChannel, Endpoint, wait
+from tandem.cluster.draft_channel import (
+    ChannelFull,
+    ChannelTimeout,
+    DraftChannel,
+    Endpoint,
+    wait,
+)
 from tandem.cluster.figures import WireTraffic
 from tandem.speculation.protocol import (
     DraftItem,
@@ -27,6 +42,10 @@ class DrafterUnreachable(RuntimeError):
     pass
 
 
+class DrafterGone(ConnectionError):
+    """The drafter behind a channel died or restarted while a call to it was late."""
+
+
 class SocketTransport:
     def __init__(self, drafters: Sequence[Any]) -> None:
         self.drafters = list(drafters)
@@ -35,6 +54,9 @@ class SocketTransport:
         self.channels = [DraftChannel(e) for e in endpoints]
         self._closed = WireTraffic()  # traffic of channels replaced after a drafter restart
         self._probes: dict[int, Any] = {}
+        self._late: dict[int, int] = {}  # replica -> seq of its call that missed the budget
+        self._watches: dict[int, Any] = {}  # replica -> Ray call: is a late drafter still there
+        self._gone: set[int] = set()  # replicas whose drafter went away while late
         for replica, channel in enumerate(self.channels):
             seq = channel.send(Kind.PING, None)
             result = wait({replica: (channel, seq)}, CONNECT_TIMEOUT_S)[replica]
@@ -43,6 +65,44 @@ class SocketTransport:
                     f"drafter {replica} does not answer on {channel.endpoint.address} from this "
                     f"target's node ({result}): open that port range between the nodes"
                 )
+
+    def busy(self, replica: int) -> bool:
+        """True while the replica's late call has not returned (and its actor is still the one
+        behind the socket). Non-blocking."""
+        seq = self._late.get(replica)
+        if seq is None:
+            return False
+        if self.channels[replica].answered(seq):  # the late reply came: dropped
+            self._end_late(replica)
+            return False
+        if self._went_away(replica):
+            self._end_late(replica)
+            self._gone.add(replica)
+            return False
+        return True
+
+    def _went_away(self, replica: int) -> bool:
+        """Whether Ray says the late replica's actor died or restarted on a new socket; a
+        stopped or loaded one keeps the question open."""
+        watch = self._watches.get(replica)
+        if watch is None:
+            self._watches[replica] = self.drafters[replica].endpoint.remote()
+            return False
+        ready, _ = ray.wait([watch], timeout=0)
+        if not ready:
+            return False
+        del self._watches[replica]  # the next check asks again
+        try:
+            endpoint: Endpoint = ray.get(watch)
+        except Exception:  # dead for good, or its restart failed
+            return True
+        return endpoint != self.channels[replica].endpoint
+
+    def _end_late(self, replica: int) -> None:
+        seq = self._late.pop(replica, None)
+        if seq is not None:
+            self.channels[replica].forget(seq)
+        self._watches.pop(replica, None)
 
     def draft(
         self, batches: dict[int, list[DraftItem]], timeout_s: float
@@ -55,13 +115,23 @@ class SocketTransport:
     def collect(
         self, handle: dict[int, Any], timeout_s: float
     ) -> dict[int, list[PredraftReply] | Exception]:
-        return wait(handle, timeout_s)
+        """Each replica's reply, or the exception standing for its failure or lateness; a late
+        call's seq stays pending, and its replica busy until the reply comes."""
+        results = wait(handle, timeout_s, forget=False)
+        for replica, result in results.items():
+            if isinstance(result, ChannelTimeout):
+                self._end_late(replica)  # replies come in order: this one is the last
+                self._late[replica] = handle[replica][1]
+        return results
 
     def _send(self, kind: Kind, bodies: dict[int, Any]) -> dict[int, Any]:
         """Each replica's (channel, seq) to wait for, or the exception that stopped the send."""
         sent: dict[int, Any] = {}
         for replica, body in bodies.items():
             channel = self.channels[replica]
+            if replica in self._gone:
+                sent[replica] = DrafterGone(f"drafter {replica} went away while late")
+                continue
             try:
                 sent[replica] = (channel, channel.send(kind, body))
             except ChannelFull as exc:
@@ -90,6 +160,8 @@ class SocketTransport:
             endpoint: Endpoint = ray.get(probe)
         except Exception:  # still dead (or restarting): probe again next step
             return False
+        self._end_late(replica)
+        self._gone.discard(replica)
         old = self.channels[replica]
         self._closed = self._add(self._closed, old)
         old.close()

@@ -39,7 +39,14 @@ class DrafterReplica:
     ) -> None:
         self.replica_id = replica_id
         pool = setup.config.drafters
-        setup = dataclasses.replace(setup, devices=_devices(pool.device, pool.devices))
+        draft_model = setup.draft_model
+        if setup.models is not None:  # this node's own copy, never a path from another node
+            draft_model = setup.models.store().draft_for(
+                setup.models.target, pool.model, pool.derive_layers
+            )
+        setup = dataclasses.replace(
+            setup, devices=_devices(pool.device, pool.devices), draft_model=draft_model
+        )
         self.drafter = Drafter.from_setup(setup, factories)
         self.server = DraftServer(
             ray.util.get_node_ip_address(), self._dispatch, inline=(Kind.HINT,)

@@ -8,18 +8,27 @@ outputs back through `Outbox`es, each engine step's outputs for one outbox in on
 wake-up of the caller's event loop (every wake-up is Python work that competes with the engine
 thread for the GIL). vLLM still does all the batching, scheduling, KV-cache management and
 sampling; the loop times its steps (tandem.cluster.figures.EngineTimes).
+
+A step that raises costs as little as possible (`_recover`): the engine's state is unknown, so
+every request in it is aborted there, but only the request that broke the step fails. The others
+rejoin as continuations (their prompt followed by the tokens they already delivered, with what is
+left of max_tokens), so their callers see one unbroken stream. The culprit is a request that
+joined since the last good step; when several did (or none), the suspects rejoin one per step
+until one of them breaks a step on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tandem.cluster.figures import EngineTimes
@@ -33,11 +42,22 @@ os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 from vllm import SamplingParams  # noqa: E402
 from vllm.engine.arg_utils import EngineArgs
 from vllm.outputs import RequestOutput
+from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.llm_engine import LLMEngine
+
+log = logging.getLogger("tandem.engine")
+
+# Failed steps a request may be caught in (with no newcomer to blame) before it fails itself:
+# bounds the retries when the engine fails whatever it runs.
+MAX_STRIKES = 3
 
 
 class RequestAborted(Exception):
     """Raised inside `generate` when the request was aborted before it finished."""
+
+
+class StepFailed(RuntimeError):
+    """Raised inside `generate` for the request that made an engine step fail."""
 
 
 class Outbox:
@@ -54,15 +74,20 @@ class Outbox:
         self._ready = asyncio.Event()
         self._since = 0.0
 
-    def put(self, items: list[tuple[str, Any]]) -> None:
-        """From the engine thread: wakes the consumer's loop only when it has nothing yet."""
+    def put(self, items: list[tuple[str, Any]]) -> bool:
+        """From the engine thread: wakes the consumer's loop only when it has nothing yet.
+        False if that loop has closed (the consumer is gone)."""
         with self._lock:
             wake = not self._items
             self._items.extend(items)
             if wake:
                 self._since = time.perf_counter()
         if wake:
-            self._loop.call_soon_threadsafe(self._ready.set)
+            try:
+                self._loop.call_soon_threadsafe(self._ready.set)
+            except RuntimeError:
+                return False
+        return True
 
     async def take(self) -> list[tuple[str, Any]]:
         while True:
@@ -77,13 +102,17 @@ class Outbox:
                 return items
 
 
-@dataclass(frozen=True)
-class _Add:
+@dataclass(eq=False)  # compared by identity
+class _Request:
+    """One submission, as the engine thread tracks it across retries."""
+
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
     outbox: Outbox
-    flush: Callable[[], bool] | None  # True: step once first (drafts it must not meet)
+    delivered: list[int] = field(default_factory=list)  # output tokens its caller has
+    in_engine: bool = False
+    strikes: int = 0  # failed steps it was a suspect of
 
 
 @dataclass(frozen=True)
@@ -106,7 +135,9 @@ class EngineLoop:
 
     def __init__(self, engine_args: EngineArgs) -> None:
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
-        self._outboxes: dict[str, Outbox] = {}  # by request id
+        self._requests: dict[str, _Request] = {}  # unfinished, in the engine or waiting
+        self._newcomers: set[str] = set()  # joined since the last good step
+        self._probation: deque[_Request] = deque()  # to join one per step, after a failure
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self.engine: LLMEngine | None = None
@@ -116,6 +147,7 @@ class EngineLoop:
         self._last_step_end: float | None = None  # None: idle since
         self._deliveries = 0
         self._handoff_s = 0.0
+        self.failed_steps = 0
         self._thread = threading.Thread(
             target=self._run, args=(engine_args,), name="vllm-engine", daemon=True
         )
@@ -140,20 +172,21 @@ class EngineLoop:
         prompt_token_ids: list[int],
         params: SamplingParams,
         outbox: Outbox,
-        flush: Callable[[], bool] | None = None,
     ) -> None:
-        """Start a request; its outputs (deltas when params ask for them), then a
-        RequestAborted if `abort` stops it first, or the exception that failed it, arrive in
-        `outbox`. `flush`, if given, is asked before the request joins the engine; if it says
-        True the engine steps once first."""
-        self._commands.put(_Add(request_id, prompt_token_ids, params, outbox, flush))
+        """Start a request; its outputs (deltas), then a RequestAborted if `abort` stops it
+        first, a StepFailed if it broke an engine step, or the exception that failed it,
+        arrive in `outbox`. `request_id` must be unique among running requests; outputs must
+        be deltas (RequestOutputKind.DELTA), which is what a retry continues."""
+        if params.output_kind != RequestOutputKind.DELTA:
+            raise ValueError("EngineLoop needs RequestOutputKind.DELTA outputs")
+        self._commands.put(_Request(request_id, prompt_token_ids, params, outbox))
 
     async def generate(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
     ) -> AsyncIterator[RequestOutput]:
         """One request's outputs until it finishes, through an outbox of its own. Raises
-        RequestAborted if `abort` stops it first; a caller that stops iterating early
-        (cancellation included) aborts it in the engine."""
+        RequestAborted if `abort` stops it first, StepFailed if it broke an engine step; a
+        caller that stops iterating early (cancellation included) aborts it in the engine."""
         outbox = self.outbox()
         self.add(request_id, prompt_token_ids, params, outbox)
         finished = False
@@ -180,7 +213,7 @@ class EngineLoop:
 
     def num_unfinished(self) -> int:
         """Requests the engine thread still tracks (added and not yet finished or aborted)."""
-        return len(self._outboxes)
+        return len(self._requests)
 
     def times(self) -> EngineTimes:
         return EngineTimes(
@@ -210,11 +243,13 @@ class EngineLoop:
             self._ready.set()
         self.timers.install(self.engine)
         while True:
-            idle = not self.engine.has_unfinished_requests()
+            idle = not self.engine.has_unfinished_requests() and not self._probation
             if idle:
                 self._last_step_end = None  # waiting for work is not time between steps
             if not self._apply_commands(block=idle):
                 return
+            if self._probation:
+                self._join(self._probation.popleft())
             if self.engine.has_unfinished_requests():
                 self._step()
 
@@ -226,37 +261,46 @@ class EngineLoop:
             return True
         while True:
             if isinstance(command, _Stop):
-                self._fail_all(RequestAborted("engine shut down"))
+                for request in list(self._requests.values()):
+                    self._finish(request, RequestAborted("engine shut down"))
                 return False
-            if isinstance(command, _Add):
-                self._add(command)
+            if isinstance(command, _Request):
+                self._requests[command.request_id] = command
+                if self._probation:  # joins after the suspects, so that blame stays exact
+                    self._probation.append(command)
+                else:
+                    self._join(command)
             elif isinstance(command, _Call):
                 try:
                     command.result.set_result(command.fn(self.engine))
                 except Exception as exc:
                     command.result.set_exception(exc)
-            elif isinstance(command, _Abort) and command.request_id in self._outboxes:
-                self.engine.abort_request([command.request_id])
-                aborted = RequestAborted(command.request_id)
-                self._deliver([(command.request_id, aborted, True)])
+            elif isinstance(command, _Abort) and command.request_id in self._requests:
+                request = self._requests[command.request_id]
+                if request.in_engine:
+                    self.engine.abort_request([request.request_id])
+                elif request in self._probation:
+                    self._probation.remove(request)
+                self._finish(request, RequestAborted(request.request_id))
             try:
                 command = self._commands.get_nowait()
             except queue.Empty:
                 return True
 
-    def _add(self, command: _Add) -> None:
-        # Drafts proposed in the last step are verified in the next one: one step clears them.
-        flush = command.flush is not None and command.flush()
-        if flush and self.engine.has_unfinished_requests():
-            self._step()
-        self._outboxes[command.request_id] = command.outbox
+    def _join(self, request: _Request, proven: bool = False) -> None:
+        """Add the request to the engine (again, as a continuation, after a failed step).
+        `proven`: it ran in the last good step, so a failure is not blamed on its joining."""
         try:
             engine_input = self.engine.renderer.render_cmpl(
-                [{"prompt_token_ids": command.prompt_token_ids}]
+                [{"prompt_token_ids": request.prompt_token_ids + request.delivered}]
             )[0]
-            self.engine.add_request(command.request_id, engine_input, command.params)
+            self.engine.add_request(request.request_id, engine_input, _remaining(request))
         except Exception as exc:
-            self._deliver([(command.request_id, exc, True)])
+            self._finish(request, exc)
+            return
+        request.in_engine = True
+        if not proven:
+            self._newcomers.add(request.request_id)
 
     def _step(self) -> None:
         start = time.perf_counter()
@@ -265,29 +309,75 @@ class EngineLoop:
         try:
             outputs = self.engine.step()
         except Exception as exc:
-            # A failed step leaves no request in a known state: fail them all, keep serving.
             self._last_step_end = None
-            for request_id in list(self._outboxes):
-                self.engine.abort_request([request_id])
-            self._fail_all(exc)
+            self._recover(exc)
             return
         end = self._last_step_end = time.perf_counter()
         self._steps += 1
         self._tokens += sum(len(o.outputs[0].token_ids) for o in outputs if o.outputs)
         self._step_s += end - start
-        self._deliver((o.request_id, o, o.finished) for o in outputs)
-
-    def _deliver(self, items: Iterable[tuple[str, Any, bool]]) -> None:
-        """Hand (request id, output or exception, whether it is the last) on: one batch per
-        outbox. After its last item the request is forgotten."""
+        self._newcomers.clear()
         batches: dict[Outbox, list[tuple[str, Any]]] = {}
-        for request_id, item, last in items:
-            outboxes = self._outboxes
-            outbox = outboxes.pop(request_id, None) if last else outboxes.get(request_id)
-            if outbox is not None:
-                batches.setdefault(outbox, []).append((request_id, item))
-        for outbox, batch in batches.items():
-            outbox.put(batch)
+        for output in outputs:
+            request = self._requests.get(output.request_id)
+            if request is None:
+                continue
+            request.delivered += output.outputs[0].token_ids
+            if output.finished:
+                request.in_engine = False
+                del self._requests[request.request_id]
+            batches.setdefault(request.outbox, []).append((request.request_id, output))
+        for outbox, batch in batches.items():  # one batch, one wake-up per consumer
+            if not outbox.put(batch):  # its consumer is gone: stop its requests
+                for request_id, _ in batch:
+                    request = self._requests.pop(request_id, None)
+                    if request is not None and request.in_engine:
+                        self.engine.abort_request([request_id])
 
-    def _fail_all(self, exc: BaseException) -> None:
-        self._deliver([(request_id, exc, True) for request_id in self._outboxes])
+    def _recover(self, exc: Exception) -> None:
+        """After a failed step: fail its culprit, give the other requests another go."""
+        self.failed_steps += 1
+        batch = [r for r in self._requests.values() if r.in_engine]
+        for request in batch:  # what the engine holds of them is unknown now
+            self.engine.abort_request([request.request_id])
+            request.in_engine = False
+        newcomers = [r for r in batch if r.request_id in self._newcomers]
+        self._newcomers.clear()
+        suspects = newcomers or batch
+        if len(suspects) == 1:
+            culprits = suspects
+        else:
+            for request in suspects:
+                request.strikes += 1
+            culprits = [r for r in suspects if r.strikes >= MAX_STRIKES]
+        log.error(
+            "engine step failed with %d requests (%s); failing %s, retrying the rest",
+            len(batch),
+            ", ".join(r.request_id for r in batch),
+            ", ".join(r.request_id for r in culprits) or "none",
+            exc_info=exc,
+        )
+        for request in culprits:
+            self._finish(request, StepFailed(f"an engine step failed with {request.request_id}"))
+        retried = [r for r in suspects if r not in culprits]
+        self._probation.extendleft(reversed(retried))  # before requests that came meanwhile
+        for request in batch:
+            if request not in suspects:
+                self._join(request, proven=True)
+
+    def _finish(self, request: _Request, exc: BaseException) -> None:
+        """End a request with an exception raised in its caller."""
+        if self._requests.pop(request.request_id, None) is not None:
+            request.outbox.put([(request.request_id, exc)])
+
+
+def _remaining(request: _Request) -> SamplingParams:
+    """The request's sampling parameters, less what it has already delivered."""
+    if not request.delivered:
+        return request.params
+    params = request.params.clone()
+    done = len(request.delivered)
+    if params.max_tokens is not None:
+        params.max_tokens -= done
+    params.min_tokens = max(0, request.params.min_tokens - done)
+    return params

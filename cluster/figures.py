@@ -151,6 +151,7 @@ class Counters:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     speculation: RequestFigures = field(default_factory=RequestFigures)  # summed
+    finished_by_reason: dict[str, int] = field(default_factory=dict)  # stop, length, abort
     delivery: DeliveryTimes = DeliveryTimes()
     started: float = field(default_factory=time.monotonic)
 
@@ -165,7 +166,8 @@ class DrafterFigures:
     steps: int = 0  # engine steps that called a drafter
     rtt_total_s: float = 0.0
     rtt_p50_s: float = 0.0  # the slowest replica's median
-    failures: int = 0
+    failures: int = 0  # drafter calls that failed (an error, a dead drafter)
+    timeouts: int = 0  # drafter calls that missed their time budget (late, not failed)
     drafters_down: int = 0
     cache_hits: int = 0
 
@@ -177,6 +179,7 @@ class DrafterFigures:
             rtt_total_s=sum(s.mean_rtt_s * s.steps for s in sessions),
             rtt_p50_s=max((s.p50_rtt_s for s in sessions), default=0.0),
             failures=sum(s.failures for s in sessions),
+            timeouts=sum(s.timeouts for s in sessions),
             drafters_down=sum(s.drafters_down for s in sessions),
             cache_hits=sum(s.speculation.cache_hits for s in sessions),
         )

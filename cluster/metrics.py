@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import ray
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
+from tandem.cluster.auth import authorized
 from tandem.cluster.figures import Breakdown, DrafterFigures
 
 if TYPE_CHECKING:
@@ -29,6 +33,45 @@ log = logging.getLogger("tandem.metrics")
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 TPOT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2.5)
 REPLICA_STATS_TIMEOUT_S = 2.0
+
+
+# vLLM's request histograms (vllm/v1/metrics/loggers.py), observed per finished request:
+# (name, help, buckets, value of the last chunk). A vLLM Grafana dashboard reads them unchanged.
+TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+VLLM_HISTOGRAMS = (
+    (
+        "vllm:time_to_first_token_seconds",
+        "Histogram of time to first token in seconds.",
+        TTFT_BUCKETS,
+        lambda c: c.time_to_first_token_s,
+    ),
+    (
+        "vllm:request_time_per_output_token_seconds",
+        "Histogram of time_per_output_token_seconds per request.",
+        TPOT_BUCKETS,
+        lambda c: c.time_per_output_token_s,
+    ),
+    (
+        "vllm:e2e_request_latency_seconds",
+        "Histogram of e2e request latency in seconds.",
+        TTFT_BUCKETS,
+        lambda c: c.total_s,
+    ),
+    (
+        "vllm:request_prompt_tokens",
+        "Number of prefill tokens processed.",
+        TOKEN_BUCKETS,
+        lambda c: c.prompt_tokens,
+    ),
+    (
+        "vllm:request_generation_tokens",
+        "Number of generation tokens processed.",
+        TOKEN_BUCKETS,
+        lambda c: c.completion_tokens,
+    ),
+)
+# vLLM labels every series with the model and the engine index; tandem's front door is one.
+VLLM_LABELS = ("model_name", "engine")
 
 
 class Metrics:
@@ -54,6 +97,16 @@ class Metrics:
             buckets=TTFT_BUCKETS,
             registry=self.registry,
         )
+        labels = vllm_labels(coordinator)
+        self.vllm = [
+            (
+                Histogram(name, doc, VLLM_LABELS, buckets=buckets, registry=self.registry).labels(
+                    *labels
+                ),
+                value,
+            )
+            for name, doc, buckets, value in VLLM_HISTOGRAMS
+        ]
         self.registry.register(_CoordinatorCollector(coordinator))
 
     def observe(self, last: Chunk) -> None:
@@ -63,13 +116,43 @@ class Metrics:
             self.latency.observe(last.total_s)
         if last.completion_tokens > 1:
             self.tpot.observe(last.time_per_output_token_s)
+        for histogram, value in self.vllm:
+            histogram.observe(value(last))
 
-    def serve(self, host: str, port: int) -> int:
-        """Expose /metrics on host:port in a background thread; returns the bound port."""
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, host: str, port: int, token: str | None = None) -> int:
+        """Expose /metrics on host:port in a background thread; returns the bound port. With a
+        token, scrapes must send it as a bearer token (else 401)."""
+        app = make_wsgi_app(self.registry)
+        if token is not None:
+            app = _bearer_only(app, token)
+        server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         bound = server.server_address[1]
         log.info("metrics on http://%s:%d/metrics", host, bound)
         return bound
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
+        pass
+
+
+def _bearer_only(app: Any, token: str) -> Any:
+    """A WSGI app that answers 401 unless the request carries the bearer token."""
+
+    def guarded(environ: dict[str, Any], start_response: Any) -> Any:
+        header = environ.get("HTTP_AUTHORIZATION")  # repeated headers arrive comma-joined
+        if authorized([header] if header is not None else [], token):
+            return app(environ, start_response)
+        start_response("401 Unauthorized", [("WWW-Authenticate", "Bearer")])
+        return [b"missing or wrong bearer token (Authorization)\n"]
+
+    return guarded
+
+
+def vllm_labels(coordinator: Coordinator) -> tuple[str, str]:
+    """(model_name, engine) as vLLM's server sets them: the served model's name, engine 0."""
+    return coordinator.config.models.target, "0"
 
 
 def start_metrics(coordinator: Coordinator) -> Metrics | None:
@@ -79,7 +162,8 @@ def start_metrics(coordinator: Coordinator) -> Metrics | None:
         return None
     metrics = Metrics(coordinator)
     coordinator.on_finished.append(metrics.observe)
-    metrics.serve(server.metrics_host, server.metrics_port)
+    token = server.auth.token() if server.metrics_auth else None
+    metrics.serve(server.metrics_host, server.metrics_port, token)
     return metrics
 
 
@@ -101,32 +185,69 @@ class _CoordinatorCollector(Collector):
         ):
             requests.add_metric([outcome], value)
         yield requests
-        yield GaugeMetricFamily(
-            "tandem_requests_in_flight", "Requests running now.", len(self.coordinator.running)
-        )
+        running = len(self.coordinator.running)
+        yield GaugeMetricFamily("tandem_requests_in_flight", "Requests running now.", running)
         yield CounterMetricFamily("tandem_prompt_tokens", "Prompt tokens.", c.prompt_tokens)
         yield CounterMetricFamily(
             "tandem_generation_tokens", "Generated tokens.", c.generated_tokens
         )
+        yield from self._vllm_metrics(c, running)
+        yield from self._replica_metrics()
+
+    def _vllm_metrics(self, c, running: int) -> Iterator[Metric]:
+        """The same figures under vLLM's names and labels (model_name, engine)."""
+        labels = list(vllm_labels(self.coordinator))
         spec = c.speculation
-        yield CounterMetricFamily(
-            "vllm:spec_decode_num_drafts", "Verification rounds that carried a draft.", spec.drafts
+
+        def family(kind, name: str, doc: str, value: float, extra: tuple = ()):
+            metric = kind(name, doc, labels=[*VLLM_LABELS, *(k for k, _ in extra)])
+            metric.add_metric([*labels, *(v for _, v in extra)], value)
+            return metric
+
+        yield family(GaugeMetricFamily, "vllm:num_requests_running", "Requests running.", running)
+        yield family(
+            CounterMetricFamily, "vllm:prompt_tokens", "Prefill tokens processed.", c.prompt_tokens
         )
-        yield CounterMetricFamily(
-            "vllm:spec_decode_num_draft_tokens", "Draft tokens verified.", spec.draft_tokens
+        yield family(
+            CounterMetricFamily,
+            "vllm:generation_tokens",
+            "Generation tokens processed.",
+            c.generated_tokens,
         )
-        yield CounterMetricFamily(
-            "vllm:spec_decode_num_accepted_tokens", "Draft tokens accepted.", spec.accepted_tokens
+        success = CounterMetricFamily(
+            "vllm:request_success",
+            "Count of successfully processed requests.",
+            labels=[*VLLM_LABELS, "finished_reason"],
+        )
+        for reason in ("stop", "length", "abort"):
+            success.add_metric([*labels, reason], c.finished_by_reason.get(reason, 0))
+        yield success
+        yield family(
+            CounterMetricFamily,
+            "vllm:spec_decode_num_drafts",
+            "Verification rounds that carried a draft.",
+            spec.drafts,
+        )
+        yield family(
+            CounterMetricFamily,
+            "vllm:spec_decode_num_draft_tokens",
+            "Draft tokens verified.",
+            spec.draft_tokens,
+        )
+        yield family(
+            CounterMetricFamily,
+            "vllm:spec_decode_num_accepted_tokens",
+            "Draft tokens accepted.",
+            spec.accepted_tokens,
         )
         per_pos = CounterMetricFamily(
             "vllm:spec_decode_num_accepted_tokens_per_pos",
             "Draft tokens accepted, by position in the draft.",
-            labels=["position"],
+            labels=[*VLLM_LABELS, "position"],
         )
         for position, value in enumerate(spec.accepted_per_pos):
-            per_pos.add_metric([str(position)], value)
+            per_pos.add_metric([*labels, str(position)], value)
         yield per_pos
-        yield from self._replica_metrics()
 
     def _replica_metrics(self) -> Iterator[Metric]:
         """Drafter figures kept by the target replicas' speculation sessions."""
@@ -147,8 +268,13 @@ class _CoordinatorCollector(Collector):
         )
         yield CounterMetricFamily(
             "tandem_drafter_failures",
-            "Steps whose drafter failed or missed its time budget.",
+            "Drafter calls that failed (an error, a dead drafter).",
             drafters.failures,
+        )
+        yield CounterMetricFamily(
+            "tandem_drafter_timeouts",
+            "Drafter calls that missed their time budget (late, not failed).",
+            drafters.timeouts,
         )
         yield CounterMetricFamily(
             "tandem_spec_cache_hits",

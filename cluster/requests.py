@@ -7,6 +7,7 @@ so a bad request never costs engine time and its error names the field to fix.
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -16,14 +17,22 @@ from tandem.protos.modes import mode_of
 
 CHAT_ROLES = ("system", "user", "assistant")
 MAX_REQUEST_ID_LEN = 256
+# vLLM's limits (vllm.SamplingParams, ModelConfig.max_logprobs' default).
+MAX_TEMPERATURE = 2.0
+MAX_LOGPROBS = 20
+_FIELD = re.compile(r"^([A-Za-z_][\w.\[\]]*): ")
 
 
 class RequestError(ValueError):
-    """A request the server refuses; `code` is a grpc.StatusCode name."""
+    """A request the server refuses; `code` is a grpc.StatusCode name. Messages start with the
+    field they are about (`sampling.max_tokens: ...`), which `field` keeps for front doors that
+    report it apart (the OpenAI API's `param`)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+        match = _FIELD.match(message)
+        self.field = match.group(1) if match else None
 
     def __reduce__(self):  # picklable (Ray, Serve), though __init__ takes two arguments
         return type(self), (self.code, str(self))
@@ -48,8 +57,12 @@ class Limits:
     modes: tuple[str, ...] = ("off",)  # the speculation modes the deployment offers
     default_mode: str = "off"
     num_speculative_tokens: int = 0  # the default k, and the largest a request may ask
-    sampled_requests: bool = False  # speculation for requests with temperature > 0
+    min_p: bool = True  # whether the engine applies min_p (speculation.sampler)
     pipelined: bool = False  # pre-draft while the target verifies, unless a request says not
+    # Prompt text longer than this cannot fit max_model_len tokens (see max_prompt_chars);
+    # None: no bound known for this tokenizer.
+    max_prompt_chars: int | None = None
+    speculative_engine: bool = False  # the engine runs with a speculative config (any mode)
 
 
 @dataclass(frozen=True)
@@ -66,7 +79,7 @@ def prepare(request: pb.GenerateRequest, tokenizer: Any, limits: Limits) -> Prep
     request_id = request.request_id or uuid.uuid4().hex
     if len(request_id) > MAX_REQUEST_ID_LEN:
         raise invalid(f"request_id: at most {MAX_REQUEST_ID_LEN} characters")
-    prompt = prompt_token_ids(request, tokenizer, limits.vocab_size)
+    prompt = prompt_token_ids(request, tokenizer, limits)
     if len(prompt) >= limits.max_model_len:
         raise out_of_range(
             f"prompt: {len(prompt)} tokens leave no room in the model's context of "
@@ -74,7 +87,9 @@ def prepare(request: pb.GenerateRequest, tokenizer: Any, limits: Limits) -> Prep
         )
     sampling = sampling_kwargs(request.sampling, limits, room=limits.max_model_len - len(prompt))
     mode, k = speculation(request.speculation, limits)
-    if sampling["temperature"] > 0 and not limits.sampled_requests:
+    if sampling.get("min_tokens"):
+        # vLLM applies min_tokens to the token it samples, not to verified drafts (its
+        # rejection sampler skips that logits processor): without drafts it holds exactly.
         mode, k = "off", 0
     pipelined = (
         request.speculation.pipelined
@@ -108,30 +123,59 @@ def speculation(params: pb.SpeculationParams, limits: Limits) -> tuple[str, int]
     return (mode, k) if mode != "off" and k > 0 else ("off", 0)
 
 
-def prompt_token_ids(request: pb.GenerateRequest, tokenizer: Any, vocab_size: int) -> list[int]:
+def max_prompt_chars(tokenizer: Any, max_model_len: int) -> int | None:
+    """The longest text that may still fit the context: each token covers at most as many
+    characters as its vocabulary entry is long (byte-level and SentencePiece vocabularies), so
+    a longer text is refused before any tokenizing. None when a normalizer could shrink text."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.normalizer is not None:
+        return None
+    return max_model_len * max(len(token) for token in tokenizer.get_vocab())
+
+
+def _check_length(chars: int, field: str, limits: Limits) -> None:
+    if limits.max_prompt_chars is not None and chars > limits.max_prompt_chars:
+        raise out_of_range(
+            f"{field}: {chars} characters cannot fit the model's context of "
+            f"{limits.max_model_len} tokens; shorten the prompt"
+        )
+
+
+def prompt_token_ids(request: pb.GenerateRequest, tokenizer: Any, limits: Limits) -> list[int]:
     kind = request.WhichOneof("prompt")
     if kind is None:
         raise invalid("prompt: set one of text, token_ids or chat")
     if kind == "text":
         if not request.text:
             raise invalid("prompt.text: empty prompt")
+        _check_length(len(request.text), "prompt.text", limits)
         return tokenizer.encode(request.text)
     if kind == "token_ids":
         ids = list(request.token_ids.ids)
         if not ids:
             raise invalid("prompt.token_ids: empty prompt")
+        vocab_size = limits.vocab_size
         for i, token in enumerate(ids):
             if not 0 <= token < vocab_size:
                 raise out_of_range(
                     f"prompt.token_ids[{i}]: {token} is outside the vocabulary [0, {vocab_size})"
                 )
         return ids
-    return render_chat(request.chat, tokenizer)
+    return render_chat(request.chat, tokenizer, limits)
 
 
-def render_chat(chat: pb.ChatMessages, tokenizer: Any) -> list[int]:
+def render_chat(chat: pb.ChatMessages, tokenizer: Any, limits: Limits | None = None) -> list[int]:
+    """The chat's prompt tokens; with `limits`, a chat that cannot fit the context is refused
+    before it is rendered."""
     if not chat.messages:
         raise invalid("prompt.chat.messages: empty conversation")
+    if limits is not None:
+        if len(chat.messages) >= limits.max_model_len:  # each message renders to own tokens
+            raise out_of_range(
+                f"prompt.chat.messages: {len(chat.messages)} messages cannot fit the model's "
+                f"context of {limits.max_model_len} tokens"
+            )
+        _check_length(sum(len(m.content) for m in chat.messages), "prompt.chat", limits)
     for i, message in enumerate(chat.messages):
         if message.role not in CHAT_ROLES:
             raise invalid(
@@ -146,13 +190,13 @@ def render_chat(chat: pb.ChatMessages, tokenizer: Any) -> list[int]:
 
 
 def sampling_kwargs(params: pb.SamplingParams, limits: Limits, room: int) -> dict[str, Any]:
-    """Validated vllm.SamplingParams keyword arguments; `room` is the context left after the
-    prompt, which an unset max_tokens is clamped to."""
+    """Validated vllm.SamplingParams keyword arguments, with vLLM's ranges; `room` is the context
+    left after the prompt, which an unset max_tokens is clamped to."""
     out: dict[str, Any] = {"temperature": 1.0}
     if params.HasField("temperature"):
-        if not math.isfinite(params.temperature) or params.temperature < 0:
+        if not (math.isfinite(params.temperature) and 0 <= params.temperature <= MAX_TEMPERATURE):
             raise invalid(
-                f"sampling.temperature: must be finite and >= 0, got {params.temperature}"
+                f"sampling.temperature: must be in [0, {MAX_TEMPERATURE}], got {params.temperature}"
             )
         out["temperature"] = params.temperature
     if params.HasField("top_p"):
@@ -172,15 +216,87 @@ def sampling_kwargs(params: pb.SamplingParams, limits: Limits, room: int) -> dic
     if params.stop:
         out["stop"] = list(params.stop)
     for i, token in enumerate(params.stop_token_ids):
-        if not 0 <= token < limits.vocab_size:
-            raise out_of_range(
-                f"sampling.stop_token_ids[{i}]: {token} is outside the vocabulary "
-                f"[0, {limits.vocab_size})"
-            )
+        _in_vocabulary(f"sampling.stop_token_ids[{i}]", token, limits)
     if params.stop_token_ids:
         out["stop_token_ids"] = list(params.stop_token_ids)
     out["ignore_eos"] = params.ignore_eos
+    out.update(_penalties(params))
+    out.update(_constraints(params, limits, out["max_tokens"], out["temperature"]))
+    out.update(_logprobs(params))
+    if params.include_stop_str_in_output:
+        out["include_stop_str_in_output"] = True
+    if params.HasField("skip_special_tokens"):
+        out["skip_special_tokens"] = params.skip_special_tokens
     return out
+
+
+def _in_range(params: pb.SamplingParams, names: tuple[str, ...], low, high) -> dict[str, Any]:
+    """The set fields among `names`, each refused unless in [low, high]."""
+    out = {}
+    for name in names:
+        if params.HasField(name):
+            value = getattr(params, name)
+            if not (math.isfinite(value) and low <= value <= high):
+                raise invalid(f"sampling.{name}: must be in [{low}, {high}], got {value}")
+            out[name] = value
+    return out
+
+
+def _penalties(params: pb.SamplingParams) -> dict[str, float]:
+    out = _in_range(params, ("presence_penalty", "frequency_penalty"), -2, 2)
+    if params.HasField("repetition_penalty"):
+        value = params.repetition_penalty
+        if not (math.isfinite(value) and value > 0):
+            raise invalid(f"sampling.repetition_penalty: must be > 0, got {value}")
+        out["repetition_penalty"] = value
+    return out
+
+
+def _constraints(
+    params: pb.SamplingParams, limits: Limits, max_new: int, temperature: float
+) -> dict[str, Any]:
+    """min_p, min_tokens and logit_bias. vLLM refuses min_p and logit_bias while it speculates
+    (vllm.SamplingParams._validate_spec_decode); tandem's exact sampler applies min_p at every
+    position (speculation.sampler), so only logit_bias is refused, and min_p where the deployment
+    keeps vLLM's own sampler. Greedy decoding ignores min_p, as in vLLM (which resets it for
+    temperature 0)."""
+    out: dict[str, Any] = {}
+    speculating = "while the deployment speculates (vLLM does not support it with drafts)"
+    if params.HasField("min_p"):
+        if not (math.isfinite(params.min_p) and 0 <= params.min_p <= 1):
+            raise invalid(f"sampling.min_p: must be in [0, 1], got {params.min_p}")
+        if params.min_p > 0 and not limits.min_p and temperature > 0:
+            raise invalid(
+                f"sampling.min_p: not supported {speculating}; this deployment sets "
+                "speculation.sampler.kind: vllm"
+            )
+        out["min_p"] = params.min_p
+    if params.HasField("min_tokens"):
+        if not 0 <= params.min_tokens <= max_new:
+            raise invalid(
+                f"sampling.min_tokens: must be in [0, max_tokens={max_new}], "
+                f"got {params.min_tokens}"
+            )
+        out["min_tokens"] = params.min_tokens
+    if params.logit_bias:
+        if limits.speculative_engine:
+            raise invalid(f"sampling.logit_bias: not supported {speculating}")
+        for token, bias in params.logit_bias.items():
+            _in_vocabulary(f"sampling.logit_bias[{token}]", token, limits)
+            if not math.isfinite(bias):
+                raise invalid(f"sampling.logit_bias[{token}]: must be finite, got {bias}")
+        # vLLM's OpenAI server clamps biases to OpenAI's range; so does tandem.
+        out["logit_bias"] = {t: min(100.0, max(-100.0, b)) for t, b in params.logit_bias.items()}
+    return out
+
+
+def _logprobs(params: pb.SamplingParams) -> dict[str, int]:
+    return _in_range(params, ("logprobs", "prompt_logprobs"), 0, MAX_LOGPROBS)
+
+
+def _in_vocabulary(field: str, token: int, limits: Limits) -> None:
+    if not 0 <= token < limits.vocab_size:
+        raise out_of_range(f"{field}: {token} is outside the vocabulary [0, {limits.vocab_size})")
 
 
 def max_tokens(params: pb.SamplingParams, limits: Limits, room: int) -> int:
@@ -199,3 +315,77 @@ def max_tokens(params: pb.SamplingParams, limits: Limits, room: int) -> int:
             f"({limits.max_model_len} tokens, {room} left after the prompt)"
         )
     return value
+
+
+# ---- JSON values into protobuf fields (the OpenAI API), typed and ranged before protobuf ------
+
+_INT_RANGES = {
+    "TYPE_INT32": (-(2**31), 2**31 - 1),
+    "TYPE_INT64": (-(2**63), 2**63 - 1),
+    "TYPE_UINT32": (0, 2**32 - 1),
+    "TYPE_UINT64": (0, 2**64 - 1),
+}
+
+
+_TYPE_NAMES = {
+    getattr(pb.SamplingParams.DESCRIPTOR.fields[0], name): name
+    for name in ("TYPE_BOOL", "TYPE_STRING", "TYPE_FLOAT", "TYPE_DOUBLE", *_INT_RANGES)
+}
+
+
+def assign(message: Any, name: str, value: Any, param: str) -> None:
+    """Set `message.name` from a JSON value, or refuse it naming `param` (the caller's name for
+    the field): the type must be the field's and an integer must fit it, so protobuf never sees
+    a value it would reject with a TypeError or an overflow. Ranges that depend on the model or
+    the server are checked by `prepare`, for gRPC and HTTP alike."""
+    field = message.DESCRIPTOR.fields_by_name[name]
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        key, val = field.message_type.fields
+        if not isinstance(value, dict):
+            raise invalid(f"{param}: expected an object, got {_json_type(value)}")
+        target = getattr(message, name)
+        for k, v in value.items():
+            try:
+                token = int(k)
+            except ValueError:
+                raise invalid(f"{param}: key {k!r} is not an integer") from None
+            _check_scalar(key, token, f"{param}[{k}]")
+            _check_scalar(val, v, f"{param}[{k}]")
+            target[token] = v
+        return
+    if field.is_repeated:
+        if not isinstance(value, list):
+            raise invalid(f"{param}: expected a list, got {_json_type(value)}")
+        for i, item in enumerate(value):
+            _check_scalar(field, item, f"{param}[{i}]")
+        getattr(message, name).extend(value)
+        return
+    _check_scalar(field, value, param)
+    setattr(message, name, value)
+
+
+def _check_scalar(field: Any, value: Any, param: str) -> None:
+    kind = _TYPE_NAMES.get(field.type)
+    if kind == "TYPE_BOOL":
+        ok, expected = isinstance(value, bool), "a boolean"
+    elif kind == "TYPE_STRING":
+        ok, expected = isinstance(value, str), "a string"
+    elif kind in ("TYPE_FLOAT", "TYPE_DOUBLE"):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        expected = "a number"
+    elif kind in _INT_RANGES:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        expected = "an integer"
+        if ok and not _INT_RANGES[kind][0] <= value <= _INT_RANGES[kind][1]:
+            low, high = _INT_RANGES[kind]
+            raise invalid(f"{param}: {value} is outside [{low}, {high}]")
+    else:  # not a field the JSON APIs set
+        raise TypeError(f"unsupported field type {kind}")
+    if not ok:
+        raise invalid(f"{param}: expected {expected}, got {_json_type(value)}")
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    names |= {list: "a list", dict: "an object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)

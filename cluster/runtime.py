@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 
 import ray
+from ray._private import ray_constants
 
 from tandem.cluster.config import RayConfig, TandemConfig
 from tandem.cluster.coordinator import Coordinator
@@ -14,14 +16,25 @@ from tandem.cluster.server import Server, serve_until_signal
 
 log = logging.getLogger("tandem")
 
+# Ray's switch for single-machine clusters (ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR): with it
+# off, the node IP is loopback.
+_LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
 
 def connect_ray(config: RayConfig) -> bool:
-    """Join the configured cluster, or start an embedded one; True when we started it."""
+    """Join the configured cluster, or start an embedded one; True when we started it.
+
+    The embedded cluster serves this process only, so every Ray process of it (GCS, raylet,
+    workers, agents) listens on loopback: Ray binds its servers to the node's IP, and takes
+    loopback as that IP where it runs single-machine only, as on Windows and macOS."""
     if ray.is_initialized():
         return False
     if config.address:
         ray.init(address=config.address)
         return False
+    # Read by this process (already imported ray) and by every Ray process it starts.
+    os.environ[_LOOPBACK_ONLY] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
     ray.init(
         # "local": always a new cluster. Without it ray.init joins whatever cluster the machine
         # last started (/tmp/ray/ray_current_cluster), e.g. another process's test cluster.
@@ -36,6 +49,7 @@ def connect_ray(config: RayConfig) -> bool:
 
 def run_service(config: TandemConfig, on_ready: Callable[[Server], None] | None = None) -> None:
     """Serve until SIGTERM/SIGINT; then drain, stop the actors and an embedded Ray cluster."""
+    config.check_serving()  # no token on a network address: refused before anything starts
     embedded = connect_ray(config.ray)
     coordinator = None
     try:

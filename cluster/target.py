@@ -11,7 +11,6 @@ coordinator; what vLLM needs from tandem is built in tandem.plugins.engine.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import ray
 from tandem.cluster.figures import ReplicaFigures, RequestFigures, WireTraffic
 
 if TYPE_CHECKING:
-    from tandem.cluster.config import SpeculationConfig, TargetPoolConfig
+    from tandem.cluster.config import ModelsConfig, SpeculationConfig, TargetPoolConfig
     from tandem.cluster.engine import Outbox
     from tandem.cluster.requests import PreparedRequest
 
@@ -36,7 +35,11 @@ class StepOutput:
     text: str
     finish_reason: str | None = None  # "stop", "length" or "abort" on the last one
     figures: RequestFigures | None = None  # on the last one
-    error: str | None = None  # on the last one, when the engine failed the request
+    logprobs: list | None = None  # per new token, with sampling.logprobs (positions below)
+    prompt_logprobs: list | None = None  # per prompt token after the first, on the first one
+    # On the last one, when the request failed: a RequestError (the engine failed a step with
+    # it) or another exception (what went wrong, for the log).
+    error: Exception | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class _Running:
     tokens: int = 0
     # A step that adds m tokens accepted the first m-1 drafts (positions 0..m-2).
     accepted_per_pos: list[int] = field(default_factory=list)
+    prompt_logprobs_sent: bool = False  # vLLM gives them with the first output
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ class TargetReplica:
     def __init__(
         self,
         replica_id: str,
-        model_path: str,
+        models: ModelsConfig,
         target: TargetPoolConfig,
         speculation: SpeculationConfig | None = None,
         drafters: list[Any] = (),
@@ -86,11 +90,19 @@ class TargetReplica:
         from tandem.plugins.engine import APPLY_FIXES, ATTACH, engine_args
 
         self.replica_id = replica_id
+        # Resolved on this node (fetched, prepared or baked in): never a path from another node.
+        model_path = str(models.store().resolve(models.target))
         self.model_path = model_path
         self._loop = EngineLoop(
             EngineArgs(**engine_args(model_path, target.engine_args, speculation))
         )
-        self._loop.call(lambda engine: engine.collective_rpc(APPLY_FIXES))
+        sampler = speculation.sampler if speculation is not None else None
+        # tandem's exact speculative sampler (plugins/sampler.py) carries min_p itself.
+        self._exact_sampler = sampler is not None and sampler.kind == "tandem"
+        any_vllm = sampler is not None and sampler.any_vllm
+        self._loop.call(
+            lambda engine: engine.collective_rpc(APPLY_FIXES, args=(self._exact_sampler, any_vllm))
+        )
         self.session = None
         self.transport = None
         if speculation is not None:
@@ -127,24 +139,33 @@ class TargetReplica:
         )
 
     async def submit(self, request: PreparedRequest, subscriber: str) -> None:
-        """Start a request; its outputs come on `subscriber`'s stream (`outputs`)."""
+        """Start a request; its outputs come on `subscriber`'s stream (`outputs`).
+        `request.request_id` names this submission (the coordinator makes it unique per
+        submission, so a late abort of an earlier request with the client's same id cannot
+        reach this one)."""
         from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind, SamplingType
+        from vllm.sampling_params import RequestOutputKind
 
+        from tandem.cluster.requests import RequestError
         from tandem.speculation.session import RequestSpec
 
-        params = SamplingParams(**request.sampling, output_kind=RequestOutputKind.DELTA)
+        sampling = request.sampling
+        if self._exact_sampler and "min_p" in sampling:
+            from tandem.plugins.sampler import MIN_P
+
+            sampling = {**sampling, "extra_args": {MIN_P: sampling["min_p"]}}
+            del sampling["min_p"]
+        try:
+            params = SamplingParams(**sampling, output_kind=RequestOutputKind.DELTA)
+        except ValueError as exc:  # vLLM's own limits, should the coordinator's miss one
+            raise RequestError("INVALID_ARGUMENT", f"sampling: {exc}") from None
         rid, k = request.request_id, request.num_speculative_tokens
-        flush = None
         if self.session is not None:
-            greedy = params.sampling_type == SamplingType.GREEDY
-            spec = RequestSpec(request.mode, k, greedy, request.pipelined)
-            self.session.register(rid, spec)
-            flush = functools.partial(self.session.must_flush_before, spec)
+            self.session.register(rid, RequestSpec(request.mode, k, request.pipelined))
         self._served += 1
         outbox = self._outbox(subscriber)
         self._running[rid] = _Running(request, outbox, accepted_per_pos=[0] * k)
-        self._loop.add(rid, request.prompt_token_ids, params, outbox, flush)
+        self._loop.add(rid, request.prompt_token_ids, params, outbox)
 
     async def outputs(self, subscriber: str) -> AsyncIterator[OutputBatch]:
         """The outputs of `subscriber`'s requests, one batch per engine step, until the
@@ -171,24 +192,41 @@ class TargetReplica:
     def _step_output(self, rid: str, item: Any) -> StepOutput | None:
         """A request's output (or the exception that ended it) as the coordinator gets it;
         None for a request already forgotten (its subscriber went away)."""
-        from tandem.cluster.engine import RequestAborted
+        from tandem.cluster.engine import RequestAborted, StepFailed
+        from tandem.cluster.requests import RequestError
 
         running = self._running.get(rid)
         if running is None:
             return None
         if isinstance(item, BaseException):
-            error = None if isinstance(item, RequestAborted) else f"{item}"
-            return StepOutput(rid, [], "", "abort", self._finish(rid), error)
+            error: Exception | None = None
+            if isinstance(item, StepFailed):
+                error = RequestError(
+                    "INTERNAL",
+                    f"request {rid}: the engine failed a step with it; the other requests went on",
+                )
+            elif not isinstance(item, RequestAborted):
+                error = RuntimeError(f"request {rid}: {type(item).__name__}: {item}")
+            return StepOutput(rid, [], "", "abort", self._finish(rid), error=error)
         completion = item.outputs[0]
         new = list(completion.token_ids)
         running.steps += bool(new)
         running.tokens += len(new)
         for position in range(min(len(new) - 1, len(running.accepted_per_pos))):
             running.accepted_per_pos[position] += 1
+        logprobs = None
+        if completion.logprobs is not None:
+            logprobs = positions(new, completion.logprobs)
+        prompt_logprobs = None
+        if item.prompt_logprobs is not None and not running.prompt_logprobs_sent:
+            running.prompt_logprobs_sent = True
+            prompt_logprobs = positions(item.prompt_token_ids[1:], item.prompt_logprobs[1:])
         if not item.finished:
-            return StepOutput(rid, new, completion.text)
+            return StepOutput(rid, new, completion.text, None, None, logprobs, prompt_logprobs)
         figures = self._finish(rid)
-        return StepOutput(rid, new, completion.text, completion.finish_reason, figures)
+        return StepOutput(
+            rid, new, completion.text, completion.finish_reason, figures, logprobs, prompt_logprobs
+        )
 
     def _finish(self, rid: str) -> RequestFigures:
         """Forget a finished or aborted request; its figures."""
@@ -226,3 +264,18 @@ class TargetReplica:
         self._loop.shutdown()
         if self.transport is not None:
             self.transport.close()
+
+
+Entry = tuple[int, str, float, int]  # token id, its text, log-probability, rank
+
+
+def positions(token_ids: list[int], logprobs: Any) -> list[tuple[Entry, list[Entry]]]:
+    """vLLM's per-position logprob dicts as plain tuples (they cross Ray): the token at each
+    position, and every entry vLLM gave there in its order (the sampled token first, then the
+    most likely ones), which the OpenAI formats cut as vLLM's server does."""
+    out = []
+    for token_id, entries in zip(token_ids, logprobs, strict=True):
+        top = [(t, lp.decoded_token or "", lp.logprob, lp.rank or 0) for t, lp in entries.items()]
+        chosen = next(e for e in top if e[0] == token_id)
+        out.append((chosen, top))
+    return out

@@ -1,70 +1,223 @@
-"""The OpenAI wire format over tandem's API: request bodies to GenerateRequests, chunks to
-responses and server-sent events, RequestErrors to OpenAI-style error JSON.
+"""The OpenAI wire format over tandem's API, as vLLM's OpenAI server speaks it: request bodies to
+GenerateRequests, chunks to responses and server-sent events, RequestErrors to vLLM's error
+objects, and the extra endpoints vLLM serves (/tokenize, /detokenize, /version).
 
-Plain logic (no Serve, no Ray): the Serve app is a thin shell that routes HTTP here, so the
-OpenAI API shares the gRPC API's validation and messages (tandem.cluster.requests).
+Every request field is either honoured with vLLM's semantics or refused with a 400 naming it:
+nothing is silently dropped. Types and integer widths are checked before protobuf sees a value
+(tandem.cluster.requests.assign); ranges, by the same validation as the gRPC API (`prepare`).
+Plain logic (no Serve, no Ray): the Serve app is a thin shell that routes HTTP here.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from tandem.cluster.coordinator import Chunk
-from tandem.cluster.requests import RequestError, invalid
+from tandem.cluster.requests import MAX_LOGPROBS, RequestError, assign, invalid, render_chat
 from tandem.protos import tandem_pb2 as pb
 from tandem.protos.modes import proto_mode
 from tandem.speculation.protocol import Mode
 
-# gRPC status names (RequestError.code) to HTTP statuses and OpenAI error types.
+# gRPC status names (RequestError.code) to HTTP statuses and the error types vLLM's server (and
+# the openai client's exception classes) use.
 HTTP_STATUS = {
-    "INVALID_ARGUMENT": (400, "invalid_request_error"),
-    "OUT_OF_RANGE": (400, "invalid_request_error"),
-    "UNAUTHENTICATED": (401, "authentication_error"),
-    "NOT_FOUND": (404, "not_found_error"),
-    "ALREADY_EXISTS": (409, "conflict_error"),
-    "RESOURCE_EXHAUSTED": (429, "rate_limit_error"),
-    "UNAVAILABLE": (503, "service_unavailable"),
-    "INTERNAL": (500, "internal_error"),
+    "INVALID_ARGUMENT": (400, "BadRequestError"),
+    "OUT_OF_RANGE": (400, "BadRequestError"),
+    "UNAUTHENTICATED": (401, "AuthenticationError"),
+    "NOT_FOUND": (404, "NotFoundError"),
+    "ALREADY_EXISTS": (409, "ConflictError"),
+    "RESOURCE_EXHAUSTED": (429, "RateLimitError"),
+    "UNAVAILABLE": (503, "ServiceUnavailableError"),
+    "INTERNAL": (500, "InternalServerError"),
 }
-SPECULATION_MODES = tuple(m.value for m in Mode)  # tandem's extra field `speculation`
+# tandem's own extra field, as in the gRPC API (what a deployment provisions is checked there).
+SPECULATION_MODES = tuple(m.value for m in Mode)
+
+# Sampling fields passed through under the same name (vLLM's extra parameters included).
+SAMPLING = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "min_tokens",
+    "logit_bias",
+    "stop_token_ids",
+    "ignore_eos",
+    "include_stop_str_in_output",
+    "skip_special_tokens",
+    "prompt_logprobs",
+)
+# Fields tandem reads itself (besides SAMPLING), per endpoint.
+HANDLED = {
+    "model",
+    "n",
+    "max_tokens",
+    "stop",
+    "stream",
+    "stream_options",
+    "logprobs",
+    "request_id",
+    "user",  # an end-user tag (OpenAI: abuse monitoring); generation ignores it, as vLLM does
+    "speculation",
+    "num_speculative_tokens",
+    "pipelined",
+}
+HANDLED_CHAT = HANDLED | {"messages", "max_completion_tokens", "top_logprobs"}
+HANDLED_COMPLETION = HANDLED | {"prompt"}
+# Fields tandem accepts only at their default (OpenAI's, or vLLM's for its extra parameters):
+# any other value is refused with a 400 naming the field.
+DEFAULTS_ONLY = {
+    "echo": False,
+    "suffix": None,
+    "tools": None,
+    "tool_choice": "none",
+    "functions": None,
+    "function_call": "none",
+    "parallel_tool_calls": True,
+    "response_format": {"type": "text"},
+    "reasoning_effort": None,
+    "include_reasoning": True,
+    "use_beam_search": False,
+    "length_penalty": 1.0,
+    "watermarking": None,
+    "truncate_prompt_tokens": None,
+    "truncation_side": None,
+    "allowed_token_ids": None,
+    "logprob_token_ids": None,
+    "bad_words": [],
+    "prompt_embeds": None,
+    "spaces_between_special_tokens": True,
+    "add_generation_prompt": True,
+    "continue_final_message": False,
+    "documents": None,
+    "chat_template": None,
+    "chat_template_kwargs": None,
+    "media_io_kwargs": None,
+    "mm_processor_kwargs": None,
+    "mm_payload": None,
+    "structured_outputs": None,
+    "priority": 0,
+    "session_id": None,
+    "return_tokens_as_token_ids": False,
+    "return_token_ids": False,
+    "return_token_offsets": False,
+    "return_prompt_text": False,
+    "return_mm_kwargs": False,
+    "routed_experts_prompt_start": None,
+    "cache_salt": None,
+    "kv_transfer_params": None,
+    "ec_transfer_params": None,
+    "vllm_xargs": None,
+    "repetition_detection": None,
+    "thinking_token_budget": None,
+    "stream_interval": 1,
+    "store": False,
+    "metadata": None,
+    "service_tier": None,
+    "modalities": None,
+    "prediction": None,
+    "audio": None,
+    "web_search_options": None,
+}
 
 
-def error_response(exc: RequestError) -> tuple[int, dict[str, Any]]:
-    """(HTTP status, OpenAI error body) for a refusal."""
-    status, kind = HTTP_STATUS.get(exc.code, (500, "internal_error"))
-    return status, {"error": {"message": str(exc), "type": kind, "param": None, "code": exc.code}}
+@dataclass
+class OpenAIRequest:
+    """A parsed OpenAI request: `n` GenerateRequests (one per choice) and how to answer."""
+
+    requests: list[pb.GenerateRequest]
+    chat: bool
+    stream: bool = False
+    include_usage: bool = False
+    logprobs: int | None = None  # top entries per token in the answer (None: no logprobs)
 
 
-def completion_request(body: dict[str, Any], model: str) -> pb.GenerateRequest:
-    """/v1/completions: a text prompt (or one list of token ids), raw, no chat template."""
-    request = _common(body, model)
+def error_response(exc: RequestError, chat: bool = True) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, vLLM's error object) for a refusal; `param` names the request field."""
+    status, kind = HTTP_STATUS.get(exc.code, (500, "InternalServerError"))
+    error = {"message": str(exc), "type": kind, "param": openai_param(exc.field, chat)}
+    return status, {"error": {**error, "code": status}}
+
+
+def openai_param(field: str | None, chat: bool = True) -> str | None:
+    """The OpenAI field a tandem field path is about: sampling.max_tokens -> max_tokens,
+    prompt.chat.messages[2].role -> messages, logit_bias[7] -> logit_bias."""
+    if field is None:
+        return None
+    name = re.split(r"[\[]", field.removeprefix("sampling."))[0]
+    if name == "prompt" or name.startswith("prompt."):
+        return "messages" if chat else "prompt"
+    if name.startswith("speculation.") and name != "speculation.mode":
+        return name.removeprefix("speculation.")
+    return name.split(".")[0]
+
+
+def parse(body: Any, model: str, chat: bool) -> OpenAIRequest:
+    """/v1/chat/completions (messages rendered with the chat template) or /v1/completions (a
+    text prompt, or one list of token ids, raw) into one GenerateRequest per choice."""
+    if not isinstance(body, dict):
+        raise invalid("the request body must be a JSON object")
+    _check_fields(body, chat)
+    if body.get("model") not in (None, model):
+        raise RequestError("NOT_FOUND", f"model: {body['model']!r} is not served; use {model!r}")
+    request = pb.GenerateRequest()
+    (_chat_prompt if chat else _completion_prompt)(body, request)
+    _sampling(body, request.sampling, chat)
+    _tandem_extras(body, request)
+    if body.get("request_id") is not None:
+        assign(request, "request_id", body["request_id"], "request_id")
+    parsed = OpenAIRequest([request], chat, logprobs=_logprobs(body, request.sampling, chat))
+    _stream_options(body, parsed)
+    return _choices(body, parsed)
+
+
+def _check_fields(body: dict[str, Any], chat: bool) -> None:
+    handled = HANDLED_CHAT if chat else HANDLED_COMPLETION
+    for name, value in body.items():
+        if name in handled or name in SAMPLING:
+            continue
+        if name not in DEFAULTS_ONLY:
+            raise invalid(f"{name}: unknown field")
+        default = DEFAULTS_ONLY[name]
+        if value is not None and value != default:
+            raise invalid(f"{name}: not supported by tandem (only {json.dumps(default)})")
+
+
+def _completion_prompt(body: dict[str, Any], request: pb.GenerateRequest) -> None:
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]  # a batch of one
     if isinstance(prompt, str):
         request.text = prompt
-    elif isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
-        request.token_ids.ids.extend(prompt)
+    elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        assign(request.token_ids, "ids", prompt, "prompt")
     else:
         raise invalid("prompt: a string or a list of token ids (one prompt per request)")
-    return request
 
 
-def chat_request(body: dict[str, Any], model: str) -> pb.GenerateRequest:
-    """/v1/chat/completions: messages rendered with the model's chat template."""
-    request = _common(body, model)
+def _chat_prompt(body: dict[str, Any], request: pb.GenerateRequest) -> None:
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise invalid("messages: a list of {role, content} objects")
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise invalid(f"messages[{i}]: an object with role and content")
-        request.chat.messages.add(
-            role=str(message.get("role", "")), content=_content(message.get("content"), i)
-        )
-    return request
+        unknown = set(message) - {"role", "content", "name"}
+        if unknown:
+            raise invalid(f"messages[{i}]: not supported by tandem: {', '.join(sorted(unknown))}")
+        role = message.get("role")
+        if not isinstance(role, str):
+            raise invalid(f"messages[{i}].role: expected a string")
+        request.chat.messages.add(role=role, content=_content(message.get("content"), i))
 
 
 def _content(content: Any, i: int) -> str:
@@ -72,124 +225,333 @@ def _content(content: Any, i: int) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list) and all(
-        isinstance(p, dict) and p.get("type") == "text" for p in content
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        for p in content
     ):
-        return "".join(str(p.get("text", "")) for p in content)
+        return "".join(p["text"] for p in content)
     raise invalid(f"messages[{i}].content: a string or a list of text parts")
 
 
-def _common(body: dict[str, Any], model: str) -> pb.GenerateRequest:
-    if not isinstance(body, dict):
-        raise invalid("the request body must be a JSON object")
-    if body.get("model") not in (None, model):
-        raise RequestError("NOT_FOUND", f"model: {body['model']!r} is not served; use {model!r}")
-    if body.get("n", 1) != 1:
-        raise invalid("n: only 1 choice per request is supported")
-    for unsupported in ("logprobs", "top_logprobs", "echo", "tools", "functions", "suffix"):
-        if body.get(unsupported):
-            raise invalid(f"{unsupported}: not supported by tandem")
-    sampling = pb.SamplingParams()
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    for name, value, kind in (
-        ("temperature", body.get("temperature"), (int, float)),
-        ("top_p", body.get("top_p"), (int, float)),
-        ("top_k", body.get("top_k"), int),  # vLLM's extra parameter
-        ("seed", body.get("seed"), int),
-        ("max_tokens", max_tokens, int),
-    ):
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, kind):
-            raise invalid(f"{name}: expected a number, got {value!r}")
-        if name == "seed" and value < 0:
-            raise invalid(f"seed: must be >= 0, got {value}")
-        setattr(sampling, name, value)
-    stop = body.get("stop") or []
-    stop = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-        raise invalid("stop: a string or a list of strings")
-    sampling.stop.extend(stop)
-    sampling.stop_token_ids.extend(body.get("stop_token_ids") or [])
-    sampling.ignore_eos = bool(body.get("ignore_eos", False))
-    request = pb.GenerateRequest(sampling=sampling, request_id=str(body.get("request_id", "")))
-    mode = body.get("speculation")  # tandem's extra parameters, as in the gRPC API
+def _sampling(body: dict[str, Any], sampling: pb.SamplingParams, chat: bool) -> None:
+    for name in SAMPLING:
+        if body.get(name) is not None:
+            assign(sampling, name, body[name], name)
+    names = ("max_completion_tokens", "max_tokens") if chat else ("max_tokens",)
+    for name in names:
+        if body.get(name) is not None:
+            assign(sampling, "max_tokens", body[name], name)
+            break
+    stop = body.get("stop")
+    if stop is not None:
+        assign(sampling, "stop", [stop] if isinstance(stop, str) else stop, "stop")
+
+
+def _logprobs(body: dict[str, Any], sampling: pb.SamplingParams, chat: bool) -> int | None:
+    """Chat: `logprobs` (bool) and `top_logprobs`; completions: `logprobs` (int), as vLLM."""
+    logprobs = body.get("logprobs")
+    if chat:
+        top = body.get("top_logprobs")
+        if logprobs is not None and not isinstance(logprobs, bool):
+            raise invalid(f"logprobs: expected a boolean, got {logprobs!r}")
+        if top and not logprobs:
+            raise invalid("top_logprobs: needs logprobs: true")
+        if not logprobs:
+            return None
+        assign(sampling, "logprobs", 0 if top is None else top, "top_logprobs")
+    else:
+        if logprobs is None:
+            return None
+        assign(sampling, "logprobs", logprobs, "logprobs")
+    if not 0 <= sampling.logprobs <= MAX_LOGPROBS:
+        raise invalid(
+            f"{'top_logprobs' if chat else 'logprobs'}: must be in [0, {MAX_LOGPROBS}], "
+            f"got {sampling.logprobs}"
+        )
+    return sampling.logprobs
+
+
+def _tandem_extras(body: dict[str, Any], request: pb.GenerateRequest) -> None:
+    mode = body.get("speculation")
     if mode is not None:
         if mode not in SPECULATION_MODES:
             raise invalid(f"speculation: one of {', '.join(SPECULATION_MODES)}, got {mode!r}")
         request.speculation.mode = proto_mode(mode)
-    if body.get("num_speculative_tokens") is not None:
-        request.speculation.num_speculative_tokens = int(body["num_speculative_tokens"])
-    return request
+    for name in ("num_speculative_tokens", "pipelined"):
+        if body.get(name) is not None:
+            assign(request.speculation, name, body[name], name)
 
 
-def _usage(last: Chunk) -> dict[str, int]:
+def _stream_options(body: dict[str, Any], parsed: OpenAIRequest) -> None:
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise invalid(f"stream: expected a boolean, got {stream!r}")
+    parsed.stream = bool(stream)
+    if parsed.stream and body.get("prompt_logprobs"):
+        raise invalid("prompt_logprobs: not available with stream: true (as in vLLM)")
+    options = body.get("stream_options")
+    if options is None:
+        return
+    if not parsed.stream:
+        raise invalid("stream_options: only with stream: true")
+    if not isinstance(options, dict) or set(options) - {"include_usage", "continuous_usage_stats"}:
+        raise invalid("stream_options: an object with include_usage")
+    if options.get("continuous_usage_stats"):
+        raise invalid("stream_options.continuous_usage_stats: not supported by tandem")
+    include = options.get("include_usage", False)
+    if not isinstance(include, bool):
+        raise invalid(f"stream_options.include_usage: expected a boolean, got {include!r}")
+    parsed.include_usage = include
+
+
+def _choices(body: dict[str, Any], parsed: OpenAIRequest) -> OpenAIRequest:
+    """n choices, as vLLM's parallel sampling makes them: independent requests, the i-th with
+    seed + i when a seed is set, ids `{i}_{request_id}`."""
+    n = body.get("n", 1)
+    if n is None:
+        n = 1
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise invalid(f"n: must be an integer >= 1, got {n!r}")
+    if n == 1:
+        return parsed
+    (request,) = parsed.requests
+    if request.sampling.HasField("temperature") and request.sampling.temperature < 1e-5:
+        raise invalid(f"n: must be 1 when using greedy sampling (temperature 0), got {n}")
+    if request.sampling.HasField("seed") and request.sampling.seed + n >= 2**64:
+        raise invalid(f"seed: {request.sampling.seed} + n does not fit 64 bits")
+    parsed.requests = []
+    for i in range(n):
+        child = pb.GenerateRequest()
+        child.CopyFrom(request)
+        if request.request_id:
+            child.request_id = f"{i}_{request.request_id}"
+        if request.sampling.HasField("seed"):
+            child.sampling.seed = request.sampling.seed + i
+        parsed.requests.append(child)
+    return parsed
+
+
+# ---- answers ------------------------------------------------------------------------------
+
+
+def _usage(lasts: Iterable[Chunk]) -> dict[str, int]:
+    lasts = list(lasts)
+    prompt = lasts[0].prompt_tokens
+    completion = sum(c.completion_tokens for c in lasts)
     return {
-        "prompt_tokens": last.prompt_tokens,
-        "completion_tokens": last.completion_tokens,
-        "total_tokens": last.prompt_tokens + last.completion_tokens,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
     }
 
 
-def completion_response(chunks: list[Chunk], model: str, chat: bool) -> dict[str, Any]:
-    """The whole (non-streaming) response of a finished request."""
-    last = chunks[-1]
-    text = "".join(c.text for c in chunks)
-    choice: dict[str, Any] = {"index": 0, "finish_reason": last.finish_reason}
-    if chat:
-        choice["message"] = {"role": "assistant", "content": text}
-    else:
-        choice.update(text=text, logprobs=None)
-    return {
-        "id": ("chatcmpl-" if chat else "cmpl-") + last.request_id,
-        "object": "chat.completion" if chat else "text_completion",
+def _response_id(chat: bool, request_id: str) -> str:
+    return ("chatcmpl-" if chat else "cmpl-") + request_id
+
+
+def completion_response(
+    choices: list[list[Chunk]], model: str, parsed: OpenAIRequest
+) -> dict[str, Any]:
+    """The whole (non-streaming) response: one choice per finished request."""
+    out = []
+    for index, chunks in enumerate(choices):
+        choice: dict[str, Any] = {"index": index, "finish_reason": chunks[-1].finish_reason}
+        text = "".join(c.text for c in chunks)
+        positions = [p for c in chunks for p in (c.logprobs or ())]
+        logprobs = None if parsed.logprobs is None else LogprobsFormat(parsed)(positions)
+        if parsed.chat:
+            choice.update(message={"role": "assistant", "content": text}, logprobs=logprobs)
+        else:
+            choice.update(text=text, logprobs=logprobs)
+            if chunks[0].prompt_logprobs is not None:
+                choice["prompt_logprobs"] = prompt_logprobs(chunks[0].prompt_logprobs)
+        out.append(choice)
+    response = {
+        "id": _response_id(parsed.chat, choices[0][0].request_id),
+        "object": "chat.completion" if parsed.chat else "text_completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [choice],
-        "usage": _usage(last),
+        "choices": out,
+        "usage": _usage(c[-1] for c in choices),
     }
+    if parsed.chat and choices[0][0].prompt_logprobs is not None:
+        response["prompt_logprobs"] = prompt_logprobs(choices[0][0].prompt_logprobs)
+    return response
+
+
+class LogprobsFormat:
+    """Per-position entries (tandem.cluster.target.positions) in the answer's logprobs shape,
+    cut as vLLM's server cuts them: chat keeps the first `top_logprobs` entries of vLLM's list,
+    completions the first `logprobs` + 1 (the sampled token first, then the likeliest)."""
+
+    def __init__(self, parsed: OpenAIRequest) -> None:
+        self.chat = parsed.chat
+        self.top = parsed.logprobs or 0
+        self.offset = 0  # completions: text offset of the next token
+
+    def __call__(self, positions: list) -> dict[str, Any]:
+        if self.chat:
+            return {"content": [self._chat_entry(chosen, top) for chosen, top in positions]}
+        tokens, token_logprobs, tops, offsets = [], [], [], []
+        for (_, text, logprob, _), top in positions:
+            tokens.append(text)
+            token_logprobs.append(logprob)
+            tops.append({t: lp for _, t, lp, _ in top[: self.top + 1]})
+            offsets.append(self.offset)
+            self.offset += len(text)
+        return {
+            "text_offset": offsets,
+            "token_logprobs": token_logprobs,
+            "tokens": tokens,
+            "top_logprobs": tops,
+        }
+
+    def _chat_entry(self, chosen, top) -> dict[str, Any]:
+        def entry(e):
+            return {"token": e[1], "logprob": e[2], "bytes": list(e[1].encode())}
+
+        return {**entry(chosen), "top_logprobs": [entry(e) for e in top[: self.top]]}
+
+
+def prompt_logprobs(positions: list) -> list[dict[str, Any] | None]:
+    """vLLM's prompt_logprobs: None for the first prompt token, then {token id: {logprob,
+    rank, decoded_token}} per token (the prompt's own token first)."""
+    return [None] + [
+        {str(t): {"logprob": lp, "rank": rank, "decoded_token": text} for t, text, lp, rank in top}
+        for _, top in positions
+    ]
 
 
 class EventStream:
-    """Server-sent events of one streaming request: `events(chunk)` per chunk as it comes,
-    then `DONE`. The first chat event carries the assistant role, as OpenAI's does."""
+    """Server-sent events of one streaming request: `events(index, chunk)` per chunk as it
+    comes (any choice), then `final()`: the usage event when asked for, then [DONE]. The first
+    chat event of each choice carries the assistant role, as OpenAI's does."""
 
     DONE = "data: [DONE]\n\n"
 
-    def __init__(self, model: str, chat: bool, include_usage: bool) -> None:
+    def __init__(self, model: str, parsed: OpenAIRequest) -> None:
         self.model = model
-        self.chat = chat
-        self.include_usage = include_usage
+        self.parsed = parsed
         self.created = int(time.time())
-        self.first = True
+        n = len(parsed.requests)
+        self.first = [True] * n
+        self.formats = [LogprobsFormat(parsed) for _ in range(n)]
+        self.lasts: list[Chunk | None] = [None] * n
+        self.id = ""
 
-    def events(self, chunk: Chunk) -> list[str]:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": chunk.finish_reason}
-        if self.chat:
-            choice["delta"] = {"content": chunk.text} if chunk.text or self.first else {}
-            if self.first:
-                choice["delta"]["role"] = "assistant"
+    def events(self, index: int, chunk: Chunk) -> list[str]:
+        self.id = self.id or _response_id(self.parsed.chat, chunk.request_id)
+        choice: dict[str, Any] = {"index": index, "finish_reason": chunk.finish_reason}
+        logprobs = None
+        if self.parsed.logprobs is not None:
+            logprobs = self.formats[index](chunk.logprobs or [])
+        if self.parsed.chat:
+            delta = {"content": chunk.text} if chunk.text or self.first[index] else {}
+            if self.first[index]:
+                delta["role"] = "assistant"
+            choice.update(delta=delta, logprobs=logprobs)
         else:
-            choice.update(text=chunk.text, logprobs=None)
-        self.first = False
-        event = {
-            "id": ("chatcmpl-" if self.chat else "cmpl-") + chunk.request_id,
-            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            choice.update(text=chunk.text, logprobs=logprobs)
+            if chunk.prompt_logprobs is not None:
+                choice["prompt_logprobs"] = prompt_logprobs(chunk.prompt_logprobs)
+        self.first[index] = False
+        if chunk.finish_reason is not None:
+            self.lasts[index] = chunk
+        return [sse(self._event(choices=[choice]))]
+
+    def final(self) -> list[str]:
+        out = []
+        if self.parsed.include_usage and all(self.lasts):
+            out.append(sse(self._event(choices=[], usage=_usage(self.lasts))))
+        return [*out, self.DONE]
+
+    def _event(self, **fields: Any) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk" if self.parsed.chat else "text_completion",
             "created": self.created,
             "model": self.model,
-            "choices": [choice],
+            **fields,
         }
-        out = [sse(event)]
-        if chunk.finish_reason is not None and self.include_usage:
-            out.append(sse({**event, "choices": [], "usage": _usage(chunk)}))
-        return out
 
 
 def sse(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data)}\n\n"
 
 
-def models_response(model: str, created: int) -> dict[str, Any]:
+# ---- models, tokenizer, version ----------------------------------------------------------
+
+
+def model_card(model: str, created: int, max_model_len: int) -> dict[str, Any]:
     return {
-        "object": "list",
-        "data": [{"id": model, "object": "model", "created": created, "owned_by": "tandem"}],
+        "id": model,
+        "object": "model",
+        "created": created,
+        "owned_by": "tandem",
+        "root": model,
+        "parent": None,
+        "max_model_len": max_model_len,
     }
+
+
+def models_response(model: str, created: int, max_model_len: int) -> dict[str, Any]:
+    return {"object": "list", "data": [model_card(model, created, max_model_len)]}
+
+
+def tokenize(body: Any, model: str, tokenizer: Any, max_model_len: int) -> dict[str, Any]:
+    """vLLM's /tokenize: a `prompt`, or chat `messages` rendered with the template."""
+    if not isinstance(body, dict):
+        raise invalid("the request body must be a JSON object")
+    allowed = {"model", "prompt", "messages", "add_special_tokens", "add_generation_prompt"}
+    allowed |= {"return_token_strs"}
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise invalid(f"{unknown[0]}: unknown field")
+    if body.get("model") not in (None, model):
+        raise RequestError("NOT_FOUND", f"model: {body['model']!r} is not served; use {model!r}")
+    for name in ("add_special_tokens", "add_generation_prompt", "return_token_strs"):
+        if name in body and not isinstance(body[name], bool):
+            raise invalid(f"{name}: expected a boolean")
+    if ("prompt" in body) == ("messages" in body):
+        raise invalid("prompt: set one of prompt and messages")
+    if "prompt" in body:
+        if not isinstance(body["prompt"], str):
+            raise invalid("prompt: expected a string")
+        tokens = tokenizer.encode(
+            body["prompt"], add_special_tokens=body.get("add_special_tokens", True)
+        )
+    else:
+        if not body.get("add_generation_prompt", True) or body.get("add_special_tokens"):
+            raise invalid("add_generation_prompt: tandem renders chat as generation does")
+        request = pb.GenerateRequest()
+        _chat_prompt(body, request)
+        tokens = render_chat(request.chat, tokenizer)
+    strs = tokenizer.convert_ids_to_tokens(tokens) if body.get("return_token_strs") else None
+    return {
+        "count": len(tokens),
+        "max_model_len": max_model_len,
+        "tokens": tokens,
+        "token_strs": strs,
+    }
+
+
+def detokenize(body: Any, model: str, tokenizer: Any, vocab_size: int) -> dict[str, str]:
+    """vLLM's /detokenize: token ids to text."""
+    if not isinstance(body, dict):
+        raise invalid("the request body must be a JSON object")
+    unknown = sorted(set(body) - {"model", "tokens"})
+    if unknown:
+        raise invalid(f"{unknown[0]}: unknown field")
+    if body.get("model") not in (None, model):
+        raise RequestError("NOT_FOUND", f"model: {body['model']!r} is not served; use {model!r}")
+    ids = pb.TokenIds()
+    assign(ids, "ids", body.get("tokens"), "tokens")
+    for i, token in enumerate(ids.ids):
+        if not 0 <= token < vocab_size:
+            raise invalid(f"tokens[{i}]: {token} is outside the vocabulary [0, {vocab_size})")
+    return {"prompt": tokenizer.decode(list(ids.ids))}
+
+
+def version() -> dict[str, str]:
+    from importlib.metadata import version as package_version
+
+    return {"version": package_version("tandem")}

@@ -11,11 +11,12 @@ from typing import Any
 
 
 class TandemWorkerExtension:
-    def tandem_apply_fixes(self) -> list[str]:
-        """Work around vLLM bugs on this platform (tandem.plugins.fixes); returns their names."""
+    def tandem_apply_fixes(self, exact_sampler: bool, any_vllm: bool) -> list[str]:
+        """Work around vLLM bugs (tandem.plugins.fixes), with tandem's exact speculative sampler
+        if asked (speculation.sampler); returns the names of the fixes applied."""
         from tandem.plugins import fixes
 
-        return fixes.apply()
+        return fixes.apply(self.model_runner, exact_sampler, any_vllm)  # type: ignore[attr-defined]
 
     def tandem_attach(self, session: Any, candidates: int) -> bool:
         """Give the proposer the session and the runner's batch, and tap the target's logits

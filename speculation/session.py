@@ -2,9 +2,10 @@
 drafter health, independent of how messages travel (a Transport) and of vLLM (plain lists in).
 
 Once per engine step `propose` receives the batch (request ids and their committed tokens) and
-returns one draft per request. A drafter that errs or misses the step's
-time budget is marked down: its requests get no drafts (decoding goes on without speculation)
-until a probe shows it answers again, then speculation resumes.
+returns one draft per request. A drafter that errs is marked down: its requests get no drafts
+(decoding goes on without speculation) until a probe shows it answers again, then speculation
+resumes. A drafter that misses the step's time budget is late, not broken (a loaded machine):
+the transport keeps it `busy` until the late call returns, and it drafts again right after.
 
 Pipelining (PEARL, SSD): after handing the target a block, the session asks the drafters to
 pre-draft the next block for the block's likeliest verification outcomes while the target
@@ -46,7 +47,8 @@ class Transport(Protocol):
     def draft(
         self, batches: dict[int, list[DraftItem]], timeout_s: float
     ) -> dict[int, list[DraftReply] | Exception]:
-        """Send every replica its batch at once; a replica's entry is an exception on failure."""
+        """Send every replica its batch at once; a replica's entry is an exception on failure,
+        a TimeoutError when it missed timeout_s."""
         ...
 
     def free(self, replica: int, request_ids: list[str]) -> None:
@@ -55,6 +57,10 @@ class Transport(Protocol):
 
     def probe(self, replica: int) -> bool:
         """Non-blocking health probe: True once the replica answers again."""
+        ...
+
+    def busy(self, replica: int) -> bool:
+        """True while a call to the replica that missed its time budget still runs."""
         ...
 
     def predraft(self, batches: dict[int, list[DraftItem]], plan: PredraftPlan) -> Any:
@@ -74,7 +80,6 @@ class Transport(Protocol):
 class RequestSpec:
     mode: str  # a Mode, or a registered source's name
     num_speculative_tokens: int  # the request's k, <= speculation.num_speculative_tokens
-    greedy: bool = True  # False: the request samples (temperature > 0)
     pipelined: bool = True  # pre-draft while the target verifies (speculation cache)
 
 
@@ -122,10 +127,11 @@ class SessionStats:
     steps: int  # engine steps that called a drafter
     mean_rtt_s: float  # drafter round trip per such step
     p50_rtt_s: float
-    failures: int  # steps where a drafter failed or missed the time budget
+    failures: int  # drafter calls that failed (an error, a dead drafter)
     drafters_down: int
     propose_s: float = 0.0  # time in `propose`, the round trips and waits included
     predraft_wait_s: float = 0.0  # of which waiting for pre-drafted blocks
+    timeouts: int = 0  # drafter calls that missed the time budget (not faults)
 
 
 class SpeculationSession:
@@ -149,6 +155,7 @@ class SpeculationSession:
         self._speculating = 0  # registered requests in a mode other than `off`
         self._propose_s = 0.0
         self._predraft_wait_s = 0.0
+        self._timeouts = 0
 
     def register(self, request_id: str, spec: RequestSpec) -> None:
         with self._lock:
@@ -206,8 +213,8 @@ class SpeculationSession:
         speculating: list[tuple[int, _Request, int]] = []
         with self._lock:
             self._revive_drafters()
+            skipped = self._down | self._busy()
             requests = [self._requests.get(request_id) for request_id in request_ids]
-            hold = not self.config.sampled_requests and self._holds_sampled()
             for i, request in enumerate(requests):
                 if request is None or request.spec.mode == Mode.OFF:
                     continue
@@ -223,7 +230,7 @@ class SpeculationSession:
                 request.draft_length = draft_length(
                     self.config.draft_length, request.spec.num_speculative_tokens, len(request_ids)
                 )
-                if request.replica in self._down or hold or not request.draft_length:
+                if request.replica in skipped or not request.draft_length:
                     continue
                 speculating.append((i, request, n))
                 if self._pipelines(request) and outcome:
@@ -295,12 +302,9 @@ class SpeculationSession:
         """Have the drafters pre-draft the next blocks while the target verifies these."""
         batches: dict[int, list[DraftItem]] = defaultdict(list)
         with self._lock:
+            skipped = self._down | self._busy()
             for i, request, n in speculating:
-                if (
-                    not request.block
-                    or not self._pipelines(request)
-                    or request.replica in self._down
-                ):
+                if not request.block or not self._pipelines(request) or request.replica in skipped:
                     continue
                 item = self._item(request_ids[i], request, token_ids[i], n)
                 item = dataclasses.replace(item, block=request.block)
@@ -350,13 +354,20 @@ class SpeculationSession:
                     request.cache = reply.blocks
 
     def _failed(self, replica: int, result: Any) -> bool:
-        """A failed or late drafter call: count it and skip the replica until a probe answers.
+        """A failed or late drafter call. A late one is counted (the transport keeps the replica
+        busy until it returns); a failed one also marks the replica down until a probe answers.
         Call with the lock held."""
         if not isinstance(result, Exception):
             return False
-        self._failures += 1
-        self._down.add(replica)
+        if isinstance(result, TimeoutError):
+            self._timeouts += 1
+        else:
+            self._failures += 1
+            self._down.add(replica)
         return True
+
+    def _busy(self) -> set[int]:
+        return {r for r in range(self.transport.replicas) if self.transport.busy(r)}
 
     def _time_window(self) -> None:
         """Time the target's verification: from the last propose's return to this call.
@@ -368,18 +379,6 @@ class SpeculationSession:
         if self._returned and window < 1.0:  # not across idle time
             self._window_s = 0.8 * self._window_s + 0.2 * window if self._window_s else window
         self._returned = 0.0
-
-    def _holds_sampled(self) -> bool:
-        return any(not request.spec.greedy for request in self._requests.values())
-
-    def must_flush_before(self, spec: RequestSpec) -> bool:
-        """True when adding a request with this spec to the engine now would put it in a step
-        beside unverified drafts it must not meet: the engine should step once first (this
-        session, which has it registered, proposes no new drafts meanwhile)."""
-        if spec.greedy or self.config.sampled_requests:
-            return False
-        with self._lock:
-            return any(request.pending for request in self._requests.values())
 
     def _revive_drafters(self) -> None:
         for replica in list(self._down):
@@ -405,4 +404,5 @@ class SpeculationSession:
                 drafters_down=len(self._down),
                 propose_s=self._propose_s,
                 predraft_wait_s=self._predraft_wait_s,
+                timeouts=self._timeouts,
             )

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from tandem.speculation.candidates import Candidates
 
 if TYPE_CHECKING:  # the typed config section, read by factories (no runtime dependency)
-    from tandem.cluster.config import SpeculationConfig
+    from tandem.cluster.config import ModelsConfig, SpeculationConfig
 
 
 @dataclass
@@ -92,3 +92,6 @@ class DrafterSetup:
     vocab_size: int  # the target's
     draft_model: Path | None = None  # the draft LM's folder (drafters.model, or derived)
     devices: tuple[str, ...] = ("cpu",)  # torch devices of the draft model
+    # Where the drafter actor resolves its own copy of the draft (on its node); None: use
+    # draft_model as given (one machine, tests).
+    models: ModelsConfig | None = None

@@ -121,11 +121,25 @@ def client_security(args: argparse.Namespace) -> dict:
 
 
 def cmd_models_prepare(args: argparse.Namespace) -> int:
-    from tandem.models import prepare_model
+    """The named built-in models; without names, what the config serves: its target and the
+    draft its drafters use (what an image bakes in, and `make setup` prepares)."""
+    from tandem.models import BUILTIN_MODELS, ModelStore, prepare_model
 
-    models_dir = Path(args.dir) if args.dir else load_config(args.config).models.cache_dir()
-    for name in args.names:
-        print(prepare_model(name, models_dir, force=args.force))
+    config = load_config(args.config)
+    models_dir = Path(args.dir) if args.dir else config.models.cache_dir()
+    if args.names:
+        for name in args.names:
+            print(prepare_model(name, models_dir, force=args.force))
+        return 0
+    if args.force and config.models.target in BUILTIN_MODELS:
+        prepare_model(config.models.target, models_dir, force=True)
+    store = ModelStore(models_dir, config.models.source)
+    print(store.resolve(config.models.target))
+    drafters = config.speculation.drafters
+    if config.speculation.enabled:
+        draft = store.draft_for(config.models.target, drafters.model, drafters.derive_layers)
+        if draft is not None:
+            print(draft)
     return 0
 
 
@@ -153,7 +167,6 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tandem.models import DEFAULT_MODEL
     from tandem.speculation.protocol import Mode
 
     parser = argparse.ArgumentParser(prog="tandem", description=__doc__)
@@ -204,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="prepare and list models")
     msub = models.add_subparsers(dest="models_command", required=True)
     prep = msub.add_parser("prepare", help="turn a built-in GGUF model into a HF folder")
-    prep.add_argument("names", nargs="*", default=[DEFAULT_MODEL])
+    prep.add_argument(
+        "names", nargs="*", help="built-in models (default: the config's target and draft)"
+    )
     prep.add_argument("--force", action="store_true", help="prepare again even if present")
     lst = msub.add_parser("list", help="show built-in and prepared models")
     derive = msub.add_parser(

@@ -46,21 +46,24 @@ def build_request(
     speculation: str | None = None,
     num_speculative_tokens: int | None = None,
     pipelined: bool | None = None,
+    **sampling_fields: Any,
 ) -> pb.GenerateRequest:
     """A GenerateRequest from Python values; unset fields take the server's defaults.
 
-    `speculation` is a mode name (tandem.speculation.protocol.Mode: off, ngram, ...)."""
+    `speculation` is a mode name (tandem.speculation.protocol.Mode: off, ngram, ...). Any other
+    keyword is a SamplingParams field (presence_penalty, logprobs, logit_bias={id: bias}...)."""
     sampling = pb.SamplingParams(
         stop=list(stop), stop_token_ids=list(stop_token_ids), ignore_eos=ignore_eos
     )
-    for name, value in (
-        ("temperature", temperature),
-        ("top_p", top_p),
-        ("top_k", top_k),
-        ("seed", seed),
-        ("max_tokens", max_tokens),
-    ):
-        if value is not None:
+    fields = dict(
+        temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, max_tokens=max_tokens
+    )
+    for name, value in {**fields, **sampling_fields}.items():
+        if value is None:
+            continue
+        if name == "logit_bias":
+            sampling.logit_bias.update(value)
+        else:
             setattr(sampling, name, value)
     request = pb.GenerateRequest(sampling=sampling, request_id=request_id)
     if speculation is not None:
@@ -110,7 +113,8 @@ def _channel(kind: Any, address: str, tls: Credentials | None) -> Any:
 
 
 class TandemClient:
-    """Blocking client. Keyword arguments of generate/stream are those of build_request."""
+    """Blocking client. Keyword arguments of generate/stream are those of build_request;
+    `timeout` (seconds) is the deadline of every call (None: no deadline)."""
 
     def __init__(
         self,
@@ -135,13 +139,15 @@ class TandemClient:
 
     def abort(self, request_id: str) -> bool:
         request = pb.AbortRequest(request_id=request_id)
-        return self.stub.Abort(request, metadata=self.metadata).found
+        return self.stub.Abort(request, timeout=self.timeout, metadata=self.metadata).found
 
     def model_info(self) -> pb.ModelInfo:
-        return self.stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=self.metadata)
+        request = pb.GetModelInfoRequest()
+        return self.stub.GetModelInfo(request, timeout=self.timeout, metadata=self.metadata)
 
     def stats(self) -> pb.Stats:
-        return self.stub.GetStats(pb.GetStatsRequest(), metadata=self.metadata)
+        request = pb.GetStatsRequest()
+        return self.stub.GetStats(request, timeout=self.timeout, metadata=self.metadata)
 
     def close(self) -> None:
         self.channel.close()
@@ -181,13 +187,16 @@ class AsyncTandemClient:
 
     async def abort(self, request_id: str) -> bool:
         request = pb.AbortRequest(request_id=request_id)
-        return (await self.stub.Abort(request, metadata=self.metadata)).found
+        call = self.stub.Abort(request, timeout=self.timeout, metadata=self.metadata)
+        return (await call).found
 
     async def model_info(self) -> pb.ModelInfo:
-        return await self.stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=self.metadata)
+        request = pb.GetModelInfoRequest()
+        return await self.stub.GetModelInfo(request, timeout=self.timeout, metadata=self.metadata)
 
     async def stats(self) -> pb.Stats:
-        return await self.stub.GetStats(pb.GetStatsRequest(), metadata=self.metadata)
+        request = pb.GetStatsRequest()
+        return await self.stub.GetStats(request, timeout=self.timeout, metadata=self.metadata)
 
     async def close(self) -> None:
         await self.channel.close()

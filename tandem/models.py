@@ -7,10 +7,13 @@ fp32 safetensors folder in the model cache. Anything else a user names is a loca
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,26 +64,107 @@ def is_hf_folder(path: Path) -> bool:
 
 
 def resolve_model(spec: str, models_dir: Path | None = None, prepare: bool = True) -> Path:
-    """Turn a model spec (a built-in name or a local HF folder) into a folder path.
+    """Turn a model spec (a built-in name or a local HF folder) into a folder path on this
+    node. A built-in name is prepared on first use when `prepare` is true."""
+    return ModelStore(models_dir or default_models_dir()).resolve(spec, prepare=prepare)
 
-    A built-in name is prepared on first use when `prepare` is true.
-    """
-    models_dir = models_dir or default_models_dir()
-    as_path = Path(spec).expanduser()
-    if is_hf_folder(as_path):
-        return as_path.resolve()
-    if spec in BUILTIN_MODELS:
-        folder = models_dir / spec
+
+@dataclass(frozen=True)
+class ModelStore:
+    """The models of one node: `dir` holds prepared, derived and fetched models; `source`, when
+    set, is where this node copies a model it lacks from (a mounted folder, or a URI pyarrow
+    reads: s3://, gs://, hdfs://...). Every process that needs a model resolves it here on its
+    own node, so no node relies on files another node wrote. Work on `dir` is serialized by a
+    file lock, so actors sharing a node prepare each model once."""
+
+    dir: Path
+    source: str | None = None
+
+    def resolve(self, spec: str, prepare: bool = True) -> Path:
+        as_path = Path(spec).expanduser()
+        if is_hf_folder(as_path):
+            return as_path.resolve()
+        name = as_path.name if self.source else spec
+        folder = self.dir / name
         if (folder / _MARKER).is_file():
             return folder
-        if prepare:
-            return prepare_model(spec, models_dir)
-        raise ModelError(f"model {spec!r} is not prepared; run `tandem models prepare {spec}`")
-    known = ", ".join(sorted(BUILTIN_MODELS))
-    raise ModelError(
-        f"model {spec!r} is neither a Hugging Face folder (no config.json there) "
-        f"nor a built-in model ({known})"
-    )
+        if self.source and prepare:
+            with self._lock(name):
+                return folder if (folder / _MARKER).is_file() else self._fetch(name)
+        if spec in BUILTIN_MODELS:
+            if prepare:
+                with self._lock(name):
+                    return prepare_model(spec, self.dir)
+            raise ModelError(f"model {spec!r} is not prepared; run `tandem models prepare {spec}`")
+        known = ", ".join(sorted(BUILTIN_MODELS))
+        raise ModelError(
+            f"model {spec!r} is neither a Hugging Face folder (no config.json there) "
+            f"nor a built-in model ({known})"
+        )
+
+    def draft_for(self, target: str, model: str | None, derive_layers: int) -> Path | None:
+        """The draft model of a drafter pool on this node: `model` when named, else the
+        target's first `derive_layers` layers (None: no draft model)."""
+        if model is not None:
+            return self.resolve(model)
+        if derive_layers > 0:
+            return self.draft(self.resolve(target), derive_layers)
+        return None
+
+    def draft(self, target: Path, layers: int) -> Path:
+        """The draft made of `target`'s first `layers` layers: fetched from the source when it
+        has one, else derived here from this node's copy of the target."""
+        name = f"{target.name}-first{layers}"
+        with self._lock(name):
+            if self.source and not (self.dir / name / _MARKER).is_file():
+                try:
+                    return self._fetch(name)
+                except ModelError:
+                    pass  # not published there: derive it, it is deterministic
+            return derive_draft(target, layers, self.dir)
+
+    def _fetch(self, name: str) -> Path:
+        """Copy <source>/<name> into this node's dir, atomically (a partial copy is never
+        taken for a model)."""
+        folder = self.dir / name
+        tmp = self.dir / f".{name}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        origin = f"{self.source.rstrip('/')}/{name}"
+        if "://" not in self.source or self.source.startswith("file://"):
+            path = Path(origin.removeprefix("file://")).expanduser()
+            if not is_hf_folder(path):
+                raise ModelError(f"models.source: no Hugging Face folder at {path}")
+            with tqdm(total=1, desc=f"copying {name} from {self.source}", unit="model") as bar:
+                shutil.copytree(path, tmp)
+                bar.update()
+        else:
+            try:
+                from pyarrow import fs
+            except ImportError:
+                raise ModelError(
+                    f"models.source {self.source!r}: object stores are read with pyarrow; "
+                    "`pip install pyarrow` on every node"
+                ) from None
+            tmp.mkdir(parents=True)
+            fs.copy_files(origin, str(tmp))
+            if not is_hf_folder(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise ModelError(f"models.source: no Hugging Face folder at {origin}")
+        if not (tmp / _MARKER).is_file():
+            (tmp / _MARKER).write_text(json.dumps({"name": name, "fetched_from": origin}))
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+        return folder
+
+    @contextlib.contextmanager
+    def _lock(self, name: str) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / f".{name}.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def prepare_model(name: str, models_dir: Path | None = None, force: bool = False) -> Path:

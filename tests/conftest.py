@@ -15,6 +15,66 @@ REPO = Path(__file__).resolve().parents[1]
 SPEC_BENCH = REPO / "benchmarks" / "data" / "spec_bench" / "question.jsonl"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("tandem", "tandem's sampling tests (tests/test_sampling.py)")
+    group.addoption(
+        "--sampler",
+        choices=("tandem", "vllm"),
+        default="tandem",
+        help="speculation.sampler.kind of their server: vllm runs them on vLLM's own rejection "
+        "sampler, which they catch (tandem)",
+    )
+    group.addoption(
+        "--sampling-samples",
+        type=int,
+        default=300,
+        help="samples per setting and arm of the distribution test (300; make test-sampling: 2000)",
+    )
+    group = parser.getgroup("tandem reliability (make soak sets these high)")
+    group.addoption(
+        "--soak-minutes", type=float, default=2.0, help="length of the soak test (default 2)"
+    )
+    group.addoption(
+        "--fuzz-examples",
+        type=int,
+        default=100,
+        help="hypothesis examples per fuzz test; one gRPC example is a batch of 1-4 requests "
+        "(default 100)",
+    )
+    group.addoption("--soak-report", default="", help="write the soak's figures (JSON) here")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "timeout_per_example(s): the fuzz test's timeout, s per --fuzz-examples"
+    )
+    config.addinivalue_line(
+        "markers", "timeout_per_soak_minute(s): the soak's timeout, s per --soak-minutes"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Timeouts that follow --fuzz-examples and --soak-minutes (plus 10 minutes of set-up)."""
+    for item in items:
+        if marker := item.get_closest_marker("timeout_per_example"):
+            seconds = marker.args[0] * config.getoption("--fuzz-examples")
+        elif marker := item.get_closest_marker("timeout_per_soak_minute"):
+            seconds = marker.args[0] * config.getoption("--soak-minutes")
+        else:
+            continue
+        item.add_marker(pytest.mark.timeout(int(600 + seconds)))
+
+
+@pytest.fixture(scope="session")
+def soak_minutes(request) -> float:
+    return request.config.getoption("--soak-minutes")
+
+
+@pytest.fixture(scope="session")
+def fuzz_examples(request) -> int:
+    return request.config.getoption("--fuzz-examples")
+
+
 def spec_bench_prompts(n: int, categories: tuple[str, ...] = ()) -> list[str]:
     """First turns of the first n Spec-Bench prompts (optionally of some categories only)."""
     rows = [json.loads(line) for line in SPEC_BENCH.read_text().splitlines() if line.strip()]
@@ -36,7 +96,7 @@ def tokenizer(model_path):
 
 
 def start_service(config: dict) -> Iterator[ServiceProcess]:
-    service = ServiceProcess(config)
+    service = ServiceProcess(config, startup_timeout_s=600)  # a loaded 2-core machine is slow
     service.start()
     try:
         yield service

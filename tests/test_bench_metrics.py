@@ -29,6 +29,8 @@ from tandem.benchmarks.workload import (
 )
 from tandem.cluster.figures import Breakdown
 
+pytestmark = pytest.mark.timeout(120)
+
 
 def test_tokens_per_s_is_new_tokens_over_wall_time():
     assert metrics.tokens_per_s(128, 4.0) == 32.0

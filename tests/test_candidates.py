@@ -1,6 +1,10 @@
 """Lining the target's top candidates up with the tokens it verified (pure logic)."""
 
+import pytest
+
 from tandem.speculation.candidates import verified_candidates
+
+pytestmark = pytest.mark.timeout(120)
 
 
 def test_rows_follow_requests_and_drafts():

@@ -6,8 +6,10 @@ import sys
 
 import pytest
 
-from tandem.cluster.api import token_matches
+from tandem.cluster.auth import authorized
 from tandem.cluster.config import AuthConfig, ConfigError, TandemConfig
+
+pytestmark = pytest.mark.timeout(600)  # loads models; slow on a loaded machine
 
 
 def test_default_config_needs_no_file():
@@ -95,6 +97,7 @@ def test_example_configs_load():
     for path in examples:
         config = TandemConfig.from_yaml(path)
         assert config.speculation.enabled and config.target.replicas >= 1
+        config.check_serving()  # a token wherever they listen beyond loopback
     local = Path(__file__).parents[1] / "deploy" / "configs" / "local-cpu.yaml"
     assert TandemConfig.from_yaml(local) == TandemConfig()  # the built-in default, written out
 
@@ -120,6 +123,34 @@ def test_modes_come_from_one_registry():
         TandemConfig.from_dict(
             {"speculation": {"drafters": {"controlled_acceptance": {"alpha": 0.5}}}}
         )
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "tandem.example"])
+def test_no_token_on_the_network_unless_the_config_says_so(host, monkeypatch):
+    open_door = TandemConfig.from_dict({"server": {"host": host}})
+    with pytest.raises(ConfigError, match=r"server.auth: .* no token is set"):
+        open_door.check_serving()
+    TandemConfig.from_dict(
+        {"server": {"host": host, "allow_unauthenticated": True}}
+    ).check_serving()
+    monkeypatch.setenv("T", "x")
+    TandemConfig.from_dict({"server": {"host": host, "auth": {"token_env": "T"}}}).check_serving()
+    for loopback in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        TandemConfig.from_dict({"server": {"host": loopback}}).check_serving()
+    # Ray Serve's gRPC ingress listens on every interface, whatever server.host says.
+    with pytest.raises(ConfigError, match="every interface"):
+        TandemConfig().check_serving(exposed=True)
+
+
+def test_serve_refuses_an_open_door_before_starting():
+    run = subprocess.run(
+        [sys.executable, "-m", "tandem.cli", "serve", "--host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert "server.allow_unauthenticated: true" in run.stderr
 
 
 def test_server_security_and_metrics_keys(tmp_path, monkeypatch):
@@ -174,9 +205,15 @@ def test_config_from_serve_args(tmp_path):
         TandemConfig.from_serve_args({"config": {}, "config_path": str(path)})
 
 
-def test_token_matches():
-    assert token_matches(None, None)
-    assert token_matches("Bearer abc", "abc") and token_matches("bearer  abc ", "abc")
-    assert not token_matches(None, "abc")
-    assert not token_matches("Bearer abd", "abc")
-    assert not token_matches("Basic abc", "abc")
+def test_bearer_token_check():
+    assert authorized([], None) and authorized(["anything"], None)
+    assert authorized(["Bearer abc"], "abc") and authorized(["bearer  abc "], "abc")
+    assert not authorized([], "abc")
+    assert not authorized(["Bearer abd"], "abc") and not authorized(["Bearer ab"], "abc")
+    assert not authorized(["Basic abc"], "abc")
+    # A repeated header is refused, whichever copy holds the token.
+    assert not authorized(["Bearer abc", "Bearer abc"], "abc")
+    assert not authorized(["Bearer nope", "Bearer abc"], "abc")
+    # Any text is just a wrong token, never an error.
+    assert not authorized(["Bearer \u00e9t\u00e9 \ud800"], "abc")
+    assert authorized(["Bearer t\u00f6ken"], "t\u00f6ken")

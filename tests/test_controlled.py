@@ -11,6 +11,8 @@ from tandem.benchmarks.controlled_source import (
 )
 from tandem.speculation.source import History
 
+pytestmark = pytest.mark.timeout(120)
+
 PROMPT = (5, 6, 7)
 TRUTH = list(range(100, 140))
 

@@ -13,6 +13,8 @@ from tandem.speculation.recycle import RecycleSource
 from tandem.speculation.source import DrafterSetup
 from tandem.speculation.suffix import SuffixSource
 
+pytestmark = pytest.mark.timeout(120)
+
 
 def draft(drafter, rid, start, tokens, mode, k=4, candidates=()):
     item = DraftItem(rid, start, tuple(tokens), k, mode, tuple(candidates))

@@ -12,6 +12,8 @@ from tandem.models import derive_draft
 from tandem.speculation.easyspec import EasySpecDrafter, make_groups
 from tandem.speculation.model_drafter import ModelDrafter
 
+pytestmark = pytest.mark.timeout(600)  # loads models; slow on a loaded machine
+
 PROMPTS = (
     "The quick brown fox jumps over the lazy dog. The quick",
     "Write a short poem about the sea, the wind and the rain.",

@@ -2,7 +2,11 @@
 
 from itertools import count
 
+import pytest
+
 from tandem.benchmarks.easyspec_latency import Replay, replay
+
+pytestmark = pytest.mark.timeout(600)  # loads models; slow on a loaded machine
 
 
 def test_replay_accepts_the_agreeing_prefix_and_the_targets_own_token():

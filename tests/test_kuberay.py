@@ -1,6 +1,8 @@
-"""The KubeRay manifests: valid against KubeRay's own CRD schemas (vendored in
-deploy/kuberay/crds), with an embedded tandem config that tandem's loader accepts and whose
-pools fit the worker groups the manifest provides."""
+"""The KubeRay manifests: valid against KubeRay's own CRD schemas (deploy/kuberay/crds), strictly
+(an unknown field is an error), admitted by KubeRay's own validation rules, free of deprecated
+fields, with ports named as KubeRay's Services expect and KubeRay's health checks kept; their
+embedded tandem config loads, is safe to expose, and its pools fit the worker groups.
+tests/test_kuberay_entrypoints.py runs their commands the way KubeRay runs them."""
 
 from __future__ import annotations
 
@@ -16,20 +18,24 @@ from ray.serve.schema import ServeDeploySchema
 
 from tandem.cluster.config import TandemConfig
 
+from . import kuberay_rules
 from .conftest import REPO
 
+pytestmark = pytest.mark.timeout(120)
+
 KUBERAY = REPO / "deploy" / "kuberay"
-Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are ~1 MB each
+SCHEMAS = KUBERAY / "crds" / "kuberay-v1.schema.yaml"
+Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @functools.cache
 def crd_schema(kind: str) -> dict[str, Any]:
-    """The CRD's openAPIV3Schema, strict like `kubectl apply --validate=strict`: unknown fields
-    are errors (the API server would silently drop them) except where the schema says
+    """The kind's v1 openAPIV3Schema, strict like `kubectl apply --validate=strict`: unknown
+    fields are errors (the API server would silently drop them) except where the schema says
     x-kubernetes-preserve-unknown-fields."""
-    crd = yaml.load((KUBERAY / "crds" / f"ray.io_{kind.lower()}s.yaml").read_text(), Loader)
-    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-    return _strict(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
+    vendored = yaml.load(SCHEMAS.read_text(), Loader)
+    schema = {**vendored["kinds"][kind], "definitions": vendored["definitions"]}
+    return _strict(copy.deepcopy(schema))
 
 
 def _strict(schema: Any) -> Any:
@@ -54,9 +60,10 @@ def documents(name: str) -> dict[str, dict[str, Any]]:
 
 
 def validate(manifest: dict[str, Any]) -> None:
-    # metadata is checked by the API server itself, not by the CRD schema.
+    """The CRD schema (metadata is the API server's own check) and KubeRay's rules."""
     body = {k: v for k, v in manifest.items() if k != "metadata"}
     jsonschema.Draft7Validator(crd_schema(manifest["kind"])).validate(body)
+    assert kuberay_rules.errors(manifest) == []
 
 
 def group_capacity(cluster: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -71,7 +78,7 @@ def group_capacity(cluster: dict[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
-def check_pools_fit(config: TandemConfig, cluster: dict[str, Any]) -> None:
+def check_cluster(config: TandemConfig, cluster: dict[str, Any]) -> None:
     capacity = group_capacity(cluster)
     assert set(capacity) == {"targets", "drafters"}
     for group, pool in (("targets", config.target), ("drafters", config.speculation.drafters)):
@@ -82,8 +89,19 @@ def check_pools_fit(config: TandemConfig, cluster: dict[str, Any]) -> None:
     assert config.speculation.drafters.resources.get("GPU") and not capacity["targets"]["GPU"]
     for group in cluster["workerGroupSpecs"]:
         (container,) = group["template"]["spec"]["containers"]
-        assert container["readinessProbe"] and container["livenessProbe"]
+        # KubeRay injects its own probes (raylet health; Serve's proxy on RayService workers)
+        # only where none is set.
+        assert "readinessProbe" not in container and "livenessProbe" not in container
         assert container["resources"]["limits"]
+    # Models are baked into the images (deploy/images): no shared volume is needed.
+    assert config.models.dir == config.models.dir.__class__("/opt/tandem/models")
+    assert config.models.source is None
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    assert "persistentVolumeClaim" not in json.dumps(cluster)
+    ports = {p["name"]: p["containerPort"] for p in head["containers"][0]["ports"]}
+    assert ports["metrics"] == 8080  # Ray's own (KubeRay's metrics-export-port default)
+    assert ports["tandem-metrics"] == config.server.metrics_port
+    config.check_serving(exposed=True)  # a token is set: safe on the network
 
 
 def test_rayservice_manifest():
@@ -95,8 +113,15 @@ def test_rayservice_manifest():
     assert app["import_path"] == "tandem.deploy.serve_app:app_builder"
     config = TandemConfig.from_serve_args(app["args"])
     assert config.server.auth.token_env == "TANDEM_TOKEN"
-    assert config.server.metrics_port == 9100
-    check_pools_fit(config, manifest["spec"]["rayClusterConfig"])
+    cluster = manifest["spec"]["rayClusterConfig"]
+    check_cluster(config, cluster)
+    (head,) = cluster["headGroupSpec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in head["ports"]}
+    assert ports["serve"] == serve_config["http_options"]["port"]
+    assert ports["serve-grpc"] == serve_config["grpc_options"]["port"]
+    # KubeRay's Serve health checks (head proxy, app status) and probes stay on.
+    assert "readinessProbe" not in head and "livenessProbe" not in head
+    assert "command" not in head and "args" not in head  # KubeRay's own `ray start`
 
 
 def test_raycluster_manifest():
@@ -104,10 +129,12 @@ def test_raycluster_manifest():
     validate(docs["RayCluster"])
     config = TandemConfig.from_dict(yaml.safe_load(docs["ConfigMap"]["data"]["tandem.yaml"]))
     assert config.ray.address == "auto"
-    head = docs["RayCluster"]["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    check_cluster(config, docs["RayCluster"]["spec"])
+    (head,) = docs["RayCluster"]["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
     assert head["readinessProbe"]["grpc"]["port"] == config.server.port
-    assert "tandem serve --config /etc/tandem/tandem.yaml" in head["args"][0]
-    check_pools_fit(config, docs["RayCluster"]["spec"])
+    ports = {p["name"]: p["containerPort"] for p in head["ports"]}
+    assert ports["serve-grpc"] == config.server.port
+    assert "exec tandem serve --config /etc/tandem/tandem.yaml" in head["args"][0]
 
 
 @pytest.mark.parametrize(
@@ -116,10 +143,14 @@ def test_raycluster_manifest():
         (("spec", "rayClusterConfig", "headGroupSpec", "rayStartParam"), {}),  # a typo
         (("spec", "rayClusterConfig", "workerGroupSpecs", 0, "replicas"), "two"),
         (("spec", "rayClusterConfig", "workerGroupSpecs", 1, "groupName"), None),
+        (("spec", "serviceUnhealthySecondThreshold"), 900),  # deprecated
+        (("spec", "rayClusterConfig", "workerGroupSpecs", 0, "minReplicas"), 3),  # > max
+        (("spec", "rayClusterConfig", "workerGroupSpecs", 1, "maxReplicas"), None),
+        (("metadata", "name"), "Tandem_1"),  # not a DNS-1035 label
     ],
 )
-def test_schema_catches_mistakes(path, value):
-    """The validation has teeth: each of these is refused."""
+def test_validation_catches_mistakes(path, value):
+    """The validation has teeth: each of these is refused (by the schema or KubeRay's rules)."""
     manifest = documents("rayservice.yaml")["RayService"]
     node = manifest
     for key in path[:-1]:
@@ -128,13 +159,27 @@ def test_schema_catches_mistakes(path, value):
         del node[path[-1]]
     else:
         node[path[-1]] = value
-    with pytest.raises(jsonschema.ValidationError):
+    with pytest.raises((jsonschema.ValidationError, AssertionError)):
         validate(manifest)
 
 
+def test_grpc_port_name_kuberay_does_not_expose_is_refused():
+    manifest = documents("rayservice.yaml")["RayService"]
+    (head,) = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"][
+        "containers"
+    ]
+    head["ports"] = [p for p in head["ports"] if not p["name"].startswith("serve")]
+    assert kuberay_rules.errors(manifest) == [
+        "Please specify a port named 'serve' (or with the prefix 'serve-')"
+    ]
+
+
 def test_serve_config_file():
-    """deploy/serve/local-cpu.yaml is a valid Serve config whose args load as a tandem config."""
+    """deploy/serve/local-cpu.yaml is a valid Serve config whose args load as a tandem config
+    that sets a token (Serve's gRPC ingress listens on every interface)."""
     serve_config = yaml.safe_load((REPO / "deploy" / "serve" / "local-cpu.yaml").read_text())
     ServeDeploySchema.model_validate(serve_config)
     (app,) = serve_config["applications"]
-    assert TandemConfig.from_serve_args(app["args"]).server.metrics_port == 9100
+    config = TandemConfig.from_serve_args(app["args"])
+    assert config.server.metrics_port == 9100
+    config.check_serving(exposed=True)

@@ -9,7 +9,7 @@ from tandem.client import TandemClient
 
 from .conftest import spec_bench_prompts, start_service
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def client():
         }
     }
     for service in start_service(config):
-        with TandemClient(service.address) as c:
+        with TandemClient(service.address, timeout=300) as c:
             yield c
 
 

@@ -7,6 +7,8 @@ import torch
 from tandem.models import check_same_vocabulary, derive_draft
 from tandem.speculation.model_drafter import ModelDrafter
 
+pytestmark = pytest.mark.timeout(600)  # loads models; slow on a loaded machine
+
 
 @pytest.fixture(scope="module")
 def draft_path(model_path):

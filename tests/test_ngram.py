@@ -4,6 +4,8 @@ import pytest
 
 from tandem.speculation.ngram import NgramIndex
 
+pytestmark = pytest.mark.timeout(120)
+
 
 def index(tokens, min_n=1, max_n=4):
     idx = NgramIndex(min_n, max_n)

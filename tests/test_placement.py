@@ -23,7 +23,7 @@ from tandem.cluster.launcher import ServiceProcess
 
 from .conftest import spec_bench_prompts
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 ACCELERATOR_TYPE = "STAND-IN"  # Ray's accelerator_type:<X> node resource, as a GPU node has
@@ -115,7 +115,7 @@ def test_dovetail_target_and_drafter_land_on_their_own_kinds(cluster, service):
     (drafter,) = alive("DrafterReplica")
     assert "verifier" in nodes[target.node_id] and "accelerator" not in nodes[target.node_id]
     assert "accelerator" in nodes[drafter.node_id] and "verifier" not in nodes[drafter.node_id]
-    with TandemClient(service.address) as client:
+    with TandemClient(service.address, timeout=300) as client:
         result = client.generate("Repeat: one two, one two, one two.", temperature=0, max_tokens=24)
         assert result.speculation.mode == "ngram" and result.speculation.draft_tokens > 0
         stats = client.stats()
@@ -127,7 +127,7 @@ def test_dovetail_easyspec_greedy_equals_target_only(service):
     """Lossless end to end: mode model with an EasySpec drafter (layer groups of 2) through gRPC
     gives the target-only greedy output token for token."""
     drafted = 0
-    with TandemClient(service.address) as client:
+    with TandemClient(service.address, timeout=300) as client:
         for category in ("writing", "coding", "qa"):
             (prompt,) = spec_bench_prompts(1, (category,))
             expected = client.generate(prompt, temperature=0, max_tokens=48, speculation="off")
@@ -142,7 +142,7 @@ def test_dovetail_easyspec_greedy_equals_target_only(service):
 
 def test_killed_drafter_fails_no_request_and_speculation_resumes(service):
     prompts = spec_bench_prompts(8, ("writing", "coding", "qa", "summarization"))
-    with TandemClient(service.address) as client:
+    with TandemClient(service.address, timeout=300) as client:
         expected = [
             list(client.generate(p, temperature=0, max_tokens=64, speculation="off").token_ids)
             for p in prompts
@@ -150,7 +150,7 @@ def test_killed_drafter_fails_no_request_and_speculation_resumes(service):
     (drafter,) = alive("DrafterReplica")
 
     async def eight_streams_and_a_crash():
-        async with AsyncTandemClient(service.address) as aclient:
+        async with AsyncTandemClient(service.address, timeout=300) as aclient:
             started = asyncio.Event()
             counter = {"first": 0}
 
@@ -171,8 +171,10 @@ def test_killed_drafter_fails_no_request_and_speculation_resumes(service):
 
     results = asyncio.run(eight_streams_and_a_crash())
     assert [ids for ids, _ in results] == expected
-    with TandemClient(service.address) as client:
-        assert client.stats().drafter_failures >= 1
+    with TandemClient(service.address, timeout=300) as client:
+        # The kill shows as a failed call, or a late one (Ray holds calls while it restarts).
+        stats = client.stats()
+        assert stats.drafter_failures + stats.drafter_timeouts >= 1
         # Ray restarts the drafter; once it answers, requests get drafts again.
         deadline = time.monotonic() + 120
         while True:

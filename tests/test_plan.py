@@ -9,6 +9,8 @@ from tandem.cluster.config import TandemConfig
 from tandem.cluster.placement import Node, PlacementError, PoolRequest, plan
 from tandem.cluster.plan import pool_requests
 
+pytestmark = pytest.mark.timeout(120)
+
 VERIFIER = Node("verifier-node", "10.0.0.1", {"CPU": 4.0, "verifier": 1.0})
 ACCEL = Node("accel-node", "10.0.0.2", {"CPU": 2.0, "accelerator": 2.0, "accelerator_type:X": 1.0})
 

@@ -2,8 +2,12 @@
 
 from functools import partial
 
+import pytest
+
 from tandem.cluster.config import DraftLengthConfig
 from tandem.speculation.policy import draft_length
+
+pytestmark = pytest.mark.timeout(120)
 
 
 def test_full_k_then_shrinking_then_off():

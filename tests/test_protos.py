@@ -1,6 +1,10 @@
 """The committed stubs must be exactly what the .proto files generate."""
 
+import pytest
+
 from tandem.protos.build import PROTOS_DIR, generate
+
+pytestmark = pytest.mark.timeout(120)
 
 
 def test_stubs_match_proto_files(tmp_path):

@@ -1,8 +1,11 @@
 """Token Recycling's table: updates from the target's candidates, chains, a fixed size."""
 
 import numpy as np
+import pytest
 
 from tandem.speculation.recycle import EMPTY, RecycleTable
+
+pytestmark = pytest.mark.timeout(120)
 
 
 def test_latest_candidates_replace_the_row():

@@ -9,15 +9,16 @@ import subprocess
 import sys
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tandem.client import Credentials, TandemClient
 
-from .conftest import start_service
+from .conftest import free_port, start_service
 from .tls_certs import make_certificates
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 TOKEN = "tandem-test-token"
 
@@ -41,8 +42,15 @@ def _config(tmp_path, certs, mutual: bool) -> dict:
 
 
 @pytest.fixture(scope="module")
-def mtls_service(tmp_path_factory, certs):
-    yield from start_service(_config(tmp_path_factory.mktemp("mtls"), certs, mutual=True))
+def metrics_port():
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def mtls_service(tmp_path_factory, certs, metrics_port):
+    config = _config(tmp_path_factory.mktemp("mtls"), certs, mutual=True)
+    config["server"].update(metrics_port=metrics_port, metrics_auth=True)
+    yield from start_service(config)
 
 
 def _health(channel: grpc.Channel) -> int:
@@ -64,11 +72,14 @@ def test_mutual_tls_with_token(mtls_service, certs):
         assert result.usage.completion_tokens == 4
         assert client.stats().requests_finished == 1
     # The token is checked on every RPC, streaming ones included.
-    assert _fails(TandemClient(address, tls=mutual)) == grpc.StatusCode.UNAUTHENTICATED
-    assert _fails(TandemClient(address, tls=mutual, token="nope")) == (
+    assert _fails(TandemClient(address, tls=mutual, timeout=300)) == grpc.StatusCode.UNAUTHENTICATED
+    assert _fails(TandemClient(address, tls=mutual, token="nope", timeout=300)) == (
         grpc.StatusCode.UNAUTHENTICATED
     )
-    with TandemClient(address, tls=mutual) as client, pytest.raises(grpc.RpcError) as exc:
+    with (
+        TandemClient(address, tls=mutual, timeout=300) as client,
+        pytest.raises(grpc.RpcError) as exc,
+    ):
         list(client.stream("Hi", max_tokens=4))
     assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED
     # Health needs no token (orchestrators probe it), but still the client certificate.
@@ -77,10 +88,10 @@ def test_mutual_tls_with_token(mtls_service, certs):
     channel.close()
     # No client certificate, or no TLS at all: the handshake fails before any RPC.
     server_only = Credentials(certs.ca.cert)
-    assert _fails(TandemClient(address, tls=server_only, token=TOKEN)) == (
+    assert _fails(TandemClient(address, tls=server_only, token=TOKEN, timeout=300)) == (
         grpc.StatusCode.UNAVAILABLE
     )
-    assert _fails(TandemClient(address, token=TOKEN)) == grpc.StatusCode.UNAVAILABLE
+    assert _fails(TandemClient(address, token=TOKEN, timeout=300)) == grpc.StatusCode.UNAVAILABLE
 
 
 def test_cli_with_mutual_tls_and_token(mtls_service, certs, tmp_path):
@@ -111,15 +122,48 @@ def test_tls_without_client_certificates(tmp_path, certs):
         server_only = Credentials(certs.ca.cert)
         with TandemClient(service.address, timeout=60, tls=server_only, token=TOKEN) as client:
             assert client.generate("Hi", max_tokens=3, temperature=0).usage.completion_tokens == 3
-        assert _fails(TandemClient(service.address, tls=server_only)) == (
+        assert _fails(TandemClient(service.address, tls=server_only, timeout=300)) == (
             grpc.StatusCode.UNAUTHENTICATED
         )
         channel = grpc.secure_channel(service.address, server_only.channel_credentials())
         assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
         channel.close()
-        assert _fails(TandemClient(service.address, token=TOKEN)) == grpc.StatusCode.UNAVAILABLE
+        assert (
+            _fails(TandemClient(service.address, token=TOKEN, timeout=300))
+            == grpc.StatusCode.UNAVAILABLE
+        )
         # A certificate from another CA is not trusted.
         stranger = Credentials(make_certificates().ca.cert)
-        assert _fails(TandemClient(service.address, tls=stranger, token=TOKEN)) == (
+        assert _fails(TandemClient(service.address, tls=stranger, token=TOKEN, timeout=300)) == (
             grpc.StatusCode.UNAVAILABLE
         )
+
+
+def test_auth_details(mtls_service, certs, metrics_port):
+    """Without the token every method is refused alike, unknown ones too (names cannot be
+    probed); two authorization headers are refused even when one is right; /metrics asks for
+    the token (server.metrics_auth), and a non-ASCII value is just a wrong one. (gRPC clients
+    cannot send non-ASCII metadata; HTTP clients can.)"""
+    mutual = Credentials(certs.ca.cert, certs.client.cert, certs.client.key)
+    channel = grpc.secure_channel(mtls_service.address, mutual.channel_credentials())
+    good = ("authorization", f"Bearer {TOKEN}")
+
+    def code(method: str, metadata=()) -> grpc.StatusCode:
+        call = channel.unary_unary(method)
+        with pytest.raises(grpc.RpcError) as exc:
+            call(b"", metadata=metadata, timeout=60)
+        return exc.value.code()
+
+    assert code("/tandem.v1.Tandem/NoSuchMethod") == grpc.StatusCode.UNAUTHENTICATED
+    assert code("/no.such.Service/Method") == grpc.StatusCode.UNAUTHENTICATED
+    assert code("/tandem.v1.Tandem/NoSuchMethod", [good]) == grpc.StatusCode.UNIMPLEMENTED
+    twice = [good, ("authorization", "Bearer nope")]
+    assert code("/tandem.v1.Tandem/GetStats", twice) == grpc.StatusCode.UNAUTHENTICATED
+    assert code("/tandem.v1.Tandem/GetStats", [good, good]) == grpc.StatusCode.UNAUTHENTICATED
+    channel.close()
+
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    for headers in ({}, {"Authorization": b"Bearer t\xc3\xa9st"}, {"Authorization": "Bearer x"}):
+        assert httpx.get(url, headers=headers, timeout=60).status_code == 401, headers
+    scraped = httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    assert scraped.status_code == 200 and "tandem_requests_total" in scraped.text

@@ -7,7 +7,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 
 import grpc
 import pytest
@@ -18,8 +17,9 @@ from tandem.client import AsyncTandemClient, TandemClient, build_request
 from tandem.protos import tandem_pb2 as pb
 
 from .conftest import spec_bench_prompts, start_service
+from .reliability import wait_until_idle
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 MAX_INFLIGHT = 10
 CONFIG = {"server": {"max_inflight": MAX_INFLIGHT, "max_tokens": 1024, "default_max_tokens": 48}}
@@ -32,21 +32,8 @@ def service():
 
 @pytest.fixture(scope="module")
 def client(service):
-    with TandemClient(service.address) as c:
+    with TandemClient(service.address, timeout=300) as c:
         yield c
-
-
-def wait_until_idle(client: TandemClient, timeout_s: float = 30) -> pb.Stats:
-    """Poll GetStats until neither the coordinator nor any engine holds a request."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        stats = client.stats()
-        idle = stats.requests_in_flight == 0 and all(
-            r.engine_unfinished == 0 and r.outstanding == 0 for r in stats.replicas
-        )
-        if idle or time.monotonic() > deadline:
-            return stats
-        time.sleep(0.1)
 
 
 def test_greedy_matches_transformers(client, model_path, tokenizer):
@@ -112,7 +99,7 @@ def test_eight_concurrent_streams(service, client):
     expected = [list(client.generate(p, temperature=0, max_tokens=24).token_ids) for p in prompts]
 
     async def run_all():
-        async with AsyncTandemClient(service.address) as aclient:
+        async with AsyncTandemClient(service.address, timeout=300) as aclient:
 
             async def one(prompt):
                 ids = []
@@ -145,7 +132,44 @@ BAD_REQUESTS = [
     (build_request([5, -1]), "OUT_OF_RANGE", "prompt.token_ids[1]"),
     (build_request("hi", stop_token_ids=[10**6]), "OUT_OF_RANGE", "sampling.stop_token_ids"),
     (build_request("hi", request_id="x" * 300), "INVALID_ARGUMENT", "request_id"),
+    (build_request("hi", presence_penalty=2.5), "INVALID_ARGUMENT", "sampling.presence_penalty"),
+    (build_request("hi", repetition_penalty=0), "INVALID_ARGUMENT", "sampling.repetition_penalty"),
+    (build_request("hi", min_p=0.2), "INVALID_ARGUMENT", "sampling.min_p"),  # sampled, drafts
+    (build_request("hi", logit_bias={5: 1.0}), "INVALID_ARGUMENT", "sampling.logit_bias"),
+    (build_request("hi", logprobs=21), "INVALID_ARGUMENT", "sampling.logprobs"),
+    (build_request("hi", max_tokens=4, min_tokens=5), "INVALID_ARGUMENT", "sampling.min_tokens"),
 ]
+
+
+def test_vllm_sampling_fields_are_honoured(client, tokenizer):
+    """Penalties change the output and a speculating request keeps the target's; min_tokens
+    holds; logprobs come per token and prompt_logprobs per prompt token after the first."""
+    prompt = "Repeat exactly, five times: red green blue red green blue red green blue."
+    penalties = dict(presence_penalty=0.5, frequency_penalty=0.7, repetition_penalty=1.3)
+    greedy = dict(temperature=0, max_tokens=40)
+    plain = client.generate(prompt, speculation="off", **greedy)
+    alone = client.generate(prompt, speculation="off", **greedy, **penalties)
+    # Measured here: with penalties set, no drafts reach verification (0 draft tokens in ngram
+    # and recycle mode); what is checked is that a speculating request keeps the target's
+    # penalized output. Why the drafts stop is open (reported with issue 16).
+    drafted = client.generate(prompt, speculation="recycle", **greedy, **penalties)
+    assert list(drafted.token_ids) == list(alone.token_ids) != list(plain.token_ids)
+
+    short = client.generate("Reply with one word: yes or no?", temperature=0, max_tokens=20)
+    assert short.usage.completion_tokens < 10, short.text
+    held = client.generate(
+        "Reply with one word: yes or no?", temperature=0, max_tokens=20, min_tokens=10
+    )
+    assert held.usage.completion_tokens >= 10
+    assert tokenizer.eos_token_id not in list(held.token_ids)[:10]
+
+    scored = client.generate(prompt, temperature=0, max_tokens=8, logprobs=3, prompt_logprobs=1)
+    assert [p.token.token_id for p in scored.logprobs] == list(scored.token_ids)
+    assert all(p.token.rank == 1 and len(p.top) >= 3 for p in scored.logprobs)  # greedy
+    assert len(scored.prompt_logprobs) == scored.usage.prompt_tokens - 1
+    assert all(p.token.logprob <= 0 for p in scored.prompt_logprobs)
+    streamed = list(client.stream(prompt, temperature=0, max_tokens=8, logprobs=0))
+    assert [p.token.token_id for c in streamed for p in c.logprobs] == list(scored.token_ids)
 
 
 @pytest.mark.parametrize(("request_", "code", "field"), BAD_REQUESTS)
@@ -185,7 +209,7 @@ def test_abort_and_too_many_in_flight(service, client):
     """Fill every in-flight slot, get RESOURCE_EXHAUSTED, then Abort frees them all."""
 
     async def scenario():
-        async with AsyncTandemClient(service.address) as aclient:
+        async with AsyncTandemClient(service.address, timeout=300) as aclient:
             calls = [
                 aclient.stub.GenerateStream(
                     build_request("Count.", request_id=f"long-{i}", max_tokens=999, ignore_eos=True)

@@ -3,31 +3,27 @@ lossless in every mode, figures reported per request and in GetStats."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import math
 import subprocess
 import sys
-from collections import Counter
 
 import grpc
 import pytest
 
-from tandem.client import AsyncTandemClient, TandemClient
+from tandem.client import TandemClient
 from tandem.protos import tandem_pb2 as pb
 
 from .conftest import spec_bench_prompts, start_service
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 MODES = ("ngram", "suffix", "recycle", "model", "hybrid")
 CATEGORIES = ("writing", "coding", "math_reasoning", "summarization", "translation", "rag")
 
 
-# Every part that touches drafts is on, so that the greedy and sampling tests below hold with
-# all of them: the speculation cache (on by default), the Mirror-SD channel, and the model
-# drafter's SpecDec++ stop. The draft-length policy stays out: the sampling test needs drafts
-# in large batches.
+# Every part that touches drafts is on, so that the greedy tests below hold with all of them:
+# the speculation cache (on by default), the Mirror-SD channel, and the model drafter's
+# SpecDec++ stop. The draft-length policy stays out, so that batches carry drafts too.
 SPECULATION = {
     "mirror": {"enabled": True, "layer": 20, "top_k": 4},
     "drafters": {"stop_below": 0.3},
@@ -42,7 +38,7 @@ def service():
 
 @pytest.fixture(scope="module")
 def client(service):
-    with TandemClient(service.address) as c:
+    with TandemClient(service.address, timeout=300) as c:
         yield c
 
 
@@ -148,87 +144,3 @@ def test_cli_generate_reports_speculation(service):
     assert spec["mode"] == "hybrid"
     assert set(spec) >= {"draft_tokens", "accepted_tokens", "acceptance_rate"}
     assert spec["mean_accepted_length"] >= 1
-
-
-SAMPLES = 2000
-PROMPT = "1 2 3 4 5 6 7 8 9\n1 2 3 4 5"  # short (prefill dominates the cost); the model copies
-BUCKETS = 5  # the most frequent tokens at a position; the rest are pooled into one bucket
-TV_BOUND = 0.08
-
-
-def sample(address: str, beside_speculation: bool) -> tuple[list[list[int]], list]:
-    """SAMPLES completions of 5 tokens at temperature 1 with top_k (no seeds: vLLM 0.32 on the
-    CPU cannot rewind a seeded generator when a prefill is chunked). With beside_speculation,
-    greedy requests that do speculate run in the same engine meanwhile; their results are
-    returned too."""
-
-    async def run():
-        async with AsyncTandemClient(address) as client:
-            gate = asyncio.Semaphore(32)
-            done = asyncio.Event()
-
-            async def one():
-                async with gate:
-                    return await client.generate(
-                        PROMPT,
-                        chat=False,
-                        temperature=1.0,
-                        top_k=8,
-                        max_tokens=5,
-                        ignore_eos=True,
-                        speculation="ngram",
-                    )
-
-            async def greedy_loop():
-                results = []
-                while not done.is_set():
-                    results.append(
-                        await client.generate(
-                            PROMPT, chat=False, temperature=0, max_tokens=16, speculation="ngram"
-                        )
-                    )
-                return results
-
-            background = [asyncio.create_task(greedy_loop()) for _ in range(beside_speculation * 2)]
-            if beside_speculation:  # let speculation start before the sampled requests arrive
-                await client.generate(PROMPT, chat=False, temperature=0, max_tokens=16)
-            sampled = await asyncio.gather(*(one() for _ in range(SAMPLES)))
-            done.set()
-            greedy = [r for task in background for r in await task]
-            return sampled, greedy
-
-    sampled, greedy = asyncio.run(run())
-    for result in sampled:  # sampled requests are decoded without drafts (README)
-        assert result.speculation.mode == "off" and result.speculation.draft_tokens == 0
-    return [list(r.token_ids) for r in sampled], greedy
-
-
-def bucketed_tv(a: list[int], b: list[int]) -> tuple[float, float]:
-    """TV between two samples over the pooled top-BUCKETS tokens plus "other", and the TV that
-    two samples of this size from one distribution would show on average."""
-    top = {t for t, _ in Counter(a + b).most_common(BUCKETS)}
-    ca = Counter(t if t in top else -1 for t in a)
-    cb = Counter(t if t in top else -1 for t in b)
-    tv = 0.5 * sum(abs(ca[t] / len(a) - cb[t] / len(b)) for t in set(ca) | set(cb))
-    pooled = ca + cb
-    total = len(a) + len(b)
-    noise = sum(
-        math.sqrt(c / total * (1 - c / total) / (math.pi * len(a))) for c in pooled.values()
-    )
-    return tv, noise
-
-
-def test_sampling_keeps_the_target_distribution_beside_speculation(service, client):
-    """Positions 2-5 at temperature 1 (top_k 8): samples taken while greedy requests speculate in
-    the same engine agree with samples taken with no speculation anywhere, within TV_BOUND over
-    SAMPLES each. Sampling noise alone averages under TV_BOUND / 2 at this size (checked), so a
-    change of distribution larger than TV_BOUND would be caught."""
-    reference = client.generate(PROMPT, chat=False, temperature=0, max_tokens=16, speculation="off")
-    target, _ = sample(service.address, beside_speculation=False)
-    mixed, greedy = sample(service.address, beside_speculation=True)
-    assert greedy and all(list(g.token_ids) == list(reference.token_ids) for g in greedy)
-    assert sum(g.speculation.draft_tokens for g in greedy) > 0  # drafts did flow meanwhile
-    for position in range(1, 5):
-        tv, noise = bucketed_tv([s[position] for s in target], [s[position] for s in mixed])
-        assert noise < TV_BOUND / 2, (position, noise)
-        assert tv < TV_BOUND, (position, tv, noise)

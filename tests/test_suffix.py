@@ -2,8 +2,12 @@
 
 import time
 
+import pytest
+
 from tandem.speculation.source import History
 from tandem.speculation.suffix import GlobalSuffixes, RequestSuffixes, SuffixSource, SuffixTrie
+
+pytestmark = pytest.mark.timeout(120)
 
 
 def request(tokens):

@@ -12,7 +12,7 @@ from tandem.speculation.ngram import NgramIndex
 
 from .conftest import spec_bench_prompts
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 class RecordingSession:
