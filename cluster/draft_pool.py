@@ -83,20 +83,28 @@ class SocketTransport:
 
     def _went_away(self, replica: int) -> bool:
         """Whether Ray says the late replica's actor died or restarted on a new socket; a
-        stopped or loaded one keeps the question open."""
-        watch = self._watches.get(replica)
-        if watch is None:
-            self._watches[replica] = self.drafters[replica].endpoint.remote()
+        stopped or loaded one keeps the question open (the next check asks again)."""
+        answer = self._ask(self._watches, replica)
+        if answer is None:
             return False
-        ready, _ = ray.wait([watch], timeout=0)
+        return isinstance(answer, Exception) or answer != self.channels[replica].endpoint
+
+    def _ask(self, calls: dict[int, Any], replica: int) -> Endpoint | Exception | None:
+        """Non-blocking: ask Ray where the replica listens, one call at a time (kept in
+        `calls`). The answer once it came (an exception for a dead or restarting actor),
+        None until then."""
+        call = calls.get(replica)
+        if call is None:
+            calls[replica] = self.drafters[replica].endpoint.remote()
+            return None
+        ready, _ = ray.wait([call], timeout=0)
         if not ready:
-            return False
-        del self._watches[replica]  # the next check asks again
+            return None
+        del calls[replica]
         try:
-            endpoint: Endpoint = ray.get(watch)
-        except Exception:  # dead for good, or its restart failed
-            return True
-        return endpoint != self.channels[replica].endpoint
+            return ray.get(call)
+        except Exception as exc:
+            return exc
 
     def _end_late(self, replica: int) -> None:
         seq = self._late.pop(replica, None)
@@ -148,17 +156,8 @@ class SocketTransport:
     def probe(self, replica: int) -> bool:
         """Non-blocking: True once Ray says the drafter answers again; it may have restarted on
         a new address, so its channel is replaced."""
-        probe = self._probes.get(replica)
-        if probe is None:
-            self._probes[replica] = self.drafters[replica].endpoint.remote()
-            return False
-        ready, _ = ray.wait([probe], timeout=0)
-        if not ready:
-            return False
-        del self._probes[replica]
-        try:
-            endpoint: Endpoint = ray.get(probe)
-        except Exception:  # still dead (or restarting): probe again next step
+        endpoint = self._ask(self._probes, replica)
+        if endpoint is None or isinstance(endpoint, Exception):  # still dead, or restarting
             return False
         self._end_late(replica)
         self._gone.discard(replica)

@@ -149,6 +149,24 @@ def test_channel_draft_error_and_late_replies(server):
         channel.close()
 
 
+def test_a_late_call_kept_pending_is_answered_once_its_reply_comes(server):
+    """What the transport's `busy` reads: a late seq kept pending (forget=False) is not
+    answered while the drafter works, then answered once (its reply is dropped)."""
+    channel = DraftChannel(server.endpoint)
+    try:
+        slow = channel.send(Kind.PREDRAFT, ([ITEM], PredraftPlan(4, 2, 0.3)))
+        (late,) = wait({0: (channel, slow)}, 0.01, forget=False).values()
+        assert isinstance(late, ChannelTimeout)
+        assert not channel.answered(slow)
+        deadline = time.monotonic() + 5
+        while not channel.answered(slow):
+            assert time.monotonic() < deadline, "the late reply never came"
+            time.sleep(0.01)
+        assert not channel.answered(slow)  # answered once, then forgotten
+    finally:
+        channel.close()
+
+
 def test_hints_land_while_a_predraft_runs_and_frees_come_from_any_thread(server):
     channel = DraftChannel(server.endpoint)
     try:
