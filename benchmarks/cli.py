@@ -113,6 +113,11 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=2.0,
         help="measurement tool: compute per token drafted by the controlled drafter (2.0)",
     )
+    add(
+        "--eagle-head",
+        help="EAGLE-3 head for vllm-eagle3 and tandem-eagle (config: speculation.drafters."
+        "eagle_head, by default the one tandem ships for the model)",
+    )
     add("--config", help="tandem YAML config: model, engine args, server (default built-in)")
     add("--address", help="use this running tandem server instead of starting one")
     add("--quick", action="store_true", help="a run of minutes: 6 prompts, 64 new tokens")
@@ -155,6 +160,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from tandem.benchmarks.systems import SystemChoiceError
     from tandem.benchmarks.workload import DEFAULT_PROMPTS, WorkloadError
     from tandem.cluster.config import TandemConfig
+    from tandem.speculation.eagle_format import HeadError
 
     preset = QUICK if args.quick else DEFAULTS
 
@@ -164,7 +170,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     config = TandemConfig.from_yaml(args.config) if args.config else TandemConfig()
     config = runner.bench_config(
-        config, args.num_speculative_tokens, args.ngram_min, args.ngram_max, args.layer_groups
+        config,
+        args.num_speculative_tokens,
+        args.ngram_min,
+        args.ngram_max,
+        args.layer_groups,
+        args.eagle_head,
     )
     categories = args.categories
     if args.quick and categories is None and args.prompts is None:
@@ -195,7 +206,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 2
     try:
         result = runner.run(options)
-    except (WorkloadError, SystemChoiceError) as exc:
+    except (WorkloadError, SystemChoiceError, HeadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     paths = report.write(result, args.out)

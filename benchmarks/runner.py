@@ -133,12 +133,14 @@ def run(options: BenchOptions) -> dict[str, Any]:
     )
     prompts = [render(q, tokenizer, options.chat) for q in chosen]
     spec = config.speculation
+    head = eagle_head_path(config, model_path)
     setup = Setup(
         model_path=model_path,
         engine_args=dict(config.target.engine_args),
         tandem_config=_server_config(config),
-        modes=tuple(spec.modes()),
+        modes=tuple(m for m in spec.modes() if m != "eagle" or head is not None),
         draft_model_path=draft_model_path(config, model_path),
+        eagle_head_path=head,
         num_speculative_tokens=spec.num_speculative_tokens,
         ngram_min=spec.drafters.ngram_min,
         ngram_max=spec.drafters.ngram_max,
@@ -393,6 +395,7 @@ def _config(options: BenchOptions, setup: Setup, threads: int) -> dict[str, Any]
         "model": config.models.target,
         "model_path": setup.model_path,
         "draft_model_path": setup.draft_model_path,
+        "eagle_head_path": setup.eagle_head_path,
         "engine_args": setup.engine_args,
         "target_env": dict(config.target.env),
         "threads_per_engine": threads,
@@ -424,6 +427,7 @@ def bench_config(
     ngram_min: int | None,
     ngram_max: int | None,
     layer_groups: int | None = None,
+    eagle_head: str | None = None,
 ) -> Any:
     """The config every system is built from: the bench's draft length and n-gram sizes (so
     the server it starts and vLLM's in-process drafters use the same), the model drafter's
@@ -438,11 +442,27 @@ def bench_config(
     speculation = data["speculation"]
     if k is not None:
         speculation["num_speculative_tokens"] = k
-    drafter = {"ngram_min": ngram_min, "ngram_max": ngram_max, "layer_groups": layer_groups}
+    drafter = {
+        "ngram_min": ngram_min,
+        "ngram_max": ngram_max,
+        "layer_groups": layer_groups,
+        "eagle_head": eagle_head,
+    }
     for key, value in drafter.items():
         if value is not None:
             speculation["drafters"][key] = value
     return type(config).from_dict(data)
+
+
+def eagle_head_path(config: Any, target_path: str) -> str | None:
+    """The EAGLE-3 head vllm-eagle3 and tandem-eagle load (speculation.drafters.eagle_head: by
+    default the one tandem ships for the target). A head that does not fit the target is
+    refused here, naming the mismatch."""
+    from tandem.speculation.eagle_format import resolve_head
+
+    spec = config.speculation.drafters.eagle_head
+    path = resolve_head(spec, config.models.target, Path(target_path))
+    return str(path) if path is not None else None
 
 
 def draft_model_path(config: Any, target_path: str) -> str | None:

@@ -25,6 +25,7 @@ DESCRIPTIONS = {
     "vllm-serve-target": "vLLM's OpenAI server process (what a user runs), the target alone, over "
     "HTTP streaming",
     "vllm-serve-ngram": "vLLM's OpenAI server process, its ngram drafter, over HTTP streaming",
+    "vllm-eagle3": "vLLM in-process EAGLE-3, the same head file tandem's eagle drafter loads",
     "tandem-target": "tandem's gRPC server, speculation off for the request (the target alone)",
     "tandem-ngram": "tandem's gRPC server, remote ngram drafter, pipelined (speculation cache)",
     "tandem-ngram-seq": "tandem's gRPC server, remote ngram drafter, sequential (no pre-drafting)",
@@ -33,6 +34,8 @@ DESCRIPTIONS = {
     "tandem-recycle": "tandem's gRPC server, remote Token Recycling drafter",
     "tandem-model": "tandem's gRPC server, remote draft model",
     "tandem-hybrid": "tandem's gRPC server, remote ngram drafter, the draft model when no match",
+    "tandem-eagle": "tandem's gRPC server, remote EAGLE-3 head on the target's features, pipelined",
+    "tandem-eagle-seq": "tandem's gRPC server, remote EAGLE-3 head, sequential (no pre-drafting)",
 }
 SYSTEMS = tuple(DESCRIPTIONS)
 # vLLM's own server process, driven over HTTP like a user's client does.
@@ -49,6 +52,8 @@ TANDEM_MODES = {
     "tandem-recycle": "recycle",
     "tandem-model": "model",
     "tandem-hybrid": "hybrid",
+    "tandem-eagle": "eagle",
+    "tandem-eagle-seq": "eagle",
 }
 # Counterparts that cannot exist: always reported, never run.
 NOT_IN_VLLM = {
@@ -113,6 +118,7 @@ class Setup:
     tandem_config: dict[str, Any]  # for the server the bench starts
     modes: tuple[str, ...]  # the tandem modes the config provisions
     draft_model_path: str | None  # tandem's draft model (vllm-draft-model loads the same)
+    eagle_head_path: str | None = None  # an EAGLE-3 head for the target (vllm-eagle3)
     num_speculative_tokens: int = 4
     ngram_min: int = 1
     ngram_max: int = 4
@@ -178,6 +184,10 @@ class Builder:
                 "tandem has no draft model configured (speculation.drafters.model or "
                 "derive_layers), so there is none to give vLLM"
             )
+        if setup.eagle_head_path is None:
+            out["vllm-eagle3"] = (
+                "no EAGLE-3 head for this target (--eagle-head; `tandem draft train` makes one)"
+            )
         if setup.address is not None:
             offered = self.server().modes(list(TANDEM_MODES.values()))
             where = f"the server at {setup.address}"
@@ -226,6 +236,12 @@ class Builder:
             return {
                 "method": "draft_model",
                 "model": setup.draft_model_path,
+                "num_speculative_tokens": k,
+            }
+        if method == "eagle3":
+            return {
+                "method": "eagle3",
+                "model": setup.eagle_head_path,
                 "num_speculative_tokens": k,
             }
         if method != "target":

@@ -2,8 +2,8 @@
 
 Drafters first (the targets' proposers need their handles), then the targets. Each actor gets
 the typed config sections it needs, whole. What the drafters load is checked against the target
-before any of it serves: the draft model's vocabulary, EasySpec's layer groups, and that the
-default mode is one the drafters offer.
+before any of it serves: the draft model's vocabulary, EasySpec's layer groups, the EAGLE-3
+head's shape, and that the default mode is one the drafters offer.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from tandem.cluster.plan import pool_requests
 from tandem.cluster.target import ReplicaInfo, TargetReplica
 from tandem.models import check_same_vocabulary
 from tandem.speculation import registry
+from tandem.speculation.eagle_format import HeadError, aux_layers, resolve_head
 from tandem.speculation.easyspec import make_groups
 from tandem.speculation.protocol import Mode
 from tandem.speculation.source import DrafterSetup
@@ -70,9 +71,11 @@ def start(config: TandemConfig) -> Deployment:
     speculation = config.speculation if config.speculation.enabled else None
     placed: list[Pool] = []
     try:
-        drafters, drafter_infos = None, []
+        drafters, drafter_infos, features = None, [], ()
         if speculation is not None:
-            drafters = start_drafters(config, model_path)
+            head = eagle_head(config, model_path)
+            features = aux_layers(head, model_path) if head is not None else ()
+            drafters = start_drafters(config, model_path, head)
             placed.append(drafters)
             drafter_infos = ray.get([a.info.remote() for a in drafters.actors])
         target = config.target
@@ -86,6 +89,7 @@ def start(config: TandemConfig) -> Deployment:
                 target,
                 speculation,
                 drafters.actors if drafters else [],
+                features,
             ),
             max_restarts=target.max_restarts,
         )
@@ -104,17 +108,38 @@ def start(config: TandemConfig) -> Deployment:
     return deployment
 
 
-def start_drafters(config: TandemConfig, target_path: Path) -> Pool:
-    """The drafter pool, with its draft model checked against the target's vocabulary."""
+def eagle_head(config: TandemConfig, target_path: Path) -> Path | None:
+    """The EAGLE-3 head for mode `eagle` (speculation.drafters.eagle_head), checked against the
+    target: one that does not fit is refused at start, naming the mismatch."""
+    try:
+        head = resolve_head(
+            config.speculation.drafters.eagle_head, config.models.target, target_path
+        )
+    except HeadError as exc:
+        raise ConfigError(f"speculation.drafters.eagle_head: {exc}") from None
+    if head is not None and not config.target.engine_args.get("enforce_eager"):
+        raise ConfigError(
+            "speculation.drafters.eagle_head: mode eagle reads the target's hidden states with "
+            "forward hooks, which compiled or graph-captured execution skips: set "
+            "target.engine_args.enforce_eager: true, or eagle_head: null"
+        )
+    return head
+
+
+def start_drafters(config: TandemConfig, target_path: Path, head: Path | None = None) -> Pool:
+    """The drafter pool, with its draft model checked against the target's vocabulary and its
+    EAGLE-3 head (already checked against the target, by `eagle_head`)."""
     pool = config.speculation.drafters
     models = config.models
     draft_path = models.store().draft_for(models.target, pool.model, pool.derive_layers)
     if draft_path is not None:
         check_same_vocabulary(target_path, draft_path)
         _check_layer_groups(pool.layer_groups, draft_path)
-    # Each drafter resolves its own copy of the draft on its node (models); draft_path is
-    # this node's, checked here.
-    setup = DrafterSetup(config.speculation, vocab_size(target_path), draft_path, models=models)
+    # Each drafter resolves its own copy of the draft and the target on its node (models);
+    # draft_path and target_path are this node's, checked here.
+    setup = DrafterSetup(
+        config.speculation, vocab_size(target_path), draft_path, head, target_path, models=models
+    )
     factories = registry.factories()  # tandem's sources and any registered in this process
     return place_pool(
         request_for("drafters", pool),

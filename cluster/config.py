@@ -182,6 +182,9 @@ class DraftPoolConfig(_PoolConfig):
     # EasySpec layer-parallel drafting (speculation/easyspec.py): the size of every layer group,
     # or each group's size in order. 1: the ordinary, sequential model drafter.
     layer_groups: PositiveInt | Annotated[list[PositiveInt], Field(min_length=1)] = 1
+    # Mode `eagle`: an EAGLE-3 head folder in the standard format (vLLM's eagle3), "auto" for the
+    # head tandem ships for the target (if any), or null for none.
+    eagle_head: str | None = "auto"
     ngram_min: PositiveInt = 1
     ngram_max: PositiveInt = 4
     max_requests: PositiveInt = 1024  # per-request states kept; the least recent are evicted
@@ -196,6 +199,15 @@ class DraftPoolConfig(_PoolConfig):
 
     def has_model(self) -> bool:
         return self.model is not None or self.derive_layers > 0
+
+    def offers(self, mode: Mode) -> bool:
+        """Whether this pool provides for a mode: as far as the config can tell (an "auto"
+        EAGLE-3 head exists only for targets tandem ships one for; the drafters confirm)."""
+        if mode.needs_draft_model:
+            return self.has_model()
+        if mode.needs_features:
+            return self.eagle_head is not None
+        return True
 
 
 class PipelineConfig(_Section):
@@ -282,11 +294,13 @@ class SpeculationConfig(_Section):
     @model_validator(mode="after")
     def _mode_available(self) -> SpeculationConfig:
         mode = self.default_mode
-        if mode in set(Mode) and Mode(mode).needs_draft_model and not self.drafters.has_model():
-            raise ValueError(
-                f"default_mode {mode!r} needs a draft model: set drafters.model "
-                "or drafters.derive_layers > 0"
+        if mode in set(Mode) and not self.drafters.offers(Mode(mode)):
+            needs = (
+                "a draft model: set drafters.model or drafters.derive_layers > 0"
+                if Mode(mode).needs_draft_model
+                else "an EAGLE-3 head: set drafters.eagle_head"
             )
+            raise ValueError(f"default_mode {mode!r} needs {needs}")
         return self
 
     @model_validator(mode="after")
@@ -299,7 +313,7 @@ class SpeculationConfig(_Section):
         """tandem's modes this config provides for (the drafters confirm them when they start)."""
         if not self.enabled:
             return [Mode.OFF.value]
-        return [m.value for m in Mode if not m.needs_draft_model or self.drafters.has_model()]
+        return [m.value for m in Mode if self.drafters.offers(m)]
 
 
 class TLSConfig(_Section):

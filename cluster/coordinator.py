@@ -412,6 +412,7 @@ class Coordinator:
             drafter_failures=drafters.failures,
             drafter_timeouts=drafters.timeouts,
             drafters_down=drafters.drafters_down,
+            feature_bytes=drafters.feature_bytes,
             breakdown=Breakdown.of(replicas, c.delivery).to_proto(),
             drafters=await self._drafter_stats(),
             requests_in_flight=len(self.running),

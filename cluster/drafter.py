@@ -39,13 +39,17 @@ class DrafterReplica:
     ) -> None:
         self.replica_id = replica_id
         pool = setup.config.drafters
-        draft_model = setup.draft_model
-        if setup.models is not None:  # this node's own copy, never a path from another node
-            draft_model = setup.models.store().draft_for(
-                setup.models.target, pool.model, pool.derive_layers
-            )
+        draft_model, target = setup.draft_model, setup.target
+        if setup.models is not None:  # this node's own copies, never a path from another node
+            store = setup.models.store()
+            draft_model = store.draft_for(setup.models.target, pool.model, pool.derive_layers)
+            if target is not None:
+                target = store.resolve(setup.models.target)
         setup = dataclasses.replace(
-            setup, devices=_devices(pool.device, pool.devices), draft_model=draft_model
+            setup,
+            devices=_devices(pool.device, pool.devices),
+            draft_model=draft_model,
+            target=target,
         )
         self.drafter = Drafter.from_setup(setup, factories)
         self.server = DraftServer(

@@ -170,6 +170,7 @@ class DrafterFigures:
     timeouts: int = 0  # drafter calls that missed their time budget (late, not failed)
     drafters_down: int = 0
     cache_hits: int = 0
+    feature_bytes: int = 0  # target features sent (feature modes)
 
     @classmethod
     def of(cls, replicas: Sequence[ReplicaFigures]) -> DrafterFigures:
@@ -182,6 +183,7 @@ class DrafterFigures:
             timeouts=sum(s.timeouts for s in sessions),
             drafters_down=sum(s.drafters_down for s in sessions),
             cache_hits=sum(s.speculation.cache_hits for s in sessions),
+            feature_bytes=sum(s.feature_bytes for s in sessions),
         )
 
     @property

@@ -83,6 +83,7 @@ class TargetReplica:
         target: TargetPoolConfig,
         speculation: SpeculationConfig | None = None,
         drafters: list[Any] = (),
+        features: tuple[int, ...] = (),
     ) -> None:
         from vllm.engine.arg_utils import EngineArgs
 
@@ -113,7 +114,7 @@ class TargetReplica:
             self.session = SpeculationSession(self.transport, speculation)
             attached = self._loop.call(
                 lambda engine: engine.collective_rpc(
-                    ATTACH, args=(self.session, speculation.target_candidates)
+                    ATTACH, args=(self.session, speculation.target_candidates, features)
                 )
             )
             if not all(attached):

@@ -17,11 +17,13 @@ class TandemProposer:
         self.session: Any = None
         self.input_batch: Any = None
         self.tap: Any = None
+        self.features: Any = None
 
-    def attach(self, session: Any, input_batch: Any, tap: Any = None) -> None:
+    def attach(self, session: Any, input_batch: Any, tap: Any = None, features: Any = None) -> None:
         self.session = session
         self.input_batch = input_batch
         self.tap = tap
+        self.features = features  # FeatureTap, when a feature mode (eagle) is served
 
     def load_model(self, *args: Any, **kwargs: Any) -> None:
         """Nothing to load here: the draft models live on the drafter actors."""
@@ -38,7 +40,8 @@ class TandemProposer:
         if self.tap is not None:  # the next forward's candidates, only if someone drafts
             self.tap.enabled = self.session.speculating()
         batch = len(sampled_token_ids)
-        request_ids = [external_id(r) for r in self.input_batch.req_ids[:batch]]
+        engine_ids = self.input_batch.req_ids[:batch]
+        request_ids = [external_id(r) for r in engine_ids]
         rows = self.tap.take() if self.tap is not None else None
         candidates = None
         if rows is not None:
@@ -46,7 +49,14 @@ class TandemProposer:
             candidates = verified_candidates(
                 rows, sampled_token_ids, num_tokens_no_spec, token_ids_cpu, drafts
             )
-        return self.session.propose(request_ids, num_tokens_no_spec, token_ids_cpu, candidates)
+        features = None
+        if self.features is not None:  # only the rows of requests in a feature mode
+            wanted = self.session.wants_features(request_ids)
+            rows = self.features.take([e for e, w in zip(engine_ids, wanted, strict=True) if w])
+            features = [rows.get(e) for e in engine_ids]
+        return self.session.propose(
+            request_ids, num_tokens_no_spec, token_ids_cpu, candidates, features
+        )
 
 
 def external_id(engine_request_id: str) -> str:

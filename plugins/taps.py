@@ -3,6 +3,9 @@
 `LogitsTap` keeps the top-k token ids of the logits rows of the last step (one row per verified
 position), for tandem.speculation.candidates. Installed on the model object inside the worker, so
 vLLM's own sampling and rejection sampling see the very logits they always did.
+
+`FeatureTap` keeps EAGLE-3's features of the last step: the residual stream entering the head's
+auxiliary layers at every position the target computed (forward hooks that only read).
 """
 
 from __future__ import annotations
@@ -74,3 +77,59 @@ class MirrorSink:
             hints[request_id] = Hint(draft, tuple(tuple(r) for r in top[row : row + count]))
             row += count
         self.session.hint(hints)
+
+
+class FeatureTap:
+    """The residual stream entering each of `layers` (what vLLM's own eagle3 reads as auxiliary
+    hidden states: layer L's input, i.e. Hugging Face's hidden_states[L]) at every position of
+    the last forward pass, concatenated in `layers` order. Rows leave the device only for the
+    requests the proposer asks for (those in a feature mode), as float16.
+
+    Forward hooks fire in eager execution only: CUDA graphs replay without them (the CPU default
+    runs eager; set `enforce_eager` on a GPU target that serves mode `eagle`).
+    """
+
+    def __init__(self, runner: Any, layers: tuple[int, ...]) -> None:
+        self.runner = runner
+        self.layers = tuple(layers)
+        self._states: dict[int, torch.Tensor] = {}
+        self._positions: torch.Tensor | None = None
+        self._rows: dict[str, tuple[int, int]] = {}  # engine request id -> its rows
+
+    def install(self, model: Any) -> None:
+        decoder = model.model
+        decoder.layers[0].register_forward_pre_hook(self._begin, with_kwargs=True)
+        for layer in set(self.layers) - {0}:
+            decoder.layers[layer - 1].register_forward_hook(functools.partial(self._after, layer))
+
+    def _begin(self, module: Any, args: tuple, kwargs: dict) -> None:
+        """Before the first decoder layer: this pass's positions, rows per request, and layer
+        0's input (the embeddings) if it is one of the layers."""
+        positions = kwargs["positions"] if "positions" in kwargs else args[0]
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[1]
+        batch = self.runner.input_batch
+        ends = self.runner.query_start_loc.np[: batch.num_reqs + 1].tolist()
+        self._rows = {batch.req_ids[i]: (ends[i], ends[i + 1]) for i in range(batch.num_reqs)}
+        self._positions = positions.clone()
+        # Layer 0's input is the embeddings, which the layers go on to update in place.
+        self._states = {0: hidden.clone()} if 0 in self.layers else {}
+
+    def _after(self, layer: int, module: Any, args: tuple, output: Any) -> None:
+        hidden, residual = output  # a vLLM decoder layer's: the stream is their sum
+        self._states[layer] = hidden + residual if residual is not None else hidden.clone()
+
+    def take(self, request_ids: list[str]) -> dict[str, tuple[int, Any]]:
+        """Each request's rows of the last pass: (the position of its first row, float16 numpy
+        [rows, len(layers) * hidden]). Requests not in that pass are left out."""
+        spans = [(r, self._rows[r]) for r in request_ids if r in self._rows]
+        if not spans or self._positions is None:
+            return {}
+        index = torch.cat([torch.arange(a, b) for _, (a, b) in spans]).to(self._positions.device)
+        stacked = torch.cat([self._states[layer][index] for layer in self.layers], -1)
+        rows = stacked.to(torch.float16).cpu().numpy()
+        firsts = self._positions[index].cpu().tolist()
+        out, at = {}, 0
+        for request_id, (a, b) in spans:
+            out[request_id] = (int(firsts[at]), rows[at : at + b - a])
+            at += b - a
+        return out

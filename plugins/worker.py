@@ -18,11 +18,12 @@ class TandemWorkerExtension:
 
         return fixes.apply(self.model_runner, exact_sampler, any_vllm)  # type: ignore[attr-defined]
 
-    def tandem_attach(self, session: Any, candidates: int) -> bool:
-        """Give the proposer the session and the runner's batch, and tap the target's logits
-        for its top `candidates` per verified position (0: no tap); False if speculation is
+    def tandem_attach(self, session: Any, candidates: int, features: tuple[int, ...] = ()) -> bool:
+        """Give the proposer the session and the runner's batch, tap the target's logits for
+        its top `candidates` per verified position (0: no tap) and, for feature modes
+        (EAGLE-3), the residual stream entering the layers `features`; False if speculation is
         off."""
-        from tandem.plugins.taps import LogitsTap, MirrorSink
+        from tandem.plugins.taps import FeatureTap, LogitsTap, MirrorSink
 
         runner = self.model_runner  # type: ignore[attr-defined]
         drafter = getattr(runner, "drafter", None)
@@ -35,5 +36,9 @@ class TandemWorkerExtension:
             tap.install(model)
         if hasattr(model, "mirror_sink"):  # the Mirror-SD target class
             model.mirror_sink = MirrorSink(runner, session)
-        drafter.attach(session, runner.input_batch, tap)
+        feature_tap = None
+        if features:
+            feature_tap = FeatureTap(runner, features)
+            feature_tap.install(model)
+        drafter.attach(session, runner.input_batch, tap, feature_tap)
         return True

@@ -16,6 +16,7 @@ class SpeculationMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SPECULATION_MODE_HYBRID: _ClassVar[SpeculationMode]
     SPECULATION_MODE_SUFFIX: _ClassVar[SpeculationMode]
     SPECULATION_MODE_RECYCLE: _ClassVar[SpeculationMode]
+    SPECULATION_MODE_EAGLE: _ClassVar[SpeculationMode]
 
 class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -30,6 +31,7 @@ SPECULATION_MODE_MODEL: SpeculationMode
 SPECULATION_MODE_HYBRID: SpeculationMode
 SPECULATION_MODE_SUFFIX: SpeculationMode
 SPECULATION_MODE_RECYCLE: SpeculationMode
+SPECULATION_MODE_EAGLE: SpeculationMode
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
@@ -325,7 +327,7 @@ class Breakdown(_message.Message):
     def __init__(self, steps: _Optional[int] = ..., tokens: _Optional[int] = ..., step_s: _Optional[float] = ..., schedule_s: _Optional[float] = ..., forward_s: _Optional[float] = ..., proposer_s: _Optional[float] = ..., drafter_rtt_s: _Optional[float] = ..., predraft_wait_s: _Optional[float] = ..., output_s: _Optional[float] = ..., between_steps_s: _Optional[float] = ..., deliveries: _Optional[int] = ..., handoff_s: _Optional[float] = ..., batches: _Optional[int] = ..., ray_stream_s: _Optional[float] = ..., chunks: _Optional[int] = ..., coordinator_s: _Optional[float] = ..., drafter_messages: _Optional[int] = ..., drafter_bytes_sent: _Optional[int] = ..., drafter_bytes_received: _Optional[int] = ..., drafter_round_trips: _Optional[int] = ...) -> None: ...
 
 class Stats(_message.Message):
-    __slots__ = ("requests_in_flight", "requests_total", "requests_finished", "requests_aborted", "requests_failed", "requests_rejected", "prompt_tokens", "generated_tokens", "uptime_s", "replicas", "speculation", "drafter_rtt_mean_s", "drafter_rtt_p50_s", "target_step_mean_s", "drafter_failures", "drafters_down", "drafters", "drafter_timeouts", "breakdown")
+    __slots__ = ("requests_in_flight", "requests_total", "requests_finished", "requests_aborted", "requests_failed", "requests_rejected", "prompt_tokens", "generated_tokens", "uptime_s", "replicas", "speculation", "drafter_rtt_mean_s", "drafter_rtt_p50_s", "target_step_mean_s", "drafter_failures", "drafters_down", "drafters", "drafter_timeouts", "feature_bytes", "breakdown")
     REQUESTS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FINISHED_FIELD_NUMBER: _ClassVar[int]
@@ -344,6 +346,7 @@ class Stats(_message.Message):
     DRAFTERS_DOWN_FIELD_NUMBER: _ClassVar[int]
     DRAFTERS_FIELD_NUMBER: _ClassVar[int]
     DRAFTER_TIMEOUTS_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_BYTES_FIELD_NUMBER: _ClassVar[int]
     BREAKDOWN_FIELD_NUMBER: _ClassVar[int]
     requests_in_flight: int
     requests_total: int
@@ -363,5 +366,6 @@ class Stats(_message.Message):
     drafters_down: int
     drafters: _containers.RepeatedCompositeFieldContainer[DrafterStats]
     drafter_timeouts: int
+    feature_bytes: int
     breakdown: Breakdown
-    def __init__(self, requests_in_flight: _Optional[int] = ..., requests_total: _Optional[int] = ..., requests_finished: _Optional[int] = ..., requests_aborted: _Optional[int] = ..., requests_failed: _Optional[int] = ..., requests_rejected: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., uptime_s: _Optional[float] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStats, _Mapping]]] = ..., speculation: _Optional[_Union[SpeculationStats, _Mapping]] = ..., drafter_rtt_mean_s: _Optional[float] = ..., drafter_rtt_p50_s: _Optional[float] = ..., target_step_mean_s: _Optional[float] = ..., drafter_failures: _Optional[int] = ..., drafters_down: _Optional[int] = ..., drafters: _Optional[_Iterable[_Union[DrafterStats, _Mapping]]] = ..., drafter_timeouts: _Optional[int] = ..., breakdown: _Optional[_Union[Breakdown, _Mapping]] = ...) -> None: ...
+    def __init__(self, requests_in_flight: _Optional[int] = ..., requests_total: _Optional[int] = ..., requests_finished: _Optional[int] = ..., requests_aborted: _Optional[int] = ..., requests_failed: _Optional[int] = ..., requests_rejected: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., uptime_s: _Optional[float] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStats, _Mapping]]] = ..., speculation: _Optional[_Union[SpeculationStats, _Mapping]] = ..., drafter_rtt_mean_s: _Optional[float] = ..., drafter_rtt_p50_s: _Optional[float] = ..., target_step_mean_s: _Optional[float] = ..., drafter_failures: _Optional[int] = ..., drafters_down: _Optional[int] = ..., drafters: _Optional[_Iterable[_Union[DrafterStats, _Mapping]]] = ..., drafter_timeouts: _Optional[int] = ..., feature_bytes: _Optional[int] = ..., breakdown: _Optional[_Union[Breakdown, _Mapping]] = ...) -> None: ...

@@ -191,6 +191,8 @@ class Drafter:
         new = item.tokens[have - item.start :]
         history.tokens.extend(new)
         history.candidates.update(item.candidates)
+        if item.features is not None and len(item.features):
+            history.features.append((item.features_start, item.features))
         for source in self.sources.values():
             source.observe(history, new, item.candidates)
         self.histories.move_to_end(item.request_id)

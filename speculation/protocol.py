@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class Mode(StrEnum):
@@ -24,10 +25,16 @@ class Mode(StrEnum):
     RECYCLE = "recycle"  # Token Recycling: chains through the target's own top candidates
     MODEL = "model"  # a small causal LM with its own KV cache per request
     HYBRID = "hybrid"  # ngram when it finds a match, the model otherwise
+    EAGLE = "eagle"  # an EAGLE-3 head reading the target's own hidden states
 
     @property
     def needs_draft_model(self) -> bool:
         return self in (Mode.MODEL, Mode.HYBRID)
+
+    @property
+    def needs_features(self) -> bool:
+        """The drafter reads the target's hidden states (sent with the committed tokens)."""
+        return self is Mode.EAGLE
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,10 @@ class DraftItem:
     candidates: tuple[tuple[int, tuple[int, ...]], ...] = ()
     # Pre-drafting only: the block the target is verifying now (speculation cache).
     block: tuple[int, ...] = ()
+    # Feature modes (EAGLE-3): the target's auxiliary hidden states at committed positions
+    # features_start.. (numpy float16, [rows, aux layers * hidden]), sent once, like tokens.
+    features: Any = None
+    features_start: int = 0
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,22 @@ from tandem.speculation.suffix import SuffixSource
 
 SourceFactory = Callable[[DrafterSetup, Mapping[str, DraftSource]], DraftSource | None]
 
+
+def _eagle(setup: DrafterSetup, built: Mapping[str, DraftSource]) -> DraftSource | None:
+    """EagleDrafter.build, imported on use: the head's module imports torch, which a process
+    that only validates configs or names modes should not pay for."""
+    from tandem.speculation.eagle import EagleDrafter
+
+    return EagleDrafter.build(setup, built)
+
+
 _FACTORIES: dict[str, SourceFactory] = {
     Mode.NGRAM: NgramSource.build,
     Mode.SUFFIX: SuffixSource.build,
     Mode.RECYCLE: RecycleSource.build,
     Mode.MODEL: ModelDrafter.build,
     Mode.HYBRID: HybridSource.build,
+    Mode.EAGLE: _eagle,
 }
 
 

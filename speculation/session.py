@@ -11,6 +11,11 @@ Pipelining (PEARL, SSD): after handing the target a block, the session asks the 
 pre-draft the next block for the block's likeliest verification outcomes while the target
 verifies it. At the next step the actual outcome (accepted length, emitted token) is looked up in
 that speculation cache: a hit costs no round trip, a miss is drafted just in time.
+
+Feature modes (EAGLE-3): the proposer also hands over the target's features of the step's rows
+for requests in such a mode; the session keeps those at committed positions until the next
+message to the drafter carries them (once, like tokens: a drafter that lost a request starts
+again from the features sent after that).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
 
 from tandem.speculation.candidates import Candidates
 from tandem.speculation.policy import draft_length
@@ -112,6 +119,30 @@ class _Request:
     candidates: Candidates = ()  # the target's, from the last verification, not yet sent
     draft_length: int = 0  # this step's (the policy's, at most num_speculative_tokens)
     stats: SpeculationStats = field(default_factory=SpeculationStats)
+    # Feature modes: the target's features not sent yet, (first position, rows) in order, and
+    # the position after the last one recorded.
+    features: list[tuple[int, Any]] = field(default_factory=list)
+    features_end: int = 0
+
+    def record_features(self, first: int, rows: Any, committed: int) -> None:
+        """Keep a step's feature rows at committed positions the drafter lacks: not the last
+        committed token's (the target has not read it yet), nor rejected drafts' after it."""
+        start, end = max(first, self.features_end), min(first + len(rows), committed - 1)
+        if start < end:
+            self.features.append((start, rows[start - first : end - first]))
+            self.features_end = end
+
+    def take_features(self) -> tuple[int, Any]:
+        """The unsent features (contiguous from their first position), once."""
+        if not self.features:
+            return 0, None
+        first, blocks = self.features[0][0], []
+        for start, rows in self.features:
+            if start != first + sum(len(b) for b in blocks):
+                break  # a gap (a step without its rows): the drafter restarts after it
+            blocks.append(rows)
+        self.features = self.features[len(blocks) :]
+        return first, np.concatenate(blocks)
 
     def outcome(self, committed: int, last_token: int) -> Outcome | None:
         """How the target verified `block`: accepted drafts and the token it emitted after."""
@@ -132,6 +163,7 @@ class SessionStats:
     propose_s: float = 0.0  # time in `propose`, the round trips and waits included
     predraft_wait_s: float = 0.0  # of which waiting for pre-drafted blocks
     timeouts: int = 0  # drafter calls that missed the time budget (not faults)
+    feature_bytes: int = 0  # target features sent to drafters (feature modes)
 
 
 class SpeculationSession:
@@ -156,6 +188,7 @@ class SpeculationSession:
         self._propose_s = 0.0
         self._predraft_wait_s = 0.0
         self._timeouts = 0
+        self._feature_bytes = 0
 
     def register(self, request_id: str, spec: RequestSpec) -> None:
         with self._lock:
@@ -182,19 +215,27 @@ class SpeculationSession:
         """Whether any registered request is in a mode that drafts."""
         return self._speculating > 0
 
+    def wants_features(self, request_ids: Sequence[str]) -> list[bool]:
+        """Which requests' feature rows the proposer should hand over (feature modes)."""
+        with self._lock:
+            requests = [self._requests.get(request_id) for request_id in request_ids]
+            return [r is not None and r.spec.mode == Mode.EAGLE for r in requests]
+
     def propose(
         self,
         request_ids: Sequence[str],
         num_tokens: Sequence[int],
         token_ids: Any,  # 2-D array-like: row i holds request i's committed tokens
         candidates: Sequence[Candidates] | None = None,  # the target's, per request
+        # Feature modes: per request, (position of the first row, the step's rows) or None.
+        features: Sequence[tuple[int, Any] | None] | None = None,
     ) -> list[list[int]]:
         if not self._speculating and self._predrafting is None:
             self._returned = 0.0  # no verification window to time either
             return [[] for _ in request_ids]  # every request is `off`: nothing to do
         start = time.perf_counter()
         try:
-            return self._propose(request_ids, num_tokens, token_ids, candidates)
+            return self._propose(request_ids, num_tokens, token_ids, candidates, features)
         finally:
             self._propose_s += time.perf_counter() - start
 
@@ -204,6 +245,7 @@ class SpeculationSession:
         num_tokens: Sequence[int],
         token_ids: Any,
         candidates: Sequence[Candidates] | None,
+        features: Sequence[tuple[int, Any] | None] | None,
     ) -> list[list[int]]:
         self._time_window()
         drafts: list[list[int]] = [[] for _ in request_ids]
@@ -223,6 +265,8 @@ class SpeculationSession:
                     request.stats.draft_tokens += request.pending
                     request.pending = 0
                 n = int(num_tokens[i])
+                if features and features[i] is not None:
+                    request.record_features(*features[i], n)
                 request.candidates = candidates[i] if candidates else ()
                 outcome = request.outcome(n, int(token_ids[i][n - 1]))
                 cached = request.cache.get(outcome) if outcome else None
@@ -259,6 +303,9 @@ class SpeculationSession:
     def _item(self, request_id: str, request: _Request, tokens: Any, n: int) -> DraftItem:
         """What the drafter lacks of this request, and what to draft."""
         new = tuple(int(t) for t in tokens[request.synced : n])
+        first, rows = request.take_features()
+        if rows is not None:
+            self._feature_bytes += rows.nbytes
         item = DraftItem(
             request_id,
             request.synced,
@@ -266,6 +313,8 @@ class SpeculationSession:
             request.draft_length,
             request.spec.mode,
             request.candidates,
+            features=rows,
+            features_start=first,
         )
         request.candidates = ()  # delivered once
         return item
@@ -405,4 +454,5 @@ class SpeculationSession:
                 propose_s=self._propose_s,
                 predraft_wait_s=self._predraft_wait_s,
                 timeouts=self._timeouts,
+                feature_bytes=self._feature_bytes,
             )

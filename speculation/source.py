@@ -49,6 +49,8 @@ class History:
     # candidates tap): the speculation cache's guesses where a draft is rejected.
     candidates: dict[int, tuple[int, ...]] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)  # each source's own, by source name
+    # The target's features (feature modes) not yet taken by a source: (first position, rows).
+    features: list[tuple[int, Any]] = field(default_factory=list)
 
     @property
     def output(self) -> list[int]:
@@ -91,6 +93,8 @@ class DrafterSetup:
     config: SpeculationConfig
     vocab_size: int  # the target's
     draft_model: Path | None = None  # the draft LM's folder (drafters.model, or derived)
+    eagle_head: Path | None = None  # an EAGLE-3 head for the target (drafters.eagle_head)
+    target: Path | None = None  # the target's folder (the head shares its token embedding)
     devices: tuple[str, ...] = ("cpu",)  # torch devices of the draft model
     # Where the drafter actor resolves its own copy of the draft (on its node); None: use
     # draft_model as given (one machine, tests).

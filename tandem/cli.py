@@ -1,7 +1,7 @@
-"""The `tandem` command line: serve, plan, generate, models, bench.
+"""The `tandem` command line: serve, plan, generate, models, bench, draft.
 
 It sits above everything it drives (tandem.cluster for the service, tandem.benchmarks for the
-bench), so nothing below it imports upward.
+bench, tandem.training for draft heads), so nothing below it imports upward.
 """
 
 from __future__ import annotations
@@ -236,8 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dir", help="model cache folder (overrides the config)")
         p.set_defaults(func=func)
     from tandem.benchmarks.cli import add_bench_parser
+    from tandem.training.cli import add_draft_parser
 
     add_bench_parser(sub)
+    add_draft_parser(sub)
     return parser
 
 

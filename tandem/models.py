@@ -46,6 +46,19 @@ BUILTIN_MODELS: dict[str, GgufSource] = {
 }
 
 
+# EAGLE-3 heads tandem ships (package data, `tandem draft train` made them; see README), by the
+# built-in target they were trained for.
+BUILTIN_HEADS: dict[str, str] = {DEFAULT_MODEL: "smollm2-135m-instruct-eagle3"}
+HEADS_DIR = Path(__file__).parent / "heads"
+
+
+def builtin_head(target: str | Path) -> Path | None:
+    """The EAGLE-3 head shipped for a built-in target (named, or its prepared folder)."""
+    name = BUILTIN_HEADS.get(str(target)) or BUILTIN_HEADS.get(Path(target).name)
+    path = HEADS_DIR / name if name else None
+    return path if path is not None and (path / "config.json").is_file() else None
+
+
 class ModelError(ValueError):
     """A model name or folder that cannot be used, with a message saying what to do."""
 

@@ -1,0 +1,157 @@
+"""`tandem draft`: make the training data, train an EAGLE-3 head, measure its acceptance.
+
+    tandem draft data --out DATA --prompts 2000 --seed 0
+    tandem draft train --data DATA --out HEAD --epochs 3 --seed 0
+    tandem draft eval --head HEAD --data DATA
+
+Long runs: `--threads N` bounds torch's threads; run them under `nice` on a shared machine.
+`train --resume` continues from HEAD/checkpoint.pt; `data` resumes by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+
+def add_draft_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `draft` on the `tandem` command's subparsers."""
+    from tandem.training.train import TrainOptions
+
+    draft = subparsers.add_parser(
+        "draft",
+        help="train EAGLE-3 draft heads for a target (self-distillation)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = draft.add_subparsers(dest="draft_command", required=True)
+
+    data = sub.add_parser("data", help="the target's answers to tandem's prompt set, and features")
+    data.add_argument("--out", required=True, help="data folder (resumes what is there)")
+    data.add_argument("--target", help="target model (default: the config's models.target)")
+    data.add_argument("--prompts", type=int, default=2000, help="stage-one prompts (2000)")
+    data.add_argument("--max-tokens", type=int, default=256, help="tokens per answer (256)")
+    data.add_argument("--seed", type=int, default=0)
+    data.add_argument(
+        "--workers", type=int, default=1, help="feature extraction processes, 1 thread each (1)"
+    )
+    data.set_defaults(func=cmd_data)
+
+    train = sub.add_parser("train", help="train a head on a data folder; writes HEAD/")
+    train.add_argument("--data", required=True, help="a folder made by `tandem draft data`")
+    train.add_argument("--out", required=True, help="the head folder (standard EAGLE-3 format)")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    defaults = {f.name: f.default for f in fields(TrainOptions)}
+    for name in (
+        "draft_vocab",
+        "epochs",
+        "lr",
+        "warmup",
+        "batch_tokens",
+        "max_len",
+        "ttt_steps",
+        "seed",
+        "checkpoint_every",
+        "eval_every",
+        "eval_conversations",
+        "device",
+    ):
+        default = defaults[name]
+        train.add_argument(
+            "--" + name.replace("_", "-"),
+            type=type(default),
+            default=default,
+            help=f"default {default}",
+        )
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("eval", help="acceptance of a head on the held-out conversations")
+    evaluate.add_argument("--head", required=True)
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--k", type=int, default=4, help="draft length (4)")
+    evaluate.add_argument("--conversations", type=int, help="at most this many (default all)")
+    evaluate.add_argument(
+        "--vllm",
+        action="store_true",
+        help="also measure it in vLLM's own eagle3 (the same prompts, greedy, as many tokens)",
+    )
+    evaluate.set_defaults(func=cmd_eval)
+
+    for p in (data, train, evaluate):
+        p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+        p.add_argument("--config", help="YAML config whose models to use")
+    return draft
+
+
+def _threads(args: argparse.Namespace) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from tandem.cluster.config import TandemConfig
+    from tandem.models import resolve_model
+    from tandem.training.data import DataRecipe, build
+
+    _threads(args)
+    config = TandemConfig.from_yaml(args.config) if args.config else TandemConfig()
+    target = resolve_model(args.target or config.models.target, config.models.cache_dir())
+    recipe = DataRecipe(str(target), args.seed, args.prompts, args.max_tokens)
+    print(build(recipe, args.out, workers=args.workers))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tandem.training.train import TrainOptions, train
+
+    _threads(args)
+    known = {f.name for f in fields(TrainOptions)}
+    options = TrainOptions(**{k: v for k, v in vars(args).items() if k in known})
+    print(train(options, resume=args.resume))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tandem.speculation.eagle import EagleDrafter
+    from tandem.training.data import load_features
+    from tandem.training.train import acceptance
+
+    _threads(args)
+    recipe = json.loads((Path(args.data) / "recipe.json").read_text())
+    heldout = [e for e in load_features(args.data) if e.heldout][: args.conversations]
+    drafter = EagleDrafter(args.head, recipe["target"])
+    result = {"conversations": len(heldout), **acceptance(drafter, heldout, args.k)}
+    if args.vllm:
+        result["vllm"] = vllm_acceptance(args.head, recipe["target"], heldout, args.k)
+    print(json.dumps(result))
+    return 0
+
+
+def vllm_acceptance(head: str, target: str, examples: list, k: int) -> dict[str, float]:
+    """Mean tokens per target forward of vLLM's in-process eagle3 with this head, greedy, on
+    the examples' prompts for as many tokens as their answers (vLLM's own counters)."""
+    import os
+
+    from tandem.benchmarks.records import GenerationParams
+    from tandem.benchmarks.vllm_system import VllmSystem
+    from tandem.benchmarks.workload import Prompt
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    spec = {"method": "eagle3", "model": head, "num_speculative_tokens": k}
+    args = {"dtype": "float32", "enforce_eager": True, "max_model_len": 2048}
+    system = VllmSystem("vllm-eagle3", target, args, spec)
+    drafts = accepted = 0
+    for e in examples:
+        prompt = Prompt(e.id, "", "", tuple(e.tokens[: e.prompt_len].tolist()))
+        new = len(e.tokens) - e.prompt_len
+        record = system.run(prompt, GenerationParams(max_new_tokens=new, temperature=0.0))
+        drafts += record.drafts
+        accepted += record.accepted_tokens
+    system.close()
+    return {f"accept_len_k{k}": round(1 + accepted / max(1, drafts), 4), "drafts": drafts}

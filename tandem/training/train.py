@@ -1,0 +1,441 @@
+"""`tandem draft train`: an EAGLE-3 head distilled from its target, with training-time test.
+
+Self-distillation: the labels are the target's own next-token distributions (its final hidden
+state through its LM head, restricted to the draft vocabulary), the inputs its own auxiliary
+features, both extracted once by `tandem.training.data`.
+
+Training-time test (EAGLE-3): the head is unrolled for `ttt_steps` steps. Step 0 reads the
+target's features at every position t (token x_{t+1}, features f_t) and predicts x_{t+2}; step
+i reads, at the same grid position, the head's own output of step i - 1 and token x_{t+1+i},
+at rotary position t + i, and predicts x_{t+2+i}. Its attention sees step 0's keys at
+positions <= t and the keys of steps 1..i at t itself: exactly what the runtime sees when it
+drafts its (i+1)-th token after committed position t. A position counts at step i only where
+the text follows the target's greedy choices up to there (as drafts must, to be accepted).
+
+The draft vocabulary is the `draft_vocab` tokens the target chooses most often in the
+training data (VocabTrim); `d2t`/`t2d` map it. The LM head starts as the target's rows for those
+tokens and the final norm as the target's.
+
+Every `checkpoint_every` steps the run writes `checkpoint.pt` (resume with --resume), the head
+in the standard format, and (every `eval_every`) the acceptance on the held-out conversations
+to `curve.jsonl`: mean accepted tokens per target forward when the runtime drafts k tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from tandem.speculation.eagle import EagleDrafter
+from tandem.speculation.eagle_format import HeadConfig, read_config
+from tandem.speculation.eagle_head import Eagle3Head, save_head, target_weight
+from tandem.training.data import Example, load_features
+
+CHECKPOINT = "checkpoint.pt"
+CURVE = "curve.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    data: str  # a folder made by `tandem draft data`
+    out: str  # the head folder (standard format), with checkpoint.pt and curve.jsonl
+    draft_vocab: int = 8192
+    epochs: float = 3.0
+    lr: float = 1e-3
+    warmup: int = 20
+    batch_tokens: int = 2048  # padded tokens per step
+    max_len: int = 1024
+    ttt_steps: int = 4
+    seed: int = 0
+    checkpoint_every: int = 25
+    eval_every: int = 75
+    eval_k: int = 4
+    eval_conversations: int = 24
+    device: str = "cpu"
+
+
+def train(opts: TrainOptions, resume: bool = False, progress: bool = True) -> Path:
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data_recipe = json.loads((Path(opts.data) / "recipe.json").read_text())
+    target = data_recipe["target"]
+    examples = load_features(opts.data)
+    if not examples:
+        raise ValueError(f"{opts.data}: no features; run `tandem draft data` first")
+    train_set = [e for e in examples if not e.heldout]
+    heldout = [e for e in examples if e.heldout][: opts.eval_conversations]
+    device = torch.device(opts.device)
+    torch.manual_seed(opts.seed)
+
+    target_config = read_config(target)
+    if not 0 < opts.draft_vocab <= target_config["vocab_size"]:
+        raise ValueError(
+            f"draft_vocab must be between 1 and the target's {target_config['vocab_size']} tokens"
+        )
+    checkpoint = _load_checkpoint(out, opts) if resume else None
+    vocab = checkpoint["vocab"] if checkpoint else draft_vocabulary(train_set, opts.draft_vocab)
+    head = _new_head(target, target_config, vocab, data_recipe["aux_layers"]).to(device)
+    teacher = target_weight(target, "lm_head.weight", "embed_tokens.weight")
+    teacher = teacher[vocab].float().to(device)  # the target's LM head over the draft vocab
+
+    optimizer = torch.optim.AdamW(
+        [p for p in head.parameters() if p.requires_grad], lr=opts.lr, betas=(0.9, 0.95)
+    )
+    epochs: dict[int, list[list[Example]]] = {}
+
+    def batches(epoch: int) -> list[list[Example]]:
+        if epoch not in epochs:
+            epochs.clear()
+            epochs[epoch] = _batches(train_set, opts, epoch)
+        return epochs[epoch]
+
+    lengths: dict[int, int] = {}  # batches per epoch
+
+    def epoch_length(epoch: int) -> int:
+        if epoch not in lengths:
+            lengths[epoch] = len(batches(epoch))
+        return lengths[epoch]
+
+    batches_per_epoch = len(batches(0))
+    total = max(1, math.ceil(opts.epochs * batches_per_epoch))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(opts.warmup, total))
+    step, wall = 0, 0.0
+    if checkpoint:
+        head.load_state_dict(checkpoint["head"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        schedule.load_state_dict(checkpoint["schedule"])
+        step, wall = checkpoint["step"], checkpoint["wall_s"]
+
+    bar = tqdm(total=total, initial=step, desc="training", unit="step", disable=not progress)
+    started = time.perf_counter() - wall
+    window: list[dict[str, float]] = []
+    while step < total:
+        epoch, index = locate(step, epoch_length)
+        batch = batches(epoch)[index]
+        head.train()
+        stats = ttt_loss(head, teacher, _collate(batch, opts.max_len, device), opts.ttt_steps)
+        optimizer.zero_grad(set_to_none=True)
+        stats["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(head.parameters(), 0.5)
+        optimizer.step()
+        schedule.step()
+        step += 1
+        window.append({k: float(v.detach()) for k, v in stats.items()})
+        bar.update()
+        bar.set_postfix(
+            loss=f"{stats['loss']:.3f}",
+            acc0=f"{stats['acc0']:.2f}",
+            epoch=f"{step / batches_per_epoch:.2f}",
+        )
+        last = step == total
+        if step % opts.checkpoint_every == 0 or last:
+            elapsed = time.perf_counter() - started
+            _save(out, opts, head, optimizer, schedule, step, elapsed, vocab)
+            record: dict[str, Any] = {
+                "step": step,
+                "epoch": round(step / batches_per_epoch, 3),
+                "wall_s": round(elapsed, 1),
+                **{k: round(sum(w[k] for w in window) / len(window), 4) for k in window[0]},
+            }
+            window = []
+            if heldout and (step % opts.eval_every == 0 or last):
+                drafter = EagleDrafter(out, target, device=opts.device)
+                record.update(acceptance(drafter, heldout, opts.eval_k))
+            with (out / CURVE).open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            bar.write(json.dumps(record))
+    bar.close()
+    return out
+
+
+# ---- the objective ------------------------------------------------------------------------------
+
+
+def ttt_loss(
+    head: Eagle3Head, teacher: torch.Tensor, batch: dict[str, torch.Tensor], steps: int
+) -> dict[str, torch.Tensor]:
+    """Soft cross-entropy against the target over `steps` unrolled steps, and per-step top-1
+    agreement with the target's greedy choice (over the full vocabulary)."""
+    tokens, greedy = batch["tokens"], batch["greedy"]
+    length = tokens.shape[1]
+    grid = torch.arange(length, device=tokens.device)
+    active = chains(tokens, greedy, batch["lengths"], steps)
+    with torch.no_grad():  # the target's distribution after each position, over the draft vocab
+        target_p = (batch["final"] @ teacher.T).softmax(-1)
+    total = tokens.new_zeros((), dtype=torch.float32)
+    stats: dict[str, torch.Tensor] = {}
+    for i, (mask, out) in enumerate(
+        zip(active, unroll(head, tokens, batch["aux"], active), strict=True)
+    ):
+        # Step i's output at grid t predicts x_{t+2+i}: the target's choice after t+1+i.
+        at = (grid + 1 + i).clamp(max=length - 1).expand_as(mask)[mask]
+        rows = mask.nonzero()[:, 0]
+        logits = head.logits(out)
+        count = max(1, len(rows))
+        log_p = logits.float().log_softmax(-1)
+        loss = -(target_p[rows, at] * log_p).sum() / count
+        total = total + loss
+        hit = head.to_target(logits.argmax(-1)) == greedy[rows, at]
+        stats[f"loss{i}"] = loss.detach()
+        stats[f"acc{i}"] = hit.float().sum() / count
+    stats["loss"] = total
+    return stats
+
+
+def chains(
+    tokens: torch.Tensor, greedy: torch.Tensor, lengths: torch.Tensor, steps: int
+) -> list[torch.Tensor]:
+    """Per step, the grid positions [B, T] whose chain the runtime can meet: step i at grid t
+    reads x_{t+1}..x_{t+1+i}, and drafts are accepted only while every one of them was the
+    target's own greedy choice; its label x_{t+2+i}'s position must lie inside the text."""
+    length = tokens.shape[1]
+    grid = torch.arange(length, device=tokens.device)
+    follows = grid[None, :] >= 0
+    out = []
+    for i in range(steps):
+        at = (grid + 1 + i).clamp(max=length - 1)
+        inside = (grid + 1 + i)[None, :] < lengths[:, None]
+        follows = follows & inside & (tokens[:, at] == greedy[:, at - 1])
+        out.append(follows)
+    return out
+
+
+def unroll(
+    head: Eagle3Head,
+    tokens: torch.Tensor,
+    aux: torch.Tensor,
+    active: list[torch.Tensor] | int,
+) -> Iterator[torch.Tensor]:
+    """The head's outputs, one training-time-test step after another. Step i's output at grid
+    t is the runtime's when it drafts its (i+1)-th token after committed x_0..x_{t+1}, having
+    drafted x_{t+2}..x_{t+1+i} before.
+
+    `active`: per step, the positions [B, T] whose outputs are wanted; outputs come as rows in
+    that order ([N, hidden]) and only those rows pay for the layer's MLP and the LM head. A
+    number of steps instead: every position, [B, T, hidden].
+    """
+    size, length = tokens.shape
+    grid = torch.arange(length, device=tokens.device)
+    steps = active if isinstance(active, int) else len(active)
+    hidden = head.fuse(aux)
+    keys: list[torch.Tensor] = []
+    values: list[torch.Tensor] = []
+    for i in range(steps):
+        token = tokens[:, (grid + 1 + i).clamp(max=length - 1)]
+        q, k, v, residual = head.project(token, hidden, (grid + i).expand(size, -1))
+        keys.append(k)
+        values.append(v)
+        attended = ttt_attention(q, keys, values, head.kv_repeat()).transpose(1, 2).flatten(2)
+        if isinstance(active, int):
+            hidden = head.finish_rows(attended, residual)
+            yield hidden
+            continue
+        mask = active[i]
+        rows = head.finish_rows(attended[mask], residual[mask])
+        hidden = residual.new_zeros(residual.shape).index_put((mask,), rows)
+        yield rows
+
+
+def ttt_attention(
+    q: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor], repeat: int
+) -> torch.Tensor:
+    """q: [B, heads, T, d] of step i = len(keys) - 1. Step 0's keys are attended causally,
+    every later step's only at the query's own grid position."""
+    scale = q.shape[-1] ** -0.5
+    k0 = keys[0].repeat_interleave(repeat, 1)
+    v0 = values[0].repeat_interleave(repeat, 1)
+    length = q.shape[-2]
+    causal = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
+    scores = [(q @ k0.transpose(-1, -2) * scale).masked_fill(~causal, float("-inf"))]
+    for k in keys[1:]:
+        scores.append((q * k.repeat_interleave(repeat, 1)).sum(-1, keepdim=True) * scale)
+    p = torch.cat(scores, -1).softmax(-1)
+    out = p[..., :length] @ v0
+    for j, v in enumerate(values[1:]):
+        out = out + p[..., length + j, None] * v.repeat_interleave(repeat, 1)
+    return out
+
+
+# ---- measurement --------------------------------------------------------------------------------
+
+
+def acceptance(drafter: EagleDrafter, examples: list[Example], k: int) -> dict[str, float]:
+    """Greedy verification of the runtime's k-token drafts along the target's own answers:
+    mean tokens per target forward (1 + accepted per round) and per-position acceptance."""
+    rounds = accepted = 0
+    at_position = [0] * k
+    for example in examples:
+        tokens = example.tokens.tolist()
+        state = drafter.new_state()
+        committed = example.prompt_len + 1  # the prompt, and the first token prefill emitted
+        fed = 0
+        while committed < len(tokens):
+            draft = drafter.draft(state, tokens[:committed], example.aux[fed : committed - 1], k)
+            fed = committed - 1
+            right = 0
+            for d, t in zip(draft, tokens[committed : committed + k], strict=False):
+                if d != t:
+                    break
+                at_position[right] += 1
+                right += 1
+            rounds += 1
+            accepted += right
+            committed += right + 1
+    if not rounds:
+        return {}
+    out = {f"accept_len_k{k}": round(1 + accepted / rounds, 4)}
+    out.update({f"accept_p{i + 1}": round(n / rounds, 4) for i, n in enumerate(at_position)})
+    return out
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+
+def draft_vocabulary(examples: list[Example], size: int) -> torch.Tensor:
+    """The draft vocabulary (sorted ids): the tokens the target chose in the training data,
+    most often first, then the lowest ids not seen yet (a BPE tokenizer numbers its merges in
+    order of frequency, so they stand in for what a small data set does not show)."""
+    counts: dict[int, int] = {}
+    for e in examples:
+        ids, n = e.greedy.unique(return_counts=True)
+        for token, count in zip(ids.tolist(), n.tolist(), strict=True):
+            counts[token] = counts.get(token, 0) + count
+    chosen = sorted(counts, key=lambda t: (-counts[t], t))[:size]
+    seen = set(chosen)
+    filler = (t for t in range(10**9) if t not in seen)
+    chosen += [next(filler) for _ in range(size - len(chosen))]
+    return torch.tensor(sorted(chosen), dtype=torch.long)
+
+
+def locate(step: int, epoch_length: Callable[[int], int]) -> tuple[int, int]:
+    """The (epoch, batch index) of a global step. Epochs differ in length (their batches are
+    packed after each epoch's own shuffle), so the step is walked through them in order."""
+    epoch = 0
+    while step >= (length := epoch_length(epoch)):
+        step -= length
+        epoch += 1
+    return epoch, step
+
+
+def _batches(examples: list[Example], opts: TrainOptions, epoch: int) -> list[list[Example]]:
+    """The epoch's batches: shuffled (seeded by epoch), grouped by similar length under a
+    padded token budget."""
+    order = list(range(len(examples)))
+    random.Random(opts.seed * 1000 + epoch).shuffle(order)
+    batches: list[list[Example]] = []
+    group = 64  # sort within groups of this many, so batches pad little but still mix
+    for start in range(0, len(order), group):
+        chunk = sorted(order[start : start + group], key=lambda i: len(examples[i].tokens))
+        current: list[Example] = []
+        for i in chunk:
+            example = examples[i]
+            longest = max([min(len(e.tokens), opts.max_len) for e in [*current, example]])
+            if current and longest * (len(current) + 1) > opts.batch_tokens:
+                batches.append(current)
+                current = []
+            current.append(example)
+        if current:
+            batches.append(current)
+    random.Random(opts.seed * 1000 + epoch + 1).shuffle(batches)
+    return batches
+
+
+def _collate(batch: list[Example], max_len: int, device: torch.device) -> dict[str, torch.Tensor]:
+    lengths = [min(len(e.tokens), max_len) for e in batch]
+    length = max(lengths)
+
+    def pad(name: str, dtype: torch.dtype) -> torch.Tensor:
+        rows = [getattr(e, name)[:length] for e in batch]
+        shape = (len(batch), length, *rows[0].shape[1:])
+        out = torch.zeros(shape, dtype=dtype)
+        for i, row in enumerate(rows):
+            out[i, : len(row)] = row.to(dtype)
+        return out.to(device)
+
+    return {
+        "tokens": pad("tokens", torch.long),
+        "greedy": pad("greedy", torch.long),
+        "aux": pad("aux", torch.float32),
+        "final": pad("final", torch.float32),
+        "lengths": torch.tensor(lengths, device=device),
+    }
+
+
+# ---- the head and its checkpoints ---------------------------------------------------------------
+
+
+def _new_head(
+    target: str, target_config: dict[str, Any], vocab: torch.Tensor, aux_layers: list[int]
+) -> Eagle3Head:
+    cfg = HeadConfig.for_target(target_config, len(vocab), aux_layers or None)
+    head = Eagle3Head(cfg, target_weight(target, "embed_tokens.weight").float())
+    with torch.no_grad():
+        head.d2t.copy_(vocab - torch.arange(len(vocab)))
+        head.t2d.zero_()
+        head.t2d[vocab] = True
+        teacher = target_weight(target, "lm_head.weight", "embed_tokens.weight")
+        head.lm_head.weight.copy_(teacher[vocab].float())
+        head.norm.weight.copy_(target_weight(target, "norm.weight").float())
+    return head
+
+
+def _save(
+    out: Path,
+    opts: TrainOptions,
+    head: Eagle3Head,
+    optimizer: torch.optim.Optimizer,
+    schedule: Any,
+    step: int,
+    wall_s: float,
+    vocab: torch.Tensor,
+) -> None:
+    save_head(head, out)
+    state = {
+        "head": head.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "step": step,
+        "wall_s": wall_s,
+        "vocab": vocab,
+        "options": asdict(opts),
+    }
+    tmp = out / (CHECKPOINT + ".partial")
+    torch.save(state, tmp)
+    tmp.rename(out / CHECKPOINT)
+    (out / "training.json").write_text(
+        json.dumps({"options": asdict(opts), "step": step, "wall_s": round(wall_s, 1)}, indent=2)
+        + "\n"
+    )
+
+
+def _load_checkpoint(out: Path, opts: TrainOptions) -> dict[str, Any] | None:
+    path = out / CHECKPOINT
+    if not path.is_file():
+        return None
+    checkpoint = torch.load(path, weights_only=False)
+    theirs = checkpoint["options"]
+    # What may change on resume: how long to train and how often to report.
+    free = {"epochs", "checkpoint_every", "eval_every", "eval_conversations", "device"}
+    differ = sorted(k for k, v in asdict(opts).items() if k not in free and theirs.get(k) != v)
+    if differ:
+        raise ValueError(f"{path} was trained with other options ({', '.join(differ)})")
+    return checkpoint
+
+
+def _cosine(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor

@@ -1,0 +1,159 @@
+"""Mode `eagle` end to end: the target's features travel with its committed tokens to a remote
+EAGLE-3 head (the one tandem ships), pre-drafting on; greedy output equals the Hugging Face
+reference at batch 1 and with 8 concurrent streams while drafts flow; a killed drafter fails no
+request and drafting resumes; a head that does not fit the target is refused at start."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import pytest
+from ray.util.state import list_actors
+
+from tandem.client import AsyncTandemClient, TandemClient
+from tandem.cluster.launcher import ServiceProcess
+from tandem.models import builtin_head
+from tandem.training.data import render
+
+from .conftest import spec_bench_prompts, start_service
+
+pytestmark = pytest.mark.slow
+
+# Drafts for every stream of a batch of 8 (the policy would stop drafting from 3 on the CPU).
+SPECULATION = {
+    "default_mode": "eagle",
+    "draft_length": {"full_until_batch": 64, "off_above_batch": 64},
+}
+CATEGORIES = ("writing", "coding", "qa", "summarization", "translation", "rag", "math_reasoning")
+MAX_TOKENS = 40
+
+
+@pytest.fixture(scope="module")
+def service():
+    yield from start_service({"speculation": SPECULATION})
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return spec_bench_prompts(8, CATEGORIES)
+
+
+@pytest.fixture(scope="module")
+def reference(prompts, model_path, tokenizer):
+    """Greedy continuations from Hugging Face transformers (the same chat rendering)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    out = []
+    for prompt in prompts:
+        ids = torch.tensor([render(tokenizer, prompt)])
+        with torch.inference_mode():
+            generated = model.generate(
+                ids, max_new_tokens=MAX_TOKENS, do_sample=False, eos_token_id=None
+            )
+        out.append(generated[0, ids.shape[1] :].tolist())
+    return out
+
+
+def ours(tokens, reference):
+    """Our output against the reference: the same tokens, up to where ours stopped (EOS)."""
+    return tokens == reference[: len(tokens)] and len(tokens) > 0
+
+
+@pytest.mark.timeout(900)
+def test_greedy_batch_1_equals_the_reference(service, prompts, reference):
+    drafted = accepted = 0
+    with TandemClient(service.address) as client:
+        for prompt, expected in list(zip(prompts, reference, strict=True))[:3]:
+            result = client.generate(prompt, temperature=0, max_tokens=MAX_TOKENS)
+            assert ours(list(result.token_ids), expected), prompt
+            spec = result.speculation
+            assert spec.mode == "eagle"
+            assert spec.target_steps + spec.accepted_tokens == len(result.token_ids)
+            drafted += spec.draft_tokens
+            accepted += spec.accepted_tokens
+        stats = client.stats()
+    assert drafted > 0 and accepted > 0  # the head's drafts were real, and some were right
+    assert stats.speculation.cache_hits > 0  # pre-drafted from the head's own outputs
+    # fp16 features of every committed position: 3 layers x 576 x 2 bytes each
+    assert stats.feature_bytes > 0 and stats.feature_bytes % (3 * 576 * 2) == 0
+
+
+@pytest.mark.timeout(900)
+def test_eight_concurrent_streams_equal_the_reference(service, prompts, reference):
+    async def eight():
+        async with AsyncTandemClient(service.address) as client:
+
+            async def one(prompt):
+                result = await client.generate(prompt, temperature=0, max_tokens=MAX_TOKENS)
+                return list(result.token_ids), result.speculation
+
+            return await asyncio.gather(*(one(p) for p in prompts))
+
+    results = asyncio.run(eight())
+    for (tokens, _), expected in zip(results, reference, strict=True):
+        assert ours(tokens, expected)
+    assert sum(spec.accepted_tokens for _, spec in results) > 0
+
+
+@pytest.mark.timeout(900)
+def test_killed_drafter_fails_no_request_and_drafting_resumes(service, prompts, reference):
+    (drafter,) = [
+        a
+        for a in list_actors(filters=[("class_name", "=", "DrafterReplica")], detail=True)
+        if a.state == "ALIVE"
+    ]
+
+    async def eight_streams_and_a_crash():
+        async with AsyncTandemClient(service.address) as client:
+            started = asyncio.Event()
+            first = {"count": 0}
+
+            async def one(prompt):
+                ids = []
+                async for chunk in client.stream(prompt, temperature=0, max_tokens=MAX_TOKENS):
+                    if not ids and chunk.token_ids:
+                        first["count"] += 1
+                        if first["count"] == len(prompts):
+                            started.set()
+                    ids += chunk.token_ids
+                return ids
+
+            tasks = [asyncio.create_task(one(p)) for p in prompts]
+            await started.wait()
+            os.kill(drafter.pid, signal.SIGKILL)  # a real crash, mid-stream
+            return await asyncio.gather(*tasks)
+
+    for tokens, expected in zip(asyncio.run(eight_streams_and_a_crash()), reference, strict=True):
+        assert ours(tokens, expected)
+    with TandemClient(service.address) as client:
+        deadline = time.monotonic() + 180
+        while True:  # Ray restarts the drafter; it loads the head again, then drafts
+            result = client.generate(prompts[0], temperature=0, max_tokens=MAX_TOKENS)
+            if result.speculation.draft_tokens > 0 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert result.speculation.draft_tokens > 0
+        assert ours(list(result.token_ids), reference[0])
+
+
+@pytest.mark.timeout(600)
+def test_a_head_that_does_not_fit_is_refused_at_start(tmp_path):
+    head = builtin_head("smollm2-135m-instruct")
+    bad = tmp_path / "head"
+    bad.mkdir()
+    (bad / "model.safetensors").symlink_to(head / "model.safetensors")
+    config = json.loads((head / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**config, "vocab_size": 32000}))
+    service = ServiceProcess({"speculation": {"drafters": {"eagle_head": str(bad)}}})
+    with pytest.raises(RuntimeError, match="did not start"):
+        service.start()
+    service.stop()
+    log = "\n".join(service.log_lines)
+    assert "speculation.drafters.eagle_head" in log
+    assert "vocabulary of 32000 tokens, but the target's has 49152" in log, log[-2000:]

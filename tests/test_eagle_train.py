@@ -1,0 +1,154 @@
+"""`tandem draft data` and `tandem draft train` end to end on the default model, tiny: the loss
+goes down, training resumes where it stopped, and the head it writes loads in tandem's runtime
+and in vLLM's own eagle3 (the bench's vllm-eagle3 system), whose greedy output then equals the
+target's alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tandem.benchmarks.records import GenerationParams
+from tandem.benchmarks.systems import Builder, Setup
+from tandem.benchmarks.workload import Prompt
+from tandem.speculation.eagle import EagleDrafter
+from tandem.speculation.eagle_format import HeadError
+from tandem.training.data import load_conversations, load_features
+
+pytestmark = pytest.mark.slow
+
+
+def tandem(*args: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "tandem.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, model_path):
+    root = tmp_path_factory.mktemp("draft")
+    data, head = root / "data", root / "head"
+    tandem("draft", "data", "--out", str(data), "--prompts", "5", "--max-tokens", "48")
+    train = ["draft", "train", "--data", str(data), "--out", str(head), "--threads", "1"]
+    train += ["--draft-vocab", "1024", "--batch-tokens", "2048", "--lr", "2e-3"]
+    train += ["--checkpoint-every", "1", "--eval-every", "8", "--eval-conversations", "2"]
+    tandem(*train, "--epochs", "6")
+    tandem(*train, "--epochs", "8", "--resume")
+    return data, head
+
+
+@pytest.mark.timeout(900)
+def test_data_is_the_targets_own_answers_with_features(trained, model_path):
+    data, _ = trained
+    conversations = load_conversations(data)
+    assert {c.id[:2] for c in conversations} == {"s1", "s2"}  # passage tasks over its answers
+    examples = {e.id: e for e in load_features(data)}
+    assert set(examples) == {c.id for c in conversations}
+    for c in conversations:
+        example = examples[c.id]
+        assert example.tokens.tolist() == c.prompt + c.response
+        assert example.aux.shape == (len(example.tokens), 3 * 576)
+        # the answers are the target's greedy choices (HF and vLLM agree but for rare ties)
+        response = example.tokens[example.prompt_len :]
+        agree = (example.greedy[example.prompt_len - 1 : -1] == response).float().mean()
+        assert agree > 0.9
+    assert any(e.heldout for e in examples.values()) and not all(
+        e.heldout for e in examples.values()
+    )
+
+
+@pytest.mark.timeout(900)
+def test_training_lowers_the_loss_and_resumes(trained):
+    _, head = trained
+    curve = [json.loads(line) for line in (head / "curve.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in curve]
+    assert steps == list(range(1, len(steps) + 1))  # the resumed run went on from its step
+    per_epoch = steps[-1] // 8
+    assert per_epoch >= 1 and len(steps) == 8 * per_epoch
+    first, last = curve[0]["loss"], curve[-1]["loss"]
+    assert last < 0.8 * first, (first, last)
+    assert "accept_len_k4" in curve[-1] and curve[-1]["accept_len_k4"] >= 1.0
+    config = json.loads((head / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLMEagle3"]
+    assert config["draft_vocab_size"] == 1024 and config["eagle_aux_hidden_state_layer_ids"] == [
+        2,
+        15,
+        27,
+    ]
+
+
+@pytest.mark.timeout(900)
+def test_tandems_runtime_loads_and_drafts(trained, model_path):
+    data, head = trained
+    drafter = EagleDrafter(head, model_path)
+    example = load_features(data)[0]
+    n = example.prompt_len + 1
+    draft = drafter.draft(drafter.new_state(), example.tokens[:n].tolist(), example.aux[: n - 1], 4)
+    assert len(draft) == 4 and all(bool(drafter.head.t2d[t]) for t in draft)
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"target_hidden_size": 960},
+            "reads target hidden states of size 960, but the target's hidden size is 576",
+        ),
+        ({"vocab_size": 32000}, "vocabulary of 32000 tokens, but the target's has 49152"),
+    ],
+)
+def test_a_head_that_does_not_fit_is_refused(trained, model_path, tmp_path, change, message):
+    from tandem.benchmarks.runner import bench_config, eagle_head_path
+    from tandem.cluster.config import TandemConfig
+
+    _, head = trained
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model.safetensors").symlink_to(head / "model.safetensors")
+    config = json.loads((head / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(HeadError, match=message):
+        EagleDrafter(bad, model_path)
+    with pytest.raises(HeadError, match=message):  # the bench's vllm-eagle3 refuses it too
+        eagle_head_path(
+            bench_config(TandemConfig(), None, None, None, None, str(bad)), str(model_path)
+        )
+
+
+@pytest.mark.timeout(900)
+def test_vllm_eagle3_loads_the_head_and_stays_lossless(trained, model_path, monkeypatch):
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    data, head = trained
+    setup = Setup(
+        model_path=str(model_path),
+        engine_args={"dtype": "float32", "enforce_eager": True, "max_model_len": 1024},
+        tandem_config={},
+        modes=(),
+        draft_model_path=None,
+        eagle_head_path=str(head),
+    )
+    builder = Builder(setup)
+    assert "vllm-eagle3" not in builder.absent()
+    conversations = [c for c in load_conversations(data) if c.id.startswith("s1")][:2]
+    prompts = [Prompt(c.id, c.category, "", tuple(c.prompt)) for c in conversations]
+    params = GenerationParams(max_new_tokens=32, temperature=0.0)
+    outputs = {}
+    for name in ("vllm-eagle3", "vllm-target"):
+        system = builder.build(name)
+        records = [system.run(p, params) for p in prompts]
+        outputs[name] = [r.token_ids for r in records]
+        if name == "vllm-eagle3":
+            assert sum(r.drafts for r in records) > 0  # vLLM drafted with the head
+        system.close()
+    assert outputs["vllm-eagle3"] == outputs["vllm-target"]
