@@ -72,22 +72,30 @@ def test_numpy_arrays_keep_dtype_shape_and_values():
 
 
 def test_a_field_appended_with_a_default_reads_both_ways():
-    """Another engineer adds a field (an EAGLE-3 feature vector) to DraftItem: old and new
-    sides of a rolling upgrade keep reading each other, with no change to the codec."""
+    """Another engineer adds a field to DraftItem (as issue 15 added the EAGLE-3 features):
+    old and new sides of a rolling upgrade keep reading each other, with no codec change."""
 
     @dataclasses.dataclass(frozen=True)
-    class DraftItemWithFeatures(DraftItem):
-        features: np.ndarray | None = None
+    class DraftItemWithWidth(DraftItem):
+        tree_width: int = 1
 
-    old, new = Codec([DraftItem]), Codec([DraftItemWithFeatures])
-    features = np.ones((2, 8), dtype=np.float16)
-    richer = DraftItemWithFeatures(**dataclasses.asdict(ITEM), features=features)
+    old, new = Codec([DraftItem]), Codec([DraftItemWithWidth])
+    richer = DraftItemWithWidth(**dataclasses.asdict(ITEM), tree_width=4)
     read_by_old = old.decode(new.encode(Kind.DRAFT, 1, [richer]))[2][0]
     assert read_by_old == ITEM
     read_by_new = new.decode(old.encode(Kind.DRAFT, 1, [ITEM]))[2][0]
-    assert read_by_new.features is None and read_by_new.tokens == ITEM.tokens
-    round_trip = new.decode(new.encode(Kind.DRAFT, 1, [richer]))[2][0]
-    assert np.array_equal(round_trip.features, features)
+    assert read_by_new.tree_width == 1 and read_by_new.tokens == ITEM.tokens
+    assert new.decode(new.encode(Kind.DRAFT, 1, [richer]))[2][0] == richer
+
+
+def test_the_eagle_features_cross_the_wire_as_raw_fp16():
+    features = np.random.default_rng(1).standard_normal((5, 3 * 576)).astype(np.float16)
+    item = dataclasses.replace(ITEM, features=features, features_start=409)
+    data = CODEC.encode(Kind.DRAFT, 1, [item])
+    (read,) = CODEC.decode(data)[2]
+    assert read.features_start == 409 and read.features.dtype == np.float16
+    assert np.array_equal(read.features, features)
+    assert len(data) < features.nbytes + 256  # the rows' bytes and a small header
 
 
 def test_another_version_or_garbage_is_refused_clearly():
