@@ -147,6 +147,7 @@ def markdown(result: dict[str, Any]) -> str:
             ],
             rows,
         )
+    lines += breakdown_section(result)
     lines += drafters_by_category(result)
     lines += controlled_section(result)
     cost = result["cost"]
@@ -181,6 +182,82 @@ def markdown(result: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def breakdown_section(result: dict[str, Any]) -> list[str]:
+    """Where each system's time goes, per engine step, from the servers' own timers (tandem's
+    GetStats breakdown; the same timers on the in-process vLLM engines)."""
+    entries = result.get("breakdown") or []
+    if not entries:
+        return []
+    lines = [
+        "",
+        "## Where the time goes (ms per engine step, servers' own timers)",
+        "",
+        "vLLM's step = schedule + forward (and sampling) + proposer + output (scheduler update, "
+        "detokenization); the proposer's time includes its drafter round trips (RTT) and its "
+        "waits for pre-drafts. Between: the engine thread from one step to the next. Hand-off "
+        "(engine thread to the actor's event loop), Ray stream (to the coordinator) and "
+        "coordinator are latencies on the way out, summed over a step's outputs. Engine per "
+        "token = (step + between) / tokens per step: at 1 stream, a client's TPOT above it is "
+        "time lost on the way out. vLLM's servers have no timers inside (client figures only).",
+        "",
+    ]
+    rows = []
+    for e in entries:
+        ms = e["ms_per_step"]
+        rows.append(
+            [
+                e["system"],
+                str(e["concurrency"]),
+                _ms(e["client_tpot_s"]),
+                _num(e["engine_ms_per_token"], 1),
+                _num(e["tokens_per_step"]),
+                *(_num(ms[part], 2) for part in STEP_COLUMNS),
+                _num(e["drafter_rtt_mean_ms"], 2),
+                _pct(e["drafter_rtt_of_step"]),
+                _num(e["drafter_bytes_per_step"], 0),
+            ]
+        )
+    return lines + _table(
+        [
+            "system",
+            "streams",
+            "TPOT p50 / p90 ms (client)",
+            "engine ms/token",
+            "tokens/step",
+            "step",
+            "schedule",
+            "forward",
+            "proposer",
+            "of which RTT",
+            "pre-draft wait",
+            "output",
+            "between",
+            "hand-off",
+            "Ray stream",
+            "coordinator",
+            "RTT per round trip",
+            "RTT / step",
+            "drafter bytes/step",
+        ],
+        rows,
+    )
+
+
+STEP_COLUMNS = (
+    "step",
+    "schedule",
+    "forward",
+    "proposer",
+    "drafter_rtt",
+    "predraft_wait",
+    "output",
+    "between_steps",
+    "handoff",
+    "ray_stream",
+    "coordinator",
+)
 
 
 def _sampling_note(gen: dict[str, Any]) -> list[str]:

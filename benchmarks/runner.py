@@ -8,13 +8,14 @@ time: the others wait idle in this process or in the server's.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -22,6 +23,7 @@ from tandem.benchmarks import controlled, costs, machine, summary
 from tandem.benchmarks.records import ConcurrencyRun, GenerationParams, RequestRecord
 from tandem.benchmarks.systems import (
     BASELINE,
+    SERVED,
     TANDEM_MODES,
     Builder,
     Setup,
@@ -41,6 +43,7 @@ from tandem.benchmarks.workload import (
 )
 
 SCHEMA = "tandem-bench/1"
+T = TypeVar("T")
 WARMUP = Question("warmup", "warmup", ("Repeat this sentence three times: the quick brown fox.",))
 
 
@@ -94,8 +97,11 @@ def build_order(names: Sequence[str]) -> list[str]:
     """In-process engines first, vllm-ngram last of them: its drafter imports numba, and vLLM
     0.32 (CPU) fails to build any later engine in the same process (its Triton-override scan of
     every loaded module trips over llvmlite's function wrappers: "'_lib_fn_wrapper' object has
-    no attribute 'get'"). tandem systems last: they wait for the server."""
-    return sorted(names, key=lambda name: (name in TANDEM_MODES, name == "vllm-ngram"))
+    no attribute 'get'"). Then vLLM's servers (processes of their own), tandem systems last:
+    they wait for the server."""
+    return sorted(
+        names, key=lambda name: (name in TANDEM_MODES, name in SERVED, name == "vllm-ngram")
+    )
 
 
 def _rotated(names: Sequence[str], i: int) -> list[str]:
@@ -139,6 +145,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
         ngram_min=spec.drafters.ngram_min,
         ngram_max=spec.drafters.ngram_max,
         address=options.address,
+        threads=threads,
     )
     params = options.generation
     builder = Builder(setup)
@@ -167,9 +174,10 @@ def run(options: BenchOptions) -> dict[str, Any]:
         for name in names:
             _log(f"warming up {name}")
             systems[name].warmup(warm, warm_params)
-        records = _per_prompt(systems, names, prompts, params, options.progress)
+        breakdowns = Breakdowns()
+        records = _per_prompt(systems, names, prompts, params, options.progress, breakdowns)
         host["load_average_after_batch1"] = _load()
-        runs = _concurrency(systems, names, prompts, params, options)
+        runs = _concurrency(systems, names, prompts, params, options, breakdowns)
         infos = {n: _info(systems[n]) for n in names}
         builder.close()  # the servers' memory, before the controlled runs start theirs
         controlled_runs = []
@@ -217,6 +225,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
         "absent_systems": [{"name": n, "reason": r} for n, r in absent.items()],
         "cost": cost,
         "concurrency": _concurrency_entries(names, runs, records, options.concurrency),
+        "breakdown": breakdowns.entries(names, records, runs),
         "controlled_acceptance": controlled_runs,
         "records": [_record_row(r) for n in names for r in records[n]],
         "wall_s": time.perf_counter() - started,
@@ -246,12 +255,45 @@ def _info(system: System) -> dict[str, Any]:
     }
 
 
+class Breakdowns:
+    """Each system's serving breakdown by concurrency level: the difference of its counters
+    (System.breakdown) around each of its runs, summed. Systems without timers have none."""
+
+    def __init__(self) -> None:
+        self.sums: dict[tuple[str, int], Any] = {}
+
+    def measure(self, name: str, level: int, system: System, run: Callable[[], T]) -> T:
+        before = system.breakdown()
+        result = run()
+        if before is not None:
+            delta = system.breakdown() - before
+            key = (name, level)
+            self.sums[key] = self.sums[key] + delta if key in self.sums else delta
+        return result
+
+    def entries(
+        self,
+        names: list[str],
+        records: dict[str, list[RequestRecord]],
+        runs: list[ConcurrencyRun],
+    ) -> list[dict[str, Any]]:
+        tpots = {(name, 1): records[name] for name in names}
+        tpots.update({(r.system, r.concurrency): r.requests for r in runs})
+        return [
+            summary.breakdown_entry(name, level, asdict(total), tpots.get((name, level), []))
+            for (name, level), total in sorted(
+                self.sums.items(), key=lambda item: (item[0][1], names.index(item[0][0]))
+            )
+        ]
+
+
 def _per_prompt(
     systems: dict[str, System],
     names: list[str],
     prompts: list[Prompt],
     params: GenerationParams,
     progress: bool,
+    breakdowns: Breakdowns,
 ) -> dict[str, list[RequestRecord]]:
     records: dict[str, list[RequestRecord]] = {n: [] for n in names}
     with tqdm(
@@ -260,7 +302,9 @@ def _per_prompt(
         for i, prompt in enumerate(prompts):
             for name in _rotated(names, i):
                 bar.set_postfix_str(f"{prompt.category} {prompt.question_id} {name}")
-                records[name].append(systems[name].run(prompt, params))
+                system = systems[name]
+                run = functools.partial(system.run, prompt, params)
+                records[name].append(breakdowns.measure(name, 1, system, run))
                 bar.update()
     return records
 
@@ -298,6 +342,7 @@ def _concurrency(
     prompts: list[Prompt],
     params: GenerationParams,
     options: BenchOptions,
+    breakdowns: Breakdowns,
 ) -> list[ConcurrencyRun]:
     """Each level above 1: `level` streams at once over level x rounds prompts. Level 1 is not
     run again: the batch-1 runs above are exactly one stream at a time (see batch1_run)."""
@@ -311,7 +356,9 @@ def _concurrency(
             batch = [prompts[j % len(prompts)] for j in range(count)]
             for name in _rotated(names, i):
                 bar.set_postfix_str(f"{level} streams {name}")
-                runs.append(systems[name].run_concurrent(batch, level, params))
+                system = systems[name]
+                run = functools.partial(system.run_concurrent, batch, level, params)
+                runs.append(breakdowns.measure(name, level, system, run))
                 bar.update()
     return runs
 

@@ -160,3 +160,45 @@ def _hit_rate(records: Sequence[RequestRecord]) -> float | None:
     hits = sum(r.cache_hits for r in records)
     lookups = hits + sum(r.cache_misses for r in records)
     return hits / lookups if lookups else None
+
+
+# The parts of the serving path (tandem.cluster.figures.Breakdown's seconds), in path order.
+# Inside vLLM's step: schedule + forward + proposer + output; the proposer's time includes its
+# drafter round trips and its waits for pre-drafts.
+STEP_PARTS = ("schedule", "forward", "proposer", "drafter_rtt", "predraft_wait", "output")
+PATH_PARTS = ("between_steps", "handoff", "ray_stream", "coordinator")
+
+
+def breakdown_entry(
+    system: str, concurrency: int, totals: Mapping[str, float], records: Sequence[RequestRecord]
+) -> dict[str, Any]:
+    """One system's serving breakdown at one concurrency level, per engine step (ms), from its
+    summed timers (`totals`: Breakdown's fields); TPOT beside it, from the client's side."""
+    steps = totals["steps"]
+    ms = {part: 1e3 * totals[f"{part}_s"] / steps if steps else None for part in PATH_PARTS}
+    ms.update({p: 1e3 * totals[f"{p}_s"] / steps if steps else None for p in STEP_PARTS})
+    ms["step"] = 1e3 * totals["step_s"] / steps if steps else None
+    tokens_per_step = totals["tokens"] / steps if steps else None
+    # The engine's own pace, per token: a step and the time until the next one.
+    period = ms["step"] + ms["between_steps"] if steps else None
+    trips = totals["drafter_round_trips"]
+    rtt_ms = 1e3 * totals["drafter_rtt_s"] / trips if trips else None
+    wire = totals["drafter_bytes_sent"] + totals["drafter_bytes_received"]
+    return {
+        "system": system,
+        "concurrency": concurrency,
+        "steps": steps,
+        "tokens_per_step": tokens_per_step,
+        "ms_per_step": ms,
+        "engine_ms_per_token": period / tokens_per_step if tokens_per_step else None,
+        "client_tpot_s": _spread([r.tpot_s for r in records if r.tpot_s is not None]),
+        "drafter_round_trips": trips,
+        "drafter_rtt_mean_ms": rtt_ms,
+        "drafter_rtt_of_step": rtt_ms / ms["step"] if rtt_ms and ms["step"] else None,
+        "drafter_messages": totals["drafter_messages"],
+        "drafter_bytes_per_message": wire / totals["drafter_messages"]
+        if totals["drafter_messages"]
+        else None,
+        "drafter_bytes_per_step": wire / steps if steps and wire else None,
+        "totals": dict(totals),
+    }

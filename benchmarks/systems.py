@@ -22,6 +22,9 @@ DESCRIPTIONS = {
     "vllm-target": "the target alone in vLLM, in-process (the baseline)",
     "vllm-ngram": "vLLM in-process speculative decoding, its ngram (prompt lookup) drafter",
     "vllm-draft-model": "vLLM in-process speculative decoding, draft_model = tandem's draft model",
+    "vllm-serve-target": "vLLM's OpenAI server process (what a user runs), the target alone, over "
+    "HTTP streaming",
+    "vllm-serve-ngram": "vLLM's OpenAI server process, its ngram drafter, over HTTP streaming",
     "vllm-eagle3": "vLLM in-process EAGLE-3, the same head file tandem's eagle drafter loads",
     "tandem-target": "tandem's gRPC server, speculation off for the request (the target alone)",
     "tandem-ngram": "tandem's gRPC server, remote ngram drafter, pipelined (speculation cache)",
@@ -35,8 +38,11 @@ DESCRIPTIONS = {
     "tandem-eagle-seq": "tandem's gRPC server, remote EAGLE-3 head, sequential (no pre-drafting)",
 }
 SYSTEMS = tuple(DESCRIPTIONS)
-# Run only when asked for by name: a server of its own costs a few GiB and a minute.
-OPT_IN = {"tandem-ngram-mirror"}
+# vLLM's own server process, driven over HTTP like a user's client does.
+SERVED = {"vllm-serve-target", "vllm-serve-ngram"}
+# Run only when asked for by name: a server of its own costs a few GiB (vLLM's: ~3.5 GiB in three
+# processes on the CPU) and a minute.
+OPT_IN = {"tandem-ngram-mirror", *SERVED}
 TANDEM_MODES = {
     "tandem-target": "off",
     "tandem-ngram": "ngram",
@@ -76,6 +82,11 @@ class System(Protocol):
         self, prompts: Sequence[Prompt], concurrency: int, params: GenerationParams
     ) -> ConcurrencyRun: ...
 
+    def breakdown(self) -> Any:
+        """The serving breakdown summed so far (tandem.cluster.figures.Breakdown), or None
+        where the system has no timers inside."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -112,6 +123,7 @@ class Setup:
     ngram_min: int = 1
     ngram_max: int = 4
     address: str | None = None  # a running tandem server instead of starting one
+    threads: int = 1  # per engine (vLLM's server gets the same)
 
 
 # Drafters whose state spans requests (SuffixDecoding's shared trie of recent outputs, Token
@@ -197,31 +209,44 @@ class Builder:
             server = self.server(server_key(name))
             pipelined = not name.endswith("-seq")
             return TandemSystem(name, TANDEM_MODES[name], k, server, description, pipelined)
+        spec = self._speculative_config(name)
+        if name in SERVED:
+            from tandem.benchmarks.vllm_serve_system import VllmServeSystem
+
+            args = (setup.model_path, setup.engine_args, spec, setup.threads, description)
+            return VllmServeSystem(name, *args)
         from tandem.benchmarks.vllm_system import VllmSystem
 
-        spec: dict[str, Any] | None = None
-        if name == "vllm-ngram":
-            spec = {
+        return VllmSystem(name, setup.model_path, setup.engine_args, spec, description)
+
+    def _speculative_config(self, name: str) -> dict[str, Any] | None:
+        """vLLM's speculative config of a vllm-* system: the same k, n-gram sizes and draft
+        model as tandem's; None for the target alone."""
+        setup = self.setup
+        k = setup.num_speculative_tokens
+        method = name.removeprefix("vllm-").removeprefix("serve-")
+        if method == "ngram":
+            return {
                 "method": "ngram",
                 "num_speculative_tokens": k,
                 "prompt_lookup_min": setup.ngram_min,
                 "prompt_lookup_max": setup.ngram_max,
             }
-        elif name == "vllm-draft-model":
-            spec = {
+        if method == "draft-model":
+            return {
                 "method": "draft_model",
                 "model": setup.draft_model_path,
                 "num_speculative_tokens": k,
             }
-        elif name == "vllm-eagle3":
-            spec = {
+        if method == "eagle3":
+            return {
                 "method": "eagle3",
                 "model": setup.eagle_head_path,
                 "num_speculative_tokens": k,
             }
-        elif name != BASELINE:
+        if method != "target":
             raise SystemChoiceError(f"unknown system {name!r}")
-        return VllmSystem(name, setup.model_path, setup.engine_args, spec, description)
+        return None
 
     def close(self) -> None:
         if self._starting is not None:

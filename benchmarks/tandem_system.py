@@ -160,6 +160,13 @@ class TandemSystem:
             wall = time.perf_counter() - start
         return ConcurrencyRun(self.name, concurrency, wall, [r for r in records if r])
 
+    def breakdown(self) -> Any:
+        """The server's serving breakdown so far (GetStats), summed over what ran on it: the
+        bench takes the difference around each of this system's runs."""
+        from tandem.cluster.figures import Breakdown
+
+        return Breakdown.from_proto(self.server.client.stats().breakdown)
+
     def close(self) -> None:
         """The shared server is closed by the builder, once."""
 

@@ -2,7 +2,9 @@
 
 Each system owns one synchronous `LLMEngine` in the bench process and steps it itself, so its
 times contain the engine and nothing else. The bench configures the process (threads, vLLM
-environment) before the first engine is built; see `runner.configure_process`.
+environment) before the first engine is built; see `runner.configure_process`. Its steps are
+timed like a tandem target's (tandem.plugins.timers), so the bench shows both engines' steps
+part by part side by side.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 
 from tandem.benchmarks.records import ConcurrencyRun, GenerationParams, RequestRecord, Trace
 from tandem.benchmarks.workload import Prompt
+from tandem.cluster.figures import Breakdown, EngineTimes
+from tandem.plugins.timers import StepTimers
 
 
 def _spec_counter() -> Any:
@@ -74,6 +78,10 @@ class VllmSystem:
         loggers = [lambda config, index: self._counter] if self._counter else None
         self.engine = LLMEngine.from_engine_args(args, stat_loggers=loggers)
         self._ids = itertools.count()
+        self._timers = StepTimers()
+        self._timers.install(self.engine)
+        self._steps = self._tokens = 0
+        self._step_s = self._between_s = 0.0
 
     @property
     def speculative(self) -> bool:
@@ -136,6 +144,18 @@ class VllmSystem:
                 cached = output.num_cached_tokens or 0
         return time.perf_counter() - start, cached
 
+    def breakdown(self) -> Breakdown:
+        """The engine's step, part by part, summed so far (what tandem's GetStats reports)."""
+        engine = EngineTimes(
+            steps=self._steps,
+            tokens=self._tokens,
+            step_s=self._step_s,
+            schedule_s=self._timers.schedule_s,
+            model_s=self._timers.model_s,
+            between_s=self._between_s,
+        )
+        return Breakdown.from_engine(engine)
+
     def close(self) -> None:
         self.engine = None
 
@@ -159,7 +179,7 @@ class VllmSystem:
         inputs = deque((p, render([{"prompt_token_ids": list(p.token_ids)}])[0]) for p in prompts)
         traces: list[Trace] = []
         live: dict[str, Trace] = {}
-        start = time.perf_counter()
+        start = step_end = time.perf_counter()
         while inputs or live:
             while inputs and len(live) < concurrency:
                 prompt, engine_input = inputs.popleft()
@@ -168,12 +188,19 @@ class VllmSystem:
                 self.engine.add_request(request_id, engine_input, sampling)
                 traces.append(trace)
                 live[request_id] = trace
-            for output in self.engine.step():
-                now = time.perf_counter()
+            step_start = time.perf_counter()
+            outputs = self.engine.step()
+            now = time.perf_counter()
+            self._between_s += step_start - step_end
+            self._step_s += now - step_start
+            self._steps += 1
+            step_end = now
+            for output in outputs:
                 trace = live.get(output.request_id)
                 if trace is None:
                     continue
                 completion = output.outputs[0]
+                self._tokens += len(completion.token_ids)
                 trace.observe(completion.token_ids, now)
                 if output.finished:
                     trace.finish(completion.finish_reason, now)

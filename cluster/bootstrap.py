@@ -147,7 +147,6 @@ def start_drafters(config: TandemConfig, target_path: Path, head: Path | None = 
         pool.env,
         lambda i: (f"drafter-{i}", setup, factories),
         max_restarts=pool.max_restarts,
-        max_concurrency=2,  # Mirror-SD hints arrive while a pre-drafting call runs
     )
 
 

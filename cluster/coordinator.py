@@ -4,10 +4,11 @@ It runs in the front-door process (the gRPC server, or a Ray Serve replica) as a
 over a deployment that tandem.cluster.bootstrap brought up. Each request goes to the replica
 with the fewest outstanding requests (among those up) under an engine-level id of its own, so a
 late abort of an earlier request with the same client id never reaches it; a request that is
-cancelled, times out or is aborted is aborted in its replica's engine too. A replica that dies
-fails the requests that had streamed from it and retries on another those that had not; it is
-routed around until Ray has restarted it. Prompts are tokenized on threads of their own, off the
-event loop.
+cancelled, times out or is aborted is aborted in its replica's engine too. Outputs come back on
+one Ray stream per replica (`ReplicaStream`), one batch per engine step, and are handed to each
+request's own queue. A replica that dies fails the requests that had streamed from it and
+retries on another those that had not; it is routed around until Ray has restarted it. Prompts
+are tokenized on threads of their own, off the event loop.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import itertools
 import logging
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -30,7 +32,9 @@ from tandem.cluster import bootstrap
 from tandem.cluster.bootstrap import Deployment
 from tandem.cluster.config import TandemConfig
 from tandem.cluster.figures import (
+    Breakdown,
     Counters,
+    DeliveryTimes,
     DrafterFigures,
     DrafterLoad,
     ReplicaFigures,
@@ -44,7 +48,7 @@ from tandem.cluster.requests import (
     max_prompt_chars,
     prepare,
 )
-from tandem.cluster.target import StepOutput
+from tandem.cluster.target import OutputBatch, StepOutput
 from tandem.protos import tandem_pb2 as pb
 
 log = logging.getLogger("tandem.coordinator")
@@ -117,6 +121,48 @@ class _Run:
         return chunk
 
 
+class ReplicaStream:
+    """One target replica's outputs for this coordinator: a long-lived Ray stream, read by a
+    task that hands each request's outputs to its queue (with when the batch arrived). If the
+    stream breaks (the replica died), every waiting request gets the error; the next request
+    opens a new stream."""
+
+    def __init__(self, actor: Any, subscriber: str, counters: Counters) -> None:
+        self.actor = actor
+        self.subscriber = subscriber
+        self.counters = counters
+        self.queues: dict[str, asyncio.Queue] = {}
+        self._task: asyncio.Task | None = None
+
+    def open(self, request_id: str) -> asyncio.Queue:
+        """A queue for a request's outputs; reads the stream if nobody does on this loop."""
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            self._task = loop.create_task(self._read())
+        queue = self.queues[request_id] = asyncio.Queue()
+        return queue
+
+    async def _read(self) -> None:
+        stream = self.actor.outputs.remote(self.subscriber)
+        try:
+            async for ref in stream:
+                batch: OutputBatch = await ref
+                arrived = time.perf_counter()
+                delay = max(0.0, time.time() - batch.sent_at)
+                self.counters.delivery += DeliveryTimes(batches=1, ray_stream_s=delay)
+                for step in batch.outputs:
+                    queue = self.queues.get(step.request_id)
+                    if queue is not None:
+                        queue.put_nowait((step, arrived))
+            error: Exception = RuntimeError("the replica closed its output stream")
+        except Exception as exc:  # the replica died
+            error = exc
+        finally:
+            ray.cancel(stream)
+        for queue in self.queues.values():  # fail what waits on the stream
+            queue.put_nowait(error)
+
+
 class Coordinator:
     def __init__(self, config: TandemConfig, deployment: Deployment) -> None:
         from transformers import AutoTokenizer
@@ -160,6 +206,8 @@ class Coordinator:
         # Called with the last chunk of every request (a front door's metrics observe it).
         self.on_finished: list[Callable[[Chunk], None]] = []
         self._next = 0
+        subscriber = uuid.uuid4().hex
+        self.streams = [ReplicaStream(a, subscriber, self.counters) for a in self.actors]
 
     @classmethod
     def start(cls, config: TandemConfig) -> Coordinator:
@@ -259,16 +307,29 @@ class Coordinator:
             by_reason[reason] = by_reason.get(reason, 0) + 1
 
     async def _attempt(self, run: _Run) -> AsyncIterator[Chunk]:
-        """Run the request once on the least loaded replica, under a new engine-level id."""
+        """Run the request once on the least loaded replica, under a new engine-level id; its
+        outputs come on the replica's stream."""
         run.replica = replica = self._pick_replica()
-        run.submission = f"{run.prepared.request_id}#{next(self._submissions)}"
+        run.submission = submission = f"{run.prepared.request_id}#{next(self._submissions)}"
         run.attempts += 1
         actor = self.actors[replica]
+        stream = self.streams[replica]
+        queue = stream.open(submission)
         self.outstanding[replica] += 1
-        stream = actor.generate.remote(replace(run.prepared, request_id=run.submission))
         try:
-            async for ref in stream:
-                chunk = run.chunk(await ref, time.monotonic())
+            await actor.submit.remote(
+                replace(run.prepared, request_id=submission), stream.subscriber
+            )
+            while run.finish_reason is None:
+                item = await queue.get()
+                if isinstance(item, BaseException):  # the stream broke: the replica died
+                    raise item
+                step, arrived = item
+                waited = time.perf_counter() - arrived
+                self.counters.delivery += DeliveryTimes(chunks=1, coordinator_s=waited)
+                if step.error is not None:
+                    raise step.error
+                chunk = run.chunk(step, time.monotonic())
                 if chunk.finish_reason is not None:
                     self.counters.add(chunk.figures)
                     for observe in self.on_finished:
@@ -279,10 +340,10 @@ class Coordinator:
                 raise exc.cause from None
             raise
         finally:
+            stream.queues.pop(submission, None)
             self.outstanding[replica] -= 1
             if run.finish_reason is None:  # cancelled, timed out or failed: free the engine
-                actor.abort.remote(run.submission)
-                ray.cancel(stream)
+                actor.abort.remote(submission)
 
     def abort(self, request_id: str) -> bool:
         run = self.running.get(request_id)
@@ -346,12 +407,13 @@ class Coordinator:
             drafter_rtt_mean_s=drafters.rtt_mean_s,
             drafter_rtt_p50_s=drafters.rtt_p50_s,
             target_step_mean_s=ratio(
-                sum(r.step_time_s for r in replicas), sum(r.steps for r in replicas)
+                sum(r.engine.step_s for r in replicas), sum(r.engine.steps for r in replicas)
             ),
             drafter_failures=drafters.failures,
             drafter_timeouts=drafters.timeouts,
             drafters_down=drafters.drafters_down,
             feature_bytes=drafters.feature_bytes,
+            breakdown=Breakdown.of(replicas, c.delivery).to_proto(),
             drafters=await self._drafter_stats(),
             requests_in_flight=len(self.running),
             requests_total=c.requests_total,

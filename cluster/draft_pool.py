@@ -1,17 +1,31 @@
-"""The Transport of a speculation session over Ray: drafter actor calls with a time budget.
+"""The Transport of a speculation session: drafter replicas reached over their sockets
+(tandem.cluster.draft_channel), found and revived through Ray, with a time budget per call.
 
-A call that misses its budget is not a fault (a loaded drafter is late, not broken): its result
-is dropped, and the replica is `busy` until the late call returns, so the session sends it
-nothing new and no step waits for it meanwhile. A hung replica (a stopped process) costs one
-budget, then nothing, and drafts again as soon as it answers.
+A call that misses its budget is not a fault (a loaded drafter is late, not broken): its reply
+is dropped when it comes, and the replica is `busy` until then, so the session sends it nothing
+new and no step waits for it meanwhile. A hung replica (a stopped process) costs one budget,
+then nothing, and drafts again as soon as it answers. A socket cannot tell late from dead, so
+while a replica is busy Ray is asked, one call at a time, whether its actor is still the one
+behind the socket: if it died or restarted (on a new socket) the replica stops being busy and
+its next call fails, which marks it down until a probe finds the new socket.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 import ray
 
+from tandem.cluster.draft_channel import (
+    ChannelFull,
+    ChannelTimeout,
+    DraftChannel,
+    Endpoint,
+    wait,
+)
+from tandem.cluster.figures import WireTraffic
 from tandem.speculation.protocol import (
     DraftItem,
     DraftReply,
@@ -19,83 +33,154 @@ from tandem.speculation.protocol import (
     PredraftPlan,
     PredraftReply,
 )
+from tandem.speculation.wire import Kind
+
+CONNECT_TIMEOUT_S = 30.0
 
 
-class DraftTimeout(TimeoutError):
-    """A drafter call that missed the step's time budget."""
+class DrafterUnreachable(RuntimeError):
+    pass
 
 
-class RayTransport:
-    def __init__(self, drafters: list[Any]) -> None:
-        self.drafters = drafters
-        self.replicas = len(drafters)
+class DrafterGone(ConnectionError):
+    """The drafter behind a channel died or restarted while a call to it was late."""
+
+
+class SocketTransport:
+    def __init__(self, drafters: Sequence[Any]) -> None:
+        self.drafters = list(drafters)
+        self.replicas = len(self.drafters)
+        endpoints = ray.get([d.endpoint.remote() for d in self.drafters], timeout=CONNECT_TIMEOUT_S)
+        self.channels = [DraftChannel(e) for e in endpoints]
+        self._closed = WireTraffic()  # traffic of channels replaced after a drafter restart
         self._probes: dict[int, Any] = {}
-        self._late: dict[int, Any] = {}  # replica -> its call that missed the budget
+        self._late: dict[int, int] = {}  # replica -> seq of its call that missed the budget
+        self._watches: dict[int, Any] = {}  # replica -> Ray call: is a late drafter still there
+        self._gone: set[int] = set()  # replicas whose drafter went away while late
+        for replica, channel in enumerate(self.channels):
+            seq = channel.send(Kind.PING, None)
+            result = wait({replica: (channel, seq)}, CONNECT_TIMEOUT_S)[replica]
+            if isinstance(result, Exception):
+                raise DrafterUnreachable(
+                    f"drafter {replica} does not answer on {channel.endpoint.address} from this "
+                    f"target's node ({result}): open that port range between the nodes"
+                )
 
     def busy(self, replica: int) -> bool:
-        late = self._late.get(replica)
-        if late is None:
+        """True while the replica's late call has not returned (and its actor is still the one
+        behind the socket). Non-blocking."""
+        seq = self._late.get(replica)
+        if seq is None:
             return False
-        ready, _ = ray.wait([late], timeout=0)
-        if ready:
-            del self._late[replica]
-        return not ready
+        if self.channels[replica].answered(seq):  # the late reply came: dropped
+            self._end_late(replica)
+            return False
+        if self._went_away(replica):
+            self._end_late(replica)
+            self._gone.add(replica)
+            return False
+        return True
+
+    def _went_away(self, replica: int) -> bool:
+        """Whether Ray says the late replica's actor died or restarted on a new socket; a
+        stopped or loaded one keeps the question open (the next check asks again)."""
+        answer = self._ask(self._watches, replica)
+        if answer is None:
+            return False
+        return isinstance(answer, Exception) or answer != self.channels[replica].endpoint
+
+    def _ask(self, calls: dict[int, Any], replica: int) -> Endpoint | Exception | None:
+        """Non-blocking: ask Ray where the replica listens, one call at a time (kept in
+        `calls`). The answer once it came (an exception for a dead or restarting actor),
+        None until then."""
+        call = calls.get(replica)
+        if call is None:
+            calls[replica] = self.drafters[replica].endpoint.remote()
+            return None
+        ready, _ = ray.wait([call], timeout=0)
+        if not ready:
+            return None
+        del calls[replica]
+        try:
+            return ray.get(call)
+        except Exception as exc:
+            return exc
+
+    def _end_late(self, replica: int) -> None:
+        seq = self._late.pop(replica, None)
+        if seq is not None:
+            self.channels[replica].forget(seq)
+        self._watches.pop(replica, None)
 
     def draft(
         self, batches: dict[int, list[DraftItem]], timeout_s: float
     ) -> dict[int, list[DraftReply] | Exception]:
-        refs = {
-            replica: self.drafters[replica].draft.remote(items)
-            for replica, items in batches.items()
-        }
-        return self._wait(refs, timeout_s)
+        return self.collect(self._send(Kind.DRAFT, batches), timeout_s)
 
-    def predraft(self, batches: dict[int, list[DraftItem]], plan: PredraftPlan) -> dict[int, Any]:
-        return {
-            replica: self.drafters[replica].predraft.remote(items, plan)
-            for replica, items in batches.items()
-        }
+    def predraft(self, batches: dict[int, list[DraftItem]], plan: PredraftPlan) -> Any:
+        return self._send(Kind.PREDRAFT, {r: (items, plan) for r, items in batches.items()})
 
     def collect(
         self, handle: dict[int, Any], timeout_s: float
     ) -> dict[int, list[PredraftReply] | Exception]:
-        return self._wait(handle, timeout_s)
-
-    def _wait(self, refs: dict[int, Any], timeout_s: float) -> dict[int, Any]:
-        """Each replica's result, or the exception that stands for its failure or lateness."""
-        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
-        ready = set(ready)
-        results: dict[int, Any] = {}
-        for replica, ref in refs.items():
-            if ref not in ready:
-                self._late[replica] = ref
-                results[replica] = DraftTimeout(
-                    f"drafter {replica} missed {timeout_s * 1e3:.0f} ms"
-                )
-                continue
-            try:
-                results[replica] = ray.get(ref)
-            except Exception as exc:  # a dead or failing drafter: no drafts this step
-                results[replica] = exc
+        """Each replica's reply, or the exception standing for its failure or lateness; a late
+        call's seq stays pending, and its replica busy until the reply comes."""
+        results = wait(handle, timeout_s, forget=False)
+        for replica, result in results.items():
+            if isinstance(result, ChannelTimeout):
+                self._end_late(replica)  # replies come in order: this one is the last
+                self._late[replica] = handle[replica][1]
         return results
 
+    def _send(self, kind: Kind, bodies: dict[int, Any]) -> dict[int, Any]:
+        """Each replica's (channel, seq) to wait for, or the exception that stopped the send."""
+        sent: dict[int, Any] = {}
+        for replica, body in bodies.items():
+            channel = self.channels[replica]
+            if replica in self._gone:
+                sent[replica] = DrafterGone(f"drafter {replica} went away while late")
+                continue
+            try:
+                sent[replica] = (channel, channel.send(kind, body))
+            except ChannelFull as exc:
+                sent[replica] = exc
+        return sent
+
     def hint(self, replica: int, hints: dict[str, Hint]) -> None:
-        self.drafters[replica].hint.remote(hints)
+        with contextlib.suppress(ChannelFull):  # a hint is only advice
+            self.channels[replica].send(Kind.HINT, hints)
 
     def free(self, replica: int, request_ids: list[str]) -> None:
-        self.drafters[replica].free.remote(request_ids)
+        self.channels[replica].post(Kind.FREE, request_ids)
 
     def probe(self, replica: int) -> bool:
-        probe = self._probes.get(replica)
-        if probe is None:
-            self._probes[replica] = self.drafters[replica].ping.remote()
+        """Non-blocking: True once Ray says the drafter answers again; it may have restarted on
+        a new address, so its channel is replaced."""
+        endpoint = self._ask(self._probes, replica)
+        if endpoint is None or isinstance(endpoint, Exception):  # still dead, or restarting
             return False
-        ready, _ = ray.wait([probe], timeout=0)
-        if not ready:
-            return False
-        del self._probes[replica]
-        try:
-            ray.get(probe)
-        except Exception:  # still dead (or restarting): probe again next step
-            return False
+        self._end_late(replica)
+        self._gone.discard(replica)
+        old = self.channels[replica]
+        self._closed = self._add(self._closed, old)
+        old.close()
+        self.channels[replica] = DraftChannel(endpoint)
         return True
+
+    def traffic(self) -> WireTraffic:
+        total = self._closed
+        for channel in self.channels:
+            total = self._add(total, channel)
+        return total
+
+    @staticmethod
+    def _add(total: WireTraffic, channel: DraftChannel) -> WireTraffic:
+        return WireTraffic(
+            total.messages + channel.messages,
+            total.bytes_sent + channel.bytes_sent,
+            total.bytes_received + channel.bytes_received,
+        )
+
+    def close(self) -> None:
+        for channel in self.channels:
+            channel.close()

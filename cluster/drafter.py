@@ -2,26 +2,28 @@
 
 It receives the speculation config whole (in a DrafterSetup) and the registered source
 factories, finds its torch devices, and builds every draft source the setup provides for.
-A threaded actor (two threads) so that Mirror-SD hints land while a pre-drafting call runs;
-a lock keeps every other call one at a time, which is what a single torch model wants.
-Ray restarts it when it dies (the pool sets max_restarts); it comes back empty and the proposers
-resend each request's history on their next step.
+The proposers' per-step messages arrive on its socket (tandem.cluster.draft_channel), not as Ray
+calls: they run one at a time, in order, which is what a single torch model wants, while
+Mirror-SD hints land at once, during a pre-draft. Ray carries the rest (info, stats, where the
+socket is) and restarts the actor when it dies (the pool sets max_restarts); it comes back empty,
+on a new socket, and the proposers resend each request's history once they have found it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import ray
 
+from tandem.cluster.draft_channel import DraftServer, Endpoint
 from tandem.cluster.figures import DrafterLoad
 from tandem.speculation.drafter import Drafter
-from tandem.speculation.protocol import DraftItem, DraftReply, Hint, PredraftPlan, PredraftReply
 from tandem.speculation.registry import SourceFactory
 from tandem.speculation.source import DrafterSetup
+from tandem.speculation.wire import Kind
 
 
 @dataclass(frozen=True)
@@ -50,30 +52,31 @@ class DrafterReplica:
             target=target,
         )
         self.drafter = Drafter.from_setup(setup, factories)
-        self.lock = threading.Lock()
+        self.server = DraftServer(
+            ray.util.get_node_ip_address(), self._dispatch, inline=(Kind.HINT,)
+        )
 
-    def ping(self) -> str:
-        return self.replica_id
+    def _dispatch(self, kind: Kind, body: Any) -> Any:
+        if kind == Kind.DRAFT:
+            return self.drafter.draft(list(body))
+        if kind == Kind.PREDRAFT:
+            items, plan = body
+            return self.drafter.predraft(list(items), plan)
+        if kind == Kind.HINT:
+            return self.drafter.hint(body)
+        if kind == Kind.FREE:
+            return self.drafter.free(list(body))
+        if kind == Kind.PING:
+            return None
+        raise ValueError(f"a drafter does not take {kind.name} messages")
+
+    def endpoint(self) -> Endpoint:
+        return self.server.endpoint
 
     def info(self) -> DrafterInfo:
         return DrafterInfo(
             self.replica_id, ray.get_runtime_context().get_node_id(), self.drafter.modes()
         )
-
-    def draft(self, items: list[DraftItem]) -> list[DraftReply]:
-        with self.lock:
-            return self.drafter.draft(items)
-
-    def predraft(self, items: list[DraftItem], plan: PredraftPlan) -> list[PredraftReply]:
-        with self.lock:
-            return self.drafter.predraft(items, plan)
-
-    def hint(self, hints: dict[str, Hint]) -> None:
-        self.drafter.hint(hints)  # no lock: a pre-drafting call is waiting for it
-
-    def free(self, request_ids: list[str]) -> None:
-        with self.lock:
-            self.drafter.free(request_ids)
 
     def stats(self) -> DrafterLoad:
         return DrafterLoad(len(self.drafter.histories), self.drafter.hints_used)

@@ -1,11 +1,13 @@
 """An in-process vLLM engine served to asyncio callers.
 
 vLLM's AsyncLLM always runs its engine core in a child process. tandem keeps the engine inside the
-Ray actor's own process instead (so the proposer plugin can reach the drafters through that
-actor's Ray connection), which means driving the synchronous `LLMEngine` ourselves: one thread owns
-the engine and steps it while requests are unfinished; asyncio callers talk to it through a
-command queue and get their outputs back through per-request asyncio queues. vLLM still does all
-the batching, scheduling, KV-cache management and sampling.
+Ray actor's own process instead (the proposer plugin shares the actor's speculation session),
+which means driving the synchronous `LLMEngine` ourselves: one thread owns the engine and steps it
+while requests are unfinished; asyncio callers talk to it through a command queue and get their
+outputs back through `Outbox`es, each engine step's outputs for one outbox in one batch with one
+wake-up of the caller's event loop (every wake-up is Python work that competes with the engine
+thread for the GIL). vLLM still does all the batching, scheduling, KV-cache management and
+sampling; the loop times its steps (tandem.cluster.figures.EngineTimes).
 
 A step that raises costs as little as possible (`_recover`): the engine's state is unknown, so
 every request in it is aborted there, but only the request that broke the step fails. The others
@@ -28,6 +30,9 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
+
+from tandem.cluster.figures import EngineTimes
+from tandem.plugins.timers import StepTimers
 
 # The engine core must live in this process (the proposer reaches the drafters through this
 # process's Ray connection, and the session is handed to the worker by reference); vLLM reads
@@ -55,6 +60,48 @@ class StepFailed(RuntimeError):
     """Raised inside `generate` for the request that made an engine step fail."""
 
 
+class Outbox:
+    """What the engine thread hands one asyncio consumer: (request id, output or exception)
+    pairs, everything that arrived since the consumer last took, as one batch."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, on_take: Callable[[float], None] | None = None
+    ) -> None:
+        self._loop = loop
+        self._on_take = on_take  # called with how long the oldest item waited
+        self._items: list[tuple[str, Any]] = []
+        self._lock = threading.Lock()
+        self._ready = asyncio.Event()
+        self._since = 0.0
+
+    def put(self, items: list[tuple[str, Any]]) -> bool:
+        """From the engine thread: wakes the consumer's loop only when it has nothing yet.
+        False if that loop has closed (the consumer is gone)."""
+        with self._lock:
+            wake = not self._items
+            self._items.extend(items)
+            if wake:
+                self._since = time.perf_counter()
+        if wake:
+            try:
+                self._loop.call_soon_threadsafe(self._ready.set)
+            except RuntimeError:
+                return False
+        return True
+
+    async def take(self) -> list[tuple[str, Any]]:
+        while True:
+            await self._ready.wait()
+            with self._lock:
+                items, self._items = self._items, []
+                self._ready.clear()
+                waited = time.perf_counter() - self._since
+            if items:
+                if self._on_take is not None:
+                    self._on_take(waited)
+                return items
+
+
 @dataclass(eq=False)  # compared by identity
 class _Request:
     """One submission, as the engine thread tracks it across retries."""
@@ -62,8 +109,7 @@ class _Request:
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
-    sink: asyncio.Queue
-    loop: asyncio.AbstractEventLoop
+    outbox: Outbox
     delivered: list[int] = field(default_factory=list)  # output tokens its caller has
     in_engine: bool = False
     strikes: int = 0  # failed steps it was a suspect of
@@ -95,8 +141,12 @@ class EngineLoop:
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self.engine: LLMEngine | None = None
-        self.steps = 0
-        self.step_time_s = 0.0  # time spent inside engine.step(), drafting included
+        self.timers = StepTimers()
+        self._steps = self._tokens = 0
+        self._step_s = self._between_s = 0.0
+        self._last_step_end: float | None = None  # None: idle since
+        self._deliveries = 0
+        self._handoff_s = 0.0
         self.failed_steps = 0
         self._thread = threading.Thread(
             target=self._run, args=(engine_args,), name="vllm-engine", daemon=True
@@ -108,35 +158,46 @@ class EngineLoop:
 
     # ---- asyncio side -------------------------------------------------------------------------
 
-    async def generate(
+    def outbox(self) -> Outbox:
+        """An outbox on the running event loop, whose takes are counted as hand-offs."""
+        return Outbox(asyncio.get_running_loop(), self._handed_off)
+
+    def _handed_off(self, waited_s: float) -> None:
+        self._deliveries += 1
+        self._handoff_s += waited_s
+
+    def add(
         self,
         request_id: str,
         prompt_token_ids: list[int],
         params: SamplingParams,
-    ) -> AsyncIterator[RequestOutput]:
-        """Yield the request's outputs (deltas when params ask for them) until it finishes.
-
-        Raises RequestAborted if `abort` stops it first, StepFailed if it broke an engine step.
-        If the caller stops iterating early (cancellation included), the request is aborted in
-        the engine. `request_id` must be unique among running requests; outputs must be deltas
-        (RequestOutputKind.DELTA), which is what a retry continues.
-        """
+        outbox: Outbox,
+    ) -> None:
+        """Start a request; its outputs (deltas), then a RequestAborted if `abort` stops it
+        first, a StepFailed if it broke an engine step, or the exception that failed it,
+        arrive in `outbox`. `request_id` must be unique among running requests; outputs must
+        be deltas (RequestOutputKind.DELTA), which is what a retry continues."""
         if params.output_kind != RequestOutputKind.DELTA:
-            raise ValueError("EngineLoop.generate needs RequestOutputKind.DELTA outputs")
-        sink: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        self._commands.put(_Request(request_id, prompt_token_ids, params, sink, loop))
+            raise ValueError("EngineLoop needs RequestOutputKind.DELTA outputs")
+        self._commands.put(_Request(request_id, prompt_token_ids, params, outbox))
+
+    async def generate(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[RequestOutput]:
+        """One request's outputs until it finishes, through an outbox of its own. Raises
+        RequestAborted if `abort` stops it first, StepFailed if it broke an engine step; a
+        caller that stops iterating early (cancellation included) aborts it in the engine."""
+        outbox = self.outbox()
+        self.add(request_id, prompt_token_ids, params, outbox)
         finished = False
         try:
-            while True:
-                item = await sink.get()
-                if isinstance(item, BaseException):
-                    finished = True
-                    raise item
-                finished = item.finished
-                yield item
-                if finished:
-                    return
+            while not finished:
+                for _, item in await outbox.take():
+                    if isinstance(item, BaseException):
+                        finished = True
+                        raise item
+                    finished = item.finished
+                    yield item
         finally:
             if not finished:
                 self.abort(request_id)
@@ -154,6 +215,18 @@ class EngineLoop:
         """Requests the engine thread still tracks (added and not yet finished or aborted)."""
         return len(self._requests)
 
+    def times(self) -> EngineTimes:
+        return EngineTimes(
+            steps=self._steps,
+            tokens=self._tokens,
+            step_s=self._step_s,
+            schedule_s=self.timers.schedule_s,
+            model_s=self.timers.model_s,
+            between_s=self._between_s,
+            deliveries=self._deliveries,
+            handoff_s=self._handoff_s,
+        )
+
     def shutdown(self) -> None:
         self._commands.put(_Stop())
         self._thread.join(timeout=30)
@@ -168,8 +241,11 @@ class EngineLoop:
             return
         finally:
             self._ready.set()
+        self.timers.install(self.engine)
         while True:
             idle = not self.engine.has_unfinished_requests() and not self._probation
+            if idle:
+                self._last_step_end = None  # waiting for work is not time between steps
             if not self._apply_commands(block=idle):
                 return
             if self._probation:
@@ -228,14 +304,20 @@ class EngineLoop:
 
     def _step(self) -> None:
         start = time.perf_counter()
+        if self._last_step_end is not None:
+            self._between_s += start - self._last_step_end
         try:
             outputs = self.engine.step()
         except Exception as exc:
+            self._last_step_end = None
             self._recover(exc)
             return
-        self.steps += 1
-        self.step_time_s += time.perf_counter() - start
+        end = self._last_step_end = time.perf_counter()
+        self._steps += 1
+        self._tokens += sum(len(o.outputs[0].token_ids) for o in outputs if o.outputs)
+        self._step_s += end - start
         self._newcomers.clear()
+        batches: dict[Outbox, list[tuple[str, Any]]] = {}
         for output in outputs:
             request = self._requests.get(output.request_id)
             if request is None:
@@ -244,10 +326,13 @@ class EngineLoop:
             if output.finished:
                 request.in_engine = False
                 del self._requests[request.request_id]
-            if not _send(request, output) and request.in_engine:  # its caller is gone
-                self.engine.abort_request([request.request_id])
-                request.in_engine = False
-                del self._requests[request.request_id]
+            batches.setdefault(request.outbox, []).append((request.request_id, output))
+        for outbox, batch in batches.items():  # one batch, one wake-up per consumer
+            if not outbox.put(batch):  # its consumer is gone: stop its requests
+                for request_id, _ in batch:
+                    request = self._requests.pop(request_id, None)
+                    if request is not None and request.in_engine:
+                        self.engine.abort_request([request_id])
 
     def _recover(self, exc: Exception) -> None:
         """After a failed step: fail its culprit, give the other requests another go."""
@@ -283,16 +368,7 @@ class EngineLoop:
     def _finish(self, request: _Request, exc: BaseException) -> None:
         """End a request with an exception raised in its caller."""
         if self._requests.pop(request.request_id, None) is not None:
-            _send(request, exc)
-
-
-def _send(request: _Request, item: Any) -> bool:
-    """Hand an output or exception to the request's caller; False if its event loop closed."""
-    try:
-        request.loop.call_soon_threadsafe(request.sink.put_nowait, item)
-    except RuntimeError:
-        return False
-    return True
+            request.outbox.put([(request.request_id, exc)])
 
 
 def _remaining(request: _Request) -> SamplingParams:

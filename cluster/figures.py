@@ -2,14 +2,18 @@
 
 A target replica reports a `RequestFigures` with each finished request and a `ReplicaFigures`
 when asked; the coordinator sums the requests' figures in `Counters`; `DrafterFigures` sums the
-replicas' speculation sessions (round trips, failures, cache hits).
+replicas' speculation sessions (round trips, failures, cache hits). `Breakdown` says where the
+time of serving goes, from the servers' own timers: inside vLLM's engine step, in tandem's
+proposer, and on the way from the engine to the front door (the bench prints it per system).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Self
 
 from tandem.protos import tandem_pb2 as pb
 from tandem.speculation.session import SessionStats
@@ -70,6 +74,58 @@ class RequestFigures:
         )
 
 
+class Sums:
+    """Figures that only add up (counts and seconds): `b - a` is what happened between two
+    reads `a` and `b` of the same counters."""
+
+    def _combine(self, other: Self, sign: int) -> Self:
+        return type(self)(
+            **{
+                f.name: getattr(self, f.name) + sign * getattr(other, f.name)
+                for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            }
+        )
+
+    def __add__(self, other: Self) -> Self:
+        return self._combine(other, 1)
+
+    def __sub__(self, other: Self) -> Self:
+        return self._combine(other, -1)
+
+
+@dataclass(frozen=True)
+class EngineTimes(Sums):
+    """A target engine's time, summed since it started (tandem.cluster.engine.EngineLoop)."""
+
+    steps: int = 0  # engine steps that ran the model
+    tokens: int = 0  # tokens those steps produced, every request's
+    step_s: float = 0.0  # inside vLLM's engine step
+    schedule_s: float = 0.0  # of which its scheduler
+    model_s: float = 0.0  # of which the model: forward, sampling and the proposer
+    between_s: float = 0.0  # the engine thread between steps (hand-offs, commands)
+    deliveries: int = 0  # output batches handed to the replica's event loop
+    handoff_s: float = 0.0  # from the engine thread to the event loop, summed over them
+
+
+@dataclass(frozen=True)
+class DeliveryTimes(Sums):
+    """The way from a target replica's event loop to the front door (the coordinator's)."""
+
+    batches: int = 0  # output batches (one per engine step) received from the replicas
+    ray_stream_s: float = 0.0  # replica -> coordinator over Ray (same clock: same node)
+    chunks: int = 0  # per-request chunks handed to the front door
+    coordinator_s: float = 0.0  # from a batch's arrival to its chunk's front door
+
+
+@dataclass(frozen=True)
+class WireTraffic(Sums):
+    """The messages a target replica's proposer sent its drafters, and the replies."""
+
+    messages: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+
 @dataclass(frozen=True)
 class ReplicaFigures:
     """A target replica's state and totals (TargetReplica.stats)."""
@@ -78,9 +134,9 @@ class ReplicaFigures:
     engine_unfinished: int  # requests the engine still holds
     requests_served: int
     generated_tokens: int
-    steps: int  # engine steps
-    step_time_s: float  # time inside engine.step(), drafting included
+    engine: EngineTimes = EngineTimes()
     session: SessionStats | None = None  # None without speculation
+    wire: WireTraffic = WireTraffic()
 
 
 @dataclass
@@ -96,6 +152,7 @@ class Counters:
     generated_tokens: int = 0
     speculation: RequestFigures = field(default_factory=RequestFigures)  # summed
     finished_by_reason: dict[str, int] = field(default_factory=dict)  # stop, length, abort
+    delivery: DeliveryTimes = DeliveryTimes()
     started: float = field(default_factory=time.monotonic)
 
     def add(self, figures: RequestFigures) -> None:
@@ -140,3 +197,80 @@ class DrafterLoad:
 
     requests: int  # per-request histories it holds
     mirror_hints_used: int  # Mirror-SD hints that steered pre-drafting in time
+
+
+@dataclass(frozen=True)
+class Breakdown(Sums):
+    """Where the time of serving goes, summed over the target replicas (GetStats' `breakdown`,
+    Prometheus' tandem_serving_seconds). Per engine step: vLLM's step is scheduling, forward
+    and sampling, tandem's proposer (its drafter round trip and its wait for pre-drafts
+    included), and output processing (scheduler update, detokenization); between two steps the
+    engine thread hands outputs on. Per output batch: the hand-off to the replica's event loop,
+    Ray's stream to the coordinator, the coordinator. The bench divides the difference of two
+    reads by steps and tokens."""
+
+    steps: int = 0
+    tokens: int = 0
+    step_s: float = 0.0
+    schedule_s: float = 0.0
+    forward_s: float = 0.0  # model forward and sampling, the proposer's share taken out
+    proposer_s: float = 0.0
+    drafter_round_trips: int = 0  # steps that waited for just-in-time drafts
+    drafter_rtt_s: float = 0.0  # of the proposer's: waiting for just-in-time drafts
+    predraft_wait_s: float = 0.0  # of the proposer's: waiting for pre-drafted blocks
+    output_s: float = 0.0  # the rest of the step: scheduler update, output processing
+    between_steps_s: float = 0.0
+    deliveries: int = 0
+    handoff_s: float = 0.0
+    batches: int = 0
+    ray_stream_s: float = 0.0
+    chunks: int = 0
+    coordinator_s: float = 0.0
+    drafter_messages: int = 0
+    drafter_bytes_sent: int = 0
+    drafter_bytes_received: int = 0
+
+    @classmethod
+    def of(
+        cls, replicas: Sequence[ReplicaFigures], delivery: DeliveryTimes = DeliveryTimes()
+    ) -> Breakdown:
+        engine = sum((r.engine for r in replicas), EngineTimes())
+        wire = sum((r.wire for r in replicas), WireTraffic())
+        sessions = [r.session for r in replicas if r.session is not None]
+        proposer = sum(s.propose_s for s in sessions)
+        return dataclasses.replace(
+            cls.from_engine(engine, proposer),
+            drafter_round_trips=sum(s.steps for s in sessions),
+            drafter_rtt_s=sum(s.mean_rtt_s * s.steps for s in sessions),
+            predraft_wait_s=sum(s.predraft_wait_s for s in sessions),
+            batches=delivery.batches,
+            ray_stream_s=delivery.ray_stream_s,
+            chunks=delivery.chunks,
+            coordinator_s=delivery.coordinator_s,
+            drafter_messages=wire.messages,
+            drafter_bytes_sent=wire.bytes_sent,
+            drafter_bytes_received=wire.bytes_received,
+        )
+
+    @classmethod
+    def from_engine(cls, engine: EngineTimes, proposer_s: float = 0.0) -> Breakdown:
+        """The engine's part (an in-process engine has no other: the bench's vLLM systems)."""
+        return cls(
+            steps=engine.steps,
+            tokens=engine.tokens,
+            step_s=engine.step_s,
+            schedule_s=engine.schedule_s,
+            forward_s=engine.model_s - proposer_s,
+            proposer_s=proposer_s,
+            output_s=engine.step_s - engine.schedule_s - engine.model_s,
+            between_steps_s=engine.between_s,
+            deliveries=engine.deliveries,
+            handoff_s=engine.handoff_s,
+        )
+
+    def to_proto(self) -> pb.Breakdown:
+        return pb.Breakdown(**dataclasses.asdict(self))
+
+    @classmethod
+    def from_proto(cls, message: pb.Breakdown) -> Breakdown:
+        return cls(**{f.name: getattr(message, f.name) for f in dataclasses.fields(cls)})

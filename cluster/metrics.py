@@ -8,6 +8,7 @@ built for vLLM's in-process speculation read tandem's remote drafting unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from tandem.cluster.auth import authorized
-from tandem.cluster.figures import DrafterFigures
+from tandem.cluster.figures import Breakdown, DrafterFigures
 
 if TYPE_CHECKING:
     from tandem.cluster.coordinator import Chunk, Coordinator
@@ -280,3 +281,44 @@ class _CoordinatorCollector(Collector):
             "Drafts served from the speculation cache.",
             drafters.cache_hits,
         )
+        yield from _breakdown_metrics(Breakdown.of(replicas, self.coordinator.counters.delivery))
+
+
+WIRE = {"drafter_messages", "drafter_bytes_sent", "drafter_bytes_received"}
+
+
+def _breakdown_metrics(breakdown: Breakdown) -> Iterator[Metric]:
+    """GetStats' breakdown: seconds by part of the serving path, and what they divide by."""
+    seconds = CounterMetricFamily(
+        "tandem_serving_seconds",
+        "Time by part of the serving path (GetStats breakdown): step is vLLM's engine step, "
+        "made of schedule, forward, proposer (which includes drafter_rtt and predraft_wait) "
+        "and output; then between_steps, handoff, ray_stream, coordinator.",
+        labels=["part"],
+    )
+    events = CounterMetricFamily(
+        "tandem_serving_events",
+        "What the serving times divide by: engine steps, tokens, output deliveries, batches, "
+        "chunks.",
+        labels=["event"],
+    )
+    for name, value in dataclasses.asdict(breakdown).items():
+        if name.endswith("_s"):
+            seconds.add_metric([name.removesuffix("_s")], value)
+        elif name not in WIRE:
+            events.add_metric([name], value)
+    yield seconds
+    yield events
+    yield CounterMetricFamily(
+        "tandem_drafter_wire_messages",
+        "Messages the proposers sent their drafters (wire format).",
+        breakdown.drafter_messages,
+    )
+    wire = CounterMetricFamily(
+        "tandem_drafter_wire_bytes",
+        "Bytes of the proposer-drafter messages, by direction.",
+        labels=["direction"],
+    )
+    wire.add_metric(["sent"], breakdown.drafter_bytes_sent)
+    wire.add_metric(["received"], breakdown.drafter_bytes_received)
+    yield wire

@@ -1,24 +1,28 @@
 """The target replica: a Ray actor around one in-process vLLM engine.
 
-A thin shell: it turns an admitted request into vLLM SamplingParams, streams one `StepOutput`
-per engine step back to the coordinator, and reports what the engine holds. With speculation on,
-the engine's proposer is tandem's plugin, attached here to a speculation session that reaches the
-drafter actors. Routing and validation live in the coordinator; what vLLM needs from tandem is
-built in tandem.plugins.engine.
+A thin shell: it turns an admitted request into vLLM SamplingParams (`submit`), streams each
+engine step's outputs back to the coordinator, and reports what the engine holds. The outputs of
+all the requests a coordinator submitted travel on one long-lived Ray stream (`outputs`), one
+`OutputBatch` per engine step however many requests it served, not one Ray object per request
+and step. With speculation on, the engine's proposer is tandem's plugin, attached here to a
+speculation session that reaches the drafter actors. Routing and validation live in the
+coordinator; what vLLM needs from tandem is built in tandem.plugins.engine.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import ray
 
-from tandem.cluster.figures import ReplicaFigures, RequestFigures
+from tandem.cluster.figures import ReplicaFigures, RequestFigures, WireTraffic
 
 if TYPE_CHECKING:
     from tandem.cluster.config import ModelsConfig, SpeculationConfig, TargetPoolConfig
+    from tandem.cluster.engine import Outbox
     from tandem.cluster.requests import PreparedRequest
 
 
@@ -26,12 +30,37 @@ if TYPE_CHECKING:
 class StepOutput:
     """One engine step's new tokens of a request; the last also finishes it."""
 
+    request_id: str
     token_ids: list[int]
     text: str
     finish_reason: str | None = None  # "stop", "length" or "abort" on the last one
     figures: RequestFigures | None = None  # on the last one
     logprobs: list | None = None  # per new token, with sampling.logprobs (positions below)
     prompt_logprobs: list | None = None  # per prompt token after the first, on the first one
+    # On the last one, when the request failed: a RequestError (the engine failed a step with
+    # it) or another exception (what went wrong, for the log).
+    error: Exception | None = None
+
+
+@dataclass(frozen=True)
+class OutputBatch:
+    """What one engine step produced for one coordinator's requests."""
+
+    outputs: list[StepOutput]
+    sent_at: float  # time.time() when the replica sent it (Ray streaming time, same node)
+
+
+@dataclass
+class _Running:
+    """A request in the engine, and what its outputs so far add up to."""
+
+    request: PreparedRequest
+    outbox: Outbox  # its subscriber's
+    steps: int = 0
+    tokens: int = 0
+    # A step that adds m tokens accepted the first m-1 drafts (positions 0..m-2).
+    accepted_per_pos: list[int] = field(default_factory=list)
+    prompt_logprobs_sent: bool = False  # vLLM gives them with the first output
 
 
 @dataclass(frozen=True)
@@ -76,11 +105,13 @@ class TargetReplica:
             lambda engine: engine.collective_rpc(APPLY_FIXES, args=(self._exact_sampler, any_vllm))
         )
         self.session = None
+        self.transport = None
         if speculation is not None:
-            from tandem.cluster.draft_pool import RayTransport
+            from tandem.cluster.draft_pool import SocketTransport
             from tandem.speculation.session import SpeculationSession
 
-            self.session = SpeculationSession(RayTransport(list(drafters)), speculation)
+            self.transport = SocketTransport(drafters)
+            self.session = SpeculationSession(self.transport, speculation)
             attached = self._loop.call(
                 lambda engine: engine.collective_rpc(
                     ATTACH, args=(self.session, speculation.target_candidates, features)
@@ -90,6 +121,8 @@ class TargetReplica:
                 raise RuntimeError("vLLM did not load tandem's proposer")
         self._served = 0
         self._generated = 0
+        self._running: dict[str, _Running] = {}
+        self._outboxes: dict[str, Outbox] = {}  # one per subscriber (coordinator)
 
     def info(self) -> ReplicaInfo:
         engine = self._loop.engine
@@ -106,15 +139,14 @@ class TargetReplica:
             eos_token_ids=[i for i in eos_ids if i is not None],
         )
 
-    async def generate(self, request: PreparedRequest) -> AsyncIterator[StepOutput]:
-        """Stream the request's new tokens step by step; the last output finishes it and
-        carries its speculation figures. `request.request_id` names this submission (the
-        coordinator makes it unique per submission, so a late abort of an earlier request
-        with the client's same id cannot reach this one)."""
+    async def submit(self, request: PreparedRequest, subscriber: str) -> None:
+        """Start a request; its outputs come on `subscriber`'s stream (`outputs`).
+        `request.request_id` names this submission (the coordinator makes it unique per
+        submission, so a late abort of an earlier request with the client's same id cannot
+        reach this one)."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        from tandem.cluster.engine import RequestAborted, StepFailed
         from tandem.cluster.requests import RequestError
         from tandem.speculation.session import RequestSpec
 
@@ -132,63 +164,87 @@ class TargetReplica:
         if self.session is not None:
             self.session.register(rid, RequestSpec(request.mode, k, request.pipelined))
         self._served += 1
-        steps = tokens = 0
-        # A step that adds m tokens accepted the first m-1 drafts (positions 0..m-2).
-        accepted_per_pos = [0] * k
-        prompt_logprobs = None  # vLLM gives them with the first output
-        try:
-            async for output in self._loop.generate(rid, request.prompt_token_ids, params):
-                completion = output.outputs[0]
-                new = list(completion.token_ids)
-                steps += bool(new)
-                tokens += len(new)
-                for position in range(min(len(new) - 1, k)):
-                    accepted_per_pos[position] += 1
-                logprobs = None
-                if completion.logprobs is not None:
-                    logprobs = positions(new, completion.logprobs)
-                if output.prompt_logprobs is not None and prompt_logprobs is None:
-                    prompt_logprobs = positions(
-                        output.prompt_token_ids[1:], output.prompt_logprobs[1:]
-                    )
-                    first = prompt_logprobs
-                else:
-                    first = None
-                if not output.finished:
-                    yield StepOutput(new, completion.text, None, None, logprobs, first)
-                    continue
-                figures = self._figures(request, steps, tokens, accepted_per_pos)
-                yield StepOutput(
-                    new, completion.text, completion.finish_reason, figures, logprobs, first
-                )
-        except StepFailed:
-            raise RequestError(
-                "INTERNAL",
-                f"request {rid}: the engine failed a step with it; the other requests went on",
-            ) from None
-        except RequestAborted:
-            figures = self._figures(request, steps, tokens, accepted_per_pos)
-            yield StepOutput([], "", "abort", figures)
-        finally:
-            self._generated += tokens
-            if self.session is not None:
-                self.session.release(rid)
+        outbox = self._outbox(subscriber)
+        self._running[rid] = _Running(request, outbox, accepted_per_pos=[0] * k)
+        self._loop.add(rid, request.prompt_token_ids, params, outbox)
 
-    def _figures(
-        self, request: PreparedRequest, steps: int, tokens: int, accepted_per_pos: list[int]
-    ) -> RequestFigures:
+    async def outputs(self, subscriber: str) -> AsyncIterator[OutputBatch]:
+        """The outputs of `subscriber`'s requests, one batch per engine step, until the
+        subscriber closes the stream (then its unfinished requests are aborted)."""
+        outbox = self._outbox(subscriber)
+        try:
+            while True:
+                items = await outbox.take()
+                outputs = [self._step_output(rid, item) for rid, item in items]
+                if outputs := [o for o in outputs if o is not None]:
+                    yield OutputBatch(outputs, time.time())
+        finally:
+            if self._outboxes.get(subscriber) is outbox:
+                del self._outboxes[subscriber]
+            for rid in [r for r, run in self._running.items() if run.outbox is outbox]:
+                self._loop.abort(rid)
+                self._finish(rid)
+
+    def _outbox(self, subscriber: str) -> Outbox:
+        if subscriber not in self._outboxes:
+            self._outboxes[subscriber] = self._loop.outbox()
+        return self._outboxes[subscriber]
+
+    def _step_output(self, rid: str, item: Any) -> StepOutput | None:
+        """A request's output (or the exception that ended it) as the coordinator gets it;
+        None for a request already forgotten (its subscriber went away)."""
+        from tandem.cluster.engine import RequestAborted, StepFailed
+        from tandem.cluster.requests import RequestError
+
+        running = self._running.get(rid)
+        if running is None:
+            return None
+        if isinstance(item, BaseException):
+            error: Exception | None = None
+            if isinstance(item, StepFailed):
+                error = RequestError(
+                    "INTERNAL",
+                    f"request {rid}: the engine failed a step with it; the other requests went on",
+                )
+            elif not isinstance(item, RequestAborted):
+                error = RuntimeError(f"request {rid}: {type(item).__name__}: {item}")
+            return StepOutput(rid, [], "", "abort", self._finish(rid), error=error)
+        completion = item.outputs[0]
+        new = list(completion.token_ids)
+        running.steps += bool(new)
+        running.tokens += len(new)
+        for position in range(min(len(new) - 1, len(running.accepted_per_pos))):
+            running.accepted_per_pos[position] += 1
+        logprobs = None
+        if completion.logprobs is not None:
+            logprobs = positions(new, completion.logprobs)
+        prompt_logprobs = None
+        if item.prompt_logprobs is not None and not running.prompt_logprobs_sent:
+            running.prompt_logprobs_sent = True
+            prompt_logprobs = positions(item.prompt_token_ids[1:], item.prompt_logprobs[1:])
+        if not item.finished:
+            return StepOutput(rid, new, completion.text, None, None, logprobs, prompt_logprobs)
+        figures = self._finish(rid)
+        return StepOutput(
+            rid, new, completion.text, completion.finish_reason, figures, logprobs, prompt_logprobs
+        )
+
+    def _finish(self, rid: str) -> RequestFigures:
+        """Forget a finished or aborted request; its figures."""
         from tandem.speculation.session import SpeculationStats
 
-        drafted = self.session.release(request.request_id) if self.session else SpeculationStats()
+        running = self._running.pop(rid)
+        self._generated += running.tokens
+        drafted = self.session.release(rid) if self.session else SpeculationStats()
         return RequestFigures(
-            mode=request.mode,
-            target_steps=steps,
+            mode=running.request.mode,
+            target_steps=running.steps,
             draft_tokens=drafted.draft_tokens,
-            accepted_tokens=tokens - steps,  # every target step yields its accepted drafts + 1
+            accepted_tokens=running.tokens - running.steps,  # a step yields its accepted + 1
             drafts=drafted.drafts,
             cache_hits=drafted.cache_hits,
             cache_misses=drafted.cache_misses,
-            accepted_per_pos=tuple(accepted_per_pos),
+            accepted_per_pos=tuple(running.accepted_per_pos),
         )
 
     def abort(self, request_id: str) -> None:
@@ -200,13 +256,15 @@ class TargetReplica:
             engine_unfinished=self._loop.num_unfinished(),
             requests_served=self._served,
             generated_tokens=self._generated,
-            steps=self._loop.steps,
-            step_time_s=self._loop.step_time_s,
+            engine=self._loop.times(),
             session=self.session.stats() if self.session is not None else None,
+            wire=self.transport.traffic() if self.transport is not None else WireTraffic(),
         )
 
     def shutdown(self) -> None:
         self._loop.shutdown()
+        if self.transport is not None:
+            self.transport.close()
 
 
 Entry = tuple[int, str, float, int]  # token id, its text, log-probability, rank

@@ -37,6 +37,8 @@ class TandemProposer:
     ) -> list[list[int]]:
         if self.session is None:
             return [[] for _ in sampled_token_ids]
+        if self.tap is not None:  # the next forward's candidates, only if someone drafts
+            self.tap.enabled = self.session.speculating()
         batch = len(sampled_token_ids)
         engine_ids = self.input_batch.req_ids[:batch]
         request_ids = [external_id(r) for r in engine_ids]

@@ -21,6 +21,8 @@ from tandem.speculation.protocol import Hint
 class LogitsTap:
     def __init__(self, k: int) -> None:
         self.k = k
+        # Off while no request drafts (the proposer says): no top-k, no copy to the host.
+        self.enabled = True
         self._rows: torch.Tensor | None = None
 
     def install(self, model: Any) -> None:
@@ -31,7 +33,7 @@ class LogitsTap:
         @functools.wraps(original)
         def compute_logits(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             logits = original(hidden_states, *args, **kwargs)
-            if logits is not None:
+            if logits is not None and self.enabled:
                 self._rows = logits.topk(self.k, dim=-1).indices.to("cpu")
             return logits
 

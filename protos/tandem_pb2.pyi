@@ -282,8 +282,52 @@ class DrafterStats(_message.Message):
     mirror_hints_used: int
     def __init__(self, replica_id: _Optional[str] = ..., node_id: _Optional[str] = ..., requests: _Optional[int] = ..., mirror_hints_used: _Optional[int] = ...) -> None: ...
 
+class Breakdown(_message.Message):
+    __slots__ = ("steps", "tokens", "step_s", "schedule_s", "forward_s", "proposer_s", "drafter_rtt_s", "predraft_wait_s", "output_s", "between_steps_s", "deliveries", "handoff_s", "batches", "ray_stream_s", "chunks", "coordinator_s", "drafter_messages", "drafter_bytes_sent", "drafter_bytes_received", "drafter_round_trips")
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    STEP_S_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_S_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_S_FIELD_NUMBER: _ClassVar[int]
+    PROPOSER_S_FIELD_NUMBER: _ClassVar[int]
+    DRAFTER_RTT_S_FIELD_NUMBER: _ClassVar[int]
+    PREDRAFT_WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_S_FIELD_NUMBER: _ClassVar[int]
+    BETWEEN_STEPS_S_FIELD_NUMBER: _ClassVar[int]
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    HANDOFF_S_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    RAY_STREAM_S_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    COORDINATOR_S_FIELD_NUMBER: _ClassVar[int]
+    DRAFTER_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    DRAFTER_BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    DRAFTER_BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    DRAFTER_ROUND_TRIPS_FIELD_NUMBER: _ClassVar[int]
+    steps: int
+    tokens: int
+    step_s: float
+    schedule_s: float
+    forward_s: float
+    proposer_s: float
+    drafter_rtt_s: float
+    predraft_wait_s: float
+    output_s: float
+    between_steps_s: float
+    deliveries: int
+    handoff_s: float
+    batches: int
+    ray_stream_s: float
+    chunks: int
+    coordinator_s: float
+    drafter_messages: int
+    drafter_bytes_sent: int
+    drafter_bytes_received: int
+    drafter_round_trips: int
+    def __init__(self, steps: _Optional[int] = ..., tokens: _Optional[int] = ..., step_s: _Optional[float] = ..., schedule_s: _Optional[float] = ..., forward_s: _Optional[float] = ..., proposer_s: _Optional[float] = ..., drafter_rtt_s: _Optional[float] = ..., predraft_wait_s: _Optional[float] = ..., output_s: _Optional[float] = ..., between_steps_s: _Optional[float] = ..., deliveries: _Optional[int] = ..., handoff_s: _Optional[float] = ..., batches: _Optional[int] = ..., ray_stream_s: _Optional[float] = ..., chunks: _Optional[int] = ..., coordinator_s: _Optional[float] = ..., drafter_messages: _Optional[int] = ..., drafter_bytes_sent: _Optional[int] = ..., drafter_bytes_received: _Optional[int] = ..., drafter_round_trips: _Optional[int] = ...) -> None: ...
+
 class Stats(_message.Message):
-    __slots__ = ("requests_in_flight", "requests_total", "requests_finished", "requests_aborted", "requests_failed", "requests_rejected", "prompt_tokens", "generated_tokens", "uptime_s", "replicas", "speculation", "drafter_rtt_mean_s", "drafter_rtt_p50_s", "target_step_mean_s", "drafter_failures", "drafters_down", "drafters", "drafter_timeouts", "feature_bytes")
+    __slots__ = ("requests_in_flight", "requests_total", "requests_finished", "requests_aborted", "requests_failed", "requests_rejected", "prompt_tokens", "generated_tokens", "uptime_s", "replicas", "speculation", "drafter_rtt_mean_s", "drafter_rtt_p50_s", "target_step_mean_s", "drafter_failures", "drafters_down", "drafters", "drafter_timeouts", "feature_bytes", "breakdown")
     REQUESTS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FINISHED_FIELD_NUMBER: _ClassVar[int]
@@ -303,6 +347,7 @@ class Stats(_message.Message):
     DRAFTERS_FIELD_NUMBER: _ClassVar[int]
     DRAFTER_TIMEOUTS_FIELD_NUMBER: _ClassVar[int]
     FEATURE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BREAKDOWN_FIELD_NUMBER: _ClassVar[int]
     requests_in_flight: int
     requests_total: int
     requests_finished: int
@@ -322,4 +367,5 @@ class Stats(_message.Message):
     drafters: _containers.RepeatedCompositeFieldContainer[DrafterStats]
     drafter_timeouts: int
     feature_bytes: int
-    def __init__(self, requests_in_flight: _Optional[int] = ..., requests_total: _Optional[int] = ..., requests_finished: _Optional[int] = ..., requests_aborted: _Optional[int] = ..., requests_failed: _Optional[int] = ..., requests_rejected: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., uptime_s: _Optional[float] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStats, _Mapping]]] = ..., speculation: _Optional[_Union[SpeculationStats, _Mapping]] = ..., drafter_rtt_mean_s: _Optional[float] = ..., drafter_rtt_p50_s: _Optional[float] = ..., target_step_mean_s: _Optional[float] = ..., drafter_failures: _Optional[int] = ..., drafters_down: _Optional[int] = ..., drafters: _Optional[_Iterable[_Union[DrafterStats, _Mapping]]] = ..., drafter_timeouts: _Optional[int] = ..., feature_bytes: _Optional[int] = ...) -> None: ...
+    breakdown: Breakdown
+    def __init__(self, requests_in_flight: _Optional[int] = ..., requests_total: _Optional[int] = ..., requests_finished: _Optional[int] = ..., requests_aborted: _Optional[int] = ..., requests_failed: _Optional[int] = ..., requests_rejected: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., uptime_s: _Optional[float] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStats, _Mapping]]] = ..., speculation: _Optional[_Union[SpeculationStats, _Mapping]] = ..., drafter_rtt_mean_s: _Optional[float] = ..., drafter_rtt_p50_s: _Optional[float] = ..., target_step_mean_s: _Optional[float] = ..., drafter_failures: _Optional[int] = ..., drafters_down: _Optional[int] = ..., drafters: _Optional[_Iterable[_Union[DrafterStats, _Mapping]]] = ..., drafter_timeouts: _Optional[int] = ..., feature_bytes: _Optional[int] = ..., breakdown: _Optional[_Union[Breakdown, _Mapping]] = ...) -> None: ...

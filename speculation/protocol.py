@@ -94,3 +94,9 @@ class PredraftPlan:
     fanout: int  # guesses per rejected position for the token the target emits there
     time_s: float  # stop pre-drafting after this long (the target's verification, measured)
     await_hint: bool = False  # wait (within time_s) for the block's Mirror-SD hint
+
+
+# The dataclasses of the wire format (tandem.speculation.wire), by position: append new types at
+# the end, and new fields at the end of a type with a default, and both sides keep reading each
+# other; anything else changes wire.WIRE_VERSION.
+WIRE_TYPES = (DraftItem, DraftReply, PredraftReply, PredraftPlan, Hint)

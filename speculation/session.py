@@ -160,6 +160,8 @@ class SessionStats:
     p50_rtt_s: float
     failures: int  # drafter calls that failed (an error, a dead drafter)
     drafters_down: int
+    propose_s: float = 0.0  # time in `propose`, the round trips and waits included
+    predraft_wait_s: float = 0.0  # of which waiting for pre-drafted blocks
     timeouts: int = 0  # drafter calls that missed the time budget (not faults)
     feature_bytes: int = 0  # target features sent to drafters (feature modes)
 
@@ -182,6 +184,9 @@ class SpeculationSession:
         self._rtt_total = 0.0
         self._rtts: deque[float] = deque(maxlen=1000)
         self._failures = 0
+        self._speculating = 0  # registered requests in a mode other than `off`
+        self._propose_s = 0.0
+        self._predraft_wait_s = 0.0
         self._timeouts = 0
         self._feature_bytes = 0
 
@@ -192,6 +197,7 @@ class SpeculationSession:
                 load[request.replica] += 1
             replica = min(range(self.transport.replicas), key=lambda r: load[r])
             self._requests[request_id] = _Request(spec, replica)
+            self._speculating += spec.mode != Mode.OFF
 
     def release(self, request_id: str) -> SpeculationStats:
         """Forget a finished or aborted request; returns its figures."""
@@ -200,9 +206,14 @@ class SpeculationSession:
             if request is None:
                 return SpeculationStats()
             self._done.add(request.stats)
+            self._speculating -= request.spec.mode != Mode.OFF
         if request.spec.mode != Mode.OFF:
             self.transport.free(request.replica, [request_id])
         return request.stats
+
+    def speculating(self) -> bool:
+        """Whether any registered request is in a mode that drafts."""
+        return self._speculating > 0
 
     def wants_features(self, request_ids: Sequence[str]) -> list[bool]:
         """Which requests' feature rows the proposer should hand over (feature modes)."""
@@ -218,6 +229,23 @@ class SpeculationSession:
         candidates: Sequence[Candidates] | None = None,  # the target's, per request
         # Feature modes: per request, (position of the first row, the step's rows) or None.
         features: Sequence[tuple[int, Any] | None] | None = None,
+    ) -> list[list[int]]:
+        if not self._speculating and self._predrafting is None:
+            self._returned = 0.0  # no verification window to time either
+            return [[] for _ in request_ids]  # every request is `off`: nothing to do
+        start = time.perf_counter()
+        try:
+            return self._propose(request_ids, num_tokens, token_ids, candidates, features)
+        finally:
+            self._propose_s += time.perf_counter() - start
+
+    def _propose(
+        self,
+        request_ids: Sequence[str],
+        num_tokens: Sequence[int],
+        token_ids: Any,
+        candidates: Sequence[Candidates] | None,
+        features: Sequence[tuple[int, Any] | None] | None,
     ) -> list[list[int]]:
         self._time_window()
         drafts: list[list[int]] = [[] for _ in request_ids]
@@ -359,7 +387,9 @@ class SpeculationSession:
         handle, self._predrafting = self._predrafting, None
         if handle is None:
             return
+        start = time.perf_counter()
         results = self.transport.collect(handle, self.timeout_s)
+        self._predraft_wait_s += time.perf_counter() - start
         with self._lock:
             for replica, result in results.items():
                 if self._failed(replica, result):
@@ -421,6 +451,8 @@ class SpeculationSession:
                 p50_rtt_s=rtts[len(rtts) // 2] if rtts else 0.0,
                 failures=self._failures,
                 drafters_down=len(self._down),
+                propose_s=self._propose_s,
+                predraft_wait_s=self._predraft_wait_s,
                 timeouts=self._timeouts,
                 feature_bytes=self._feature_bytes,
             )

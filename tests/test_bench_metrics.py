@@ -3,6 +3,7 @@ the workload selection and the report, with no engine involved."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -26,6 +27,7 @@ from tandem.benchmarks.workload import (
     load_questions,
     select,
 )
+from tandem.cluster.figures import Breakdown
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -307,6 +309,7 @@ def test_report_files_from_fixed_result(tmp_path):
             summary.concurrency_entry(ConcurrencyRun("vllm-target", n, 1.0, base), None, {})
             for n in (1, 4)
         ],
+        "breakdown": [summary.breakdown_entry("tandem-suffix", 1, TEN_STEPS, suffix)],
     }
     paths = report.write(result, tmp_path / "out")
     assert json.loads(paths["json"].read_text())["systems"][1]["speedup"] == 1.25
@@ -322,6 +325,65 @@ def test_report_files_from_fixed_result(tmp_path):
     assert row in text
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not math.isnan(result["systems"][1]["tokens_per_s"])
+    # where the time goes: 10 steps of 50 ms + 5 ms between, 2 tokens each -> 27.5 ms/token
+    assert "## Where the time goes" in text
+    assert "| tandem-suffix | 1 | 50.0 / 50.0 | 27.5 | 2.00 | 50.00 | 1.00 | 44.00 |" in text
+
+
+# Ten engine steps' summed timers (Breakdown's fields), as GetStats gives them.
+TEN_STEPS = dataclasses.asdict(
+    Breakdown(
+        steps=10,
+        tokens=20,
+        step_s=0.5,
+        schedule_s=0.01,
+        forward_s=0.44,
+        proposer_s=0.04,
+        drafter_round_trips=8,
+        drafter_rtt_s=0.016,
+        output_s=0.01,
+        between_steps_s=0.05,
+        deliveries=10,
+        handoff_s=0.002,
+        batches=10,
+        ray_stream_s=0.02,
+        chunks=10,
+        coordinator_s=0.001,
+        drafter_messages=16,
+        drafter_bytes_sent=800,
+        drafter_bytes_received=400,
+    )
+)
+
+
+@pytest.mark.timeout(30)
+def test_breakdown_entry_per_step_and_per_token():
+    records = [_record("tandem-ngram", 1, "a", range(10), 1.0, tpot_s=0.03, forwards=5)]
+    entry = summary.breakdown_entry("tandem-ngram", 1, TEN_STEPS, records)
+    ms = entry["ms_per_step"]
+    assert ms["step"] == pytest.approx(50.0) and ms["forward"] == pytest.approx(44.0)
+    parts = ("schedule", "forward", "proposer", "output")
+    assert sum(ms[p] for p in parts) == pytest.approx(ms["step"])
+    assert entry["tokens_per_step"] == 2 and entry["engine_ms_per_token"] == pytest.approx(27.5)
+    assert entry["drafter_rtt_mean_ms"] == pytest.approx(2.0)
+    assert entry["drafter_rtt_of_step"] == pytest.approx(0.04)
+    assert entry["drafter_bytes_per_step"] == 120 and entry["drafter_bytes_per_message"] == 75
+    assert entry["client_tpot_s"]["p50"] == 0.03
+
+
+@pytest.mark.timeout(30)
+def test_vllm_server_gets_the_same_engine_arguments_as_flags():
+    from tandem.benchmarks.vllm_serve_system import server_command
+
+    spec = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4}
+    args = {"dtype": "float32", "enforce_eager": True, "enable_prefix_caching": False}
+    command = server_command("/m", 8123, {**args, "max_model_len": 2048}, spec)
+    assert command[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    joined = " ".join(command)
+    assert "--model /m --host 127.0.0.1 --port 8123 --generation-config vllm" in joined
+    assert "--dtype float32 --enforce-eager --no-enable-prefix-caching" in joined
+    assert "--max-model-len 2048" in joined
+    assert command[command.index("--speculative-config") + 1] == json.dumps(spec)
 
 
 def test_bench_turns_prefix_caching_off_for_every_measured_engine():

@@ -1,6 +1,17 @@
 """Figures and their sums (plain logic): what GetStats and Prometheus report."""
 
-from tandem.cluster.figures import Counters, DrafterFigures, ReplicaFigures, RequestFigures
+import pytest
+
+from tandem.cluster.figures import (
+    Breakdown,
+    Counters,
+    DeliveryTimes,
+    DrafterFigures,
+    EngineTimes,
+    ReplicaFigures,
+    RequestFigures,
+    WireTraffic,
+)
 from tandem.speculation.session import SessionStats, SpeculationStats
 
 
@@ -39,10 +50,42 @@ def test_request_figures_sum_and_derive_their_rates():
 def test_drafter_figures_sum_the_replicas_sessions():
     def replica(steps, rtt, hits):
         session = SessionStats(SpeculationStats(cache_hits=hits), steps, rtt, rtt, 1, 0)
-        return ReplicaFigures("t", 0, 0, 0, steps, 0.0, session)
+        return ReplicaFigures("t", 0, 0, 0, EngineTimes(steps=steps), session)
 
     figures = DrafterFigures.of(
-        [replica(10, 0.002, 3), replica(30, 0.004, 4), ReplicaFigures("off", 0, 0, 0, 5, 0.0)]
+        [replica(10, 0.002, 3), replica(30, 0.004, 4), ReplicaFigures("off", 0, 0, 0)]
     )
     assert figures.steps == 40 and figures.failures == 2 and figures.cache_hits == 7
     assert abs(figures.rtt_mean_s - 0.0035) < 1e-12 and figures.rtt_p50_s == 0.004
+
+
+@pytest.mark.timeout(30)
+def test_breakdown_splits_the_step_and_differences_of_two_reads_add_up():
+    def replica(steps, propose_s, wire_bytes):
+        engine = EngineTimes(
+            steps=steps,
+            tokens=2 * steps,
+            step_s=0.1 * steps,
+            schedule_s=0.01 * steps,
+            model_s=0.08 * steps,
+            between_s=0.005 * steps,
+            deliveries=steps,
+            handoff_s=0.001 * steps,
+        )
+        session = SessionStats(SpeculationStats(), steps, 0.002, 0.002, 0, 0, propose_s, 0.001)
+        return ReplicaFigures("t", 0, 0, 0, engine, session, WireTraffic(steps, wire_bytes, 7))
+
+    delivery = DeliveryTimes(batches=30, ray_stream_s=0.03, chunks=40, coordinator_s=0.004)
+    before = Breakdown.of([replica(10, 0.05, 500)], delivery)
+    after = Breakdown.of([replica(30, 0.15, 1500)], delivery + delivery)
+    step = after - before
+    assert (step.steps, step.tokens, step.deliveries, step.chunks) == (20, 40, 20, 40)
+    # vLLM's step = schedule + forward + proposer + output, the proposer taken out of the model
+    assert (
+        abs(step.schedule_s + step.forward_s + step.proposer_s + step.output_s - step.step_s) < 1e-9
+    )
+    assert abs(step.proposer_s - 0.10) < 1e-9 and abs(step.forward_s - (1.6 - 0.10)) < 1e-9
+    assert abs(step.drafter_rtt_s - 0.04) < 1e-9 and abs(step.predraft_wait_s) < 1e-12
+    assert (step.drafter_messages, step.drafter_bytes_sent) == (20, 1000)
+    assert step.drafter_bytes_received == 0 and abs(step.ray_stream_s - 0.03) < 1e-12
+    assert Breakdown.from_proto(after.to_proto()) == after

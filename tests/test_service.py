@@ -134,7 +134,7 @@ BAD_REQUESTS = [
     (build_request("hi", request_id="x" * 300), "INVALID_ARGUMENT", "request_id"),
     (build_request("hi", presence_penalty=2.5), "INVALID_ARGUMENT", "sampling.presence_penalty"),
     (build_request("hi", repetition_penalty=0), "INVALID_ARGUMENT", "sampling.repetition_penalty"),
-    (build_request("hi", min_p=0.2), "INVALID_ARGUMENT", "sampling.min_p"),  # sampled, drafts
+    (build_request("hi", min_p=1.5), "INVALID_ARGUMENT", "sampling.min_p"),  # exact sampler: range
     (build_request("hi", logit_bias={5: 1.0}), "INVALID_ARGUMENT", "sampling.logit_bias"),
     (build_request("hi", logprobs=21), "INVALID_ARGUMENT", "sampling.logprobs"),
     (build_request("hi", max_tokens=4, min_tokens=5), "INVALID_ARGUMENT", "sampling.min_tokens"),
