@@ -5,7 +5,9 @@ Kept free of vLLM and gRPC types so the arithmetic and the report can be tested 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -52,6 +54,30 @@ class ConcurrencyRun:
     concurrency: int
     wall_s: float
     requests: list[RequestRecord]
+
+
+async def concurrently(
+    system: str,
+    prompts: Sequence[_Prompt],
+    concurrency: int,
+    one: Callable[[_Prompt], Awaitable[RequestRecord]],
+) -> ConcurrencyRun:
+    """`concurrency` streams, each taking the next prompt when its last one ends; `one` runs a
+    prompt as the system's client does and records it."""
+    queue: asyncio.Queue[tuple[int, _Prompt]] = asyncio.Queue()
+    for item in enumerate(prompts):
+        queue.put_nowait(item)
+    records: list[RequestRecord | None] = [None] * len(prompts)
+
+    async def stream() -> None:
+        while not queue.empty():
+            index, prompt = queue.get_nowait()
+            records[index] = await one(prompt)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(stream() for _ in range(concurrency)))
+    wall = time.perf_counter() - start
+    return ConcurrencyRun(system, concurrency, wall, [r for r in records if r])
 
 
 class _Prompt(Protocol):

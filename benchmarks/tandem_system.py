@@ -14,7 +14,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from tandem.benchmarks.records import ConcurrencyRun, GenerationParams, RequestRecord, Trace
+from tandem.benchmarks.records import (
+    ConcurrencyRun,
+    GenerationParams,
+    RequestRecord,
+    Trace,
+    concurrently,
+)
 from tandem.benchmarks.workload import Prompt
 
 
@@ -136,29 +142,19 @@ class TandemSystem:
     async def _concurrent(
         self, prompts: Sequence[Prompt], concurrency: int, params: GenerationParams
     ) -> ConcurrencyRun:
-        """`concurrency` client streams, each taking the next prompt when its last one ends."""
         from tandem.client import AsyncTandemClient
 
-        queue: asyncio.Queue[tuple[int, Prompt]] = asyncio.Queue()
-        for item in enumerate(prompts):
-            queue.put_nowait(item)
-        records: list[RequestRecord | None] = [None] * len(prompts)
+        async with AsyncTandemClient(self.server.address) as client:
 
-        async def stream_worker(client: AsyncTandemClient) -> None:
-            while not queue.empty():
-                index, prompt = queue.get_nowait()
+            async def one(prompt: Prompt) -> RequestRecord:
                 trace = Trace(prompt, time.perf_counter())
                 last = None
                 async for chunk in client.stream(list(prompt.token_ids), **self._request(params)):
                     _observe(trace, chunk)
                     last = chunk
-                records[index] = _record(trace, last, self.name)
+                return _record(trace, last, self.name)
 
-        async with AsyncTandemClient(self.server.address) as client:
-            start = time.perf_counter()
-            await asyncio.gather(*(stream_worker(client) for _ in range(concurrency)))
-            wall = time.perf_counter() - start
-        return ConcurrencyRun(self.name, concurrency, wall, [r for r in records if r])
+            return await concurrently(self.name, prompts, concurrency, one)
 
     def breakdown(self) -> Any:
         """The server's serving breakdown so far (GetStats), summed over what ran on it: the

@@ -22,7 +22,13 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from tandem.benchmarks.records import ConcurrencyRun, GenerationParams, RequestRecord, Trace
+from tandem.benchmarks.records import (
+    ConcurrencyRun,
+    GenerationParams,
+    RequestRecord,
+    Trace,
+    concurrently,
+)
 from tandem.benchmarks.workload import Prompt
 
 STARTUP_TIMEOUT_S = 600.0
@@ -187,32 +193,21 @@ class VllmServeSystem:
     async def _concurrent(
         self, prompts: Sequence[Prompt], concurrency: int, params: GenerationParams
     ) -> ConcurrencyRun:
-        """`concurrency` streams, each taking the next prompt when its last one ends."""
         import httpx
 
-        queue: asyncio.Queue[tuple[int, Prompt]] = asyncio.Queue()
-        for item in enumerate(prompts):
-            queue.put_nowait(item)
-        records: list[RequestRecord | None] = [None] * len(prompts)
         limits = httpx.Limits(max_connections=concurrency)
-
         async with httpx.AsyncClient(base_url=self.url, timeout=None, limits=limits) as client:
 
-            async def stream_worker() -> None:
-                while not queue.empty():
-                    index, prompt = queue.get_nowait()
-                    trace = Trace(prompt, time.perf_counter())
-                    body = self._body(prompt, params)
-                    async with client.stream("POST", "/v1/completions", json=body) as r:
-                        r.raise_for_status()
-                        async for line in r.aiter_lines():
-                            _observe(trace, line)
-                    records[index] = _record(trace, self.name)
+            async def one(prompt: Prompt) -> RequestRecord:
+                trace = Trace(prompt, time.perf_counter())
+                body = self._body(prompt, params)
+                async with client.stream("POST", "/v1/completions", json=body) as r:
+                    r.raise_for_status()
+                    async for line in r.aiter_lines():
+                        _observe(trace, line)
+                return _record(trace, self.name)
 
-            start = time.perf_counter()
-            await asyncio.gather(*(stream_worker() for _ in range(concurrency)))
-            wall = time.perf_counter() - start
-        return ConcurrencyRun(self.name, concurrency, wall, [r for r in records if r])
+            return await concurrently(self.name, prompts, concurrency, one)
 
     def breakdown(self) -> None:
         """vLLM's server has no step timers to read: its times are the client's only."""

@@ -3,6 +3,7 @@ the workload selection and the report, with no engine involved."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import math
@@ -10,7 +11,7 @@ import math
 import pytest
 
 from tandem.benchmarks import controlled, costs, metrics, report, runner, summary
-from tandem.benchmarks.records import ConcurrencyRun, RequestRecord, Trace
+from tandem.benchmarks.records import ConcurrencyRun, RequestRecord, Trace, concurrently
 from tandem.benchmarks.systems import (
     BASELINE,
     OPT_IN,
@@ -394,3 +395,22 @@ def test_bench_turns_prefix_caching_off_for_every_measured_engine():
     config = runner.bench_config(TandemConfig(), 3, None, None)
     assert config.target.engine_args["enable_prefix_caching"] is False
     assert config.speculation.num_speculative_tokens == 3
+
+
+def test_concurrent_streams_take_the_next_prompt_and_keep_prompt_order():
+    """N streams share the prompts (each takes the next when its last ends, so at most N are in
+    flight); the records come back in prompt order whatever order they finish in."""
+    prompts = [Prompt(i, "a", "", (0,) * (5 - i)) for i in range(5)]
+    in_flight = {"now": 0, "most": 0}
+
+    async def one(prompt):
+        in_flight["now"] += 1
+        in_flight["most"] = max(in_flight["most"], in_flight["now"])
+        await asyncio.sleep(0.001 * len(prompt.token_ids))  # longer prompts end later
+        in_flight["now"] -= 1
+        return _record("s", prompt.question_id, "a", [1], 0.1)
+
+    run = asyncio.run(concurrently("s", prompts, 2, one))
+    assert (run.system, run.concurrency) == ("s", 2)
+    assert [r.question_id for r in run.requests] == [0, 1, 2, 3, 4]
+    assert in_flight["most"] == 2
