@@ -85,9 +85,14 @@ ROWS = [
     completion("logprobs 21", 400, "logprobs", logprobs=21),
     completion("max_tokens beyond the context", 400, "max_tokens", max_tokens=4000),
     chat("prompt_logprobs while streaming", 400, "prompt_logprobs", prompt_logprobs=1, stream=True),
-    # ---- what vLLM refuses while it speculates, tandem too -----------------------------------
+    # ---- what vLLM refuses while it speculates: tandem too, but for min_p -----------------------
     chat("min_p, greedy (ignored, as in vLLM)", min_p=0.1),
-    chat("min_p while speculating", 400, "min_p", min_p=0.1, temperature=0.7),
+    differs(
+        chat("min_p while speculating", min_p=0.1, temperature=0.7),
+        400,
+        "tandem's exact sampler applies min_p at every position (speculation.sampler); vLLM's "
+        "rejection sampler does not, so vLLM refuses it with speculation on",
+    ),
     chat("logit_bias while speculating", 400, "logit_bias", logit_bias={"42": 5}),
     # ---- unknown model --------------------------------------------------------------------------
     chat("unknown model", 404, "model", model="gpt-4o"),
