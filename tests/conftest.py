@@ -83,6 +83,26 @@ def spec_bench_prompts(n: int, categories: tuple[str, ...] = ()) -> list[str]:
     return [r["turns"][0] for r in rows[:n]]
 
 
+@pytest.fixture(scope="module")
+def worker_class_restored() -> Iterator[None]:
+    """For engines started in pytest's own process: vLLM grafts the worker extension onto the
+    worker class itself (appends it to `__bases__`) for the rest of the process, and refuses a
+    second, different extension whose methods the first already added (tests/faulty_worker.py
+    extends tandem's). Take tandem's extensions off again when the module is done."""
+    yield
+    from vllm.v1.worker.worker_base import WorkerBase
+
+    from tandem.plugins.worker import TandemWorkerExtension
+
+    stack = [WorkerBase]
+    while stack:
+        cls = stack.pop()
+        stack += cls.__subclasses__()
+        bases = tuple(b for b in cls.__bases__ if not issubclass(b, TandemWorkerExtension))
+        if bases != cls.__bases__:
+            cls.__bases__ = bases
+
+
 @pytest.fixture(scope="session")
 def model_path() -> Path:
     return resolve_model(DEFAULT_MODEL)

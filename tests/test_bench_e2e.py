@@ -86,7 +86,8 @@ def check_breakdown(result: dict, systems: set[str], levels: set[int]) -> None:
         drafted = entries[("tandem-ngram", level)]
         if level == 1:  # at 4 streams the draft-length policy drafts nothing
             assert drafted["drafter_bytes_per_step"] > 0 and drafted["drafter_rtt_mean_ms"] > 0
-        assert entries[("tandem-target", level)]["drafter_messages"] == 0  # `off` costs nothing
+        if "tandem-target" in systems:
+            assert entries[("tandem-target", level)]["drafter_messages"] == 0  # `off` is free
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ ENGINE_ENV = {
 
 
 @pytest.fixture(scope="module")
-def engine(model_path):
+def engine(model_path, worker_class_restored):
     """An EngineLoop with tandem's proposer, fed by in-process ngram drafters."""
     from vllm.engine.arg_utils import EngineArgs
 

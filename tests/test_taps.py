@@ -12,7 +12,11 @@ from tandem.speculation.ngram import NgramIndex
 
 from .conftest import spec_bench_prompts
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(600),
+    pytest.mark.usefixtures("worker_class_restored"),
+]
 
 
 class RecordingSession:
@@ -21,7 +25,10 @@ class RecordingSession:
     def __init__(self) -> None:
         self.steps: list[tuple[str, int, tuple]] = []  # (request, committed tokens, candidates)
 
-    def propose(self, request_ids, num_tokens, token_ids, candidates=None):
+    def speculating(self) -> bool:
+        return True  # keeps the tap on
+
+    def propose(self, request_ids, num_tokens, token_ids, candidates=None, features=None):
         drafts = []
         for i, request_id in enumerate(request_ids):
             n = int(num_tokens[i])
