@@ -28,6 +28,7 @@ from tandem.models import DEFAULT_MODEL, ModelStore, default_models_dir
 from tandem.speculation.protocol import Mode
 
 PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 # Keys tandem sets itself: a user value would silently disagree with the rest of the config.
 _ENGINE_ARGS_OWNED = {
@@ -242,6 +243,12 @@ class DraftLengthConfig(_Section):
     # Other hardware and drafters move this point: measure it for yours.
     full_until_batch: PositiveInt = 2  # batches up to this size draft each request's full k
     off_above_batch: PositiveInt = 2  # larger batches draft nothing
+    # Per request, the length (up to the above) with the most tokens per unit of target time at
+    # its acceptance so far, none while drafts keep failing (tandem.speculation.policy).
+    adaptive: bool = False
+    # What each drafted token adds to a verification step, in one-token steps: `tandem bench`
+    # prints the cost of a 5-token step; on the CPU default it is 1.28x a 1-token one, so 0.07.
+    verify_cost: NonNegativeFloat = 0.07
 
     @model_validator(mode="after")
     def _ordered(self) -> DraftLengthConfig:

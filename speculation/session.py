@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from tandem.speculation.candidates import Candidates
-from tandem.speculation.policy import draft_length
+from tandem.speculation.policy import Acceptance, draft_length
 from tandem.speculation.protocol import (
     DraftItem,
     DraftReply,
@@ -118,6 +118,7 @@ class _Request:
     cache: dict[Outcome, tuple[int, ...]] = field(default_factory=dict)
     candidates: Candidates = ()  # the target's, from the last verification, not yet sent
     draft_length: int = 0  # this step's (the policy's, at most num_speculative_tokens)
+    acceptance: Acceptance = field(default_factory=Acceptance)  # for an adaptive draft length
     stats: SpeculationStats = field(default_factory=SpeculationStats)
     # Feature modes: the target's features not sent yet, (first position, rows) in order, and
     # the position after the last one recorded.
@@ -269,11 +270,11 @@ class SpeculationSession:
                     request.record_features(*features[i], n)
                 request.candidates = candidates[i] if candidates else ()
                 outcome = request.outcome(n, int(token_ids[i][n - 1]))
+                if outcome:
+                    request.acceptance.observe(outcome[0], len(request.block))
                 cached = request.cache.get(outcome) if outcome else None
                 request.block, request.cache = (), {}
-                request.draft_length = draft_length(
-                    self.config.draft_length, request.spec.num_speculative_tokens, len(request_ids)
-                )
+                request.draft_length = self._draft_length(request, len(request_ids))
                 if request.replica in skipped or not request.draft_length:
                     continue
                 speculating.append((i, request, n))
@@ -296,6 +297,14 @@ class SpeculationSession:
         self._start_predrafts(request_ids, speculating, token_ids)
         self._returned = time.perf_counter()
         return drafts
+
+    def _draft_length(self, request: _Request, batch: int) -> int:
+        """This step's draft length for the request (tandem.speculation.policy)."""
+        policy = self.config.draft_length
+        k = draft_length(policy, request.spec.num_speculative_tokens, batch)
+        if policy.adaptive and k:
+            return request.acceptance.length(k, policy.verify_cost)
+        return k
 
     def _pipelines(self, request: _Request) -> bool:
         return request.spec.pipelined and self.config.pipeline.enabled

@@ -41,6 +41,8 @@ def test_yaml_round_trip(tmp_path):
         ({"target": {"replicas": "two"}}, "target.replicas"),
         ({"target": {"replicas": 0}}, "target.replicas"),
         ({"server": {"port": 70000}}, "server.port"),
+        ({"speculation": {"draft_length": {"verify_cost": -1}}}, "draft_length.verify_cost"),
+        ({"speculation": {"draft_length": {"adaptive": "sometimes"}}}, "draft_length.adaptive"),
         ({"server": {"max_inflight": -1}}, "server.max_inflight"),
         ({"target": {"resources": {"CPU": -1}}}, "target.resources"),
         ({"target": {"resources": {}}}, "target.resources"),

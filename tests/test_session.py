@@ -4,8 +4,10 @@ import time
 
 import pytest
 
+from tandem.speculation.drafter import Drafter
 from tandem.speculation.protocol import DraftItem, DraftReply, Hint, Mode, PredraftPlan
 from tandem.speculation.session import RequestSpec
+from tandem.speculation.source import DraftSource
 
 from .local_transport import LocalTransport, plain_drafter, session_for
 
@@ -276,3 +278,25 @@ def test_a_slow_modes_estimate_does_not_stop_a_fast_mode():
     slow, fast = drafter.predraft(items, PredraftPlan(outcomes=4, fanout=2, time_s=1))
     assert list(slow.blocks) == [(2, 4)]
     assert fast.blocks[(1, 9)] == (1, 8)
+
+
+class Sevens(DraftSource):
+    """Drafts 7s, which this test's target never emits."""
+
+    def propose(self, history, extra, k):
+        return [7] * k
+
+
+def test_adaptive_draft_length_stops_drafting_what_is_rejected_and_probes():
+    transport = LocalTransport()
+    transport.drafters = [Drafter({"ngram": Sevens()})]
+    session = session_for(transport, draft_length={"adaptive": True, "verify_cost": 0.07})
+    session.register("a", RequestSpec(Mode.NGRAM, 4))
+    history = [1, 2, 3]
+    lengths = []
+    for _ in range(40):
+        lengths.append(len(step(session, {"a": history})[0]))
+        history = history + [1]  # every first draft token rejected
+    assert lengths[0] == 3  # alpha 0.5 before any verification
+    assert lengths[-16:] == ([0] * 7 + [1]) * 2  # nothing, but a one-token probe every 8 steps
+    assert session.release("a").draft_tokens == sum(lengths[:-1])
