@@ -16,11 +16,14 @@ CATEGORIES = ("writing", "extraction", "translation")
 
 
 @pytest.fixture(scope="module")
-def client():
-    speculation = {"draft_length": {"adaptive": True, "verify_cost": 0.07}}
-    for service in start_service({"speculation": speculation}):
-        with TandemClient(service.address, timeout=300) as c:
-            yield c
+def service():
+    yield from start_service({"speculation": {"draft_length": {"adaptive": True}}})
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    with TandemClient(service.address, timeout=300) as c:
+        yield c
 
 
 @pytest.mark.parametrize("sampling", [{"temperature": 0}, {"temperature": 1.0, "seed": 3}])
