@@ -109,6 +109,26 @@ def test_pipelining_hits_the_speculation_cache_and_changes_no_token(client):
 
 
 @pytest.mark.parametrize(
+    "penalties",
+    [{"presence_penalty": 0.6}, {"frequency_penalty": 0.1}, {"repetition_penalty": 1.05}],
+)
+def test_penalised_requests_draft_and_keep_the_targets_output(client, penalties):
+    # Penalties read the tokens before each position, drafted ones included: the verifier
+    # applies them per position, so drafts flow and the output is the target's own (greedy,
+    # and seeded sampling through tandem's sampler).
+    prompt = "Repeat this list three times: apple, banana, cherry, date, fig, grape."
+    drafted = accepted = 0
+    for sampling in ({"temperature": 0}, {"temperature": 0.7, "seed": 1}):
+        kwargs = {**sampling, **penalties, "max_tokens": 48}
+        expected = list(client.generate(prompt, speculation="off", **kwargs).token_ids)
+        result = client.generate(prompt, speculation="ngram", **kwargs)
+        assert list(result.token_ids) == expected, (penalties, sampling)
+        drafted += result.speculation.draft_tokens
+        accepted += result.speculation.accepted_tokens
+    assert drafted > 0 and accepted > 0
+
+
+@pytest.mark.parametrize(
     ("kwargs", "code", "field"),
     [
         ({"num_speculative_tokens": 5}, "OUT_OF_RANGE", "speculation.num_speculative_tokens"),
