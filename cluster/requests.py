@@ -149,7 +149,10 @@ def prompt_token_ids(request: pb.GenerateRequest, tokenizer: Any, limits: Limits
         if not request.text:
             raise invalid("prompt.text: empty prompt")
         _check_length(len(request.text), "prompt.text", limits)
-        return tokenizer.encode(request.text)
+        ids = tokenizer.encode(request.text)
+        if not ids:  # control characters alone, say: nothing for the model to read
+            raise invalid("prompt.text: the text encodes to no tokens")
+        return ids
     if kind == "token_ids":
         ids = list(request.token_ids.ids)
         if not ids:

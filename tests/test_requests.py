@@ -90,6 +90,13 @@ def test_bad_sampling(tokenizer, sampling, code, field):
     assert str(info.value).startswith(field)
 
 
+def test_text_that_encodes_to_no_tokens_is_refused(tokenizer):
+    # Found by the gRPC fuzz test: a lone control character; vLLM refuses an empty prompt.
+    with pytest.raises(RequestError, match="^prompt.text: the text encodes to no tokens") as info:
+        prepare(pb.GenerateRequest(text="\x1d"), tokenizer, LIMITS)
+    assert info.value.code == "INVALID_ARGUMENT"
+
+
 def test_prompts_too_large_for_the_context_are_refused_before_tokenizing(tokenizer):
     """A text longer than max_model_len times the longest vocabulary entry cannot fit: it is
     refused without tokenizing it (a 4 MB prompt costs nothing); so are more chat messages
