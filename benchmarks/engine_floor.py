@@ -10,13 +10,20 @@ drafts), alternating prompt by prompt, and prints each one's forward per engine 
 
     python -m tandem.benchmarks.engine_floor --per-category 1
 
+`--neighbour 0.05,0.2` asks the other question: does work on the *other* core slow the forward?
+It steps the in-process engine alone and beside a neighbour process that keeps that fraction of
+a core busy in short pure-Python bursts (what a coordinator and a client do per streamed token),
+alternating prompt by prompt, with no Ray at all.
+
 Run it on an idle machine, like the bench.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
+import time
 from typing import Any
 
 from tandem.benchmarks.records import GenerationParams, RequestRecord
@@ -51,6 +58,45 @@ class EngineHost:
         return b.forward_s, b.steps
 
 
+def _neighbour(duty: float, on: Any, stop: Any) -> None:
+    """Keep `duty` of a core busy in 1 ms bursts while `on` is set, until `stop` is."""
+    burst = 0.001
+    while not stop.is_set():
+        if not on.wait(0.1):
+            continue
+        start = time.perf_counter()
+        while time.perf_counter() - start < burst:
+            pass
+        time.sleep(burst * (1 - duty) / duty)
+
+
+class NeighbourHost:
+    """The in-process host, with a busy neighbour process on while it runs a prompt."""
+
+    def __init__(self, host: EngineHost, duty: float) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.host = host
+        self.on, self.stop = context.Event(), context.Event()
+        self.process = context.Process(
+            target=_neighbour, args=(duty, self.on, self.stop), daemon=True
+        )
+        self.process.start()
+
+    def run(self, prompt: Prompt, params: GenerationParams) -> RequestRecord:
+        self.on.set()
+        try:
+            return self.host.run(prompt, params)
+        finally:
+            self.on.clear()
+
+    def forward(self) -> tuple[float, int]:
+        return self.host.forward()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.process.join(timeout=5)
+
+
 def _prompts(path: str, per_category: int) -> list[Prompt]:
     from transformers import AutoTokenizer
 
@@ -67,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--per-category", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument(
+        "--neighbour",
+        default="",
+        help="comma-separated core fractions: the in-process engine beside a busy process",
+    )
     args = parser.parse_args(argv)
 
     from tandem.cluster.config import TandemConfig
@@ -76,34 +127,39 @@ def main(argv: list[str] | None = None) -> int:
     path = str(resolve_model(models.target, models.cache_dir()))
     prompts = _prompts(path, args.per_category)
     params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=0.0)
-    ray.init(include_dashboard=False, log_to_driver=False)
-    hosts: dict[str, Any] = {
-        "in-process": EngineHost("in-process", path),
-        "ray-actor": ray.remote(num_cpus=0)(EngineHost).remote("ray-actor", path),
-        "ray-actor-spec": ray.remote(num_cpus=0)(EngineHost).remote("ray-actor-spec", path, True),
-    }
+    in_process = EngineHost("in-process", path)
+    hosts: dict[str, Any] = {"in-process": in_process}
+    if args.neighbour:
+        for duty in (float(d) for d in args.neighbour.split(",")):
+            hosts[f"in-process, neighbour {duty:.0%}"] = NeighbourHost(in_process, duty)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False)
+        remote = ray.remote(num_cpus=0)(EngineHost)
+        hosts["ray-actor"] = remote.remote("ray-actor", path)
+        hosts["ray-actor-spec"] = remote.remote("ray-actor-spec", path, True)
 
     def call(name: str, method: str, *args: Any) -> Any:
         host = hosts[name]
-        if name == "in-process":
+        if not name.startswith("ray-actor"):
             return getattr(host, method)(*args)
         return ray.get(getattr(host, method).remote(*args))
 
     for name in hosts:
         call(name, "run", prompts[0], params)  # warm-up, not counted
-    before = {name: call(name, "forward") for name in hosts}
     tpot: dict[str, list[float]] = {name: [] for name in hosts}
+    spent = {name: [0.0, 0] for name in hosts}  # forward seconds, steps
     names = list(hosts)
     for i, prompt in enumerate(prompts):
         order = names[i % len(names) :] + names[: i % len(names)]
         for name in order:
+            s0, n0 = call(name, "forward")
             record = call(name, "run", prompt, params)
+            s1, n1 = call(name, "forward")
+            spent[name][0] += s1 - s0
+            spent[name][1] += n1 - n0
             if record.tpot_s is not None:
                 tpot[name].append(1000 * record.tpot_s)
-    forward = {}
-    for name in hosts:
-        (s0, n0), (s1, n1) = before[name], call(name, "forward")
-        forward[name] = 1000 * (s1 - s0) / max(1, n1 - n0)
+    forward = {name: 1000 * s / max(1, n) for name, (s, n) in spent.items()}
     print("| engine | forward ms/step | TPOT p50 ms |")
     print("|---|---|---|")
     for name in hosts:
@@ -111,7 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(prompts)} prompts; forward / in-process forward:")
     for name in hosts:
         print(f"- {name}: {forward[name] / forward['in-process']:.3f}")
-    ray.shutdown()
+    for host in hosts.values():
+        if isinstance(host, NeighbourHost):
+            host.close()
+    if ray.is_initialized():
+        ray.shutdown()
     return 0
 
 
