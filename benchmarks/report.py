@@ -196,9 +196,10 @@ def breakdown_section(result: dict[str, Any]) -> list[str]:
         "",
         "vLLM's step = schedule + forward (and sampling) + proposer + output (scheduler update, "
         "detokenization); the proposer's time includes its drafter round trips (RTT) and its "
-        "waits for pre-drafts. Between: the engine thread from one step to the next. Hand-off "
-        "(engine thread to the actor's event loop), Ray stream (to the coordinator) and "
-        "coordinator are latencies on the way out, summed over a step's outputs. Engine per "
+        "waits for pre-drafts. Between: the engine thread from one step to the next, of which "
+        "hand-off: its sending the step's outputs. Stream (the output socket to the "
+        "coordinator) and coordinator are latencies on the way out, summed over a step's "
+        "outputs. Engine per "
         "token = (step + between) / tokens per step: at 1 stream, a client's TPOT above it is "
         "time lost on the way out. vLLM's servers have no timers inside (client figures only).",
         "",
@@ -235,7 +236,7 @@ def breakdown_section(result: dict[str, Any]) -> list[str]:
             "output",
             "between",
             "hand-off",
-            "Ray stream",
+            "stream",
             "coordinator",
             "RTT per round trip",
             "RTT / step",
@@ -255,7 +256,7 @@ STEP_COLUMNS = (
     "output",
     "between_steps",
     "handoff",
-    "ray_stream",
+    "stream",
     "coordinator",
 )
 

@@ -166,7 +166,7 @@ def _hit_rate(records: Sequence[RequestRecord]) -> float | None:
 # Inside vLLM's step: schedule + forward + proposer + output; the proposer's time includes its
 # drafter round trips and its waits for pre-drafts.
 STEP_PARTS = ("schedule", "forward", "proposer", "drafter_rtt", "predraft_wait", "output")
-PATH_PARTS = ("between_steps", "handoff", "ray_stream", "coordinator")
+PATH_PARTS = ("between_steps", "handoff", "stream", "coordinator")
 
 
 def breakdown_entry(

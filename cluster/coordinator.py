@@ -5,7 +5,7 @@ over a deployment that tandem.cluster.bootstrap brought up. Each request goes to
 with the fewest outstanding requests (among those up) under an engine-level id of its own, so a
 late abort of an earlier request with the same client id never reaches it; a request that is
 cancelled, times out or is aborted is aborted in its replica's engine too. Outputs come back on
-one Ray stream per replica (`ReplicaStream`), one batch per engine step, and are handed to each
+one socket per replica (`ReplicaStream`), one batch per engine step, and are handed to each
 request's own queue. A replica that dies fails the requests that had streamed from it and
 retries on another those that had not; it is routed around until Ray has restarted it. Prompts
 are tokenized on threads of their own, off the event loop.
@@ -41,6 +41,7 @@ from tandem.cluster.figures import (
     RequestFigures,
     ratio,
 )
+from tandem.cluster.output_channel import OutputInbox
 from tandem.cluster.requests import (
     Limits,
     PreparedRequest,
@@ -48,6 +49,7 @@ from tandem.cluster.requests import (
     max_prompt_chars,
     prepare,
 )
+from tandem.cluster.sockets import Endpoint
 from tandem.cluster.target import OutputBatch, StepOutput
 from tandem.protos import tandem_pb2 as pb
 
@@ -122,45 +124,57 @@ class _Run:
 
 
 class ReplicaStream:
-    """One target replica's outputs for this coordinator: a long-lived Ray stream, read by a
-    task that hands each request's outputs to its queue (with when the batch arrived). If the
-    stream breaks (the replica died), every waiting request gets the error; the next request
-    opens a new stream."""
+    """One target replica's outputs for this coordinator: a subscription (a socket of this
+    coordinator's that the replica's engine thread sends to, tandem.cluster.output_channel),
+    read by a task that hands each request's outputs to its queue (with when the batch
+    arrived), and the replica's Ray stream `outputs`, which yields nothing but breaks when the
+    replica dies: then every waiting request gets the error, and the next request subscribes
+    anew."""
 
-    def __init__(self, actor: Any, subscriber: str, counters: Counters) -> None:
+    def __init__(self, actor: Any, counters: Counters) -> None:
         self.actor = actor
-        self.subscriber = subscriber
         self.counters = counters
         self.queues: dict[str, asyncio.Queue] = {}
+        self.subscriber = ""
+        self.endpoint: Endpoint | None = None  # where the replica sends them
         self._task: asyncio.Task | None = None
 
     def open(self, request_id: str) -> asyncio.Queue:
-        """A queue for a request's outputs; reads the stream if nobody does on this loop."""
+        """A queue for a request's outputs; subscribes if nobody reads on this loop."""
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done() or self._task.get_loop() is not loop:
-            self._task = loop.create_task(self._read())
+            inbox = OutputInbox(ray.util.get_node_ip_address())
+            self.subscriber, self.endpoint = uuid.uuid4().hex, inbox.endpoint
+            self._task = loop.create_task(self._read(inbox, self.subscriber))
         queue = self.queues[request_id] = asyncio.Queue()
         return queue
 
-    async def _read(self) -> None:
-        stream = self.actor.outputs.remote(self.subscriber)
+    async def _read(self, inbox: OutputInbox, subscriber: str) -> None:
+        receiving = asyncio.create_task(self._receive(inbox))
+        stream = self.actor.outputs.remote(subscriber)
         try:
-            async for ref in stream:
-                batch: OutputBatch = await ref
-                arrived = time.perf_counter()
-                delay = max(0.0, time.time() - batch.sent_at)
-                self.counters.delivery += DeliveryTimes(batches=1, ray_stream_s=delay)
-                for step in batch.outputs:
-                    queue = self.queues.get(step.request_id)
-                    if queue is not None:
-                        queue.put_nowait((step, arrived))
+            async for ref in stream:  # nothing comes but, when the replica dies, its error
+                await ref
             error: Exception = RuntimeError("the replica closed its output stream")
         except Exception as exc:  # the replica died
             error = exc
         finally:
             ray.cancel(stream)
+            receiving.cancel()
+            inbox.close()
         for queue in self.queues.values():  # fail what waits on the stream
             queue.put_nowait(error)
+
+    async def _receive(self, inbox: OutputInbox) -> None:
+        while True:
+            batch: OutputBatch = await inbox.receive()
+            arrived = time.perf_counter()
+            delay = max(0.0, time.time() - batch.sent_at)
+            self.counters.delivery += DeliveryTimes(batches=1, stream_s=delay)
+            for step in batch.outputs:
+                queue = self.queues.get(step.request_id)
+                if queue is not None:
+                    queue.put_nowait((step, arrived))
 
 
 class Coordinator:
@@ -206,8 +220,7 @@ class Coordinator:
         # Called with the last chunk of every request (a front door's metrics observe it).
         self.on_finished: list[Callable[[Chunk], None]] = []
         self._next = 0
-        subscriber = uuid.uuid4().hex
-        self.streams = [ReplicaStream(a, subscriber, self.counters) for a in self.actors]
+        self.streams = [ReplicaStream(a, self.counters) for a in self.actors]
 
     @classmethod
     def start(cls, config: TandemConfig) -> Coordinator:
@@ -318,7 +331,7 @@ class Coordinator:
         self.outstanding[replica] += 1
         try:
             await actor.submit.remote(
-                replace(run.prepared, request_id=submission), stream.subscriber
+                replace(run.prepared, request_id=submission), stream.subscriber, stream.endpoint
             )
             while run.finish_reason is None:
                 item = await queue.get()

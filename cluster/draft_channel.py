@@ -5,12 +5,12 @@ Ray places the drafters, restarts them and tells the proposer where a (re)starte
 of tandem.speculation.wire. Measured side by side (BENCHMARKS.md, "Drafter exchange"), a round
 trip this way costs a fraction of a Ray actor call's, and of a Ray Compiled Graph's.
 
-The drafter binds a ROUTER socket on its node's address; ZMQ's PLAIN mechanism checks a random
-password that only reaches the target over Ray (`Endpoint`), so nobody without the actor handle
-talks to a drafter. Its `DraftServer` reads messages on one thread and runs them on another, in
-order, except the kinds it is told to run at once (Mirror-SD hints, which must land while a
-pre-draft runs). The target's `DraftChannel` sends from the engine thread and matches replies by
-sequence number; `free` may come from any thread and has a socket of its own.
+The drafter binds a ROUTER socket on its node's address behind a password (tandem.cluster.sockets),
+so nobody without the actor handle talks to a drafter. Its `DraftServer` reads messages on one
+thread and runs them on another, in order, except the kinds it is told to run at once (Mirror-SD
+hints, which must land while a pre-draft runs). The target's `DraftChannel` sends from the engine
+thread and matches replies by sequence number; `free` may come from any thread and has a socket
+of its own.
 """
 
 from __future__ import annotations
@@ -19,21 +19,17 @@ import itertools
 import logging
 import os
 import queue
-import secrets
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
 
+from tandem.cluster.sockets import Endpoint, PlainServer, connect
 from tandem.speculation.wire import CODEC, Kind, WireError
 
 log = logging.getLogger("tandem.draft_channel")
-
-USER = b"tandem"
 
 
 class DrafterError(RuntimeError):
@@ -48,12 +44,6 @@ class ChannelFull(ConnectionError):
     """The drafter has stopped reading (dead, or hung): its queue is full."""
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    address: str  # tcp://host:port
-    password: str
-
-
 class DraftServer:
     """The drafter's end: `dispatch(kind, body)` answers each message (None for no reply)."""
 
@@ -62,16 +52,9 @@ class DraftServer:
     ) -> None:
         self._dispatch = dispatch
         self._inline = frozenset(inline)
-        self._context = zmq.Context()
-        self._auth = ThreadAuthenticator(self._context)
-        self._auth.start()
-        password = secrets.token_urlsafe(16)
-        self._auth.configure_plain(domain="*", passwords={USER.decode(): password})
-        self._socket = self._context.socket(zmq.ROUTER)
-        self._socket.plain_server = True
-        self._socket.linger = 0
-        port = self._socket.bind_to_random_port(f"tcp://{host}")
-        self.endpoint = Endpoint(f"tcp://{host}:{port}", password)
+        self._server = PlainServer(host, zmq.ROUTER)
+        self._context, self._socket = self._server.context, self._server.socket
+        self.endpoint = self._server.endpoint
         self._replies = f"inproc://tandem-replies-{os.getpid()}-{id(self)}"
         self._replies_in = self._context.socket(zmq.PULL)
         self._replies_in.bind(self._replies)
@@ -132,8 +115,7 @@ class DraftServer:
         self._work.put((None, None, None, None))
         for thread in self._threads:
             thread.join(timeout=5)
-        self._auth.stop()
-        self._context.destroy(linger=0)
+        self._server.close()
 
 
 class DraftChannel:
@@ -142,21 +124,13 @@ class DraftChannel:
     def __init__(self, endpoint: Endpoint) -> None:
         context = zmq.Context.instance()
         self.endpoint = endpoint
-        self.socket = self._connect(context)  # the engine thread's: sends and replies
-        self._control = self._connect(context)  # any thread's, under the lock: no replies
+        self.socket = connect(context, zmq.DEALER, endpoint)  # the engine thread's
+        self._control = connect(context, zmq.DEALER, endpoint)  # any thread's, under the lock
         self._control_lock = threading.Lock()
         self._seq = itertools.count(1)
         self._pending: set[int] = set()
         self._replies: dict[int, Any] = {}  # arrived while waiting for another
         self.messages = self.bytes_sent = self.bytes_received = 0
-
-    def _connect(self, context: zmq.Context) -> zmq.Socket:
-        socket = context.socket(zmq.DEALER)
-        socket.plain_username = USER
-        socket.plain_password = self.endpoint.password.encode()
-        socket.linger = 0
-        socket.connect(self.endpoint.address)
-        return socket
 
     def send(self, kind: Kind, body: Any) -> int:
         """Send a message from the engine thread; returns its seq (wait for answered kinds).

@@ -22,10 +22,10 @@ from tandem.cluster.draft_channel import (
     ChannelFull,
     ChannelTimeout,
     DraftChannel,
-    Endpoint,
     wait,
 )
 from tandem.cluster.figures import WireTraffic
+from tandem.cluster.sockets import Endpoint
 from tandem.speculation.protocol import (
     DraftItem,
     DraftReply,

@@ -18,8 +18,9 @@ from typing import Any
 
 import ray
 
-from tandem.cluster.draft_channel import DraftServer, Endpoint
+from tandem.cluster.draft_channel import DraftServer
 from tandem.cluster.figures import DrafterLoad
+from tandem.cluster.sockets import Endpoint
 from tandem.speculation.drafter import Drafter
 from tandem.speculation.registry import SourceFactory
 from tandem.speculation.source import DrafterSetup

@@ -3,11 +3,14 @@
 vLLM's AsyncLLM always runs its engine core in a child process. tandem keeps the engine inside the
 Ray actor's own process instead (the proposer plugin shares the actor's speculation session),
 which means driving the synchronous `LLMEngine` ourselves: one thread owns the engine and steps it
-while requests are unfinished; asyncio callers talk to it through a command queue and get their
-outputs back through `Outbox`es, each engine step's outputs for one outbox in one batch with one
-wake-up of the caller's event loop (every wake-up is Python work that competes with the engine
-thread for the GIL). vLLM still does all the batching, scheduling, KV-cache management and
-sampling; the loop times its steps (tandem.cluster.figures.EngineTimes).
+while requests are unfinished; callers talk to it through a command queue and get their outputs
+back through a `Consumer` each: after every step the engine thread hands each consumer that
+step's outputs for it in one batch. tandem's target replica sends them straight onto a socket
+from this thread (tandem.cluster.output_channel); asyncio callers (`generate`) take them from an
+`Outbox`, with one wake-up of their event loop per step (Python work that competes with the
+engine thread for the GIL, which is why the replica does not use one). vLLM still does all the
+batching, scheduling, KV-cache management and sampling; the loop times its steps
+(tandem.cluster.figures.EngineTimes).
 
 A step that raises costs as little as possible (`_recover`): the engine's state is unknown, so
 every request in it is aborted there, but only the request that broke the step fails. The others
@@ -29,7 +32,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from tandem.cluster.figures import EngineTimes
 from tandem.plugins.timers import StepTimers
@@ -60,28 +63,30 @@ class StepFailed(RuntimeError):
     """Raised inside `generate` for the request that made an engine step fail."""
 
 
-class Outbox:
-    """What the engine thread hands one asyncio consumer: (request id, output or exception)
-    pairs, everything that arrived since the consumer last took, as one batch."""
+class Consumer(Protocol):
+    """Where the engine thread hands a caller's outputs: (request id, RequestOutput or the
+    exception that ended it) pairs, one call per step. Runs on the engine thread, so it must
+    not block; False means the caller is gone (its requests are aborted, outputs dropped)."""
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, on_take: Callable[[float], None] | None = None
-    ) -> None:
+    def put(self, items: list[tuple[str, Any]]) -> bool: ...
+
+
+class Outbox:
+    """A consumer on an asyncio loop: everything that arrived since it last took, as one
+    batch."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._on_take = on_take  # called with how long the oldest item waited
         self._items: list[tuple[str, Any]] = []
         self._lock = threading.Lock()
         self._ready = asyncio.Event()
-        self._since = 0.0
 
     def put(self, items: list[tuple[str, Any]]) -> bool:
-        """From the engine thread: wakes the consumer's loop only when it has nothing yet.
-        False if that loop has closed (the consumer is gone)."""
+        """Wakes the consumer's loop only when it has nothing yet; False if that loop has
+        closed."""
         with self._lock:
             wake = not self._items
             self._items.extend(items)
-            if wake:
-                self._since = time.perf_counter()
         if wake:
             try:
                 self._loop.call_soon_threadsafe(self._ready.set)
@@ -95,10 +100,7 @@ class Outbox:
             with self._lock:
                 items, self._items = self._items, []
                 self._ready.clear()
-                waited = time.perf_counter() - self._since
             if items:
-                if self._on_take is not None:
-                    self._on_take(waited)
                 return items
 
 
@@ -109,7 +111,7 @@ class _Request:
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
-    outbox: Outbox
+    outbox: Consumer
     delivered: list[int] = field(default_factory=list)  # output tokens its caller has
     in_engine: bool = False
     strikes: int = 0  # failed steps it was a suspect of
@@ -158,24 +160,16 @@ class EngineLoop:
 
     # ---- asyncio side -------------------------------------------------------------------------
 
-    def outbox(self) -> Outbox:
-        """An outbox on the running event loop, whose takes are counted as hand-offs."""
-        return Outbox(asyncio.get_running_loop(), self._handed_off)
-
-    def _handed_off(self, waited_s: float) -> None:
-        self._deliveries += 1
-        self._handoff_s += waited_s
-
     def add(
         self,
         request_id: str,
         prompt_token_ids: list[int],
         params: SamplingParams,
-        outbox: Outbox,
+        outbox: Consumer,
     ) -> None:
         """Start a request; its outputs (deltas), then a RequestAborted if `abort` stops it
         first, a StepFailed if it broke an engine step, or the exception that failed it,
-        arrive in `outbox`. `request_id` must be unique among running requests; outputs must
+        go to `outbox`. `request_id` must be unique among running requests; outputs must
         be deltas (RequestOutputKind.DELTA), which is what a retry continues."""
         if params.output_kind != RequestOutputKind.DELTA:
             raise ValueError("EngineLoop needs RequestOutputKind.DELTA outputs")
@@ -187,7 +181,7 @@ class EngineLoop:
         """One request's outputs until it finishes, through an outbox of its own. Raises
         RequestAborted if `abort` stops it first, StepFailed if it broke an engine step; a
         caller that stops iterating early (cancellation included) aborts it in the engine."""
-        outbox = self.outbox()
+        outbox = Outbox(asyncio.get_running_loop())
         self.add(request_id, prompt_token_ids, params, outbox)
         finished = False
         try:
@@ -210,6 +204,11 @@ class EngineLoop:
         result: Future = Future()
         self._commands.put(_Call(fn, result))
         return result.result()
+
+    def later(self, fn: Callable[[LLMEngine], Any]) -> None:
+        """Run fn(engine) on the engine thread, between steps, after the commands already
+        queued; returns at once."""
+        self._commands.put(_Call(fn, Future()))
 
     def num_unfinished(self) -> int:
         """Requests the engine thread still tracks (added and not yet finished or aborted)."""
@@ -317,7 +316,7 @@ class EngineLoop:
         self._tokens += sum(len(o.outputs[0].token_ids) for o in outputs if o.outputs)
         self._step_s += end - start
         self._newcomers.clear()
-        batches: dict[Outbox, list[tuple[str, Any]]] = {}
+        batches: dict[Consumer, list[tuple[str, Any]]] = {}
         for output in outputs:
             request = self._requests.get(output.request_id)
             if request is None:
@@ -327,8 +326,12 @@ class EngineLoop:
                 request.in_engine = False
                 del self._requests[request.request_id]
             batches.setdefault(request.outbox, []).append((request.request_id, output))
-        for outbox, batch in batches.items():  # one batch, one wake-up per consumer
-            if not outbox.put(batch):  # its consumer is gone: stop its requests
+        for outbox, batch in batches.items():  # one batch per consumer
+            start = time.perf_counter()
+            delivered = outbox.put(batch)
+            self._deliveries += 1
+            self._handoff_s += time.perf_counter() - start
+            if not delivered:  # its consumer is gone: stop its requests
                 for request_id, _ in batch:
                     request = self._requests.pop(request_id, None)
                     if request is not None and request.in_engine:

@@ -103,16 +103,16 @@ class EngineTimes(Sums):
     schedule_s: float = 0.0  # of which its scheduler
     model_s: float = 0.0  # of which the model: forward, sampling and the proposer
     between_s: float = 0.0  # the engine thread between steps (hand-offs, commands)
-    deliveries: int = 0  # output batches handed to the replica's event loop
-    handoff_s: float = 0.0  # from the engine thread to the event loop, summed over them
+    deliveries: int = 0  # output batches the engine thread handed on (sent)
+    handoff_s: float = 0.0  # of between_s: handing them on (encoding and sending)
 
 
 @dataclass(frozen=True)
 class DeliveryTimes(Sums):
-    """The way from a target replica's event loop to the front door (the coordinator's)."""
+    """The way from a target replica's engine thread to the front door (the coordinator's)."""
 
     batches: int = 0  # output batches (one per engine step) received from the replicas
-    ray_stream_s: float = 0.0  # replica -> coordinator over Ray (same clock: same node)
+    stream_s: float = 0.0  # replica -> coordinator on the output socket (same clock: same node)
     chunks: int = 0  # per-request chunks handed to the front door
     coordinator_s: float = 0.0  # from a batch's arrival to its chunk's front door
 
@@ -223,7 +223,7 @@ class Breakdown(Sums):
     deliveries: int = 0
     handoff_s: float = 0.0
     batches: int = 0
-    ray_stream_s: float = 0.0
+    stream_s: float = 0.0
     chunks: int = 0
     coordinator_s: float = 0.0
     drafter_messages: int = 0
@@ -244,7 +244,7 @@ class Breakdown(Sums):
             drafter_rtt_s=sum(s.mean_rtt_s * s.steps for s in sessions),
             predraft_wait_s=sum(s.predraft_wait_s for s in sessions),
             batches=delivery.batches,
-            ray_stream_s=delivery.ray_stream_s,
+            stream_s=delivery.stream_s,
             chunks=delivery.chunks,
             coordinator_s=delivery.coordinator_s,
             drafter_messages=wire.messages,

@@ -293,7 +293,7 @@ def _breakdown_metrics(breakdown: Breakdown) -> Iterator[Metric]:
         "tandem_serving_seconds",
         "Time by part of the serving path (GetStats breakdown): step is vLLM's engine step, "
         "made of schedule, forward, proposer (which includes drafter_rtt and predraft_wait) "
-        "and output; then between_steps, handoff, ray_stream, coordinator.",
+        "and output; then between_steps, handoff, stream, coordinator.",
         labels=["part"],
     )
     events = CounterMetricFamily(

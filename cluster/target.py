@@ -1,12 +1,15 @@
 """The target replica: a Ray actor around one in-process vLLM engine.
 
-A thin shell: it turns an admitted request into vLLM SamplingParams (`submit`), streams each
+A thin shell: it turns an admitted request into vLLM SamplingParams (`submit`), sends each
 engine step's outputs back to the coordinator, and reports what the engine holds. The outputs of
-all the requests a coordinator submitted travel on one long-lived Ray stream (`outputs`), one
-`OutputBatch` per engine step however many requests it served, not one Ray object per request
-and step. With speculation on, the engine's proposer is tandem's plugin, attached here to a
-speculation session that reaches the drafter actors. Routing and validation live in the
-coordinator; what vLLM needs from tandem is built in tandem.plugins.engine.
+all the requests a coordinator submitted leave as one `OutputBatch` per engine step on the
+coordinator's socket, sent by the engine thread itself (tandem.cluster.output_channel), so no
+other thread of this process runs per step; a long-lived Ray stream (`outputs`) that yields
+nothing tells the coordinator when this replica dies, and tells the replica when the coordinator
+goes away (its requests are aborted then). With speculation on, the engine's proposer is
+tandem's plugin, attached here to a speculation session that reaches the drafter actors.
+Routing and validation live in the coordinator; what vLLM needs from tandem is built in
+tandem.plugins.engine.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from tandem.cluster.figures import ReplicaFigures, RequestFigures, WireTraffic
 
 if TYPE_CHECKING:
     from tandem.cluster.config import ModelsConfig, SpeculationConfig, TargetPoolConfig
-    from tandem.cluster.engine import Outbox
     from tandem.cluster.requests import PreparedRequest
+    from tandem.cluster.sockets import Endpoint
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class OutputBatch:
     """What one engine step produced for one coordinator's requests."""
 
     outputs: list[StepOutput]
-    sent_at: float  # time.time() when the replica sent it (Ray streaming time, same node)
+    sent_at: float  # time.time() when the replica sent it (transit time, same node)
 
 
 @dataclass
@@ -55,7 +58,7 @@ class _Running:
     """A request in the engine, and what its outputs so far add up to."""
 
     request: PreparedRequest
-    outbox: Outbox  # its subscriber's
+    subscriber: str
     steps: int = 0
     tokens: int = 0
     # A step that adds m tokens accepted the first m-1 drafts (positions 0..m-2).
@@ -71,6 +74,31 @@ class ReplicaInfo:
     max_model_len: int
     vocab_size: int
     eos_token_ids: list[int]
+
+
+class Subscription:
+    """One coordinator's outputs, as the engine thread hands them on (a `Consumer` of
+    tandem.cluster.engine): each step's batch, made into `StepOutput`s, sent on its socket."""
+
+    def __init__(self, replica: TargetReplica, endpoint: Endpoint) -> None:
+        from tandem.cluster.output_channel import OutputSink
+
+        self._replica = replica
+        self._sink: OutputSink = OutputSink(endpoint)
+
+    def put(self, items: list[tuple[str, Any]]) -> bool:
+        outputs = [self._replica.step_output(rid, item) for rid, item in items]
+        if not (outputs := [o for o in outputs if o is not None]):
+            return True
+        if self._sink.send(OutputBatch(outputs, time.time())):
+            return True
+        for output in outputs:  # the coordinator is gone: the engine aborts these
+            if output.finish_reason is None:
+                self._replica.step_output(output.request_id, RuntimeError("subscriber gone"))
+        return False
+
+    def close(self) -> None:
+        self._sink.close()
 
 
 class TargetReplica:
@@ -121,8 +149,9 @@ class TargetReplica:
                 raise RuntimeError("vLLM did not load tandem's proposer")
         self._served = 0
         self._generated = 0
+        # Entered by `submit`, left on the engine thread (`Subscription.put`).
         self._running: dict[str, _Running] = {}
-        self._outboxes: dict[str, Outbox] = {}  # one per subscriber (coordinator)
+        self._subscriptions: dict[str, Subscription] = {}  # one per coordinator
 
     def info(self) -> ReplicaInfo:
         engine = self._loop.engine
@@ -139,8 +168,8 @@ class TargetReplica:
             eos_token_ids=[i for i in eos_ids if i is not None],
         )
 
-    async def submit(self, request: PreparedRequest, subscriber: str) -> None:
-        """Start a request; its outputs come on `subscriber`'s stream (`outputs`).
+    async def submit(self, request: PreparedRequest, subscriber: str, endpoint: Endpoint) -> None:
+        """Start a request; its outputs go to `subscriber`'s socket at `endpoint`.
         `request.request_id` names this submission (the coordinator makes it unique per
         submission, so a late abort of an earlier request with the client's same id cannot
         reach this one)."""
@@ -164,33 +193,30 @@ class TargetReplica:
         if self.session is not None:
             self.session.register(rid, RequestSpec(request.mode, k, request.pipelined))
         self._served += 1
-        outbox = self._outbox(subscriber)
-        self._running[rid] = _Running(request, outbox, accepted_per_pos=[0] * k)
-        self._loop.add(rid, request.prompt_token_ids, params, outbox)
+        subscription = self._subscriptions.get(subscriber)
+        if subscription is None:
+            subscription = self._subscriptions[subscriber] = Subscription(self, endpoint)
+        self._running[rid] = _Running(request, subscriber, accepted_per_pos=[0] * k)
+        self._loop.add(rid, request.prompt_token_ids, params, subscription)
 
-    async def outputs(self, subscriber: str) -> AsyncIterator[OutputBatch]:
-        """The outputs of `subscriber`'s requests, one batch per engine step, until the
-        subscriber closes the stream (then its unfinished requests are aborted)."""
-        outbox = self._outbox(subscriber)
+    async def outputs(self, subscriber: str) -> AsyncIterator[None]:
+        """Open while both ends live: it yields nothing, and breaks for the coordinator when
+        this replica dies. When the coordinator closes it, its unfinished requests are
+        aborted and its socket closed (on the engine thread, after the aborts)."""
+        import asyncio
+
         try:
-            while True:
-                items = await outbox.take()
-                outputs = [self._step_output(rid, item) for rid, item in items]
-                if outputs := [o for o in outputs if o is not None]:
-                    yield OutputBatch(outputs, time.time())
+            await asyncio.Event().wait()
+            yield  # never reached: this is the shape of a Ray stream
         finally:
-            if self._outboxes.get(subscriber) is outbox:
-                del self._outboxes[subscriber]
-            for rid in [r for r, run in self._running.items() if run.outbox is outbox]:
-                self._loop.abort(rid)
-                self._finish(rid)
+            for rid, running in list(self._running.items()):
+                if running.subscriber == subscriber:
+                    self._loop.abort(rid)
+            subscription = self._subscriptions.pop(subscriber, None)
+            if subscription is not None:
+                self._loop.later(lambda engine: subscription.close())
 
-    def _outbox(self, subscriber: str) -> Outbox:
-        if subscriber not in self._outboxes:
-            self._outboxes[subscriber] = self._loop.outbox()
-        return self._outboxes[subscriber]
-
-    def _step_output(self, rid: str, item: Any) -> StepOutput | None:
+    def step_output(self, rid: str, item: Any) -> StepOutput | None:
         """A request's output (or the exception that ended it) as the coordinator gets it;
         None for a request already forgotten (its subscriber went away)."""
         from tandem.cluster.engine import RequestAborted, StepFailed

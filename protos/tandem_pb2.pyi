@@ -283,7 +283,7 @@ class DrafterStats(_message.Message):
     def __init__(self, replica_id: _Optional[str] = ..., node_id: _Optional[str] = ..., requests: _Optional[int] = ..., mirror_hints_used: _Optional[int] = ...) -> None: ...
 
 class Breakdown(_message.Message):
-    __slots__ = ("steps", "tokens", "step_s", "schedule_s", "forward_s", "proposer_s", "drafter_rtt_s", "predraft_wait_s", "output_s", "between_steps_s", "deliveries", "handoff_s", "batches", "ray_stream_s", "chunks", "coordinator_s", "drafter_messages", "drafter_bytes_sent", "drafter_bytes_received", "drafter_round_trips")
+    __slots__ = ("steps", "tokens", "step_s", "schedule_s", "forward_s", "proposer_s", "drafter_rtt_s", "predraft_wait_s", "output_s", "between_steps_s", "deliveries", "handoff_s", "batches", "stream_s", "chunks", "coordinator_s", "drafter_messages", "drafter_bytes_sent", "drafter_bytes_received", "drafter_round_trips")
     STEPS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     STEP_S_FIELD_NUMBER: _ClassVar[int]
@@ -297,7 +297,7 @@ class Breakdown(_message.Message):
     DELIVERIES_FIELD_NUMBER: _ClassVar[int]
     HANDOFF_S_FIELD_NUMBER: _ClassVar[int]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
-    RAY_STREAM_S_FIELD_NUMBER: _ClassVar[int]
+    STREAM_S_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     COORDINATOR_S_FIELD_NUMBER: _ClassVar[int]
     DRAFTER_MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -317,14 +317,14 @@ class Breakdown(_message.Message):
     deliveries: int
     handoff_s: float
     batches: int
-    ray_stream_s: float
+    stream_s: float
     chunks: int
     coordinator_s: float
     drafter_messages: int
     drafter_bytes_sent: int
     drafter_bytes_received: int
     drafter_round_trips: int
-    def __init__(self, steps: _Optional[int] = ..., tokens: _Optional[int] = ..., step_s: _Optional[float] = ..., schedule_s: _Optional[float] = ..., forward_s: _Optional[float] = ..., proposer_s: _Optional[float] = ..., drafter_rtt_s: _Optional[float] = ..., predraft_wait_s: _Optional[float] = ..., output_s: _Optional[float] = ..., between_steps_s: _Optional[float] = ..., deliveries: _Optional[int] = ..., handoff_s: _Optional[float] = ..., batches: _Optional[int] = ..., ray_stream_s: _Optional[float] = ..., chunks: _Optional[int] = ..., coordinator_s: _Optional[float] = ..., drafter_messages: _Optional[int] = ..., drafter_bytes_sent: _Optional[int] = ..., drafter_bytes_received: _Optional[int] = ..., drafter_round_trips: _Optional[int] = ...) -> None: ...
+    def __init__(self, steps: _Optional[int] = ..., tokens: _Optional[int] = ..., step_s: _Optional[float] = ..., schedule_s: _Optional[float] = ..., forward_s: _Optional[float] = ..., proposer_s: _Optional[float] = ..., drafter_rtt_s: _Optional[float] = ..., predraft_wait_s: _Optional[float] = ..., output_s: _Optional[float] = ..., between_steps_s: _Optional[float] = ..., deliveries: _Optional[int] = ..., handoff_s: _Optional[float] = ..., batches: _Optional[int] = ..., stream_s: _Optional[float] = ..., chunks: _Optional[int] = ..., coordinator_s: _Optional[float] = ..., drafter_messages: _Optional[int] = ..., drafter_bytes_sent: _Optional[int] = ..., drafter_bytes_received: _Optional[int] = ..., drafter_round_trips: _Optional[int] = ...) -> None: ...
 
 class Stats(_message.Message):
     __slots__ = ("requests_in_flight", "requests_total", "requests_finished", "requests_aborted", "requests_failed", "requests_rejected", "prompt_tokens", "generated_tokens", "uptime_s", "replicas", "speculation", "drafter_rtt_mean_s", "drafter_rtt_p50_s", "target_step_mean_s", "drafter_failures", "drafters_down", "drafters", "drafter_timeouts", "feature_bytes", "breakdown")

@@ -81,7 +81,7 @@ def check_breakdown(result: dict, systems: set[str], levels: set[int]) -> None:
         parts = ms["schedule"] + ms["forward"] + ms["proposer"] + ms["output"]
         assert abs(parts - ms["step"]) < 1e-6 * ms["step"] + 1e-9
         if system.startswith("tandem-"):
-            assert ms["ray_stream"] > 0 and ms["handoff"] > 0 and ms["coordinator"] > 0
+            assert ms["stream"] > 0 and ms["handoff"] > 0 and ms["coordinator"] > 0
     for level in levels:
         drafted = entries[("tandem-ngram", level)]
         if level == 1:  # at 4 streams the draft-length policy drafts nothing

@@ -75,7 +75,7 @@ def test_breakdown_splits_the_step_and_differences_of_two_reads_add_up():
         session = SessionStats(SpeculationStats(), steps, 0.002, 0.002, 0, 0, propose_s, 0.001)
         return ReplicaFigures("t", 0, 0, 0, engine, session, WireTraffic(steps, wire_bytes, 7))
 
-    delivery = DeliveryTimes(batches=30, ray_stream_s=0.03, chunks=40, coordinator_s=0.004)
+    delivery = DeliveryTimes(batches=30, stream_s=0.03, chunks=40, coordinator_s=0.004)
     before = Breakdown.of([replica(10, 0.05, 500)], delivery)
     after = Breakdown.of([replica(30, 0.15, 1500)], delivery + delivery)
     step = after - before
@@ -87,5 +87,5 @@ def test_breakdown_splits_the_step_and_differences_of_two_reads_add_up():
     assert abs(step.proposer_s - 0.10) < 1e-9 and abs(step.forward_s - (1.6 - 0.10)) < 1e-9
     assert abs(step.drafter_rtt_s - 0.04) < 1e-9 and abs(step.predraft_wait_s) < 1e-12
     assert (step.drafter_messages, step.drafter_bytes_sent) == (20, 1000)
-    assert step.drafter_bytes_received == 0 and abs(step.ray_stream_s - 0.03) < 1e-12
+    assert step.drafter_bytes_received == 0 and abs(step.stream_s - 0.03) < 1e-12
     assert Breakdown.from_proto(after.to_proto()) == after

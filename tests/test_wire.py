@@ -16,9 +16,9 @@ from tandem.cluster.draft_channel import (
     DraftChannel,
     DrafterError,
     DraftServer,
-    Endpoint,
     wait,
 )
+from tandem.cluster.sockets import Endpoint
 from tandem.speculation.protocol import (
     WIRE_TYPES,
     DraftItem,
