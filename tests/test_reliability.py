@@ -268,9 +268,13 @@ def test_fuzz_grpc(service, client, fuzz_examples):
 def test_soak(service, client, references, soak_minutes, request):
     """16 streams for --soak-minutes (2 in make test, 30 in make soak), mixed modes and
     sampling: every greedy stream equals its unary twin, sampled ones have their full length,
-    and the resident memory of every tandem process stays within 5% after warm-up."""
+    and the resident memory of every tandem process stays within 5% after warm-up. Under this
+    load the target's memory climbs in steps for its first ~4 minutes and then stays flat, with
+    or without a leak (BENCHMARKS.md, "The GIL in the target actor"): from 30 s to 120 s it grew
+    6.4% once on a leak-free build, so the short soak of `make test` measures from 60 s, and
+    the 30-minute one (`make soak`, RELIABILITY.md) is the leak check that counts."""
     duration = soak_minutes * 60
-    warmup = max(30.0, duration / 4)
+    warmup = max(60.0, duration / 4)
     modes = (*MODES, "off")
     lanes = [Lane(i, mode=modes[i % len(modes)], sampled=i % 4 == 3) for i in range(16)]
     rss: dict[str, dict[int, int]] = {}
