@@ -111,7 +111,7 @@ class _Request:
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
-    outbox: Consumer
+    consumer: Consumer
     delivered: list[int] = field(default_factory=list)  # output tokens its caller has
     in_engine: bool = False
     strikes: int = 0  # failed steps it was a suspect of
@@ -158,22 +158,22 @@ class EngineLoop:
         if self._startup_error is not None:
             raise self._startup_error
 
-    # ---- asyncio side -------------------------------------------------------------------------
+    # ---- callers' side -------------------------------------------------------------------------
 
     def add(
         self,
         request_id: str,
         prompt_token_ids: list[int],
         params: SamplingParams,
-        outbox: Consumer,
+        consumer: Consumer,
     ) -> None:
         """Start a request; its outputs (deltas), then a RequestAborted if `abort` stops it
         first, a StepFailed if it broke an engine step, or the exception that failed it,
-        go to `outbox`. `request_id` must be unique among running requests; outputs must
+        go to `consumer`. `request_id` must be unique among running requests; outputs must
         be deltas (RequestOutputKind.DELTA), which is what a retry continues."""
         if params.output_kind != RequestOutputKind.DELTA:
             raise ValueError("EngineLoop needs RequestOutputKind.DELTA outputs")
-        self._commands.put(_Request(request_id, prompt_token_ids, params, outbox))
+        self._commands.put(_Request(request_id, prompt_token_ids, params, consumer))
 
     async def generate(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
@@ -325,10 +325,10 @@ class EngineLoop:
             if output.finished:
                 request.in_engine = False
                 del self._requests[request.request_id]
-            batches.setdefault(request.outbox, []).append((request.request_id, output))
-        for outbox, batch in batches.items():  # one batch per consumer
+            batches.setdefault(request.consumer, []).append((request.request_id, output))
+        for consumer, batch in batches.items():  # one batch per consumer
             start = time.perf_counter()
-            delivered = outbox.put(batch)
+            delivered = consumer.put(batch)
             self._deliveries += 1
             self._handoff_s += time.perf_counter() - start
             if not delivered:  # its consumer is gone: stop its requests
@@ -371,7 +371,7 @@ class EngineLoop:
     def _finish(self, request: _Request, exc: BaseException) -> None:
         """End a request with an exception raised in its caller."""
         if self._requests.pop(request.request_id, None) is not None:
-            request.outbox.put([(request.request_id, exc)])
+            request.consumer.put([(request.request_id, exc)])
 
 
 def _remaining(request: _Request) -> SamplingParams:

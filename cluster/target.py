@@ -14,6 +14,7 @@ tandem.plugins.engine.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -203,8 +204,6 @@ class TargetReplica:
         """Open while both ends live: it yields nothing, and breaks for the coordinator when
         this replica dies. When the coordinator closes it, its unfinished requests are
         aborted and its socket closed (on the engine thread, after the aborts)."""
-        import asyncio
-
         try:
             await asyncio.Event().wait()
             yield  # never reached: this is the shape of a Ray stream
