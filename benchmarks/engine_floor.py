@@ -140,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def call(name: str, method: str, *args: Any) -> Any:
         host = hosts[name]
-        if not name.startswith("ray-actor"):
-            return getattr(host, method)(*args)
-        return ray.get(getattr(host, method).remote(*args))
+        if isinstance(host, ray.actor.ActorHandle):
+            return ray.get(getattr(host, method).remote(*args))
+        return getattr(host, method)(*args)
 
     for name in hosts:
         call(name, "run", prompts[0], params)  # warm-up, not counted
