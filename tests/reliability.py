@@ -73,6 +73,29 @@ def wait_for(condition, timeout_s: float, interval_s: float = 0.5) -> bool:
     return True
 
 
+def noticed(stats: pb.Stats) -> int:
+    """Drafter calls that failed or missed their budget: how the target sees a drafter fault."""
+    return stats.drafter_failures + stats.drafter_timeouts
+
+
+def wait_drafting(client: TandemClient, timeout_s: float) -> bool:
+    """Whether, while streams run, a drafter answers the target and drafts flow. A drafter
+    restarted by Ray may be loading, or the target may not have seen the restart yet (its
+    calls to the dead one time out, `drafters_down` still 0): replies received and drafts
+    counted both growing mean the target drafts with a drafter that is up."""
+    before = client.stats()
+
+    def drafting() -> bool:
+        now = client.stats()
+        return (
+            now.drafters_down == 0
+            and now.breakdown.drafter_bytes_received > before.breakdown.drafter_bytes_received
+            and now.speculation.draft_tokens > before.speculation.draft_tokens
+        )
+
+    return wait_for(drafting, timeout_s)
+
+
 @dataclass
 class Lane:
     """One of several concurrent streams that request after request until told to stop."""

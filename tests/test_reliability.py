@@ -34,8 +34,10 @@ from .reliability import (
     Lane,
     check_greedy,
     drafter_pid,
+    noticed,
     run_lanes,
     tandem_processes,
+    wait_drafting,
     wait_for,
     wait_until_idle,
 )
@@ -108,9 +110,11 @@ def test_oversized_and_overlong_prompts_are_refused_before_any_work(client):
 
 @pytest.mark.timeout(600)
 def test_tokenizing_large_prompts_leaves_the_event_loop_free(service):
-    """Four prompts that take a while to tokenize (then turn out too long), and a GetModelInfo
-    sent right after them: it is answered first, while the tokenizer threads work."""
-    words = " ".join(f"w{i % 997}x{i % 13}" for i in range(18_000))  # ~160k characters
+    """Twelve prompts that take a while to tokenize (~0.1 s each, two tokenizer threads; then
+    they turn out too long), and a GetModelInfo sent right after them: it is answered before
+    most of them, while the tokenizer threads work (a blocked event loop answers it last)."""
+    # ~128k characters: under the length refused before any tokenizing, so each is tokenized.
+    words = " ".join(f"w{i % 997}x{i % 13}" for i in range(18_000))
     finished: list[str] = []
 
     async def scenario():
@@ -127,10 +131,10 @@ def test_tokenizing_large_prompts_leaves_the_event_loop_free(service):
                 assert (await aclient.model_info()).max_model_len == 2048
                 finished.append("info")
 
-            await asyncio.gather(*(big(i) for i in range(4)), info())
+            await asyncio.gather(*(big(i) for i in range(12)), info())
 
     asyncio.run(scenario())
-    assert finished[0] == "info", finished
+    assert finished.index("info") < 6, finished
 
 
 @pytest.mark.timeout(300)
@@ -337,21 +341,20 @@ def test_drafter_killed_repeatedly_under_16_streams(service, client, references)
     lanes = [Lane(i, mode=MODES[i % len(MODES)]) for i in range(16)]
     kills = []
 
-    def restarted(killed: int) -> bool:
-        return drafter_pid(service) not in (None, killed) and client.stats().drafters_down == 0
-
     async def until(lanes):
         await asyncio.gather(*(lane.started.wait() for lane in lanes))
         for _ in range(3):
             pid = drafter_pid(service)
             os.kill(pid, signal.SIGKILL)
             kills.append(pid)
-            drafted = client.stats().speculation.draft_tokens
-            back = await asyncio.to_thread(wait_for, lambda p=pid: restarted(p), 300)
-            assert back, "the drafter did not come back"
+            # Ray restarted the process and the target drafts with it again: only then is the
+            # next kill a fault of a drafter in use (a new process may still be loading).
             assert await asyncio.to_thread(
-                wait_for, lambda d=drafted: client.stats().speculation.draft_tokens > d, 300
-            ), "no drafts after the restart"
+                wait_for, lambda p=pid: drafter_pid(service) not in (None, p), 300
+            ), "the drafter did not come back"
+            assert await asyncio.to_thread(wait_drafting, client, 300), (
+                f"no drafts after the restart: {client.stats()}"
+            )
 
     asyncio.run(run_lanes(service.address, lanes, until))
     check_greedy(lanes, references)
@@ -359,8 +362,7 @@ def test_drafter_killed_repeatedly_under_16_streams(service, client, references)
     stats = client.stats()
     # Each kill is seen: a call in flight fails, or one sent meanwhile waits for the restarting
     # actor and misses its budget. Neither fails a request.
-    noticed = stats.drafter_failures + stats.drafter_timeouts
-    assert noticed - before.drafter_failures - before.drafter_timeouts >= 3
+    assert noticed(stats) - noticed(before) >= 3
     assert stats.requests_failed == before.requests_failed
     drafted = defaultdict(int)
     for lane in lanes:
@@ -375,12 +377,15 @@ def test_hung_drafter_is_late_not_failed_and_drafts_again_after_it_resumes(
 ):
     """SIGSTOP the drafter under 8 streams: requests go on without drafts (its late call is
     a timeout, not a failure, and no step waits for it again); after SIGCONT it drafts again."""
-    before = client.stats()
     lanes = [Lane(i, mode=MODES[i % len(MODES)]) for i in range(8)]
     drafter = drafter_pid(service)
 
     async def until(lanes):
         await asyncio.gather(*(lane.started.wait() for lane in lanes))
+        # A drafter still loading (restarted by an earlier test) would be stopped before the
+        # target calls it: first see it draft.
+        assert await asyncio.to_thread(wait_drafting, client, 300), "not drafting before SIGSTOP"
+        before = client.stats()
         os.kill(drafter, signal.SIGSTOP)
         try:
             stopped_at = sum(len(lane.done) for lane in lanes)
