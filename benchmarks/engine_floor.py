@@ -10,6 +10,9 @@ drafts), alternating prompt by prompt, and prints each one's forward per engine 
 
     python -m tandem.benchmarks.engine_floor --per-category 1
 
+`--vllm-ngram` runs vLLM's own ngram speculation in both hosts (this process and a bare Ray
+actor): does drafting, with nothing of tandem's in the engine, make the actor's forward slower?
+
 `--neighbour 0.05,0.2` asks the other question: does work on the *other* core slow the forward?
 It steps the in-process engine alone and beside a neighbour process that keeps that fraction of
 a core busy in short pure-Python bursts (what a coordinator and a client do per streamed token),
@@ -33,7 +36,9 @@ from tandem.benchmarks.workload import Prompt
 class EngineHost:
     """A VllmSystem in whatever process holds this object (a Ray actor: see `main`)."""
 
-    def __init__(self, name: str, path: str, speculative: bool = False) -> None:
+    def __init__(
+        self, name: str, path: str, speculative: bool = False, vllm_ngram: bool = False
+    ) -> None:
         from tandem.benchmarks.runner import configure_process
         from tandem.benchmarks.vllm_system import VllmSystem
         from tandem.cluster.config import TandemConfig
@@ -47,6 +52,13 @@ class EngineHost:
             args = engine_args(path, args, config.speculation)
             spec = args.pop("speculative_config")
             del args["model"]
+        elif vllm_ngram:  # the bench's vllm-ngram: the same k and n-gram sizes as tandem's
+            spec = {
+                "method": "ngram",
+                "num_speculative_tokens": config.speculation.num_speculative_tokens,
+                "prompt_lookup_min": config.speculation.drafters.ngram_min,
+                "prompt_lookup_max": config.speculation.drafters.ngram_max,
+            }
         self.system = VllmSystem(name, path, args, spec)
 
     def run(self, prompt: Prompt, params: GenerationParams) -> RequestRecord:
@@ -118,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="comma-separated core fractions: the in-process engine beside a busy process",
     )
+    parser.add_argument(
+        "--vllm-ngram",
+        action="store_true",
+        help="vLLM's ngram speculation in this process and in a bare Ray actor",
+    )
     args = parser.parse_args(argv)
 
     from tandem.cluster.config import TandemConfig
@@ -127,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     path = str(resolve_model(models.target, models.cache_dir()))
     prompts = _prompts(path, args.per_category)
     params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=0.0)
-    in_process = EngineHost("in-process", path)
+    in_process = EngineHost("in-process", path, vllm_ngram=args.vllm_ngram)
     hosts: dict[str, Any] = {"in-process": in_process}
     if args.neighbour:
         for duty in (float(d) for d in args.neighbour.split(",")):
@@ -135,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ray.init(include_dashboard=False, log_to_driver=False)
         remote = ray.remote(num_cpus=0)(EngineHost)
-        hosts["ray-actor"] = remote.remote("ray-actor", path)
-        hosts["ray-actor-spec"] = remote.remote("ray-actor-spec", path, True)
+        hosts["ray-actor"] = remote.remote("ray-actor", path, vllm_ngram=args.vllm_ngram)
+        if not args.vllm_ngram:
+            hosts["ray-actor-spec"] = remote.remote("ray-actor-spec", path, True)
 
     def call(name: str, method: str, *args: Any) -> Any:
         host = hosts[name]
