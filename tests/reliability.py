@@ -73,11 +73,6 @@ def wait_for(condition, timeout_s: float, interval_s: float = 0.5) -> bool:
     return True
 
 
-def noticed(stats: pb.Stats) -> int:
-    """Drafter calls that failed or missed their budget: how the target sees a drafter fault."""
-    return stats.drafter_failures + stats.drafter_timeouts
-
-
 def wait_drafting(client: TandemClient, timeout_s: float) -> bool:
     """Whether, while streams run, a drafter answers the target and drafts flow. A drafter
     restarted by Ray may be loading, or the target may not have seen the restart yet (its
