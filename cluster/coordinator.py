@@ -150,20 +150,24 @@ class ReplicaStream:
         return queue
 
     async def _read(self, inbox: OutputInbox, subscriber: str) -> None:
-        receiving = asyncio.create_task(self._receive(inbox))
         stream = self.actor.outputs.remote(subscriber)
-        try:
-            async for ref in stream:  # nothing comes but, when the replica dies, its error
-                await ref
-            error: Exception = RuntimeError("the replica closed its output stream")
-        except Exception as exc:  # the replica died
-            error = exc
+        watching = asyncio.ensure_future(self._watch(stream))
+        receiving = asyncio.ensure_future(self._receive(inbox))
+        try:  # whichever ends first ends the subscription: a dead replica, a broken socket
+            done, _ = await asyncio.wait((watching, receiving), return_when=asyncio.FIRST_COMPLETED)
+            error = done.pop().exception() or RuntimeError("the replica closed its output stream")
         finally:
             ray.cancel(stream)
+            watching.cancel()
             receiving.cancel()
             inbox.close()
-        for queue in self.queues.values():  # fail what waits on the stream
+        for queue in self.queues.values():  # fail what waits on the subscription
             queue.put_nowait(error)
+
+    @staticmethod
+    async def _watch(stream: Any) -> None:
+        async for ref in stream:  # nothing comes but, when the replica dies, its error
+            await ref
 
     async def _receive(self, inbox: OutputInbox) -> None:
         while True:
