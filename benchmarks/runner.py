@@ -41,6 +41,7 @@ from tandem.benchmarks.workload import (
     render,
     select,
 )
+from tandem.cluster.cpus import keep_off, node_cpus
 
 SCHEMA = "tandem-bench/1"
 T = TypeVar("T")
@@ -76,13 +77,16 @@ def threads_per_engine(config: Any) -> int:
 
 
 def configure_process(config: Any) -> int:
-    """Set threads and the target's vLLM environment for this process before any engine.
+    """Set threads, the target's vLLM environment and its CPU binding for this process before
+    any engine: like a tandem target's, the in-process engines compute on cores of their own
+    (`engine_cpus`), and every other thread of the bench keeps off them.
 
     NUMBA_NUM_THREADS matters: vLLM's ngram drafter runs numba parallel code, and numba's default
     of one OpenMP worker per core left spinning workers that slowed every engine step up to 30x
     on a 2-core machine (vLLM itself caps the drafter at one numba thread).
     """
     threads = threads_per_engine(config)
+    keep_off(config.target.core_binding())
     os.environ.update(config.target.env)
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -91,6 +95,11 @@ def configure_process(config: Any) -> int:
 
     torch.set_num_threads(threads)
     return threads
+
+
+def engine_cpus(config: Any) -> frozenset[int] | None:
+    """The CPUs the bench's in-process engines compute on: a tandem target replica 0's."""
+    return config.target.core_binding().engine_cpus(0, node_cpus())
 
 
 def build_order(names: Sequence[str]) -> list[str]:
@@ -146,6 +155,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
         ngram_max=spec.drafters.ngram_max,
         address=options.address,
         threads=threads,
+        engine_cpus=engine_cpus(config),
     )
     params = options.generation
     builder = Builder(setup)
@@ -320,7 +330,9 @@ def _cost(
     from tandem.benchmarks.vllm_system import VllmSystem
 
     args = {**setup.engine_args, "enable_prefix_caching": True}
-    engine = VllmSystem("cost", setup.model_path, args, None, "prefix-cached target")
+    engine = VllmSystem(
+        "cost", setup.model_path, args, None, "prefix-cached target", setup.engine_cpus
+    )
     try:
         max_len = engine.engine.vllm_config.model_config.max_model_len
         fit = fitting(prompts, max_len, params.max_new_tokens)[0] or prompts

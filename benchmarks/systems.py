@@ -124,6 +124,7 @@ class Setup:
     ngram_max: int = 4
     address: str | None = None  # a running tandem server instead of starting one
     threads: int = 1  # per engine (vLLM's server gets the same)
+    engine_cpus: frozenset[int] | None = None  # where engines compute (tandem.cluster.cpus)
 
 
 # Drafters whose state spans requests (SuffixDecoding's shared trie of recent outputs, Token
@@ -214,10 +215,11 @@ class Builder:
             from tandem.benchmarks.vllm_serve_system import VllmServeSystem
 
             args = (setup.model_path, setup.engine_args, spec, setup.threads, description)
-            return VllmServeSystem(name, *args)
+            return VllmServeSystem(name, *args, cpus=setup.engine_cpus)
         from tandem.benchmarks.vllm_system import VllmSystem
 
-        return VllmSystem(name, setup.model_path, setup.engine_args, spec, description)
+        args = (setup.model_path, setup.engine_args, spec, description, setup.engine_cpus)
+        return VllmSystem(name, *args)
 
     def _speculative_config(self, name: str) -> dict[str, Any] | None:
         """vLLM's speculative config of a vllm-* system: the same k, n-gram sizes and draft

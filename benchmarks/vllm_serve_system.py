@@ -30,6 +30,7 @@ from tandem.benchmarks.records import (
     concurrently,
 )
 from tandem.benchmarks.workload import Prompt
+from tandem.cluster.cpus import BIND, node_cpus, on_cpus
 
 STARTUP_TIMEOUT_S = 600.0
 
@@ -56,12 +57,14 @@ def server_command(
     return command
 
 
-def server_env(threads: int) -> dict[str, str]:
+def server_env(threads: int, cpus: frozenset[int] | None = None) -> dict[str, str]:
     """This process's environment (the target's vLLM settings, threads), with the engine in
-    its own process as `vllm serve` runs it by default."""
+    its own process as `vllm serve` runs it by default, bound by vLLM itself to the CPUs the
+    other engines compute on (`cpus`; None: not bound)."""
     env = dict(os.environ)
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
     env["OMP_NUM_THREADS"] = str(threads)
+    env[BIND] = ",".join(map(str, sorted(cpus))) if cpus else "nobind"
     return env
 
 
@@ -76,6 +79,7 @@ class VllmServeSystem:
         speculative_config: dict[str, Any] | None,
         threads: int,
         description: str = "",
+        cpus: frozenset[int] | None = None,
     ) -> None:
         import httpx
 
@@ -89,14 +93,17 @@ class VllmServeSystem:
         self.model = model_path
         # The server's output, read back if it fails to start; closed in close().
         self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            self.command,
-            env=server_env(threads),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,  # its engine-core child goes with it on close
-        )
+        # Started on every CPU, as from a shell (the bench's own threads keep off the engines'
+        # CPUs): vLLM binds its engine's threads itself, within the mask it starts with.
+        with on_cpus(node_cpus()):
+            self.proc = subprocess.Popen(
+                self.command,
+                env=server_env(threads, cpus),
+                stdout=self.log,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,  # its engine-core child goes with it on close
+            )
         self.client = httpx.Client(base_url=self.url, timeout=None)
         try:
             self._wait_ready()

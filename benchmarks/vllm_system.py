@@ -17,6 +17,7 @@ from typing import Any
 
 from tandem.benchmarks.records import ConcurrencyRun, GenerationParams, RequestRecord, Trace
 from tandem.benchmarks.workload import Prompt
+from tandem.cluster.cpus import on_cpus
 from tandem.cluster.figures import Breakdown, EngineTimes
 from tandem.plugins.timers import StepTimers
 
@@ -59,11 +60,15 @@ class VllmSystem:
         engine_args: dict[str, Any],
         speculative_config: dict[str, Any] | None = None,
         description: str = "",
+        cpus: frozenset[int] | None = None,
     ) -> None:
+        """`cpus`: where the engine computes (tandem.cluster.cpus); the bench's thread runs
+        there while it steps this engine."""
         from vllm.engine.arg_utils import EngineArgs
         from vllm.v1.engine.llm_engine import LLMEngine
 
         self.name = name
+        self.cpus = cpus
         self.description = description
         self.speculative_config = speculative_config
         self.engine_args = dict(engine_args)
@@ -76,7 +81,8 @@ class VllmSystem:
         )
         self._counter = _spec_counter() if speculative_config is not None else None
         loggers = [lambda config, index: self._counter] if self._counter else None
-        self.engine = LLMEngine.from_engine_args(args, stat_loggers=loggers)
+        with on_cpus(cpus):
+            self.engine = LLMEngine.from_engine_args(args, stat_loggers=loggers)
         self._ids = itertools.count()
         self._timers = StepTimers()
         self._timers.install(self.engine)
@@ -136,13 +142,14 @@ class VllmSystem:
         params = SamplingParams(temperature=0.0, max_tokens=1)
         engine_input = self.engine.renderer.render_cmpl([{"prompt_token_ids": list(token_ids)}])
         request_id = f"{self.name}-cost-{next(self._ids)}"
-        start = time.perf_counter()
-        self.engine.add_request(request_id, engine_input[0], params)
-        cached = 0
-        while self.engine.has_unfinished_requests():
-            for output in self.engine.step():
-                cached = output.num_cached_tokens or 0
-        return time.perf_counter() - start, cached
+        with on_cpus(self.cpus):
+            start = time.perf_counter()
+            self.engine.add_request(request_id, engine_input[0], params)
+            cached = 0
+            while self.engine.has_unfinished_requests():
+                for output in self.engine.step():
+                    cached = output.num_cached_tokens or 0
+            return time.perf_counter() - start, cached
 
     def breakdown(self) -> Breakdown:
         """The engine's step, part by part, summed so far (what tandem's GetStats reports)."""
@@ -177,35 +184,36 @@ class VllmSystem:
         )
         render = self.engine.renderer.render_cmpl
         inputs = deque((p, render([{"prompt_token_ids": list(p.token_ids)}])[0]) for p in prompts)
-        traces: list[Trace] = []
-        live: dict[str, Trace] = {}
-        start = step_end = time.perf_counter()
-        while inputs or live:
-            while inputs and len(live) < concurrency:
-                prompt, engine_input = inputs.popleft()
-                request_id = f"{self.name}-{next(self._ids)}"
-                trace = Trace(prompt, time.perf_counter())
-                self.engine.add_request(request_id, engine_input, sampling)
-                traces.append(trace)
-                live[request_id] = trace
-            step_start = time.perf_counter()
-            outputs = self.engine.step()
-            now = time.perf_counter()
-            self._between_s += step_start - step_end
-            self._step_s += now - step_start
-            self._steps += 1
-            step_end = now
-            for output in outputs:
-                trace = live.get(output.request_id)
-                if trace is None:
-                    continue
-                completion = output.outputs[0]
-                self._tokens += len(completion.token_ids)
-                trace.observe(completion.token_ids, now)
-                if output.finished:
-                    trace.finish(completion.finish_reason, now)
-                    del live[output.request_id]
-        return traces, time.perf_counter() - start
+        with on_cpus(self.cpus):  # the thread runs on the engine's CPUs while it steps it
+            traces: list[Trace] = []
+            live: dict[str, Trace] = {}
+            start = step_end = time.perf_counter()
+            while inputs or live:
+                while inputs and len(live) < concurrency:
+                    prompt, engine_input = inputs.popleft()
+                    request_id = f"{self.name}-{next(self._ids)}"
+                    trace = Trace(prompt, time.perf_counter())
+                    self.engine.add_request(request_id, engine_input, sampling)
+                    traces.append(trace)
+                    live[request_id] = trace
+                step_start = time.perf_counter()
+                outputs = self.engine.step()
+                now = time.perf_counter()
+                self._between_s += step_start - step_end
+                self._step_s += now - step_start
+                self._steps += 1
+                step_end = now
+                for output in outputs:
+                    trace = live.get(output.request_id)
+                    if trace is None:
+                        continue
+                    completion = output.outputs[0]
+                    self._tokens += len(completion.token_ids)
+                    trace.observe(completion.token_ids, now)
+                    if output.finished:
+                        trace.finish(completion.finish_reason, now)
+                        del live[output.request_id]
+            return traces, time.perf_counter() - start
 
     def _spec_counters(self) -> tuple[int, int, int]:
         """This engine's spec-decode counters so far: drafts, draft tokens, accepted tokens."""

@@ -90,6 +90,7 @@ def start(config: TandemConfig) -> Deployment:
                 speculation,
                 drafters.actors if drafters else [],
                 features,
+                i,
             ),
             max_restarts=target.max_restarts,
         )
@@ -145,7 +146,7 @@ def start_drafters(config: TandemConfig, target_path: Path, head: Path | None = 
         request_for("drafters", pool),
         DrafterReplica,
         pool.env,
-        lambda i: (f"drafter-{i}", setup, factories),
+        lambda i: (f"drafter-{i}", setup, factories, config.target.core_binding()),
         max_restarts=pool.max_restarts,
     )
 

@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from tandem.cluster.cpus import BIND, CoreBinding
 from tandem.models import DEFAULT_MODEL, ModelStore, default_models_dir
 from tandem.speculation.protocol import Mode
 
@@ -133,12 +134,27 @@ class TargetPoolConfig(_PoolConfig):
     env: dict[str, str] = Field(
         default_factory=lambda: {
             "VLLM_CPU_KVCACHE_SPACE": "1",
-            "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+            # The engine computes on a core of its own (tandem.cluster.cpus).
+            "VLLM_CPU_OMP_THREADS_BIND": "auto",
             "VLLM_LOGGING_LEVEL": "WARNING",
         }
     )
 
     max_restarts: int = Field(-1, ge=-1)  # Ray restarts a dead target replica (-1: always)
+
+    @field_validator("env")
+    @classmethod
+    def _known_binding(cls, value: dict[str, str]) -> dict[str, str]:
+        if BIND in value:
+            try:
+                CoreBinding(value[BIND])
+            except ValueError as exc:
+                raise ValueError(f"{BIND}: nobind, auto or CPU lists; {exc}") from None
+        return value
+
+    def core_binding(self) -> CoreBinding:
+        """Where each replica's engine computes on its node (tandem.cluster.cpus)."""
+        return CoreBinding.of(self.env, self.resources.get("CPU", 1), self.replicas)
 
     @field_validator("engine_args")
     @classmethod

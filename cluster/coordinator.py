@@ -31,6 +31,7 @@ import ray
 from tandem.cluster import bootstrap
 from tandem.cluster.bootstrap import Deployment
 from tandem.cluster.config import TandemConfig
+from tandem.cluster.cpus import keep_off
 from tandem.cluster.figures import (
     Breakdown,
     Counters,
@@ -228,6 +229,8 @@ class Coordinator:
 
     @classmethod
     def start(cls, config: TandemConfig) -> Coordinator:
+        """Place the pools; this process (a Serve replica, say) keeps off their engines' CPUs."""
+        keep_off(config.target.core_binding())
         return cls(config, bootstrap.start(config))
 
     # ---- requests -----------------------------------------------------------------------------
@@ -450,6 +453,7 @@ class Coordinator:
                     requests_served=r.requests_served if r else 0,
                     generated_tokens=r.generated_tokens if r else 0,
                     up=r is not None,
+                    engine_cpus=info.engine_cpus,
                 )
                 for i, (r, info) in enumerate(
                     zip(figures, self.deployment.target_infos, strict=True)

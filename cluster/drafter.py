@@ -18,6 +18,7 @@ from typing import Any
 
 import ray
 
+from tandem.cluster.cpus import CoreBinding, keep_off
 from tandem.cluster.draft_channel import DraftServer
 from tandem.cluster.figures import DrafterLoad
 from tandem.cluster.sockets import Endpoint
@@ -36,8 +37,14 @@ class DrafterInfo:
 
 class DrafterReplica:
     def __init__(
-        self, replica_id: str, setup: DrafterSetup, factories: Mapping[str, SourceFactory]
+        self,
+        replica_id: str,
+        setup: DrafterSetup,
+        factories: Mapping[str, SourceFactory],
+        binding: CoreBinding | None = None,
     ) -> None:
+        """`binding`: the target engines' CPUs, which this process keeps off."""
+        keep_off(binding or CoreBinding())
         self.replica_id = replica_id
         pool = setup.config.drafters
         draft_model, target = setup.draft_model, setup.target

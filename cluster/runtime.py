@@ -12,6 +12,7 @@ from ray._private import ray_constants
 
 from tandem.cluster.config import RayConfig, TandemConfig
 from tandem.cluster.coordinator import Coordinator
+from tandem.cluster.cpus import keep_off
 from tandem.cluster.server import Server, serve_until_signal
 
 log = logging.getLogger("tandem")
@@ -50,6 +51,8 @@ def connect_ray(config: RayConfig) -> bool:
 def run_service(config: TandemConfig, on_ready: Callable[[Server], None] | None = None) -> None:
     """Serve until SIGTERM/SIGINT; then drain, stop the actors and an embedded Ray cluster."""
     config.check_serving()  # no token on a network address: refused before anything starts
+    # Off the target engines' CPUs before Ray starts: an embedded cluster's daemons inherit it.
+    keep_off(config.target.core_binding())
     embedded = connect_ray(config.ray)
     coordinator = None
     try:

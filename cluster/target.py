@@ -75,6 +75,7 @@ class ReplicaInfo:
     max_model_len: int
     vocab_size: int
     eos_token_ids: list[int]
+    engine_cpus: list[int]  # the CPUs its engine computes on (tandem.cluster.cpus); []: any
 
 
 class Subscription:
@@ -113,13 +114,22 @@ class TargetReplica:
         speculation: SpeculationConfig | None = None,
         drafters: list[Any] = (),
         features: tuple[int, ...] = (),
+        index: int = 0,
     ) -> None:
+        """`index`: this replica's in its pool, which picks its engine's CPUs."""
         from vllm.engine.arg_utils import EngineArgs
 
+        from tandem.cluster.cpus import bind_process, keep_off, node_cpus
         from tandem.cluster.engine import EngineLoop
         from tandem.plugins.engine import APPLY_FIXES, ATTACH, engine_args
 
         self.replica_id = replica_id
+        binding = target.core_binding()
+        self.engine_cpus = binding.engine_cpus(index, node_cpus())
+        if self.engine_cpus:  # the whole process: its other threads share the GIL with the engine
+            bind_process(self.engine_cpus)
+        else:
+            keep_off(binding)
         # Resolved on this node (fetched, prepared or baked in): never a path from another node.
         model_path = str(models.store().resolve(models.target))
         self.model_path = model_path
@@ -167,6 +177,7 @@ class TargetReplica:
             max_model_len=model_config.max_model_len,
             vocab_size=model_config.get_vocab_size(),
             eos_token_ids=[i for i in eos_ids if i is not None],
+            engine_cpus=sorted(self.engine_cpus or ()),
         )
 
     async def submit(self, request: PreparedRequest, subscriber: str, endpoint: Endpoint) -> None:

@@ -253,7 +253,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaStats(_message.Message):
-    __slots__ = ("replica_id", "node_id", "outstanding", "engine_unfinished", "requests_served", "generated_tokens", "up")
+    __slots__ = ("replica_id", "node_id", "outstanding", "engine_unfinished", "requests_served", "generated_tokens", "up", "engine_cpus")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     OUTSTANDING_FIELD_NUMBER: _ClassVar[int]
@@ -261,6 +261,7 @@ class ReplicaStats(_message.Message):
     REQUESTS_SERVED_FIELD_NUMBER: _ClassVar[int]
     GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     UP_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_CPUS_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     node_id: str
     outstanding: int
@@ -268,7 +269,8 @@ class ReplicaStats(_message.Message):
     requests_served: int
     generated_tokens: int
     up: bool
-    def __init__(self, replica_id: _Optional[str] = ..., node_id: _Optional[str] = ..., outstanding: _Optional[int] = ..., engine_unfinished: _Optional[int] = ..., requests_served: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., up: _Optional[bool] = ...) -> None: ...
+    engine_cpus: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, replica_id: _Optional[str] = ..., node_id: _Optional[str] = ..., outstanding: _Optional[int] = ..., engine_unfinished: _Optional[int] = ..., requests_served: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., up: _Optional[bool] = ..., engine_cpus: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DrafterStats(_message.Message):
     __slots__ = ("replica_id", "node_id", "requests", "mirror_hints_used")

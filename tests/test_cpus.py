@@ -1,0 +1,82 @@
+"""Where the target's engine computes (tandem.cluster.cpus): vLLM's VLLM_CPU_OMP_THREADS_BIND read
+for tandem's in-process engines, and a config naming CPUs that are no CPU list refused."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+
+import pytest
+
+from tandem.cluster.config import ConfigError, TandemConfig
+from tandem.cluster.cpus import CoreBinding, keep_off, on_cpus, parse_cpu_list
+
+pytestmark = pytest.mark.timeout(30)
+NODE = frozenset(range(8))
+
+
+def test_cpu_lists_in_vllms_syntax():
+    assert parse_cpu_list("1") == {1}
+    assert parse_cpu_list("2-3,6") == {2, 3, 6}
+    for bad in ("", "a", "3-1", "1,,2", "-1"):
+        with pytest.raises(ValueError):
+            parse_cpu_list(bad)
+
+
+def test_auto_gives_replicas_the_last_cpus_while_there_are():
+    binding = CoreBinding("auto", cpus_per_replica=2, replicas=5)
+    assert [binding.engine_cpus(i, NODE) for i in range(5)] == [
+        {6, 7},
+        {4, 5},
+        {2, 3},
+        {0, 1},
+        None,  # past the node's CPUs: not bound
+    ]
+    assert binding.engines(NODE) == NODE
+    assert CoreBinding("auto").engines(frozenset({0, 1})) == {1}
+
+
+def test_lists_are_per_replica_and_cut_to_the_node():
+    binding = CoreBinding("1|2-3|9", replicas=4)
+    assert [binding.engine_cpus(i, NODE) for i in range(4)] == [{1}, {2, 3}, None, {1}]
+    assert binding.engines(NODE) == {1, 2, 3}
+
+
+def test_nobind_binds_nothing():
+    binding = CoreBinding("nobind", replicas=2)
+    assert binding.engine_cpus(0, NODE) is None and binding.engines(NODE) == frozenset()
+
+
+def test_the_default_config_binds_and_a_bad_list_is_refused_naming_the_field():
+    binding = TandemConfig().target.core_binding()
+    assert binding == CoreBinding("auto", cpus_per_replica=1, replicas=1)
+    with pytest.raises(ConfigError, match="target.env: VLLM_CPU_OMP_THREADS_BIND: .*'1-x'"):
+        TandemConfig.from_dict({"target": {"env": {"VLLM_CPU_OMP_THREADS_BIND": "1-x"}}})
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="binding needs two CPUs")
+def test_keep_off_moves_threads_and_on_cpus_binds_one_for_a_while():
+    """In a thread of its own, so that the test process keeps its mask."""
+    seen = {}
+
+    def probe():
+        node = frozenset(os.sched_getaffinity(0))
+        last = max(node)
+        keep_off(CoreBinding("auto"))
+        seen["off"] = os.sched_getaffinity(0)
+        with on_cpus(frozenset({last})):
+            seen["on"] = os.sched_getaffinity(0)
+        seen["after"] = os.sched_getaffinity(0)
+        seen["node"], seen["last"] = node, last
+
+    before = {t: os.sched_getaffinity(t) for t in map(int, os.listdir("/proc/self/task"))}
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    for tid, mask in before.items():  # keep_off moved the whole process: put it back
+        with contextlib.suppress(OSError):  # a thread that has ended
+            os.sched_setaffinity(tid, mask)
+    assert seen["off"] == seen["node"] - {seen["last"]}
+    assert seen["on"] == {seen["last"]}
+    assert seen["after"] == seen["off"]
