@@ -39,7 +39,7 @@ class EngineHost:
     def __init__(
         self, name: str, path: str, speculative: bool = False, vllm_ngram: bool = False
     ) -> None:
-        from tandem.benchmarks.runner import configure_process
+        from tandem.benchmarks.runner import configure_process, engine_cpus
         from tandem.benchmarks.vllm_system import VllmSystem
         from tandem.cluster.config import TandemConfig
         from tandem.plugins.engine import engine_args
@@ -59,7 +59,7 @@ class EngineHost:
                 "prompt_lookup_min": config.speculation.drafters.ngram_min,
                 "prompt_lookup_max": config.speculation.drafters.ngram_max,
             }
-        self.system = VllmSystem(name, path, args, spec)
+        self.system = VllmSystem(name, path, args, spec, cpus=engine_cpus(config))
 
     def run(self, prompt: Prompt, params: GenerationParams) -> RequestRecord:
         return self.system.run(prompt, params)

@@ -33,6 +33,10 @@ from tandem.benchmarks.workload import Prompt
 from tandem.cluster.cpus import BIND, node_cpus, on_cpus
 
 STARTUP_TIMEOUT_S = 600.0
+# vLLM's workers poll for their next input in a busy loop for 1 s after each one
+# (`vllm/distributed/device_communicators/shm_broadcast.py`, busy_loop_s): the system the bench
+# runs next must not share its CPUs with that, so a run ends once it is over (after its record).
+WORKER_SPIN_S = 1.2
 
 
 def server_command(
@@ -174,6 +178,7 @@ class VllmServeSystem:
             record.draft_tokens, record.accepted_tokens = (
                 a - b for a, b in zip(after, before, strict=True)
             )
+        time.sleep(WORKER_SPIN_S)
         return record
 
     def _spec_counters(self) -> tuple[int, int]:
@@ -195,7 +200,9 @@ class VllmServeSystem:
     def run_concurrent(
         self, prompts: Sequence[Prompt], concurrency: int, params: GenerationParams
     ) -> ConcurrencyRun:
-        return asyncio.run(self._concurrent(prompts, concurrency, params))
+        run = asyncio.run(self._concurrent(prompts, concurrency, params))
+        time.sleep(WORKER_SPIN_S)
+        return run
 
     async def _concurrent(
         self, prompts: Sequence[Prompt], concurrency: int, params: GenerationParams
