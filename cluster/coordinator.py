@@ -31,7 +31,6 @@ import ray
 from tandem.cluster import bootstrap
 from tandem.cluster.bootstrap import Deployment
 from tandem.cluster.config import TandemConfig
-from tandem.cluster.cpus import keep_off
 from tandem.cluster.figures import (
     Breakdown,
     Counters,
@@ -229,8 +228,6 @@ class Coordinator:
 
     @classmethod
     def start(cls, config: TandemConfig) -> Coordinator:
-        """Place the pools; this process (a Serve replica, say) keeps off their engines' CPUs."""
-        keep_off(config.target.core_binding())
         return cls(config, bootstrap.start(config))
 
     # ---- requests -----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from tandem.cluster.api import TandemAPI
 from tandem.cluster.auth import authorized
 from tandem.cluster.config import TandemConfig
 from tandem.cluster.coordinator import Chunk, Coordinator
+from tandem.cluster.cpus import keep_off
 from tandem.cluster.metrics import start_metrics
 from tandem.cluster.requests import RequestError
 from tandem.deploy import openai_api
@@ -114,6 +115,7 @@ class TandemDeployment:
         self.config = TandemConfig.from_dict(config)
         auth = self.config.server.auth
         self.token = auth.token() if auth else None
+        keep_off(self.config.target.core_binding())  # this replica off the target engines' CPUs
         self.coordinator = Coordinator.start(self.config)
         self.api = TandemAPI(self.coordinator)
         self.model = self.config.models.target
