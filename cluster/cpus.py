@@ -12,9 +12,11 @@ longer than no binding at all.
 The cores are named by vLLM's own setting, VLLM_CPU_OMP_THREADS_BIND in `target.env`, which
 `vllm serve` honours (its worker's OpenMP threads) and vLLM's in-process engine ignores; tandem
 reads it for its in-process engines:
-- `nobind`: no binding; the OS places every thread.
-- `auto` (vLLM's default): each replica takes `target.resources.CPU` of its node's CPUs, counted
-  from the last (replica 0 the very last), while there are; a replica past them is not bound.
+- `nobind` (tandem's default, and when the variable is absent): no binding; the OS places every
+  thread.
+- `auto` (vLLM's default; tandem's once the whole test suite passes with it): each replica takes
+  `target.resources.CPU` of its node's CPUs, counted from the last (replica 0 the very last),
+  while there are; a replica past them is not bound.
 - CPU lists, vLLM's syntax ("1", "2-3,6"), one per replica separated by "|" (replica i takes list
   i modulo their number).
 A target replica's process (its engine thread, the OpenMP threads that starts, and every thread
@@ -71,7 +73,7 @@ class CoreBinding:
     @classmethod
     def of(cls, env: dict[str, str], cpus: float, replicas: int) -> CoreBinding:
         """From a target pool's env, its CPUs per replica and its replica count."""
-        return cls(env.get(BIND, "auto"), max(1, int(cpus)), replicas)
+        return cls(env.get(BIND, "nobind"), max(1, int(cpus)), replicas)
 
     def engine_cpus(self, replica: int, node: frozenset[int]) -> frozenset[int] | None:
         """The CPUs replica `replica`'s engine computes on, of the node's `node`; None: not

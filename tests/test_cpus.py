@@ -48,9 +48,13 @@ def test_nobind_binds_nothing():
     assert binding.engine_cpus(0, NODE) is None and binding.engines(NODE) == frozenset()
 
 
-def test_the_default_config_binds_and_a_bad_list_is_refused_naming_the_field():
-    binding = TandemConfig().target.core_binding()
-    assert binding == CoreBinding("auto", cpus_per_replica=1, replicas=1)
+def test_the_config_names_the_binding_and_a_bad_list_is_refused_naming_the_field():
+    assert TandemConfig().target.core_binding() == CoreBinding("nobind")
+    env = {"VLLM_CPU_OMP_THREADS_BIND": "auto"}
+    config = TandemConfig.from_dict({"target": {"env": env, "replicas": 2}})
+    assert config.target.core_binding() == CoreBinding("auto", cpus_per_replica=1, replicas=2)
+    absent = TandemConfig.from_dict({"target": {"env": {}}})  # vLLM's "auto" only when asked
+    assert absent.target.core_binding() == CoreBinding("nobind")
     with pytest.raises(ConfigError, match="target.env: VLLM_CPU_OMP_THREADS_BIND: .*'1-x'"):
         TandemConfig.from_dict({"target": {"env": {"VLLM_CPU_OMP_THREADS_BIND": "1-x"}}})
 

@@ -6,7 +6,6 @@ streams running. One service for the module; the drain test stops it, so it runs
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import os
@@ -24,7 +23,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tandem.client import AsyncTandemClient, TandemClient, build_request
-from tandem.cluster.cpus import node_cpus
 from tandem.protos import tandem_pb2 as pb
 
 from .conftest import start_service
@@ -172,26 +170,6 @@ def test_the_embedded_ray_cluster_listens_on_loopback_only(service, client):
         a for a in listening if not ipaddress.ip_address(a.ip.removeprefix("::ffff:")).is_loopback
     ]
     assert not exposed, exposed
-
-
-def test_the_target_engine_computes_on_a_core_of_its_own(service, client):
-    """The default `auto` binding (tandem.cluster.cpus): the target actor's process on the last
-    CPU, every other process of the service (server, Ray's daemons, the drafter) on the rest;
-    GetStats says which CPU."""
-    node = node_cpus()
-    last = max(node)
-    assert list(client.stats().replicas[0].engine_cpus) == [last]
-    masks = defaultdict(list)  # role -> each thread's CPUs
-    root = psutil.Process(service.proc.pid)
-    roles = tandem_processes(service)
-    targets = {p.pid for p in roles["target"]}
-    for process in [root, *root.children(recursive=True)]:
-        role = "target" if process.pid in targets else "other"
-        for thread in process.threads():
-            with contextlib.suppress(OSError):  # a thread that has just ended
-                masks[role].append(frozenset(os.sched_getaffinity(thread.id)))
-    assert set(masks["target"]) == {frozenset({last})}
-    assert set(masks["other"]) == {node - {last} or node}  # one CPU: nothing to keep off
 
 
 # ---- ids, cancellation, stats ---------------------------------------------------------------

@@ -1,0 +1,58 @@
+"""CPU binding on the real service (embedded Ray, a vLLM target, a drafter, gRPC on loopback) with
+`VLLM_CPU_OMP_THREADS_BIND: auto` (tandem.cluster.cpus): where every thread runs, and greedy output
+still equal to the target alone's."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import defaultdict
+
+import psutil
+import pytest
+
+from tandem.client import TandemClient
+from tandem.cluster.cpus import node_cpus
+
+from .conftest import start_service
+from .reliability import DEADLINE_S, PROMPTS, tandem_processes
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "auto"}
+
+
+@pytest.fixture(scope="module")
+def service():
+    yield from start_service({"target": {"env": ENV}})
+
+
+def test_the_target_replica_computes_on_a_core_of_its_own(service):
+    """The target actor's process on the node's last CPU, every other process of the service
+    (server, Ray's daemons, the drafter) on the rest; GetStats says which CPU."""
+    node = node_cpus()
+    last = max(node)
+    with TandemClient(service.address, timeout=DEADLINE_S) as client:
+        assert list(client.stats().replicas[0].engine_cpus) == [last]
+    masks = defaultdict(set)  # role -> the CPU sets its threads may run on
+    root = psutil.Process(service.proc.pid)
+    targets = {p.pid for p in tandem_processes(service)["target"]}
+    assert targets
+    for process in [root, *root.children(recursive=True)]:
+        role = "target" if process.pid in targets else "other"
+        for thread in process.threads():
+            with contextlib.suppress(OSError):  # a thread that has just ended
+                masks[role].add(frozenset(os.sched_getaffinity(thread.id)))
+    assert masks["target"] == {frozenset({last})}
+    assert masks["other"] == {node - {last} or node}  # one CPU: nothing to keep off
+
+
+def test_bound_greedy_output_equals_the_target_alone(service):
+    with TandemClient(service.address, timeout=DEADLINE_S) as client:
+        drafted = 0
+        for prompt in PROMPTS[:3]:
+            alone = client.generate(prompt, temperature=0, max_tokens=32, speculation="off")
+            spec = client.generate(prompt, temperature=0, max_tokens=32, speculation="ngram")
+            assert list(spec.token_ids) == list(alone.token_ids)
+            drafted += spec.speculation.draft_tokens
+        assert drafted > 0
