@@ -116,7 +116,7 @@ class TargetReplica:
         features: tuple[int, ...] = (),
         index: int = 0,
     ) -> None:
-        """`index`: this replica's in its pool, which picks its engine's CPUs."""
+        """`index`: this replica's place in its pool, which picks its engine's CPUs."""
         from vllm.engine.arg_utils import EngineArgs
 
         from tandem.cluster.cpus import bind_process, keep_off, node_cpus
