@@ -22,9 +22,9 @@ reads it for its in-process engines:
 A target replica's process (its engine thread, the OpenMP threads that starts, and every thread
 that serves it) runs on its CPUs; every other process tandem starts on a node (the drafters,
 the coordinator, an embedded Ray cluster's daemons, a replica left unbound) keeps off the CPUs
-of all the replicas, if that leaves any. CPU
-ids are a node's own: a drafter or coordinator on another node keeps off the same ids there,
-and replicas are counted by their index in the pool, wherever they are placed.
+of all the replicas, if that leaves any. CPU ids are a node's own: a drafter or coordinator on
+another node keeps off the same ids there, and replicas are counted by their index in the pool,
+wherever they are placed.
 """
 
 from __future__ import annotations
