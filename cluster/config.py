@@ -134,9 +134,8 @@ class TargetPoolConfig(_PoolConfig):
     env: dict[str, str] = Field(
         default_factory=lambda: {
             "VLLM_CPU_KVCACHE_SPACE": "1",
-            # auto: the engine computes on a core of its own (tandem.cluster.cpus); off by
-            # default until the whole test suite has passed with it.
-            "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+            # auto (vLLM's default): the engine computes on a core of its own (tandem.cluster.cpus).
+            "VLLM_CPU_OMP_THREADS_BIND": "auto",
             "VLLM_LOGGING_LEVEL": "WARNING",
         }
     )
@@ -154,8 +153,12 @@ class TargetPoolConfig(_PoolConfig):
         return value
 
     def core_binding(self) -> CoreBinding:
-        """Where each replica's engine computes on its node (tandem.cluster.cpus)."""
-        return CoreBinding.of(self.env, self.resources.get("CPU", 1), self.replicas)
+        """Where each replica's engine computes on its node (tandem.cluster.cpus). `auto` binds
+        CPU targets only: like vLLM, which reads the variable on its CPU backend alone, a pool
+        that asks for GPUs or an accelerator type is left where the OS puts it (its forward is
+        the device's; a CPU list still binds it, as asked)."""
+        accelerated = "GPU" in self.resources or self.accelerator_type is not None
+        return CoreBinding.of(self.env, self.resources.get("CPU", 1), self.replicas, accelerated)
 
     @field_validator("engine_args")
     @classmethod

@@ -12,11 +12,11 @@ longer than no binding at all.
 The cores are named by vLLM's own setting, VLLM_CPU_OMP_THREADS_BIND in `target.env`, which
 `vllm serve` honours (its worker's OpenMP threads) and vLLM's in-process engine ignores; tandem
 reads it for its in-process engines:
-- `nobind` (tandem's default, and when the variable is absent): no binding; the OS places every
-  thread.
-- `auto` (vLLM's default; tandem's once the whole test suite passes with it): each replica takes
+- `auto` (vLLM's default and tandem's, also when the variable is absent): each replica takes
   `target.resources.CPU` of its node's CPUs, counted from the last (replica 0 the very last),
-  while there are; a replica past them is not bound.
+  while there are; a replica past them is not bound. A target pool that asks for GPUs or an
+  accelerator type is not bound by `auto` (its forward is the device's).
+- `nobind`: no binding; the OS places every thread.
 - CPU lists, vLLM's syntax ("1", "2-3,6"), one per replica separated by "|" (replica i takes list
   i modulo their number).
 A target replica's process (its engine thread, the OpenMP threads that starts, and every thread
@@ -71,9 +71,15 @@ class CoreBinding:
                 parse_cpu_list(part)
 
     @classmethod
-    def of(cls, env: dict[str, str], cpus: float, replicas: int) -> CoreBinding:
-        """From a target pool's env, its CPUs per replica and its replica count."""
-        return cls(env.get(BIND, "nobind"), max(1, int(cpus)), replicas)
+    def of(
+        cls, env: dict[str, str], cpus: float, replicas: int, accelerated: bool = False
+    ) -> CoreBinding:
+        """From a target pool's env, its CPUs per replica and its replica count; `auto` (also
+        when the variable is absent, as in vLLM) binds nothing for an accelerated pool."""
+        spec = env.get(BIND, "auto")
+        if spec == "auto" and accelerated:
+            spec = "nobind"
+        return cls(spec, max(1, int(cpus)), replicas)
 
     def engine_cpus(self, replica: int, node: frozenset[int]) -> frozenset[int] | None:
         """The CPUs replica `replica`'s engine computes on, of the node's `node`; None: not
@@ -124,6 +130,21 @@ def keep_off(binding: CoreBinding) -> None:
     rest = node - binding.engines(node)
     if rest != node:
         bind_process(rest)
+
+
+def compute_threads(cpus: float) -> int:
+    """torch's threads for this process: its Ray CPUs, at most the CPUs it may run on.
+
+    Ray hands an actor its CPUs as OMP_NUM_THREADS, too late for libgomp, which read the
+    environment when the process loaded it and defaults to every CPU of the machine. A thread
+    bound to fewer CPUs then gets an OpenMP team that spins beside it on them: a target bound
+    to one of 2 CPUs took 1.1 s a forward instead of 80 ms. Call it before the engine's thread
+    starts: a thread takes torch's count at its first parallel op."""
+    import torch
+
+    threads = max(1, min(int(cpus), len(os.sched_getaffinity(0))))
+    torch.set_num_threads(threads)
+    return threads
 
 
 @contextlib.contextmanager

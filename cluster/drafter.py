@@ -18,7 +18,7 @@ from typing import Any
 
 import ray
 
-from tandem.cluster.cpus import CoreBinding, keep_off
+from tandem.cluster.cpus import CoreBinding, compute_threads, keep_off
 from tandem.cluster.draft_channel import DraftServer
 from tandem.cluster.figures import DrafterLoad
 from tandem.cluster.sockets import Endpoint
@@ -47,6 +47,7 @@ class DrafterReplica:
         keep_off(binding or CoreBinding())
         self.replica_id = replica_id
         pool = setup.config.drafters
+        compute_threads(pool.resources.get("CPU", 1))  # a model drafter's forward
         draft_model, target = setup.draft_model, setup.target
         if setup.models is not None:  # this node's own copies, never a path from another node
             store = setup.models.store()

@@ -119,7 +119,7 @@ class TargetReplica:
         """`index`: this replica's place in its pool, which picks its engine's CPUs."""
         from vllm.engine.arg_utils import EngineArgs
 
-        from tandem.cluster.cpus import bind_process, keep_off, node_cpus
+        from tandem.cluster.cpus import bind_process, compute_threads, keep_off, node_cpus
         from tandem.cluster.engine import EngineLoop
         from tandem.plugins.engine import APPLY_FIXES, ATTACH, engine_args
 
@@ -130,6 +130,7 @@ class TargetReplica:
             bind_process(self.engine_cpus)
         else:
             keep_off(binding)
+        compute_threads(len(self.engine_cpus) if self.engine_cpus else binding.cpus_per_replica)
         # Resolved on this node (fetched, prepared or baked in): never a path from another node.
         model_path = str(models.store().resolve(models.target))
         self.model_path = model_path

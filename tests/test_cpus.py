@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from tandem.cluster.config import ConfigError, TandemConfig
-from tandem.cluster.cpus import CoreBinding, keep_off, on_cpus, parse_cpu_list
+from tandem.cluster.cpus import CoreBinding, compute_threads, keep_off, on_cpus, parse_cpu_list
 
 pytestmark = pytest.mark.timeout(30)
 NODE = frozenset(range(8))
@@ -43,18 +43,28 @@ def test_lists_are_per_replica_and_cut_to_the_node():
     assert binding.engines(NODE) == {1, 2, 3}
 
 
+def test_auto_leaves_an_accelerated_pool_alone_but_a_list_binds_it():
+    gpu = TandemConfig.from_dict({"target": {"resources": {"GPU": 1, "CPU": 4}}})
+    assert gpu.target.core_binding() == CoreBinding("nobind", cpus_per_replica=4)
+    typed = TandemConfig.from_dict({"target": {"accelerator_type": "A100"}})
+    assert typed.target.core_binding().spec == "nobind"
+    env = {"VLLM_CPU_OMP_THREADS_BIND": "3"}
+    listed = TandemConfig.from_dict({"target": {"resources": {"GPU": 1}, "env": env}})
+    assert listed.target.core_binding() == CoreBinding("3")
+
+
 def test_nobind_binds_nothing():
     binding = CoreBinding("nobind", replicas=2)
     assert binding.engine_cpus(0, NODE) is None and binding.engines(NODE) == frozenset()
 
 
 def test_the_config_names_the_binding_and_a_bad_list_is_refused_naming_the_field():
-    assert TandemConfig().target.core_binding() == CoreBinding("nobind")
-    env = {"VLLM_CPU_OMP_THREADS_BIND": "auto"}
+    assert TandemConfig().target.core_binding() == CoreBinding("auto")
+    env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     config = TandemConfig.from_dict({"target": {"env": env, "replicas": 2}})
-    assert config.target.core_binding() == CoreBinding("auto", cpus_per_replica=1, replicas=2)
-    absent = TandemConfig.from_dict({"target": {"env": {}}})  # vLLM's "auto" only when asked
-    assert absent.target.core_binding() == CoreBinding("nobind")
+    assert config.target.core_binding() == CoreBinding("nobind", cpus_per_replica=1, replicas=2)
+    absent = TandemConfig.from_dict({"target": {"env": {}, "resources": {"CPU": 2}}})
+    assert absent.target.core_binding() == CoreBinding("auto", cpus_per_replica=2)  # as vLLM
     with pytest.raises(ConfigError, match="target.env: VLLM_CPU_OMP_THREADS_BIND: .*'1-x'"):
         TandemConfig.from_dict({"target": {"env": {"VLLM_CPU_OMP_THREADS_BIND": "1-x"}}})
 
@@ -84,3 +94,22 @@ def test_keep_off_moves_threads_and_on_cpus_binds_one_for_a_while():
     assert seen["off"] == seen["node"] - {seen["last"]}
     assert seen["on"] == {seen["last"]}
     assert seen["after"] == seen["off"]
+
+
+def test_compute_threads_are_the_ray_cpus_at_most_the_cpus_allowed():
+    """In a thread of its own bound to one CPU; torch's count is put back."""
+    import torch
+
+    seen = {}
+    before = torch.get_num_threads()
+
+    def probe():
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        seen["one cpu"] = compute_threads(4), torch.get_num_threads()
+        seen["fraction"] = compute_threads(0.5)
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    torch.set_num_threads(before)
+    assert seen == {"one cpu": (1, 1), "fraction": 1}
