@@ -1,6 +1,6 @@
-"""CPU binding on the real service (embedded Ray, a vLLM target, a drafter, gRPC on loopback) with
-`VLLM_CPU_OMP_THREADS_BIND: auto` (tandem.cluster.cpus): where every thread runs, and greedy output
-still equal to the target alone's."""
+"""CPU binding on the real service (embedded Ray, a vLLM target, a drafter, gRPC on loopback) as the
+built-in default config sets it (`VLLM_CPU_OMP_THREADS_BIND: auto`, tandem.cluster.cpus): where
+every thread runs, and greedy output still equal to the target alone's."""
 
 from __future__ import annotations
 
@@ -19,12 +19,10 @@ from .reliability import DEADLINE_S, PROMPTS, tandem_processes
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "auto"}
-
 
 @pytest.fixture(scope="module")
 def service():
-    yield from start_service({"target": {"env": ENV}})
+    yield from start_service({})  # the default config binds
 
 
 def test_the_target_replica_computes_on_a_core_of_its_own(service):
