@@ -16,9 +16,9 @@ from pathlib import Path
 
 import yaml
 
+from tandem.benchmarks.launcher import ServiceProcess
 from tandem.benchmarks.workload import load_questions, select
 from tandem.client import TandemClient
-from tandem.cluster.launcher import ServiceProcess
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGETS = ((1, 1), (4, 2), (8, 4))

@@ -20,7 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tandem.benchmarks import metrics, summary
+from tandem.benchmarks import arithmetic, summary
 from tandem.benchmarks.records import GenerationParams, RequestRecord
 from tandem.benchmarks.systems import Setup, System
 from tandem.benchmarks.workload import Prompt
@@ -116,10 +116,10 @@ def entry(
     ideal less the drafting a miss leaves on the critical path (the draft-bound ideal)."""
     cost_ratio = cost["cost_ratio"]
     figures = summary.figures(records, {r.question_id: r for r in baseline}, True, k, cost_ratio)
-    ideal = metrics.ideal_speedup(alpha, k, cost_ratio) if cost_ratio else None
+    ideal = arithmetic.ideal_speedup(alpha, k, cost_ratio) if cost_ratio else None
     hits = figures["cache_hit_rate"]
     bound = (
-        metrics.draft_bound_speedup(
+        arithmetic.draft_bound_speedup(
             ideal, cost["t_verify_s"], 1 - (hits or 0.0), k * cost_ms / 1000
         )
         if ideal
@@ -129,27 +129,27 @@ def entry(
         "alpha": alpha,
         "k": k,
         "cost_ms_per_draft_token": cost_ms,
-        "expected_tokens_per_forward": metrics.expected_tokens_per_forward(alpha, k),
+        "expected_tokens_per_forward": arithmetic.expected_tokens_per_forward(alpha, k),
         "ideal_speedup": ideal,
-        "achieved_fraction": metrics.achieved_fraction(figures["speedup"], ideal)
+        "achieved_fraction": arithmetic.achieved_fraction(figures["speedup"], ideal)
         if ideal
         else None,
         # The ideal models decoding; the end-to-end speedup above also carries each prompt's
         # prefill (TTFT), which speculation cannot shorten. The same fraction for decoding:
         "decode_speedup": figures["decode_speedup"],
-        "achieved_fraction_decode": metrics.achieved_fraction(figures["decode_speedup"], ideal)
+        "achieved_fraction_decode": arithmetic.achieved_fraction(figures["decode_speedup"], ideal)
         if ideal and figures["decode_speedup"]
         else None,
         "draft_bound_speedup": bound,
-        "achieved_of_bound": metrics.achieved_fraction(figures["speedup"], bound)
+        "achieved_of_bound": arithmetic.achieved_fraction(figures["speedup"], bound)
         if bound
         else None,
         **{
             key: figures[key]
             for key in ("speedup", "mean_accepted_tokens", "acceptance_rate", "cache_hit_rate")
         },
-        "baseline_tokens_per_s": metrics.mean(
-            [metrics.tokens_per_s(r.new_tokens, r.wall_s) for r in baseline]
+        "baseline_tokens_per_s": arithmetic.mean(
+            [arithmetic.tokens_per_s(r.new_tokens, r.wall_s) for r in baseline]
         ),
         "tokens_per_s": figures["tokens_per_s"],
         "mismatches": figures["mismatches"],

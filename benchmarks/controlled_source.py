@@ -122,16 +122,22 @@ class ControlledSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`--settings FILE` then tandem's own CLI arguments (`serve --config CONFIG`)."""
-    from tandem.cli import main as tandem_main
+    """`--settings FILE serve --config CONFIG`: `tandem serve` with this source registered (the
+    command line the launcher gives tandem's own CLI, benchmarks/launcher.py)."""
+    from tandem.cluster.config.deployment import TandemConfig
+    from tandem.cluster.frontdoor.service import announcer, run_service
     from tandem.speculation import registry
 
     parser = argparse.ArgumentParser(prog="controlled_source")
     parser.add_argument("--settings", required=True)
-    args, rest = parser.parse_known_args(argv)
+    parser.add_argument("command", choices=["serve"])
+    parser.add_argument("--config", required=True)
+    args = parser.parse_args(argv)
     settings = ControlledSettings(**json.loads(Path(args.settings).read_text()))
     registry.register(MODE, settings.build)
-    return tandem_main(rest)
+    config = TandemConfig.from_yaml(args.config)
+    run_service(config, on_ready=announcer(config))
+    return 0
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from itertools import cycle, islice
 
-from tandem.benchmarks import metrics
+from tandem.benchmarks import arithmetic
 
 # (token ids) -> (seconds for one max_tokens=1 request, prompt tokens served from the cache)
 ForwardOnce = Callable[[Sequence[int]], tuple[float, int]]
@@ -28,7 +28,7 @@ def context_tokens(prompts: Sequence[Sequence[int]], length: int) -> list[int]:
 def context_length(prompt_lengths: Sequence[int], max_new_tokens: int, block_size: int) -> int:
     """A typical decoding context (median prompt plus half the new tokens), rounded to whole
     cache blocks: the prefix cache only reuses full blocks, and P must be reused entirely."""
-    typical = metrics.median(prompt_lengths) + max_new_tokens / 2
+    typical = arithmetic.median(prompt_lengths) + max_new_tokens / 2
     return max(1, round(typical / block_size)) * block_size
 
 
@@ -50,7 +50,7 @@ def measure(
             one.append(t_one)
             verify.append(t_verify)
             cached += [c_one, c_verify]
-    t1, tv = metrics.median(one), metrics.median(verify)
+    t1, tv = arithmetic.median(one), arithmetic.median(verify)
     hit = all(c == len(context) for c in cached)
     return {
         "method": "vLLM, prefix-cached context, max_tokens=1 requests, medians",
@@ -60,7 +60,7 @@ def measure(
         "t_one_token_s": t1,
         "t_verify_s": tv,
         # Without a prefix-cache hit each request recomputed the whole context: no ratio then.
-        "cost_ratio": metrics.cost_ratio(t1, tv) if hit else None,
+        "cost_ratio": arithmetic.cost_ratio(t1, tv) if hit else None,
         "context_cached": hit,
         "samples_one_token_s": one,
         "samples_verify_s": verify,

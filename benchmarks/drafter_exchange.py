@@ -11,7 +11,7 @@ alternating in blocks so that a busy machine slows them alike:
 - `actor-pickle`: a Ray actor call with the protocol's dataclasses (tandem before issue 14);
 - `actor-msgpack`: a Ray actor call carrying the wire format's bytes;
 - `compiled-graph`: a Ray Compiled Graph over the same actor method (shared-memory channels);
-- `socket`: tandem's drafter socket (tandem.cluster.draft_channel), which tandem keeps.
+- `socket`: tandem's drafter socket (tandem.cluster.transport.draft_channel), which tandem keeps.
 
 Also the bytes of one step's messages, pickled (what Ray sent) and in the wire format.
 """
@@ -30,7 +30,7 @@ from typing import Any
 
 import ray
 
-from tandem.cluster.draft_channel import DraftChannel, DraftServer, wait
+from tandem.cluster.transport.draft_channel import DraftChannel, DraftServer, wait
 from tandem.speculation.protocol import DraftItem, DraftReply
 from tandem.speculation.wire import CODEC, Kind
 

@@ -41,8 +41,8 @@ class EngineHost:
     ) -> None:
         from tandem.benchmarks.runner import configure_process, engine_cpus
         from tandem.benchmarks.vllm_system import VllmSystem
-        from tandem.cluster.config import TandemConfig
-        from tandem.plugins.engine import engine_args
+        from tandem.cluster.config.deployment import TandemConfig
+        from tandem.plugins.engine_setup import engine_args
 
         config = TandemConfig()
         configure_process(config)
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from tandem.cluster.config import TandemConfig
+    from tandem.cluster.config.deployment import TandemConfig
     from tandem.models import resolve_model
 
     models = TandemConfig().models

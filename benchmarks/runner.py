@@ -41,7 +41,7 @@ from tandem.benchmarks.workload import (
     render,
     select,
 )
-from tandem.cluster.cpus import keep_off, node_cpus
+from tandem.cluster.config.cpus import keep_off, node_cpus
 
 SCHEMA = "tandem-bench/1"
 T = TypeVar("T")

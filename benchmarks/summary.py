@@ -6,18 +6,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tandem.benchmarks import metrics
+from tandem.benchmarks import arithmetic
 from tandem.benchmarks.records import ConcurrencyRun, RequestRecord
 
 
 def _spread(values: Sequence[float]) -> dict[str, float] | None:
     if not values:
         return None
-    return {"p50": metrics.percentile(values, 50), "p90": metrics.percentile(values, 90)}
+    return {"p50": arithmetic.percentile(values, 50), "p90": arithmetic.percentile(values, 90)}
 
 
 def _tps(record: RequestRecord) -> float:
-    return metrics.tokens_per_s(record.new_tokens, record.wall_s)
+    return arithmetic.tokens_per_s(record.new_tokens, record.wall_s)
 
 
 def figures(
@@ -38,11 +38,11 @@ def figures(
     forwards = sum(r.forwards for r in records)
     draft_tokens = sum(r.draft_tokens for r in records)
     accepted = sum(r.accepted_tokens for r in records)
-    differ = metrics.mismatches(
+    differ = arithmetic.mismatches(
         {r.question_id: r.token_ids for r in records},
         {r.question_id: baseline[r.question_id].token_ids for r in records},
     )
-    speedup = metrics.speedup_of_means(tps, base_tps)
+    speedup = arithmetic.speedup_of_means(tps, base_tps)
     # Decoding alone (1 / TPOT: the first token's prefill left out), the part speculation can
     # speed up; the prompts where both the system and the baseline decoded 2+ tokens.
     paired = [
@@ -51,7 +51,7 @@ def figures(
         if r.tpot_s and baseline[r.question_id].tpot_s
     ]
     decode_speedup = (
-        metrics.speedup_of_means([1 / t for t, _ in paired], [1 / b for _, b in paired])
+        arithmetic.speedup_of_means([1 / t for t, _ in paired], [1 / b for _, b in paired])
         if paired
         else None
     )
@@ -60,10 +60,10 @@ def figures(
         "prompts": len(records),
         "new_tokens": tokens,
         "wall_s": wall,
-        "tokens_per_s": metrics.mean(tps),
-        "tokens_per_s_aggregate": metrics.tokens_per_s(tokens, wall),
+        "tokens_per_s": arithmetic.mean(tps),
+        "tokens_per_s_aggregate": arithmetic.tokens_per_s(tokens, wall),
         "speedup": speedup,
-        "speedup_median": metrics.median_of_ratios(tps, base_tps),
+        "speedup_median": arithmetic.median_of_ratios(tps, base_tps),
         "decode_speedup": decode_speedup,
         "mean_accepted_tokens": tokens / forwards if forwards else None,
         "acceptance_rate": alpha,
@@ -81,8 +81,8 @@ def figures(
         "ideal": None,
     }
     if alpha is not None and cost_ratio is not None:
-        e = metrics.expected_tokens_per_forward(alpha, k)
-        ideal = metrics.ideal_speedup(alpha, k, cost_ratio)
+        e = arithmetic.expected_tokens_per_forward(alpha, k)
+        ideal = arithmetic.ideal_speedup(alpha, k, cost_ratio)
         # E(alpha, k) assumes each drafted token is accepted independently; acceptance comes in
         # runs (a copied span is taken whole), so the measured tokens per forward can exceed
         # it. The same bound with the measured tokens per forward is given beside it.
@@ -93,10 +93,10 @@ def figures(
             "expected_tokens_per_forward": e,
             "cost_ratio": cost_ratio,
             "ideal_speedup": ideal,
-            "achieved_fraction": metrics.achieved_fraction(speedup, ideal),
+            "achieved_fraction": arithmetic.achieved_fraction(speedup, ideal),
             "ideal_speedup_measured_tokens_per_forward": measured,
             "achieved_fraction_measured_tokens_per_forward": (
-                metrics.achieved_fraction(speedup, measured) if measured else None
+                arithmetic.achieved_fraction(speedup, measured) if measured else None
             ),
         }
     return out
@@ -129,7 +129,7 @@ def concurrency_entry(
     """Throughput and per-stream latency of one level; outputs are compared with the
     baseline's batch-1 outputs of the same prompts (batching may legitimately move ties)."""
     tokens = sum(r.new_tokens for r in run.requests)
-    tps = metrics.tokens_per_s(tokens, run.wall_s)
+    tps = arithmetic.tokens_per_s(tokens, run.wall_s)
     entry: dict[str, Any] = {
         "system": run.system,
         "concurrency": run.concurrency,
@@ -151,7 +151,7 @@ def concurrency_entry(
     }
     if baseline_run is not None:
         base_tokens = sum(r.new_tokens for r in baseline_run.requests)
-        entry["speedup"] = tps / metrics.tokens_per_s(base_tokens, baseline_run.wall_s)
+        entry["speedup"] = tps / arithmetic.tokens_per_s(base_tokens, baseline_run.wall_s)
     return entry
 
 
@@ -162,9 +162,9 @@ def _hit_rate(records: Sequence[RequestRecord]) -> float | None:
     return hits / lookups if lookups else None
 
 
-# The parts of the serving path (tandem.cluster.figures.Breakdown's seconds), in path order.
-# Inside vLLM's step: schedule + forward + proposer + output; the proposer's time includes its
-# drafter round trips and its waits for pre-drafts.
+# The parts of the serving path (tandem.cluster.telemetry.figures.Breakdown's seconds), in path
+# order. Inside vLLM's step: schedule + forward + proposer + output; the proposer's time includes
+# its drafter round trips and its waits for pre-drafts.
 STEP_PARTS = ("schedule", "forward", "proposer", "drafter_rtt", "predraft_wait", "output")
 PATH_PARTS = ("between_steps", "handoff", "stream", "coordinator")
 

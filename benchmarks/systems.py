@@ -83,7 +83,7 @@ class System(Protocol):
     ) -> ConcurrencyRun: ...
 
     def breakdown(self) -> Any:
-        """The serving breakdown summed so far (tandem.cluster.figures.Breakdown), or None
+        """The serving breakdown summed so far (tandem.cluster.telemetry.figures.Breakdown), or None
         where the system has no timers inside."""
         ...
 
@@ -124,7 +124,7 @@ class Setup:
     ngram_max: int = 4
     address: str | None = None  # a running tandem server instead of starting one
     threads: int = 1  # per engine (vLLM's server gets the same)
-    engine_cpus: frozenset[int] | None = None  # where engines compute (tandem.cluster.cpus)
+    engine_cpus: frozenset[int] | None = None  # where engines compute (tandem.cluster.config.cpus)
 
 
 # Drafters whose state spans requests (SuffixDecoding's shared trie of recent outputs, Token

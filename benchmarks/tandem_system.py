@@ -34,8 +34,8 @@ class TandemServer:
         command: Sequence[str] = ("tandem.cli",),
     ) -> None:
         """`command`: the module (and its arguments) that runs `serve` (ServiceProcess)."""
+        from tandem.benchmarks.launcher import ServiceProcess
         from tandem.client import TandemClient
-        from tandem.cluster.launcher import ServiceProcess
 
         self.config = config
         self.service = None
@@ -159,7 +159,7 @@ class TandemSystem:
     def breakdown(self) -> Any:
         """The server's serving breakdown so far (GetStats), summed over what ran on it: the
         bench takes the difference around each of this system's runs."""
-        from tandem.cluster.figures import Breakdown
+        from tandem.cluster.telemetry.figures import Breakdown
 
         return Breakdown.from_proto(self.server.client.stats().breakdown)
 

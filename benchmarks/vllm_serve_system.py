@@ -30,7 +30,7 @@ from tandem.benchmarks.records import (
     concurrently,
 )
 from tandem.benchmarks.workload import Prompt
-from tandem.cluster.cpus import BIND, node_cpus, on_cpus
+from tandem.cluster.config.cpus import BIND, node_cpus, on_cpus
 
 STARTUP_TIMEOUT_S = 600.0
 # vLLM's workers poll for their next input in a busy loop for 1 s after each one

@@ -17,9 +17,9 @@ from typing import Any
 
 from tandem.benchmarks.records import ConcurrencyRun, GenerationParams, RequestRecord, Trace
 from tandem.benchmarks.workload import Prompt
-from tandem.cluster.cpus import on_cpus
-from tandem.cluster.figures import Breakdown, EngineTimes
-from tandem.plugins.timers import StepTimers
+from tandem.cluster.config.cpus import on_cpus
+from tandem.cluster.telemetry.figures import Breakdown
+from tandem.plugins.timers import EngineTimes, StepTimers
 
 
 def _spec_counter() -> Any:
@@ -62,7 +62,7 @@ class VllmSystem:
         description: str = "",
         cpus: frozenset[int] | None = None,
     ) -> None:
-        """`cpus`: where the engine computes (tandem.cluster.cpus); the bench's thread runs
+        """`cpus`: where the engine computes (tandem.cluster.config.cpus); the bench's thread runs
         there while it steps this engine."""
         from vllm.engine.arg_utils import EngineArgs
         from vllm.v1.engine.llm_engine import LLMEngine

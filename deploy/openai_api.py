@@ -4,8 +4,8 @@ objects, and the extra endpoints vLLM serves (/tokenize, /detokenize, /version).
 
 Every request field is either honoured with vLLM's semantics or refused with a 400 naming it:
 nothing is silently dropped. Types and integer widths are checked before protobuf sees a value
-(tandem.cluster.requests.assign); ranges, by the same validation as the gRPC API (`prepare`).
-Plain logic (no Serve, no Ray): the Serve app is a thin shell that routes HTTP here.
+(tandem.cluster.frontdoor.requests.assign); ranges, by the same validation as the gRPC API
+(`prepare`). Plain logic (no Serve, no Ray): the Serve app is a thin shell that routes HTTP here.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from tandem.cluster.coordinator import Chunk
-from tandem.cluster.requests import MAX_LOGPROBS, RequestError, assign, invalid, render_chat
+from tandem.cluster.frontdoor.coordinator import Chunk
+from tandem.cluster.frontdoor.requests import MAX_LOGPROBS, assign, invalid, render_chat
+from tandem.cluster.transport.messages import RequestError
 from tandem.protos import tandem_pb2 as pb
 from tandem.protos.modes import proto_mode
 from tandem.speculation.protocol import Mode
@@ -379,7 +380,7 @@ def completion_response(
 
 
 class LogprobsFormat:
-    """Per-position entries (tandem.cluster.target.positions) in the answer's logprobs shape,
+    """Per-position entries (tandem.plugins.vllm_io.positions) in the answer's logprobs shape,
     cut as vLLM's server cuts them: chat keeps the first `top_logprobs` entries of vLLM's list,
     completions the first `logprobs` + 1 (the sampled token first, then the likeliest)."""
 

@@ -24,13 +24,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
 
-from tandem.cluster.api import TandemAPI
-from tandem.cluster.auth import authorized
-from tandem.cluster.config import TandemConfig
-from tandem.cluster.coordinator import Chunk, Coordinator
-from tandem.cluster.cpus import keep_off
-from tandem.cluster.metrics import start_metrics
-from tandem.cluster.requests import RequestError
+from tandem.cluster.config.cpus import keep_off
+from tandem.cluster.config.deployment import TandemConfig
+from tandem.cluster.frontdoor.api import TandemAPI
+from tandem.cluster.frontdoor.auth import authorized
+from tandem.cluster.frontdoor.coordinator import Chunk, Coordinator
+from tandem.cluster.frontdoor.prometheus import start_metrics
+from tandem.cluster.transport.messages import RequestError
 from tandem.deploy import openai_api
 from tandem.protos import tandem_pb2 as pb
 

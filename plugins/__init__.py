@@ -3,7 +3,7 @@
 vLLM calls `register()` in every process it starts, so it must be cheap and idempotent. The
 proposer (`tandem.plugins.proposer.TandemProposer`) and the worker extension
 (`tandem.plugins.worker.TandemWorkerExtension`) are named in the engine arguments that
-`tandem.plugins.engine.engine_args` builds from the config; `register()` checks once that this
+`tandem.plugins.engine_setup.engine_args` builds from the config; `register()` checks once that this
 vLLM still offers the `custom_class` speculative method they plug into, so an incompatible vLLM
 fails at start with a clear message, and registers the Mirror-SD target class
 (tandem.plugins.mirror) under its own architecture name.

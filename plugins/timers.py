@@ -2,22 +2,57 @@
 sampling, and the speculative proposer, which vLLM calls after sampling) take, summed.
 
 Installed on the target actor's engine and on the bench's in-process engines alike, so both
-report the same parts of the same step (tandem.cluster.figures.Breakdown). They wrap the engine
-core's own `schedule`, `execute_model` and `sample_tokens` on the instance; nothing else changes.
-With a synchronous executor (vLLM's CPU platform, and any engine with a `custom_class` proposer,
-which switches async scheduling off) the model's calls return when its work is done; with async
-scheduling they only launch it, and the wait shows up under the rest of the step instead.
+report the same parts of the same step (tandem.cluster.telemetry.figures.Breakdown). They wrap the
+engine core's own `schedule`, `execute_model` and `sample_tokens` on the instance; nothing else
+changes. With a synchronous executor (vLLM's CPU platform, and any engine with a `custom_class`
+proposer, which switches async scheduling off) the model's calls return when its work is done; with
+async scheduling they only launch it, and the wait shows up under the rest of the step instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Self
 
 log = logging.getLogger("tandem.timers")
+
+
+class Sums:
+    """Figures that only add up (counts and seconds): `b - a` is what happened between two
+    reads `a` and `b` of the same counters."""
+
+    def _combine(self, other: Self, sign: int) -> Self:
+        return type(self)(
+            **{
+                f.name: getattr(self, f.name) + sign * getattr(other, f.name)
+                for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            }
+        )
+
+    def __add__(self, other: Self) -> Self:
+        return self._combine(other, 1)
+
+    def __sub__(self, other: Self) -> Self:
+        return self._combine(other, -1)
+
+
+@dataclass(frozen=True)
+class EngineTimes(Sums):
+    """A target engine's time, summed since it started (tandem.plugins.engine_loop.EngineLoop)."""
+
+    steps: int = 0  # engine steps that ran the model
+    tokens: int = 0  # tokens those steps produced, every request's
+    step_s: float = 0.0  # inside vLLM's engine step
+    schedule_s: float = 0.0  # of which its scheduler
+    model_s: float = 0.0  # of which the model: forward, sampling and the proposer
+    between_s: float = 0.0  # the engine thread between steps (hand-offs, commands)
+    deliveries: int = 0  # output batches the engine thread handed on (sent)
+    handoff_s: float = 0.0  # of between_s: handing them on (encoding and sending)
 
 
 class StepTimers:

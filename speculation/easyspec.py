@@ -12,12 +12,13 @@ tokens are fuzzy. With groups of one the fuzzy forward is the exact model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tandem.speculation.model_drafter import CacheState, ModelDrafter
+from tandem.speculation.source import DrafterSetup, DraftSource
 
 LayerGroups = int | Sequence[int]  # one group size for all, or the size of each group in order
 
@@ -114,6 +115,19 @@ class EasySpecDrafter(ModelDrafter):
             use_cache=True,
             position_embeddings=tuple(t.to(device) for t in rotary),
         )
+
+
+def build_model_drafter(
+    setup: DrafterSetup, built: Mapping[str, DraftSource]
+) -> ModelDrafter | None:
+    """Mode `model`'s factory (tandem.speculation.registry): the draft model on the drafter's
+    devices, EasySpec's layer groups when configured, else the plain model; None without one."""
+    if setup.draft_model is None:
+        return None
+    drafters = setup.config.drafters
+    return load_model_drafter(
+        setup.draft_model, drafters.layer_groups, setup.devices, drafters.stop_below
+    )
 
 
 def load_model_drafter(

@@ -8,12 +8,12 @@ and rejected ones are cropped away.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tandem.speculation.source import DrafterSetup, DraftSource, History
+from tandem.speculation.source import DraftSource, History
 
 
 @dataclass
@@ -41,19 +41,6 @@ class ModelDrafter(DraftSource):
         # SpecDec++'s stopping rule, with the draft's own confidence standing in for its
         # acceptance predictor: end the block before a token the draft itself doubts.
         self.stop_below = stop_below
-
-    @classmethod
-    def build(cls, setup: DrafterSetup, built: Mapping[str, DraftSource]) -> ModelDrafter | None:
-        """The draft model on the drafter's devices: EasySpec's layer groups when configured
-        (tandem.speculation.easyspec), else the plain model; None without a draft model."""
-        if setup.draft_model is None:
-            return None
-        from tandem.speculation.easyspec import load_model_drafter
-
-        drafters = setup.config.drafters
-        return load_model_drafter(
-            setup.draft_model, drafters.layer_groups, setup.devices, drafters.stop_below
-        )
 
     def propose(self, history: History, extra: Sequence[int], k: int) -> list[int]:
         state = history.state.get(self.name)

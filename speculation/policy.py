@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tandem.cluster.config import DraftLengthConfig
+    from tandem.speculation.settings import DraftLengthConfig
 
 # Weight of the older drafts at each new verified draft: alpha follows about the last ten.
 ALPHA_DECAY = 0.9

@@ -17,7 +17,7 @@ class Mode(StrEnum):
     """Which drafter serves a request: the one list of tandem's modes. The config's accepted
     values, the CLI's choices, the OpenAI extra field and the gRPC enum (a test keeps
     `SpeculationMode` equal to it) all come from here; each mode but `off` has its draft source
-    registered in tandem.speculation.registry."""
+    registered in tandem.speculation.registry, with what it needs."""
 
     OFF = "off"  # the target alone
     NGRAM = "ngram"  # prompt lookup over the request's own tokens
@@ -26,15 +26,6 @@ class Mode(StrEnum):
     MODEL = "model"  # a small causal LM with its own KV cache per request
     HYBRID = "hybrid"  # ngram when it finds a match, the model otherwise
     EAGLE = "eagle"  # an EAGLE-3 head reading the target's own hidden states
-
-    @property
-    def needs_draft_model(self) -> bool:
-        return self in (Mode.MODEL, Mode.HYBRID)
-
-    @property
-    def needs_features(self) -> bool:
-        """The drafter reads the target's hidden states (sent with the committed tokens)."""
-        return self is Mode.EAGLE
 
 
 @dataclass(frozen=True)

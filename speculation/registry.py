@@ -10,16 +10,27 @@ the service, which hands the factories to its drafter actors.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
+from tandem.speculation.easyspec import build_model_drafter
 from tandem.speculation.hybrid import HybridSource
-from tandem.speculation.model_drafter import ModelDrafter
 from tandem.speculation.ngram import NgramSource
 from tandem.speculation.protocol import Mode
 from tandem.speculation.recycle import RecycleSource
+from tandem.speculation.settings import DrafterConfig
 from tandem.speculation.source import DrafterSetup, DraftSource
 from tandem.speculation.suffix import SuffixSource
 
 SourceFactory = Callable[[DrafterSetup, Mapping[str, DraftSource]], DraftSource | None]
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a source needs beyond the request's tokens: the config offers its mode only when a
+    drafter can have it."""
+
+    draft_model: bool = False  # a small causal LM (drafters.model, or derived from the target)
+    features: bool = False  # the target's hidden states, sent with the committed tokens (EAGLE-3)
 
 
 def _eagle(setup: DrafterSetup, built: Mapping[str, DraftSource]) -> DraftSource | None:
@@ -34,17 +45,36 @@ _FACTORIES: dict[str, SourceFactory] = {
     Mode.NGRAM: NgramSource.build,
     Mode.SUFFIX: SuffixSource.build,
     Mode.RECYCLE: RecycleSource.build,
-    Mode.MODEL: ModelDrafter.build,
+    Mode.MODEL: build_model_drafter,
     Mode.HYBRID: HybridSource.build,
     Mode.EAGLE: _eagle,
 }
+_NEEDS: dict[str, Needs] = {
+    Mode.MODEL: Needs(draft_model=True),
+    Mode.HYBRID: Needs(draft_model=True),
+    Mode.EAGLE: Needs(features=True),
+}
 
 
-def register(name: str, factory: SourceFactory) -> None:
+def register(name: str, factory: SourceFactory, needs: Needs | None = None) -> None:
     """Add a draft source under a mode name of its own (tandem's modes cannot be replaced)."""
     if name in set(Mode):
         raise ValueError(f"{name!r} is one of tandem's own modes")
     _FACTORIES[name] = factory
+    _NEEDS[name] = needs or Needs()
+
+
+def needs(mode: str) -> Needs:
+    return _NEEDS.get(mode, Needs())
+
+
+def offered(mode: str, drafters: DrafterConfig) -> bool:
+    """Whether drafters configured so can serve a mode, as far as the config tells (an "auto"
+    EAGLE-3 head exists only for targets tandem ships one for; the drafters confirm)."""
+    need = needs(mode)
+    if need.draft_model and not drafters.has_model():
+        return False
+    return not need.features or drafters.eagle_head is not None
 
 
 def factories() -> dict[str, SourceFactory]:

@@ -43,7 +43,7 @@ from tandem.speculation.protocol import (
 )
 
 if TYPE_CHECKING:
-    from tandem.cluster.config import SpeculationConfig
+    from tandem.speculation.settings import SpeculationConfig
 
 
 class Transport(Protocol):

@@ -28,12 +28,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tandem.speculation.candidates import Candidates
-
-if TYPE_CHECKING:  # the typed config section, read by factories (no runtime dependency)
-    from tandem.cluster.config import ModelsConfig, SpeculationConfig
+from tandem.speculation.settings import SpeculationConfig
 
 
 @dataclass
@@ -96,6 +94,3 @@ class DrafterSetup:
     eagle_head: Path | None = None  # an EAGLE-3 head for the target (drafters.eagle_head)
     target: Path | None = None  # the target's folder (the head shares its token embedding)
     devices: tuple[str, ...] = ("cpu",)  # torch devices of the draft model
-    # Where the drafter actor resolves its own copy of the draft (on its node); None: use
-    # draft_model as given (one machine, tests).
-    models: ModelsConfig | None = None

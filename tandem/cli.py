@@ -11,8 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-from tandem.cluster.config import ConfigError, TandemConfig
-from tandem.cluster.placement import PlacementError
+from tandem.cluster.config.deployment import TandemConfig
+from tandem.cluster.config.errors import ConfigError
+from tandem.cluster.control.placement import PlacementError
 from tandem.models import ModelError
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -24,18 +25,14 @@ def load_config(path: str | None) -> TandemConfig:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.config).with_overrides(server={"host": args.host, "port": args.port})
-    from tandem.cluster.runtime import run_service
+    from tandem.cluster.frontdoor.service import announcer, run_service
 
-    def announce(server) -> None:
-        print(f"tandem listening on {server.address} (model {config.models.target})", flush=True)
-        print(f'try: tandem generate "Tell me about Ray." --address {server.address}', flush=True)
-
-    run_service(config, on_ready=announce)
+    run_service(config, on_ready=announcer(config))
     return 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from tandem.cluster.plan import run_plan
+    from tandem.cluster.control.preview import run_plan
 
     config = load_config(args.config)
     for line in run_plan(config, args.address or config.ray.address):
@@ -47,7 +44,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import grpc
 
     from tandem.client import TandemClient
-    from tandem.cluster.api import FINISH_REASONS
+    from tandem.cluster.frontdoor.api import FINISH_REASONS
 
     reasons = {v: (k or "unspecified") for k, v in FINISH_REASONS.items()}
     kwargs = dict(
@@ -235,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="YAML config whose models.dir to use")
         p.add_argument("--dir", help="model cache folder (overrides the config)")
         p.set_defaults(func=func)
-    from tandem.benchmarks.cli import add_bench_parser
-    from tandem.training.cli import add_draft_parser
+    from tandem.commands.bench import add_bench_parser
+    from tandem.commands.draft import add_draft_parser
 
     add_bench_parser(sub)
     add_draft_parser(sub)

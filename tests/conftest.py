@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tandem.cluster.launcher import ServiceProcess
+from tandem.benchmarks.launcher import ServiceProcess
 from tandem.models import DEFAULT_MODEL, resolve_model
 
 REPO = Path(__file__).resolve().parents[1]

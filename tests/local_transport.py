@@ -4,10 +4,10 @@ to flow."""
 
 import time
 
-from tandem.cluster.config import SpeculationConfig
 from tandem.speculation.drafter import Drafter
 from tandem.speculation.ngram import NgramSource
 from tandem.speculation.session import SpeculationSession
+from tandem.speculation.settings import SpeculationConfig
 from tandem.speculation.suffix import SuffixSource
 
 

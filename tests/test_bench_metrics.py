@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from tandem.benchmarks import controlled, costs, metrics, report, runner, summary
+from tandem.benchmarks import arithmetic, controlled, costs, report, runner, summary
 from tandem.benchmarks.records import ConcurrencyRun, RequestRecord, Trace, concurrently
 from tandem.benchmarks.systems import (
     BASELINE,
@@ -28,85 +28,85 @@ from tandem.benchmarks.workload import (
     load_questions,
     select,
 )
-from tandem.cluster.figures import Breakdown
+from tandem.cluster.telemetry.figures import Breakdown
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def test_tokens_per_s_is_new_tokens_over_wall_time():
-    assert metrics.tokens_per_s(128, 4.0) == 32.0
+    assert arithmetic.tokens_per_s(128, 4.0) == 32.0
     with pytest.raises(ValueError):
-        metrics.tokens_per_s(10, 0.0)
+        arithmetic.tokens_per_s(10, 0.0)
 
 
 def test_percentiles_interpolate_like_numpy():
     values = [4.0, 1.0, 3.0, 2.0]  # order must not matter
-    assert metrics.percentile(values, 0) == 1.0
-    assert metrics.percentile(values, 100) == 4.0
-    assert metrics.percentile(values, 50) == 2.5
-    assert metrics.percentile(values, 90) == pytest.approx(3.7)  # numpy.percentile: 3.7
-    assert metrics.percentile([7.0], 90) == 7.0
-    assert metrics.median([1.0, 2.0, 10.0]) == 2.0
+    assert arithmetic.percentile(values, 0) == 1.0
+    assert arithmetic.percentile(values, 100) == 4.0
+    assert arithmetic.percentile(values, 50) == 2.5
+    assert arithmetic.percentile(values, 90) == pytest.approx(3.7)  # numpy.percentile: 3.7
+    assert arithmetic.percentile([7.0], 90) == 7.0
+    assert arithmetic.median([1.0, 2.0, 10.0]) == 2.0
     with pytest.raises(ValueError):
-        metrics.percentile([], 50)
+        arithmetic.percentile([], 50)
     with pytest.raises(ValueError):
-        metrics.percentile([1.0], 101)
+        arithmetic.percentile([1.0], 101)
 
 
 def test_speedup_as_ratio_of_means_and_median_of_ratios():
     system = [20.0, 30.0, 100.0]
     baseline = [10.0, 30.0, 50.0]
     # mean 50 over mean 30
-    assert metrics.speedup_of_means(system, baseline) == pytest.approx(50 / 30)
+    assert arithmetic.speedup_of_means(system, baseline) == pytest.approx(50 / 30)
     # per-prompt ratios 2, 1, 2 -> median 2
-    assert metrics.median_of_ratios(system, baseline) == 2.0
-    assert metrics.speedup_of_means(baseline, baseline) == 1.0
+    assert arithmetic.median_of_ratios(system, baseline) == 2.0
+    assert arithmetic.speedup_of_means(baseline, baseline) == 1.0
     with pytest.raises(ValueError):
-        metrics.median_of_ratios([1.0], [1.0, 2.0])
+        arithmetic.median_of_ratios([1.0], [1.0, 2.0])
 
 
 def test_expected_tokens_per_forward():
-    assert metrics.expected_tokens_per_forward(0.0, 4) == 1.0  # only the bonus token
-    assert metrics.expected_tokens_per_forward(0.5, 1) == 1.5  # 1 + 0.5
+    assert arithmetic.expected_tokens_per_forward(0.0, 4) == 1.0  # only the bonus token
+    assert arithmetic.expected_tokens_per_forward(0.5, 1) == 1.5  # 1 + 0.5
     # 1 + a + a^2 + a^3 + a^4 with a = 0.8
-    assert metrics.expected_tokens_per_forward(0.8, 4) == pytest.approx(
+    assert arithmetic.expected_tokens_per_forward(0.8, 4) == pytest.approx(
         sum(0.8**i for i in range(5))
     )
-    assert metrics.expected_tokens_per_forward(1.0, 4) == 5.0  # the limit k + 1
-    assert metrics.expected_tokens_per_forward(0.999999, 4) == pytest.approx(5.0, rel=1e-4)
-    assert metrics.expected_tokens_per_forward(0.7, 0) == 1.0
+    assert arithmetic.expected_tokens_per_forward(1.0, 4) == 5.0  # the limit k + 1
+    assert arithmetic.expected_tokens_per_forward(0.999999, 4) == pytest.approx(5.0, rel=1e-4)
+    assert arithmetic.expected_tokens_per_forward(0.7, 0) == 1.0
     for bad in (-0.1, 1.1):
         with pytest.raises(ValueError):
-            metrics.expected_tokens_per_forward(bad, 4)
+            arithmetic.expected_tokens_per_forward(bad, 4)
 
 
 def test_ideal_speedup_and_achieved_fraction():
-    ratio = metrics.cost_ratio(0.050, 0.080)  # a 5-token step costs 1.6 one-token steps
+    ratio = arithmetic.cost_ratio(0.050, 0.080)  # a 5-token step costs 1.6 one-token steps
     assert ratio == pytest.approx(0.625)
-    ideal = metrics.ideal_speedup(0.5, 4, ratio)
+    ideal = arithmetic.ideal_speedup(0.5, 4, ratio)
     assert ideal == pytest.approx(1.9375 * 0.625)
-    assert metrics.achieved_fraction(0.6, ideal) == pytest.approx(0.6 / (1.9375 * 0.625))
+    assert arithmetic.achieved_fraction(0.6, ideal) == pytest.approx(0.6 / (1.9375 * 0.625))
     with pytest.raises(ValueError):
-        metrics.achieved_fraction(1.0, 0.0)
+        arithmetic.achieved_fraction(1.0, 0.0)
     with pytest.raises(ValueError):
-        metrics.cost_ratio(0.0, 1.0)
+        arithmetic.cost_ratio(0.0, 1.0)
 
 
 def test_draft_bound_takes_the_misses_drafting_off_the_ideal():
     # verification 60 ms, a 40 ms draft on a third of the steps: 60 / (60 + 13.3)
-    assert metrics.draft_bound_speedup(3.0, 0.060, 1 / 3, 0.040) == pytest.approx(
+    assert arithmetic.draft_bound_speedup(3.0, 0.060, 1 / 3, 0.040) == pytest.approx(
         3.0 * 60 / 73.33, rel=1e-3
     )
-    assert metrics.draft_bound_speedup(3.0, 0.060, 0.0, 0.040) == 3.0  # every step a hit
+    assert arithmetic.draft_bound_speedup(3.0, 0.060, 0.0, 0.040) == 3.0  # every step a hit
     with pytest.raises(ValueError):
-        metrics.draft_bound_speedup(3.0, 0.060, 1.5, 0.040)
+        arithmetic.draft_bound_speedup(3.0, 0.060, 1.5, 0.040)
 
 
 def test_mismatches_compare_token_for_token():
     base = {1: [5, 6, 7], 2: [1, 2], 3: [9]}
     out = {1: [5, 6, 7], 2: [1, 3], 3: [9, 9]}
-    assert metrics.mismatches(out, base) == [2, 3]
-    assert metrics.mismatches(base, base) == []
+    assert arithmetic.mismatches(out, base) == [2, 3]
+    assert arithmetic.mismatches(base, base) == []
 
 
 def _record(system, qid, category, tokens, wall, **kw):
@@ -390,7 +390,7 @@ def test_vllm_server_gets_the_same_engine_arguments_as_flags():
 def test_bench_turns_prefix_caching_off_for_every_measured_engine():
     """Every tandem mode shares one server: with prefix caching on, each mode after the first
     would find the prompt already cached. The cost measurement builds its own cached engine."""
-    from tandem.cluster.config import TandemConfig
+    from tandem.cluster.config.deployment import TandemConfig
 
     config = runner.bench_config(TandemConfig(), 3, None, None)
     assert config.target.engine_args["enable_prefix_caching"] is False

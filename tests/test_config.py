@@ -6,8 +6,10 @@ import sys
 
 import pytest
 
-from tandem.cluster.auth import authorized
-from tandem.cluster.config import AuthConfig, ConfigError, TandemConfig
+from tandem.cluster.config.deployment import TandemConfig
+from tandem.cluster.config.errors import ConfigError
+from tandem.cluster.config.front_door import AuthConfig
+from tandem.cluster.frontdoor.auth import authorized
 
 pytestmark = pytest.mark.timeout(600)  # loads models; slow on a loaded machine
 

@@ -1,6 +1,6 @@
 """CPU binding on the real service (embedded Ray, a vLLM target, a drafter, gRPC on loopback) as the
-built-in default config sets it (`VLLM_CPU_OMP_THREADS_BIND: auto`, tandem.cluster.cpus): where
-every thread runs, and greedy output still equal to the target alone's."""
+built-in default config sets it (`VLLM_CPU_OMP_THREADS_BIND: auto`, tandem.cluster.config.cpus):
+where every thread runs, and greedy output still equal to the target alone's."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from tandem.client import TandemClient
-from tandem.cluster.cpus import node_cpus
+from tandem.cluster.config.cpus import node_cpus
 
 from .conftest import start_service
 from .reliability import DEADLINE_S, PROMPTS, tandem_processes

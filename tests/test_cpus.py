@@ -1,5 +1,6 @@
-"""Where the target's engine computes (tandem.cluster.cpus): vLLM's VLLM_CPU_OMP_THREADS_BIND read
-for tandem's in-process engines, and a config naming CPUs that are no CPU list refused."""
+"""Where the target's engine computes (tandem.cluster.config.cpus): vLLM's
+VLLM_CPU_OMP_THREADS_BIND read for tandem's in-process engines, and a config naming CPUs that are
+no CPU list refused."""
 
 from __future__ import annotations
 
@@ -9,8 +10,15 @@ import threading
 
 import pytest
 
-from tandem.cluster.config import ConfigError, TandemConfig
-from tandem.cluster.cpus import CoreBinding, compute_threads, keep_off, on_cpus, parse_cpu_list
+from tandem.cluster.config.cpus import (
+    CoreBinding,
+    compute_threads,
+    keep_off,
+    on_cpus,
+    parse_cpu_list,
+)
+from tandem.cluster.config.deployment import TandemConfig
+from tandem.cluster.config.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(30)
 NODE = frozenset(range(8))

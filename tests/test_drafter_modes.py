@@ -4,12 +4,12 @@ recycle, and a source registered from outside (the bench's controlled acceptance
 import pytest
 
 from tandem.benchmarks.controlled_source import ControlledSettings, ControlledSource
-from tandem.cluster.config import SpeculationConfig
 from tandem.speculation import registry
 from tandem.speculation.drafter import Drafter
 from tandem.speculation.ngram import NgramSource
 from tandem.speculation.protocol import DraftItem, Mode
 from tandem.speculation.recycle import RecycleSource
+from tandem.speculation.settings import SpeculationConfig
 from tandem.speculation.source import DrafterSetup
 from tandem.speculation.suffix import SuffixSource
 

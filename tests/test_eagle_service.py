@@ -14,8 +14,8 @@ import time
 
 import pytest
 
+from tandem.benchmarks.launcher import ServiceProcess
 from tandem.client import AsyncTandemClient, TandemClient
-from tandem.cluster.launcher import ServiceProcess
 from tandem.models import builtin_head
 
 from .conftest import spec_bench_prompts, start_service

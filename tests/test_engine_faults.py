@@ -1,4 +1,4 @@
-"""A failed engine step costs only the request that broke it (tandem.cluster.engine), on the
+"""A failed engine step costs only the request that broke it (tandem.plugins.engine_loop), on the
 real vLLM engine with remote-style drafts flowing, and faults injected where vLLM's sampler
 fails (tests/faulty_worker.py): the culprit fails with StepFailed, every other request finishes
 with exactly the tokens it gives without any fault."""
@@ -34,9 +34,9 @@ def engine(model_path, worker_class_restored):
     """An EngineLoop with tandem's proposer, fed by in-process ngram drafters."""
     from vllm.engine.arg_utils import EngineArgs
 
-    from tandem.cluster.config import SpeculationConfig
-    from tandem.cluster.engine import EngineLoop
-    from tandem.plugins.engine import APPLY_FIXES, ATTACH, engine_args
+    from tandem.plugins.engine_loop import EngineLoop
+    from tandem.plugins.engine_setup import APPLY_FIXES, ATTACH, engine_args
+    from tandem.speculation.settings import SpeculationConfig
 
     args = engine_args(
         model_path,
@@ -117,7 +117,7 @@ async def run_beside(engine, prompts, tag, culprit=None, after_start=None):
 def test_the_request_that_breaks_a_step_fails_alone(engine, prompts, reference):
     """A request that makes every step it is in fail joins three greedy streams with drafts
     flowing: it fails with StepFailed after one failed step; the streams finish untouched."""
-    from tandem.cluster.engine import StepFailed
+    from tandem.plugins.engine_loop import StepFailed
 
     loop, session = engine
     poison(engine, "bad-1")
@@ -139,7 +139,7 @@ def test_a_request_that_breaks_mid_decode_is_found_by_rejoining_one_at_a_time(
     """A request breaks steps only once it has decoded 8 tokens: no newcomer to blame, so every
     request rejoins (as a continuation) one per step, and the culprit is the one that breaks a
     step alone. A top_k sampled request beside it finishes its full length."""
-    from tandem.cluster.engine import StepFailed
+    from tandem.plugins.engine_loop import StepFailed
 
     loop, _ = engine
     poison(engine, "bad-2", from_length=len(prompts[1]) + 8)

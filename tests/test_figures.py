@@ -2,16 +2,16 @@
 
 import pytest
 
-from tandem.cluster.figures import (
+from tandem.cluster.telemetry.figures import (
     Breakdown,
     Counters,
     DeliveryTimes,
     DrafterFigures,
-    EngineTimes,
     ReplicaFigures,
     RequestFigures,
     WireTraffic,
 )
+from tandem.plugins.timers import EngineTimes
 from tandem.speculation.session import SessionStats, SpeculationStats
 
 

@@ -11,7 +11,7 @@ import re
 import grpc
 import pytest
 
-from tandem.cluster.server import MalformedRequests, TandemServicer
+from tandem.cluster.frontdoor.grpc_server import MalformedRequests, TandemServicer
 from tandem.protos import tandem_pb2 as pb
 from tandem.protos import tandem_pb2_grpc as pb_grpc
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from tandem.cluster.config import TandemConfig
+from tandem.cluster.config.deployment import TandemConfig
 
 from . import kuberay_rules
 from .conftest import REPO

@@ -12,8 +12,8 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tandem.benchmarks.launcher import ServiceProcess
 from tandem.client import AsyncTandemClient, TandemClient, build_request
-from tandem.cluster.launcher import ServiceProcess
 from tandem.protos import tandem_pb2 as pb
 
 from .reliability import DEADLINE_S, PROMPTS, Lane, run_lanes, tandem_processes, wait_for

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from tandem.cluster.coordinator import Chunk
-from tandem.cluster.requests import RequestError
+from tandem.cluster.frontdoor.coordinator import Chunk
+from tandem.cluster.transport.messages import RequestError
 from tandem.deploy import openai_api
 from tandem.protos import tandem_pb2 as pb
 from tandem.speculation.protocol import Mode

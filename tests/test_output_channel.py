@@ -7,11 +7,10 @@ import asyncio
 
 import pytest
 
-from tandem.cluster.figures import RequestFigures
-from tandem.cluster.output_channel import OutputInbox, OutputSink
-from tandem.cluster.requests import RequestError
-from tandem.cluster.sockets import Endpoint
-from tandem.cluster.target import OutputBatch, StepOutput
+from tandem.cluster.telemetry.figures import RequestFigures
+from tandem.cluster.transport.messages import OutputBatch, RequestError, StepOutput
+from tandem.cluster.transport.output_channel import OutputInbox, OutputSink
+from tandem.cluster.transport.sockets import Endpoint
 from tests.conftest import free_port
 
 BATCH = OutputBatch(

@@ -18,8 +18,8 @@ import yaml
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
+from tandem.benchmarks.launcher import ServiceProcess
 from tandem.client import AsyncTandemClient, TandemClient
-from tandem.cluster.launcher import ServiceProcess
 
 from .conftest import spec_bench_prompts
 

@@ -1,13 +1,13 @@
-"""The placement planner (cluster/placement.py `plan`) as plain logic on described nodes; the
-same check on a real multi-node cluster is in tests/test_placement.py."""
+"""The placement planner (cluster/control/placement.py `plan`) as plain logic on described nodes;
+the same check on a real multi-node cluster is in tests/test_placement.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from tandem.cluster.config import TandemConfig
-from tandem.cluster.placement import Node, PlacementError, PoolRequest, plan
-from tandem.cluster.plan import pool_requests
+from tandem.cluster.config.deployment import TandemConfig
+from tandem.cluster.control.placement import Node, PlacementError, PoolRequest, plan
+from tandem.cluster.control.preview import pool_requests
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -62,7 +62,7 @@ def test_a_pool_that_does_not_fit_beside_earlier_ones_names_the_resource():
 
 
 def test_devices_need_a_matching_accelerator_resource():
-    from tandem.cluster.config import ConfigError
+    from tandem.cluster.config.errors import ConfigError
 
     with pytest.raises(ConfigError, match="target: devices=2 needs an accelerator resource"):
         TandemConfig.from_dict({"target": {"devices": 2, "resources": {"CPU": 1}}})

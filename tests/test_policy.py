@@ -4,7 +4,6 @@ from functools import partial
 
 import pytest
 
-from tandem.cluster.config import DraftLengthConfig
 from tandem.speculation.policy import (
     PROBE_EVERY,
     Acceptance,
@@ -12,6 +11,7 @@ from tandem.speculation.policy import (
     draft_length,
     expected_tokens,
 )
+from tandem.speculation.settings import DraftLengthConfig
 
 pytestmark = pytest.mark.timeout(120)
 

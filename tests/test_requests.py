@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from tandem.cluster.requests import Limits, RequestError, max_prompt_chars, prepare
+from tandem.cluster.frontdoor.requests import Limits, max_prompt_chars, prepare
+from tandem.cluster.transport.messages import RequestError
 from tandem.protos import tandem_pb2 as pb
 
 pytestmark = pytest.mark.timeout(600)  # loads models; slow on a loaded machine

@@ -45,9 +45,9 @@ def test_candidates_line_up_with_verified_tokens(model_path, tokenizer, monkeypa
     from vllm.engine.arg_utils import EngineArgs
     from vllm.sampling_params import RequestOutputKind
 
-    from tandem.cluster.config import SpeculationConfig
-    from tandem.cluster.engine import EngineLoop
-    from tandem.plugins.engine import ATTACH, engine_args
+    from tandem.plugins.engine_loop import EngineLoop
+    from tandem.plugins.engine_setup import ATTACH, engine_args
+    from tandem.speculation.settings import SpeculationConfig
 
     user_args = {"dtype": "float32", "enforce_eager": True, "max_model_len": 1024}
     speculation = SpeculationConfig(num_speculative_tokens=3)

@@ -11,14 +11,14 @@ import msgpack
 import numpy as np
 import pytest
 
-from tandem.cluster.draft_channel import (
+from tandem.cluster.transport.draft_channel import (
     ChannelTimeout,
     DraftChannel,
     DrafterError,
     DraftServer,
     wait,
 )
-from tandem.cluster.sockets import Endpoint
+from tandem.cluster.transport.sockets import Endpoint
 from tandem.speculation.protocol import (
     WIRE_TYPES,
     DraftItem,
@@ -212,7 +212,7 @@ def test_a_caller_without_the_password_gets_nothing(server):
 def test_a_dead_drafter_never_blocks_the_sender():
     """Nobody listens: messages queue up to ZMQ's high-water mark, then sends fail at once
     (the proposer treats the drafter as failed) and posts are dropped, never blocking."""
-    from tandem.cluster.draft_channel import ChannelFull
+    from tandem.cluster.transport.draft_channel import ChannelFull
     from tests.conftest import free_port
 
     channel = DraftChannel(Endpoint(f"tcp://127.0.0.1:{free_port()}", "x"))

@@ -1,5 +1,6 @@
 """The Transport of a speculation session: drafter replicas reached over their sockets
-(tandem.cluster.draft_channel), found and revived through Ray, with a time budget per call.
+(tandem.cluster.transport.draft_channel), found and revived through Ray, with a time budget per
+call.
 
 A call that misses its budget is not a fault (a loaded drafter is late, not broken): its reply
 is dropped when it comes, and the replica is `busy` until then, so the session sends it nothing
@@ -18,14 +19,14 @@ from typing import Any
 
 import ray
 
-from tandem.cluster.draft_channel import (
+from tandem.cluster.telemetry.figures import WireTraffic
+from tandem.cluster.transport.draft_channel import (
     ChannelFull,
     ChannelTimeout,
     DraftChannel,
     wait,
 )
-from tandem.cluster.figures import WireTraffic
-from tandem.cluster.sockets import Endpoint
+from tandem.cluster.transport.sockets import Endpoint
 from tandem.speculation.protocol import (
     DraftItem,
     DraftReply,

@@ -18,7 +18,7 @@ from tandem.plugins.proposer import TandemProposer
 from tandem.plugins.worker import TandemWorkerExtension
 
 if TYPE_CHECKING:
-    from tandem.cluster.config import MirrorConfig, SpeculationConfig
+    from tandem.speculation.settings import MirrorConfig, SpeculationConfig
 
 # collective_rpc method names (TandemWorkerExtension)
 APPLY_FIXES = TandemWorkerExtension.tandem_apply_fixes.__name__
@@ -66,3 +66,13 @@ def mirror_overrides(
         "tandem_mirror_layer": mirror.layer,
         "tandem_mirror_top_k": mirror.top_k,
     }
+
+
+def engine_arg_names() -> set[str]:
+    """The keyword arguments vllm.EngineArgs takes (the config checks `engine_args` against
+    them)."""
+    import dataclasses
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    return {f.name for f in dataclasses.fields(EngineArgs)}

@@ -3,13 +3,13 @@
 A thin shell: it turns an admitted request into vLLM SamplingParams (`submit`), sends each
 engine step's outputs back to the coordinator, and reports what the engine holds. The outputs of
 all the requests a coordinator submitted leave as one `OutputBatch` per engine step on the
-coordinator's socket, sent by the engine thread itself (tandem.cluster.output_channel), so no
-other thread of this process runs per step; a long-lived Ray stream (`outputs`) that yields
+coordinator's socket, sent by the engine thread itself (tandem.cluster.transport.output_channel),
+so no other thread of this process runs per step; a long-lived Ray stream (`outputs`) that yields
 nothing tells the coordinator when this replica dies, and tells the replica when the coordinator
 goes away (its requests are aborted then). With speculation on, the engine's proposer is
 tandem's plugin, attached here to a speculation session that reaches the drafter actors.
 Routing and validation live in the coordinator; what vLLM needs from tandem is built in
-tandem.plugins.engine.
+tandem.plugins.engine_setup.
 """
 
 from __future__ import annotations
@@ -22,36 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
-from tandem.cluster.figures import ReplicaFigures, RequestFigures, WireTraffic
+from tandem.cluster.telemetry.figures import ReplicaFigures, RequestFigures, WireTraffic
+from tandem.cluster.transport.messages import OutputBatch, PreparedRequest, RequestError, StepOutput
 
 if TYPE_CHECKING:
-    from tandem.cluster.config import ModelsConfig, SpeculationConfig, TargetPoolConfig
-    from tandem.cluster.requests import PreparedRequest
-    from tandem.cluster.sockets import Endpoint
-
-
-@dataclass(frozen=True)
-class StepOutput:
-    """One engine step's new tokens of a request; the last also finishes it."""
-
-    request_id: str
-    token_ids: list[int]
-    text: str
-    finish_reason: str | None = None  # "stop", "length" or "abort" on the last one
-    figures: RequestFigures | None = None  # on the last one
-    logprobs: list | None = None  # per new token, with sampling.logprobs (positions below)
-    prompt_logprobs: list | None = None  # per prompt token after the first, on the first one
-    # On the last one, when the request failed: a RequestError (the engine failed a step with
-    # it) or another exception (what went wrong, for the log).
-    error: Exception | None = None
-
-
-@dataclass(frozen=True)
-class OutputBatch:
-    """What one engine step produced for one coordinator's requests."""
-
-    outputs: list[StepOutput]
-    sent_at: float  # time.time() when the replica sent it (transit time, same node)
+    from tandem.cluster.config.deployment import ModelsConfig
+    from tandem.cluster.config.pools import TargetPoolConfig
+    from tandem.cluster.transport.sockets import Endpoint
+    from tandem.speculation.settings import SpeculationConfig
 
 
 @dataclass
@@ -75,15 +53,15 @@ class ReplicaInfo:
     max_model_len: int
     vocab_size: int
     eos_token_ids: list[int]
-    engine_cpus: list[int]  # the CPUs its engine computes on (tandem.cluster.cpus); []: any
+    engine_cpus: list[int]  # the CPUs its engine computes on (tandem.cluster.config.cpus); []: any
 
 
 class Subscription:
     """One coordinator's outputs, as the engine thread hands them on (a `Consumer` of
-    tandem.cluster.engine): each step's batch, made into `StepOutput`s, sent on its socket."""
+    tandem.plugins.engine_loop): each step's batch, made into `StepOutput`s, sent on its socket."""
 
     def __init__(self, replica: TargetReplica, endpoint: Endpoint) -> None:
-        from tandem.cluster.output_channel import OutputSink
+        from tandem.cluster.transport.output_channel import OutputSink
 
         self._replica = replica
         self._sink: OutputSink = OutputSink(endpoint)
@@ -119,9 +97,9 @@ class TargetReplica:
         """`index`: this replica's place in its pool, which picks its engine's CPUs."""
         from vllm.engine.arg_utils import EngineArgs
 
-        from tandem.cluster.cpus import bind_process, compute_threads, keep_off, node_cpus
-        from tandem.cluster.engine import EngineLoop
-        from tandem.plugins.engine import APPLY_FIXES, ATTACH, engine_args
+        from tandem.cluster.config.cpus import bind_process, compute_threads, keep_off, node_cpus
+        from tandem.plugins.engine_loop import EngineLoop
+        from tandem.plugins.engine_setup import APPLY_FIXES, ATTACH, engine_args
 
         self.replica_id = replica_id
         binding = target.core_binding()
@@ -147,7 +125,7 @@ class TargetReplica:
         self.session = None
         self.transport = None
         if speculation is not None:
-            from tandem.cluster.draft_pool import SocketTransport
+            from tandem.cluster.transport.draft_pool import SocketTransport
             from tandem.speculation.session import SpeculationSession
 
             self.transport = SocketTransport(drafters)
@@ -186,20 +164,11 @@ class TargetReplica:
         `request.request_id` names this submission (the coordinator makes it unique per
         submission, so a late abort of an earlier request with the client's same id cannot
         reach this one)."""
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        from tandem.cluster.requests import RequestError
+        from tandem.plugins.vllm_io import sampling_params
         from tandem.speculation.session import RequestSpec
 
-        sampling = request.sampling
-        if self._exact_sampler and "min_p" in sampling:
-            from tandem.plugins.sampler import MIN_P
-
-            sampling = {**sampling, "extra_args": {MIN_P: sampling["min_p"]}}
-            del sampling["min_p"]
         try:
-            params = SamplingParams(**sampling, output_kind=RequestOutputKind.DELTA)
+            params = sampling_params(request.sampling, self._exact_sampler)
         except ValueError as exc:  # vLLM's own limits, should the coordinator's miss one
             raise RequestError("INVALID_ARGUMENT", f"sampling: {exc}") from None
         rid, k = request.request_id, request.num_speculative_tokens
@@ -230,8 +199,9 @@ class TargetReplica:
     def step_output(self, rid: str, item: Any) -> StepOutput | None:
         """A request's output (or the exception that ended it) as the coordinator gets it;
         None for a request already forgotten (its subscriber went away)."""
-        from tandem.cluster.engine import RequestAborted, StepFailed
-        from tandem.cluster.requests import RequestError
+        from tandem.cluster.transport.messages import RequestError
+        from tandem.plugins.engine_loop import RequestAborted, StepFailed
+        from tandem.plugins.vllm_io import positions
 
         running = self._running.get(rid)
         if running is None:
@@ -302,18 +272,3 @@ class TargetReplica:
         self._loop.shutdown()
         if self.transport is not None:
             self.transport.close()
-
-
-Entry = tuple[int, str, float, int]  # token id, its text, log-probability, rank
-
-
-def positions(token_ids: list[int], logprobs: Any) -> list[tuple[Entry, list[Entry]]]:
-    """vLLM's per-position logprob dicts as plain tuples (they cross Ray): the token at each
-    position, and every entry vLLM gave there in its order (the sampled token first, then the
-    most likely ones), which the OpenAI formats cut as vLLM's server does."""
-    out = []
-    for token_id, entries in zip(token_ids, logprobs, strict=True):
-        top = [(t, lp.decoded_token or "", lp.logprob, lp.rank or 0) for t, lp in entries.items()]
-        chosen = next(e for e in top if e[0] == token_id)
-        out.append((chosen, top))
-    return out

@@ -2,8 +2,8 @@
 
 It receives the speculation config whole (in a DrafterSetup) and the registered source
 factories, finds its torch devices, and builds every draft source the setup provides for.
-The proposers' per-step messages arrive on its socket (tandem.cluster.draft_channel), not as Ray
-calls: they run one at a time, in order, which is what a single torch model wants, while
+The proposers' per-step messages arrive on its socket (tandem.cluster.transport.draft_channel), not
+as Ray calls: they run one at a time, in order, which is what a single torch model wants, while
 Mirror-SD hints land at once, during a pre-draft. Ray carries the rest (info, stats, where the
 socket is) and restarts the actor when it dies (the pool sets max_restarts); it comes back empty,
 on a new socket, and the proposers resend each request's history once they have found it.
@@ -18,10 +18,11 @@ from typing import Any
 
 import ray
 
-from tandem.cluster.cpus import CoreBinding, compute_threads, keep_off
-from tandem.cluster.draft_channel import DraftServer
-from tandem.cluster.figures import DrafterLoad
-from tandem.cluster.sockets import Endpoint
+from tandem.cluster.config.cpus import CoreBinding, compute_threads, keep_off
+from tandem.cluster.config.deployment import ModelsConfig
+from tandem.cluster.telemetry.figures import DrafterLoad
+from tandem.cluster.transport.draft_channel import DraftServer
+from tandem.cluster.transport.sockets import Endpoint
 from tandem.speculation.drafter import Drafter
 from tandem.speculation.registry import SourceFactory
 from tandem.speculation.source import DrafterSetup
@@ -42,18 +43,21 @@ class DrafterReplica:
         setup: DrafterSetup,
         factories: Mapping[str, SourceFactory],
         binding: CoreBinding | None = None,
+        models: ModelsConfig | None = None,
     ) -> None:
-        """`binding`: the target engines' CPUs, which this process keeps off."""
+        """`binding`: the target engines' CPUs, which this process keeps off. `models`: where
+        this replica resolves its own copies of the draft and the target, on its node (None: the
+        paths of `setup` as given: one machine, tests)."""
         keep_off(binding or CoreBinding())
         self.replica_id = replica_id
         pool = setup.config.drafters
         compute_threads(pool.resources.get("CPU", 1))  # a model drafter's forward
         draft_model, target = setup.draft_model, setup.target
-        if setup.models is not None:  # this node's own copies, never a path from another node
-            store = setup.models.store()
-            draft_model = store.draft_for(setup.models.target, pool.model, pool.derive_layers)
+        if models is not None:  # this node's own copies, never a path from another node
+            store = models.store()
+            draft_model = store.draft_for(models.target, pool.model, pool.derive_layers)
             if target is not None:
-                target = store.resolve(setup.models.target)
+                target = store.resolve(models.target)
         setup = dataclasses.replace(
             setup,
             devices=_devices(pool.device, pool.devices),

@@ -21,11 +21,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
-from tandem.cluster.auth import authorized
-from tandem.cluster.figures import Breakdown, DrafterFigures
+from tandem.cluster.frontdoor.auth import authorized
+from tandem.cluster.telemetry.figures import Breakdown, DrafterFigures
 
 if TYPE_CHECKING:
-    from tandem.cluster.coordinator import Chunk, Coordinator
+    from tandem.cluster.frontdoor.coordinator import Chunk, Coordinator
 
 log = logging.getLogger("tandem.metrics")
 

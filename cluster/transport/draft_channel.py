@@ -5,12 +5,12 @@ Ray places the drafters, restarts them and tells the proposer where a (re)starte
 of tandem.speculation.wire. Measured side by side (BENCHMARKS.md, "Drafter exchange"), a round
 trip this way costs a fraction of a Ray actor call's, and of a Ray Compiled Graph's.
 
-The drafter binds a ROUTER socket on its node's address behind a password (tandem.cluster.sockets),
-so nobody without the actor handle talks to a drafter. Its `DraftServer` reads messages on one
-thread and runs them on another, in order, except the kinds it is told to run at once (Mirror-SD
-hints, which must land while a pre-draft runs). The target's `DraftChannel` sends from the engine
-thread and matches replies by sequence number; `free` may come from any thread and has a socket
-of its own.
+The drafter binds a ROUTER socket on its node's address behind a password
+(tandem.cluster.transport.sockets), so nobody without the actor handle talks to a drafter. Its
+`DraftServer` reads messages on one thread and runs them on another, in order, except the kinds it
+is told to run at once (Mirror-SD hints, which must land while a pre-draft runs). The target's
+`DraftChannel` sends from the engine thread and matches replies by sequence number; `free` may come
+from any thread and has a socket of its own.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 
 import zmq
 
-from tandem.cluster.sockets import Endpoint, PlainServer, connect
+from tandem.cluster.transport.sockets import Endpoint, PlainServer, connect
 from tandem.speculation.wire import CODEC, Kind, WireError
 
 log = logging.getLogger("tandem.draft_channel")

@@ -23,12 +23,13 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tandem.cluster.api import TandemAPI, internal_error
-from tandem.cluster.auth import authorized
-from tandem.cluster.config import ConfigError, TLSConfig
-from tandem.cluster.coordinator import Coordinator
-from tandem.cluster.metrics import start_metrics
-from tandem.cluster.requests import RequestError
+from tandem.cluster.config.errors import ConfigError
+from tandem.cluster.config.front_door import TLSConfig
+from tandem.cluster.frontdoor.api import TandemAPI, internal_error
+from tandem.cluster.frontdoor.auth import authorized
+from tandem.cluster.frontdoor.coordinator import Coordinator
+from tandem.cluster.frontdoor.prometheus import start_metrics
+from tandem.cluster.transport.messages import RequestError
 from tandem.protos import tandem_pb2 as pb
 from tandem.protos import tandem_pb2_grpc as pb_grpc
 

@@ -145,7 +145,7 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from tandem.cluster.config import TargetPoolConfig
+    from tandem.cluster.config.pools import TargetPoolConfig
 
     # vLLM reads its logging level once, at import: set the target's environment before the
     # config (which checks engine args against vLLM) imports it.
@@ -159,7 +159,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from tandem.benchmarks.records import GenerationParams
     from tandem.benchmarks.systems import SystemChoiceError
     from tandem.benchmarks.workload import DEFAULT_PROMPTS, WorkloadError
-    from tandem.cluster.config import TandemConfig
+    from tandem.cluster.config.deployment import TandemConfig
     from tandem.speculation.eagle_format import HeadError
 
     preset = QUICK if args.quick else DEFAULTS
@@ -216,7 +216,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m tandem.benchmarks.cli ...`, the same as `tandem bench ...`."""
+    """`python -m tandem.commands.bench ...`, the same as `tandem bench ...`."""
     parser = argparse.ArgumentParser(prog="tandem")
     add_bench_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])

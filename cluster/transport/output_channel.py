@@ -5,8 +5,8 @@ engine thread itself right after the step: no other Python thread of the replica
 wakes per step, so nothing takes the interpreter from the engine's next forward (BENCHMARKS.md,
 "The GIL in the target actor": the event loop and Ray's serializer thread that carried a Ray
 stream per step did). The coordinator binds a PULL socket behind a password
-(tandem.cluster.sockets) and reads it on its event loop; the replica connects a PUSH socket to
-it. Ray still carries the control plane: the subscription and the replica's liveness.
+(tandem.cluster.transport.sockets) and reads it on its event loop; the replica connects a PUSH
+socket to it. Ray still carries the control plane: the subscription and the replica's liveness.
 
 The messages are pickles of `OutputBatch` (C pickle, protocol 5), as Ray's own objects were:
 both ends are tandem, and only a holder of the password can send one.
@@ -20,7 +20,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from tandem.cluster.sockets import Endpoint, PlainServer, connect
+from tandem.cluster.transport.sockets import Endpoint, PlainServer, connect
 
 
 class OutputSink:

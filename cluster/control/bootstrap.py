@@ -17,9 +17,11 @@ from pathlib import Path
 
 import ray
 
-from tandem.cluster.config import ConfigError, TandemConfig
-from tandem.cluster.drafter import DrafterInfo, DrafterReplica
-from tandem.cluster.placement import (
+from tandem.cluster.actors.drafter_actor import DrafterInfo, DrafterReplica
+from tandem.cluster.actors.target_actor import ReplicaInfo, TargetReplica
+from tandem.cluster.config.deployment import TandemConfig
+from tandem.cluster.config.errors import ConfigError
+from tandem.cluster.control.placement import (
     PlacementError,
     Pool,
     cluster_nodes,
@@ -27,8 +29,7 @@ from tandem.cluster.placement import (
     plan,
     request_for,
 )
-from tandem.cluster.plan import pool_requests
-from tandem.cluster.target import ReplicaInfo, TargetReplica
+from tandem.cluster.control.preview import pool_requests
 from tandem.models import check_same_vocabulary
 from tandem.speculation import registry
 from tandem.speculation.eagle_format import HeadError, aux_layers, resolve_head
@@ -138,15 +139,13 @@ def start_drafters(config: TandemConfig, target_path: Path, head: Path | None = 
         _check_layer_groups(pool.layer_groups, draft_path)
     # Each drafter resolves its own copy of the draft and the target on its node (models);
     # draft_path and target_path are this node's, checked here.
-    setup = DrafterSetup(
-        config.speculation, vocab_size(target_path), draft_path, head, target_path, models=models
-    )
+    setup = DrafterSetup(config.speculation, vocab_size(target_path), draft_path, head, target_path)
     factories = registry.factories()  # tandem's sources and any registered in this process
     return place_pool(
         request_for("drafters", pool),
         DrafterReplica,
         pool.env,
-        lambda i: (f"drafter-{i}", setup, factories, config.target.core_binding()),
+        lambda i: (f"drafter-{i}", setup, factories, config.target.core_binding(), models),
         max_restarts=pool.max_restarts,
     )
 

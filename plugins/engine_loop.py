@@ -6,11 +6,11 @@ which means driving the synchronous `LLMEngine` ourselves: one thread owns the e
 while requests are unfinished; callers talk to it through a command queue and get their outputs
 back through a `Consumer` each: after every step the engine thread hands each consumer that
 step's outputs for it in one batch. tandem's target replica sends them straight onto a socket
-from this thread (tandem.cluster.output_channel); asyncio callers (`generate`) take them from an
-`Outbox`, with one wake-up of their event loop per step (Python work that competes with the
+from this thread (tandem.cluster.transport.output_channel); asyncio callers (`generate`) take them
+from an `Outbox`, with one wake-up of their event loop per step (Python work that competes with the
 engine thread for the GIL, which is why the replica does not use one). vLLM still does all the
 batching, scheduling, KV-cache management and sampling; the loop times its steps
-(tandem.cluster.figures.EngineTimes).
+(tandem.plugins.timers.EngineTimes).
 
 A step that raises costs as little as possible (`_recover`): the engine's state is unknown, so
 every request in it is aborted there, but only the request that broke the step fails. The others
@@ -34,8 +34,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tandem.cluster.figures import EngineTimes
-from tandem.plugins.timers import StepTimers
+from tandem.plugins.timers import EngineTimes, StepTimers
 
 # The engine core must live in this process (the proposer reaches the drafters through this
 # process's Ray connection, and the session is handed to the worker by reference); vLLM reads

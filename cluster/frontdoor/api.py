@@ -11,8 +11,8 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable
 
-from tandem.cluster.coordinator import Chunk, Coordinator
-from tandem.cluster.requests import RequestError
+from tandem.cluster.frontdoor.coordinator import Chunk, Coordinator
+from tandem.cluster.transport.messages import RequestError
 from tandem.protos import tandem_pb2 as pb
 
 log = logging.getLogger("tandem.api")
@@ -58,7 +58,7 @@ def response_from(chunks: list[Chunk]) -> pb.GenerateResponse:
 
 
 def token_logprobs(positions: Iterable) -> list[pb.TokenLogprobs]:
-    """Per-position entries of a chunk (tandem.cluster.target.positions) as protobuf."""
+    """Per-position entries of a chunk (tandem.plugins.vllm_io.positions) as protobuf."""
     return [
         pb.TokenLogprobs(token=_logprob(chosen), top=[_logprob(e) for e in top])
         for chosen, top in positions

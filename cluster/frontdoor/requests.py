@@ -7,11 +7,11 @@ so a bad request never costs engine time and its error names the field to fix.
 from __future__ import annotations
 
 import math
-import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from tandem.cluster.transport.messages import PreparedRequest, RequestError
 from tandem.protos import tandem_pb2 as pb
 from tandem.protos.modes import mode_of
 
@@ -20,22 +20,6 @@ MAX_REQUEST_ID_LEN = 256
 # vLLM's limits (vllm.SamplingParams, ModelConfig.max_logprobs' default).
 MAX_TEMPERATURE = 2.0
 MAX_LOGPROBS = 20
-_FIELD = re.compile(r"^([A-Za-z_][\w.\[\]]*): ")
-
-
-class RequestError(ValueError):
-    """A request the server refuses; `code` is a grpc.StatusCode name. Messages start with the
-    field they are about (`sampling.max_tokens: ...`), which `field` keeps for front doors that
-    report it apart (the OpenAI API's `param`)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        match = _FIELD.match(message)
-        self.field = match.group(1) if match else None
-
-    def __reduce__(self):  # picklable (Ray, Serve), though __init__ takes two arguments
-        return type(self), (self.code, str(self))
 
 
 def invalid(message: str) -> RequestError:
@@ -63,16 +47,6 @@ class Limits:
     # None: no bound known for this tokenizer.
     max_prompt_chars: int | None = None
     speculative_engine: bool = False  # the engine runs with a speculative config (any mode)
-
-
-@dataclass(frozen=True)
-class PreparedRequest:
-    request_id: str
-    prompt_token_ids: list[int]
-    sampling: dict[str, Any]  # keyword arguments of vllm.SamplingParams
-    mode: str = "off"  # speculation mode
-    num_speculative_tokens: int = 0  # the request's k
-    pipelined: bool = False
 
 
 def prepare(request: pb.GenerateRequest, tokenizer: Any, limits: Limits) -> PreparedRequest:

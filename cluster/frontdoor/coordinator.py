@@ -1,7 +1,7 @@
 """The coordinator: admits requests, routes them to target replicas, streams results back.
 
 It runs in the front-door process (the gRPC server, or a Ray Serve replica) as a Ray driver,
-over a deployment that tandem.cluster.bootstrap brought up. Each request goes to the replica
+over a deployment that tandem.cluster.control.bootstrap brought up. Each request goes to the replica
 with the fewest outstanding requests (among those up) under an engine-level id of its own, so a
 late abort of an earlier request with the same client id never reaches it; a request that is
 cancelled, times out or is aborted is aborted in its replica's engine too. Outputs come back on
@@ -28,10 +28,11 @@ from typing import Any, TypeVar
 
 import ray
 
-from tandem.cluster import bootstrap
-from tandem.cluster.bootstrap import Deployment
-from tandem.cluster.config import TandemConfig
-from tandem.cluster.figures import (
+from tandem.cluster.config.deployment import TandemConfig
+from tandem.cluster.control import bootstrap
+from tandem.cluster.control.bootstrap import Deployment
+from tandem.cluster.frontdoor.requests import Limits, max_prompt_chars, prepare
+from tandem.cluster.telemetry.figures import (
     Breakdown,
     Counters,
     DeliveryTimes,
@@ -41,16 +42,9 @@ from tandem.cluster.figures import (
     RequestFigures,
     ratio,
 )
-from tandem.cluster.output_channel import OutputInbox
-from tandem.cluster.requests import (
-    Limits,
-    PreparedRequest,
-    RequestError,
-    max_prompt_chars,
-    prepare,
-)
-from tandem.cluster.sockets import Endpoint
-from tandem.cluster.target import OutputBatch, StepOutput
+from tandem.cluster.transport.messages import OutputBatch, PreparedRequest, RequestError, StepOutput
+from tandem.cluster.transport.output_channel import OutputInbox
+from tandem.cluster.transport.sockets import Endpoint
 from tandem.protos import tandem_pb2 as pb
 
 log = logging.getLogger("tandem.coordinator")
@@ -77,7 +71,9 @@ class Chunk:
     time_per_output_token_s: float = 0.0
     total_s: float = 0.0
     figures: RequestFigures | None = None  # the request's speculation figures, on the last chunk
-    logprobs: list | None = None  # per token, with sampling.logprobs (target.positions)
+    logprobs: list | None = (
+        None  # per token, with sampling.logprobs (tandem.plugins.vllm_io.positions)
+    )
     prompt_logprobs: list | None = None  # per prompt token after the first, on the first chunk
 
 
@@ -125,11 +121,11 @@ class _Run:
 
 class ReplicaStream:
     """One target replica's outputs for this coordinator: a subscription (a socket of this
-    coordinator's that the replica's engine thread sends to, tandem.cluster.output_channel),
-    read by a task that hands each request's outputs to its queue (with when the batch
-    arrived), and the replica's Ray stream `outputs`, which yields nothing but breaks when the
-    replica dies: then every waiting request gets the error, and the next request subscribes
-    anew."""
+    coordinator's that the replica's engine thread sends to,
+    tandem.cluster.transport.output_channel), read by a task that hands each request's outputs to
+    its queue (with when the batch arrived), and the replica's Ray stream `outputs`, which yields
+    nothing but breaks when the replica dies: then every waiting request gets the error, and the
+    next request subscribes anew."""
 
     def __init__(self, actor: Any, counters: Counters) -> None:
         self.actor = actor

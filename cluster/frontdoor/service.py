@@ -10,10 +10,10 @@ from collections.abc import Callable
 import ray
 from ray._private import ray_constants
 
-from tandem.cluster.config import RayConfig, TandemConfig
-from tandem.cluster.coordinator import Coordinator
-from tandem.cluster.cpus import keep_off
-from tandem.cluster.server import Server, serve_until_signal
+from tandem.cluster.config.cpus import keep_off
+from tandem.cluster.config.deployment import RayConfig, TandemConfig
+from tandem.cluster.frontdoor.coordinator import Coordinator
+from tandem.cluster.frontdoor.grpc_server import Server, serve_until_signal
 
 log = logging.getLogger("tandem")
 
@@ -63,6 +63,17 @@ def run_service(config: TandemConfig, on_ready: Callable[[Server], None] | None 
             coordinator.shutdown()
         if embedded:
             ray.shutdown()
+
+
+def announcer(config: TandemConfig) -> Callable[[Server], None]:
+    """`run_service`'s on_ready for a terminal: where it listens, and a first command to try
+    (tandem's launcher, benchmarks/launcher.py, reads the first line)."""
+
+    def announce(server: Server) -> None:
+        print(f"tandem listening on {server.address} (model {config.models.target})", flush=True)
+        print(f'try: tandem generate "Tell me about Ray." --address {server.address}', flush=True)
+
+    return announce
 
 
 async def _serve(coordinator: Coordinator, on_ready) -> None:

@@ -13,8 +13,8 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Self
 
+from tandem.plugins.timers import EngineTimes, Sums
 from tandem.protos import tandem_pb2 as pb
 from tandem.speculation.session import SessionStats
 
@@ -72,39 +72,6 @@ class RequestFigures:
             cache_hits=self.cache_hits,
             cache_misses=self.cache_misses,
         )
-
-
-class Sums:
-    """Figures that only add up (counts and seconds): `b - a` is what happened between two
-    reads `a` and `b` of the same counters."""
-
-    def _combine(self, other: Self, sign: int) -> Self:
-        return type(self)(
-            **{
-                f.name: getattr(self, f.name) + sign * getattr(other, f.name)
-                for f in dataclasses.fields(self)  # type: ignore[arg-type]
-            }
-        )
-
-    def __add__(self, other: Self) -> Self:
-        return self._combine(other, 1)
-
-    def __sub__(self, other: Self) -> Self:
-        return self._combine(other, -1)
-
-
-@dataclass(frozen=True)
-class EngineTimes(Sums):
-    """A target engine's time, summed since it started (tandem.cluster.engine.EngineLoop)."""
-
-    steps: int = 0  # engine steps that ran the model
-    tokens: int = 0  # tokens those steps produced, every request's
-    step_s: float = 0.0  # inside vLLM's engine step
-    schedule_s: float = 0.0  # of which its scheduler
-    model_s: float = 0.0  # of which the model: forward, sampling and the proposer
-    between_s: float = 0.0  # the engine thread between steps (hand-offs, commands)
-    deliveries: int = 0  # output batches the engine thread handed on (sent)
-    handoff_s: float = 0.0  # of between_s: handing them on (encoding and sending)
 
 
 @dataclass(frozen=True)

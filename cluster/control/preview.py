@@ -2,7 +2,7 @@
 
 It asks the configured Ray cluster for its nodes (or, for the embedded default, describes the
 local node the embedded cluster would start with, without starting it) and runs the same
-feasibility check and strategy as the service (cluster/placement.py), pools in the service's
+feasibility check and strategy as the service (cluster/control/placement.py), pools in the service's
 order: drafters first, then the target.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 
-from tandem.cluster.config import TandemConfig
-from tandem.cluster.placement import (
+from tandem.cluster.config.deployment import TandemConfig
+from tandem.cluster.control.placement import (
     Assignment,
     Node,
     PlacementError,

@@ -94,7 +94,7 @@ def _threads(args: argparse.Namespace) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from tandem.cluster.config import TandemConfig
+    from tandem.cluster.config.deployment import TandemConfig
     from tandem.models import resolve_model
     from tandem.training.data import DataRecipe, build
 

@@ -1,0 +1,1 @@
+"""The deployment config: one typed, validated object from one YAML (CLI, Ray Serve, KubeRay)."""

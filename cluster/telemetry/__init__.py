@@ -1,0 +1,1 @@
+"""What tandem counts: one definition of each figure for GetStats, Prometheus and the bench."""

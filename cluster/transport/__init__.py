@@ -1,0 +1,1 @@
+"""The data planes between actors: password-protected ZMQ sockets and their message channels."""
