@@ -34,6 +34,7 @@ class DrafterInfo:
     replica_id: str
     node_id: str
     modes: list[str]  # the modes its sources serve
+    endpoint: Endpoint  # where its socket listens
 
 
 class DrafterReplica:
@@ -88,7 +89,10 @@ class DrafterReplica:
 
     def info(self) -> DrafterInfo:
         return DrafterInfo(
-            self.replica_id, ray.get_runtime_context().get_node_id(), self.drafter.modes()
+            self.replica_id,
+            ray.get_runtime_context().get_node_id(),
+            self.drafter.modes(),
+            self.server.endpoint,
         )
 
     def stats(self) -> DrafterLoad:

@@ -91,10 +91,13 @@ class TargetReplica:
         target: TargetPoolConfig,
         speculation: SpeculationConfig | None = None,
         drafters: list[Any] = (),
+        drafter_endpoints: list[Endpoint] = (),
         features: tuple[int, ...] = (),
         index: int = 0,
     ) -> None:
-        """`index`: this replica's place in its pool, which picks its engine's CPUs."""
+        """`drafters`: the drafter replicas' handles, and where each listened at bootstrap (no
+        blocking Ray call on this async actor's loop to ask). `index`: this replica's place in
+        its pool, which picks its engine's CPUs."""
         from vllm.engine.arg_utils import EngineArgs
 
         from tandem.cluster.config.cpus import bind_process, compute_threads, keep_off, node_cpus
@@ -128,7 +131,7 @@ class TargetReplica:
             from tandem.cluster.transport.draft_pool import SocketTransport
             from tandem.speculation.session import SpeculationSession
 
-            self.transport = SocketTransport(drafters)
+            self.transport = SocketTransport(drafters, drafter_endpoints)
             self.session = SpeculationSession(self.transport, speculation)
             attached = self._loop.call(
                 lambda engine: engine.collective_rpc(

@@ -90,6 +90,7 @@ def start(config: TandemConfig) -> Deployment:
                 target,
                 speculation,
                 drafters.actors if drafters else [],
+                [info.endpoint for info in drafter_infos],
                 features,
                 i,
             ),

@@ -37,6 +37,7 @@ from tandem.speculation.protocol import (
 from tandem.speculation.wire import Kind
 
 CONNECT_TIMEOUT_S = 30.0
+PING_TIMEOUT_S = 5.0  # a drafter found where the deployment saw it answers in milliseconds
 
 
 class DrafterUnreachable(RuntimeError):
@@ -48,10 +49,11 @@ class DrafterGone(ConnectionError):
 
 
 class SocketTransport:
-    def __init__(self, drafters: Sequence[Any]) -> None:
+    def __init__(self, drafters: Sequence[Any], endpoints: Sequence[Endpoint]) -> None:
+        """`drafters`: the replicas' actor handles; `endpoints`: where they listened when the
+        deployment started (a drafter that restarted since is asked again, once)."""
         self.drafters = list(drafters)
         self.replicas = len(self.drafters)
-        endpoints = ray.get([d.endpoint.remote() for d in self.drafters], timeout=CONNECT_TIMEOUT_S)
         self.channels = [DraftChannel(e) for e in endpoints]
         self._closed = WireTraffic()  # traffic of channels replaced after a drafter restart
         self._probes: dict[int, Any] = {}
@@ -59,13 +61,22 @@ class SocketTransport:
         self._watches: dict[int, Any] = {}  # replica -> Ray call: is a late drafter still there
         self._gone: set[int] = set()  # replicas whose drafter went away while late
         for replica, channel in enumerate(self.channels):
-            seq = channel.send(Kind.PING, None)
-            result = wait({replica: (channel, seq)}, CONNECT_TIMEOUT_S)[replica]
+            result = self._ping(channel, PING_TIMEOUT_S)
+            if isinstance(result, Exception):  # restarted since: where does it listen now?
+                endpoint = ray.get(self.drafters[replica].endpoint.remote(), timeout=30)
+                channel.close()
+                channel = self.channels[replica] = DraftChannel(endpoint)
+                result = self._ping(channel, CONNECT_TIMEOUT_S)
             if isinstance(result, Exception):
                 raise DrafterUnreachable(
                     f"drafter {replica} does not answer on {channel.endpoint.address} from this "
                     f"target's node ({result}): open that port range between the nodes"
                 )
+
+    @staticmethod
+    def _ping(channel: DraftChannel, timeout_s: float) -> Any:
+        """The reply to a PING, or the exception standing for its failure or lateness."""
+        return wait({0: (channel, channel.send(Kind.PING, None))}, timeout_s)[0]
 
     def busy(self, replica: int) -> bool:
         """True while the replica's late call has not returned (and its actor is still the one
