@@ -1,6 +1,6 @@
 # make serve: set up if needed, then run the service on its embedded default.
 # make test:  set up if needed, then run the whole test suite.
-# make test-sampling: the sampling distribution test with more samples (README, Speculation).
+# make test-sampling: the sampling distribution test with more samples (docs/speculation.md).
 # make setup: idempotent; a virtualenv in .venv with the CPU extra and the default model.
 # make bench: set up if needed, then run `tandem bench` into bench-results/ (BENCH_ARGS adds
 #             options, e.g. BENCH_ARGS=--quick).

@@ -1,5 +1,6 @@
-"""The speculation-cache budget sweep behind BENCHMARKS.md (a probe, not part of `tandem bench`:
-the budget is a server setting, so each budget needs a server of its own).
+"""The speculation-cache budget sweep behind docs/benchmarks/2026-11-22-pipelining-draft-length.md
+(a probe, not part of `tandem bench`: the budget is a server setting, so each budget needs a server
+of its own).
 
     .venv/bin/python -m tandem.benchmarks.cache_budget_sweep
 

@@ -270,7 +270,7 @@ def _sampling_note(gen: dict[str, Any]) -> list[str]:
         f"- sampling (temperature {gen['temperature']}, seed {gen['seed']}): tandem's systems "
         "verify drafts with tandem's exact sampler; vLLM's in-process speculation (vllm-ngram, "
         "vllm-draft-model) with vLLM 0.32's own rejection sampler, which is NOT exact for "
-        "sampled requests on the CPU (README, known vLLM issues): its figures are not a "
+        "sampled requests on the CPU (docs/known-vllm-issues.md): its figures are not a "
         "baseline to beat. A seed gives the same tokens with and without tandem's drafts, so "
         "mismatches count outputs that left the target's seeded tokens."
     ]

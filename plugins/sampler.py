@@ -1,9 +1,9 @@
 """tandem's exact speculative sampler, put in place of the forward of vLLM's rejection sampler
 (`vllm/v1/sample/rejection_sampler.py`, `RejectionSampler.forward`) in the target's worker.
 
-Why: vLLM 0.32 verifies the drafts of sampled requests wrongly on the CPU (README, "Known vLLM
-0.32 (CPU) issues"). `apply_sampling_constraints` spreads each request's temperature, top_k and
-top_p over its draft positions with `expand_batch_to_tokens`, whose CPU stand-in for the Triton
+Why: vLLM 0.32 verifies the drafts of sampled requests wrongly on the CPU
+(docs/known-vllm-issues.md). `apply_sampling_constraints` spreads each request's temperature, top_k
+and top_p over its draft positions with `expand_batch_to_tokens`, whose CPU stand-in for the Triton
 kernel (`vllm/utils/cpu_triton_utils.py`, `_expand_kernel_impl`) writes into an int64 copy of its
 output and drops it: draft positions are sampled with whatever the uninitialised tensor held
 (tokens from nowhere; a top_k past the vocabulary fails the whole step). On every platform, min_p

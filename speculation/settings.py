@@ -72,9 +72,9 @@ class PipelineConfig(Section):
     pre-drafts the next one for the block's likeliest outcomes (the speculation cache)."""
 
     enabled: bool = True  # the default for requests; each may turn it off
-    # Measured (BENCHMARKS.md, "Speculation-cache budget"): with ngram, 1/1, 4/2 and 8/4 give
-    # 8%, 23% and 30% hits and the same speed; a drafter that costs time is bounded by the
-    # verification window before these counts.
+    # Measured (docs/benchmarks/2026-11-22-pipelining-draft-length.md, "Speculation-cache budget"):
+    # with ngram, 1/1, 4/2 and 8/4 give 8%, 23% and 30% hits and the same speed; a drafter that
+    # costs time is bounded by the verification window before these counts.
     outcomes: PositiveInt = 4  # outcomes pre-drafted per request and step
     fanout: PositiveInt = 2  # guesses per rejected position for the target's token there
 
@@ -119,8 +119,8 @@ class DraftLengthConfig(Section):
 class SamplerConfig(Section):
     """Who verifies drafts. `tandem` (tandem.plugins.sampler) replaces the forward of vLLM's
     rejection sampler in the target's worker: exact for greedy and for sampled requests
-    (temperature, top_k, top_p, min_p, seeds), which vLLM 0.32's own is not on the CPU (README,
-    "Known vLLM 0.32 (CPU) issues"). `vllm` keeps vLLM's own; requests with min_p are then
+    (temperature, top_k, top_p, min_p, seeds), which vLLM 0.32's own is not on the CPU
+    (docs/known-vllm-issues.md). `vllm` keeps vLLM's own; requests with min_p are then
     refused (vLLM does not apply it with speculation)."""
 
     kind: Literal["tandem", "vllm"] = "tandem"

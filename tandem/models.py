@@ -46,8 +46,8 @@ BUILTIN_MODELS: dict[str, GgufSource] = {
 }
 
 
-# EAGLE-3 heads tandem ships (package data, `tandem draft train` made them; see README), by the
-# built-in target they were trained for.
+# EAGLE-3 heads tandem ships (package data, `tandem draft train` made them; see
+# docs/speculation.md), by the built-in target they were trained for.
 BUILTIN_HEADS: dict[str, str] = {DEFAULT_MODEL: "smollm2-135m-instruct-eagle3"}
 HEADS_DIR = Path(__file__).parent / "heads"
 
@@ -259,7 +259,7 @@ def derive_draft(target: Path, layers: int, models_dir: Path | None = None) -> P
     """A draft model made of the target's first `layers` layers (plus its embeddings, final norm
     and head), saved as a HF folder beside the prepared models; idempotent.
 
-    Untrained, such a draft agrees with its target rarely on small models (see BENCHMARKS.md),
+    Untrained, such a draft agrees with its target rarely on small models (see docs/benchmarks/),
     but it shares the tokenizer by construction: a ready drafter for tests and for users
     without a draft model.
     """

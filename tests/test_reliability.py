@@ -273,8 +273,8 @@ def test_soak(service, client, references, soak_minutes, request):
     sampling: every greedy stream equals its unary twin, sampled ones have their full length,
     and the resident memory of every tandem process stays within 5% after warm-up. Under this
     load the target's memory climbs in steps for its first ~4 minutes and then stays flat, with
-    or without a leak (BENCHMARKS.md, "The GIL in the target actor"): from 30 s to 120 s it grew
-    6.4% once on a leak-free build, so the short soak of `make test` measures from 60 s, and
+    or without a leak (docs/benchmarks/2026-12-02-gil-in-target-actor.md): from 30 s to 120 s it
+    grew 6.4% once on a leak-free build, so the short soak of `make test` measures from 60 s, and
     the 30-minute one (`make soak`, RELIABILITY.md) is the leak check that counts."""
     duration = soak_minutes * 60
     warmup = max(60.0, duration / 4)

@@ -295,7 +295,7 @@ def test_draft_probabilities_follow_leviathan():
 
 
 def test_vllm_032_cpu_expand_kernel_drops_its_output():
-    """Why tandem's sampler exists (README, known vLLM issues): vLLM 0.32's CPU stand-in for the
+    """Why tandem's sampler exists (docs/known-vllm-issues.md): vLLM 0.32's CPU stand-in for the
     Triton `expand_kernel` (vllm/utils/cpu_triton_utils.py, `_expand_kernel_impl`) converts a
     float32 or int32 output to an int64 copy, fills the copy and drops it. The rejection sampler
     expands temperature, top_k and top_p with it, into uninitialised tensors. If this fails,

@@ -6,7 +6,7 @@ defect 1).
 
 The speculating server verifies with `speculation.sampler.kind` = pytest's --sampler (tandem by
 default): `pytest tests/test_sampling.py --sampler vllm` runs the same tests on vLLM's own
-rejection sampler, which they catch (README, "Known vLLM 0.32 (CPU) issues"). `make
+rejection sampler, which they catch (docs/known-vllm-issues.md). `make
 test-sampling` runs the distribution test with more samples (--sampling-samples).
 """
 

@@ -377,9 +377,9 @@ def test_side_by_side_with_vllms_openai_server(app, vllm_server):
             assert set(theirs.json()["error"]) == set(ours.json()["error"])
             continue
         if "min_tokens" in row.body:
-            continue  # vLLM's drafts skip min_tokens (README); tandem decodes it without drafts
+            continue  # vLLM's drafts skip min_tokens (docs/known-vllm-issues.md)
         if row.body.get("temperature"):
-            continue  # sampled: vLLM's CPU rejection sampler is not exact (README)
+            continue  # sampled: vLLM's CPU rejection sampler is not exact (same file)
         a, b = ours.json(), theirs.json()
         assert _texts(a) == _texts(b), (row.name, _texts(a), _texts(b))
         keys = ("prompt_tokens", "completion_tokens", "total_tokens")

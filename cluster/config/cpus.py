@@ -3,11 +3,11 @@
 On the CPU the target's forward is the step, and it slows when anything else runs on its core
 (the drafter answering, the coordinator streaming, Ray's daemons) and when the target actor's
 other threads (Ray's, the event loop's, the sockets') run on another core, where they take the
-GIL each time a torch op of the forward lets it go. Measured on 2 cores (BENCHMARKS.md, "A core
-of its own"): the target actor's whole process on one core and every other process on the other
-made tandem's forward as short as vLLM's in-process engine's, which does all its work on one
-thread; the engine thread alone on its core, the actor's other threads beside the rest, made it
-longer than no binding at all.
+GIL each time a torch op of the forward lets it go. Measured on 2 cores
+(docs/benchmarks/2026-12-06-cpu-binding-closes-forward-gap.md): the target actor's whole process on
+one core and every other process on the other made tandem's forward as short as vLLM's in-process
+engine's, which does all its work on one thread; the engine thread alone on its core, the actor's
+other threads beside the rest, made it longer than no binding at all.
 
 The cores are named by vLLM's own setting, VLLM_CPU_OMP_THREADS_BIND in `target.env`, which
 `vllm serve` honours (its worker's OpenMP threads) and vLLM's in-process engine ignores; tandem

@@ -2,7 +2,8 @@
 
 Ray places the drafters, restarts them and tells the proposer where a (re)started one listens
 (the control plane); the per-step messages travel on a socket of their own, in the wire format
-of tandem.speculation.wire. Measured side by side (BENCHMARKS.md, "Drafter exchange"), a round
+of tandem.speculation.wire. Measured side by side
+(docs/benchmarks/2026-12-01-lean-serving-path-eagle3.md, "The drafter exchange alone"), a round
 trip this way costs a fraction of a Ray actor call's, and of a Ray Compiled Graph's.
 
 The drafter binds a ROUTER socket on its node's address behind a password

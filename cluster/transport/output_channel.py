@@ -2,9 +2,9 @@
 
 Each engine step's outputs for one coordinator leave the replica as one message, sent by the
 engine thread itself right after the step: no other Python thread of the replica's process
-wakes per step, so nothing takes the interpreter from the engine's next forward (BENCHMARKS.md,
-"The GIL in the target actor": the event loop and Ray's serializer thread that carried a Ray
-stream per step did). The coordinator binds a PULL socket behind a password
+wakes per step, so nothing takes the interpreter from the engine's next forward (see
+docs/benchmarks/2026-12-02-gil-in-target-actor.md: the event loop and Ray's serializer thread that
+carried a Ray stream per step did). The coordinator binds a PULL socket behind a password
 (tandem.cluster.transport.sockets) and reads it on its event loop; the replica connects a PUSH
 socket to it. Ray still carries the control plane: the subscription and the replica's liveness.
 
