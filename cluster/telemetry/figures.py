@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from tandem.cluster.telemetry.figure_tables import SPECULATION, stat_fields
 from tandem.plugins.timers import EngineTimes, Sums
 from tandem.protos import tandem_pb2 as pb
-from tandem.speculation.session import SessionStats
+from tandem.speculation.session_stats import SessionStats
 
 
 def ratio(a: float, b: float) -> float:
