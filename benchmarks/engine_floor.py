@@ -39,7 +39,7 @@ class EngineHost:
     def __init__(
         self, name: str, path: str, speculative: bool = False, vllm_ngram: bool = False
     ) -> None:
-        from tandem.benchmarks.runner import configure_process, engine_cpus
+        from tandem.benchmarks.process_setup import configure_process, engine_cpus
         from tandem.benchmarks.vllm_system import VllmSystem
         from tandem.cluster.config.deployment import TandemConfig
         from tandem.plugins.engine_setup import engine_args

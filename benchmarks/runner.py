@@ -20,7 +20,9 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from tandem.benchmarks import controlled, costs, machine, summary
+from tandem.benchmarks.process_setup import configure_process, engine_cpus
 from tandem.benchmarks.records import ConcurrencyRun, GenerationParams, RequestRecord
+from tandem.benchmarks.shared_config import draft_model_path, eagle_head_path, server_config
 from tandem.benchmarks.systems import (
     BASELINE,
     SERVED,
@@ -41,7 +43,6 @@ from tandem.benchmarks.workload import (
     render,
     select,
 )
-from tandem.cluster.config.cpus import keep_off, node_cpus
 
 SCHEMA = "tandem-bench/1"
 T = TypeVar("T")
@@ -68,38 +69,6 @@ class BenchOptions:
     # Measurement tool: the alphas of the controlled-acceptance runs (none: not run).
     controlled_acceptance: list[float] = field(default_factory=list)
     controlled_cost_ms: float = 2.0  # compute per drafted token of the controlled drafter
-
-
-def threads_per_engine(config: Any) -> int:
-    """The threads a tandem target replica computes with: Ray gives its actor OMP_NUM_THREADS
-    equal to the CPUs of its bundle. The in-process engines get the same, for a fair match."""
-    return max(1, int(config.target.resources.get("CPU", 1)))
-
-
-def configure_process(config: Any) -> int:
-    """Set threads, the target's vLLM environment and its CPU binding for this process before
-    any engine: like a tandem target's, the in-process engines compute on cores of their own
-    (`engine_cpus`), and every other thread of the bench keeps off them.
-
-    NUMBA_NUM_THREADS matters: vLLM's ngram drafter runs numba parallel code, and numba's default
-    of one OpenMP worker per core left spinning workers that slowed every engine step up to 30x
-    on a 2-core machine (vLLM itself caps the drafter at one numba thread).
-    """
-    threads = threads_per_engine(config)
-    keep_off(config.target.core_binding())
-    os.environ.update(config.target.env)
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
-    import torch
-
-    torch.set_num_threads(threads)
-    return threads
-
-
-def engine_cpus(config: Any) -> frozenset[int] | None:
-    """The CPUs the bench's in-process engines compute on: a tandem target replica 0's."""
-    return config.target.core_binding().engine_cpus(0, node_cpus())
 
 
 def build_order(names: Sequence[str]) -> list[str]:
@@ -146,7 +115,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
     setup = Setup(
         model_path=model_path,
         engine_args=dict(config.target.engine_args),
-        tandem_config=_server_config(config),
+        tandem_config=server_config(config),
         modes=tuple(m for m in spec.modes() if m != "eagle" or head is not None),
         draft_model_path=draft_model_path(config, model_path),
         eagle_head_path=head,
@@ -240,13 +209,6 @@ def run(options: BenchOptions) -> dict[str, Any]:
         "records": [_record_row(r) for n in names for r in records[n]],
         "wall_s": time.perf_counter() - started,
     }
-
-
-def _server_config(config: Any) -> dict[str, Any]:
-    """The config of the servers the bench starts: any free port, as it may start several."""
-    data = config.model_dump(mode="json")
-    data["server"]["port"] = 0
-    return data
 
 
 def _load() -> list[float] | None:
@@ -431,60 +393,3 @@ def _config(options: BenchOptions, setup: Setup, threads: int) -> dict[str, Any]
         "address": options.address,
         "quick": options.quick,
     }
-
-
-def bench_config(
-    config: Any,
-    k: int | None,
-    ngram_min: int | None,
-    ngram_max: int | None,
-    layer_groups: int | None = None,
-    eagle_head: str | None = None,
-) -> Any:
-    """The config every system is built from: the bench's draft length and n-gram sizes (so
-    the server it starts and vLLM's in-process drafters use the same), the model drafter's
-    EasySpec layer groups, and prefix caching off.
-
-    Prefix caching goes off because the tandem modes share one server: with it on, every mode
-    after the first would find each prompt already in the target's cache. (Spec-Bench prompts
-    share no full cache block, so for separate engines it changes nothing.)
-    """
-    data = config.model_dump(mode="python")
-    data["target"]["engine_args"]["enable_prefix_caching"] = False
-    speculation = data["speculation"]
-    if k is not None:
-        speculation["num_speculative_tokens"] = k
-    drafter = {
-        "ngram_min": ngram_min,
-        "ngram_max": ngram_max,
-        "layer_groups": layer_groups,
-        "eagle_head": eagle_head,
-    }
-    for key, value in drafter.items():
-        if value is not None:
-            speculation["drafters"][key] = value
-    return type(config).from_dict(data)
-
-
-def eagle_head_path(config: Any, target_path: str) -> str | None:
-    """The EAGLE-3 head vllm-eagle3 and tandem-eagle load (speculation.drafters.eagle_head: by
-    default the one tandem ships for the target). A head that does not fit the target is
-    refused here, naming the mismatch."""
-    from tandem.speculation.eagle_format import resolve_head
-
-    spec = config.speculation.drafters.eagle_head
-    path = resolve_head(spec, config.models.target, Path(target_path))
-    return str(path) if path is not None else None
-
-
-def draft_model_path(config: Any, target_path: str) -> str | None:
-    """tandem's draft model, found (or derived from the target) the way the server does."""
-    from tandem.models import derive_draft, resolve_model
-
-    drafters = config.speculation.drafters
-    cache = config.models.cache_dir()
-    if drafters.model is not None:
-        return str(resolve_model(drafters.model, cache))
-    if drafters.derive_layers > 0:
-        return str(derive_draft(Path(target_path), drafters.derive_layers, cache))
-    return None

@@ -2,9 +2,9 @@
 
 Each system owns one synchronous `LLMEngine` in the bench process and steps it itself, so its
 times contain the engine and nothing else. The bench configures the process (threads, vLLM
-environment) before the first engine is built; see `runner.configure_process`. Its steps are
-timed like a tandem target's (tandem.plugins.timers), so the bench shows both engines' steps
-part by part side by side.
+environment) before the first engine is built; see `process_setup.configure_process`. Its
+steps are timed like a tandem target's (tandem.plugins.timers), so the bench shows both engines'
+steps part by part side by side.
 """
 
 from __future__ import annotations

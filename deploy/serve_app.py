@@ -31,7 +31,7 @@ from tandem.cluster.frontdoor.auth import authorized
 from tandem.cluster.frontdoor.coordinator import Chunk, Coordinator
 from tandem.cluster.frontdoor.prometheus import start_metrics
 from tandem.cluster.transport.messages import RequestError
-from tandem.deploy import openai_api
+from tandem.deploy import openai_api, openai_requests, openai_responses
 from tandem.protos import tandem_pb2 as pb
 
 GRPC_SERVICER_FUNCTION = "tandem.protos.tandem_pb2_grpc.add_TandemServicer_to_server"
@@ -54,13 +54,13 @@ class _HTTPError(Exception):
 @http.exception_handler(_HTTPError)
 async def _http_error(request: Request, exc: _HTTPError) -> JSONResponse:
     chat = request.url.path.endswith("/chat/completions")
-    status, body = openai_api.error_response(exc.error, chat)
+    status, body = openai_responses.error_response(exc.error, chat)
     return JSONResponse(body, status_code=status)
 
 
 # Helpers are defined before the class: serve.ingress pickles it at definition time.
 async def _sse(
-    events: openai_api.EventStream, firsts: list[Chunk], streams: list[AsyncIterator[Chunk]]
+    events: openai_responses.EventStream, firsts: list[Chunk], streams: list[AsyncIterator[Chunk]]
 ) -> AsyncIterator[str]:
     """The events of n choices as their chunks come, interleaved."""
     queue: asyncio.Queue = asyncio.Queue()
@@ -86,7 +86,9 @@ async def _sse(
             if item is None:
                 running -= 1
             elif isinstance(item, RequestError):  # the status line is sent: report in-band
-                yield openai_api.sse(openai_api.error_response(item, events.parsed.chat)[1])
+                yield openai_responses.sse(
+                    openai_responses.error_response(item, events.parsed.chat)[1]
+                )
             else:
                 for event in events.events(index, item):
                     yield event
@@ -258,7 +260,7 @@ class TandemDeployment:
     async def _openai(self, request: Request, chat: bool):
         body = await self._body(request)
         try:
-            parsed = openai_api.parse(body, self.model, chat)
+            parsed = openai_requests.parse(body, self.model, chat)
         except RequestError as exc:
             raise self._refused(exc) from None
         streams = [self.api.stream(r) for r in parsed.requests]
@@ -266,7 +268,7 @@ class TandemDeployment:
             # Refusals surface at each choice's first chunk, before any byte is sent.
             firsts = [await anext(chunks) for chunks in streams]
             if parsed.stream:
-                events = openai_api.EventStream(self.model, parsed)
+                events = openai_responses.EventStream(self.model, parsed)
                 return StreamingResponse(
                     _sse(events, firsts, streams), media_type="text/event-stream"
                 )
@@ -278,7 +280,7 @@ class TandemDeployment:
             for chunks in streams:  # the choices already admitted are aborted
                 await chunks.aclose()
             raise _HTTPError(exc) from None
-        return openai_api.completion_response(choices, self.model, parsed)
+        return openai_responses.completion_response(choices, self.model, parsed)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

@@ -1,21 +1,15 @@
-"""The proposer's side of remote drafting: per-request sync state, acceptance accounting and
-drafter health, independent of how messages travel (a Transport) and of vLLM (plain lists in).
+"""The proposer's side of remote drafting: once per engine step `propose` receives the batch
+(request ids and their committed tokens) and returns one draft per request, independent of how
+messages travel (a Transport, draft_transport.py) and of vLLM (plain lists in).
 
-Once per engine step `propose` receives the batch (request ids and their committed tokens) and
-returns one draft per request. A drafter that errs is marked down: its requests get no drafts
-(decoding goes on without speculation) until a probe shows it answers again, then speculation
-resumes. A drafter that misses the step's time budget is late, not broken (a loaded machine):
-the transport keeps it `busy` until the late call returns, and it drafts again right after.
-
-Pipelining (PEARL, SSD): after handing the target a block, the session asks the drafters to
-pre-draft the next block for the block's likeliest verification outcomes while the target
-verifies it. At the next step the actual outcome (accepted length, emitted token) is looked up in
-that speculation cache: a hit costs no round trip, a miss is drafted just in time.
+Each request's draft comes from the speculation cache when its outcome was pre-drafted
+(speculation_cache.py), else just in time from its drafter replica, unless that replica is down
+or late (drafter_health.py); what the drafter lacks of a request is tracked per request
+(request_sync.py), and the session's figures are counted in session_stats.py.
 
 Feature modes (EAGLE-3): the proposer also hands over the target's features of the step's rows
 for requests in such a mode; the session keeps those at committed positions until the next
-message to the drafter carries them (once, like tokens: a drafter that lost a request starts
-again from the features sent after that).
+message to the drafter carries them.
 """
 
 from __future__ import annotations
@@ -25,170 +19,39 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from tandem.speculation.candidates import Candidates
-from tandem.speculation.policy import Acceptance, draft_length
-from tandem.speculation.protocol import (
-    DraftItem,
-    DraftReply,
-    Hint,
-    Mode,
-    Outcome,
-    PredraftPlan,
-    PredraftReply,
-)
+from tandem.speculation.draft_transport import Transport
+from tandem.speculation.drafter_health import DrafterHealth
+from tandem.speculation.policy import draft_length
+from tandem.speculation.protocol import DraftItem, Hint, Mode
+from tandem.speculation.request_sync import RequestSpec, RequestSync
+from tandem.speculation.session_stats import SessionStats, SpeculationStats
+from tandem.speculation.speculation_cache import PreDrafting
 
 if TYPE_CHECKING:
     from tandem.speculation.settings import SpeculationConfig
 
 
-class Transport(Protocol):
-    """How draft batches reach the drafter replicas."""
-
-    replicas: int
-
-    def draft(
-        self, batches: dict[int, list[DraftItem]], timeout_s: float
-    ) -> dict[int, list[DraftReply] | Exception]:
-        """Send every replica its batch at once; a replica's entry is an exception on failure,
-        a TimeoutError when it missed timeout_s."""
-        ...
-
-    def free(self, replica: int, request_ids: list[str]) -> None:
-        """Drop requests' state on a replica (fire and forget)."""
-        ...
-
-    def probe(self, replica: int) -> bool:
-        """Non-blocking health probe: True once the replica answers again."""
-        ...
-
-    def busy(self, replica: int) -> bool:
-        """True while a call to the replica that missed its time budget still runs."""
-        ...
-
-    def predraft(self, batches: dict[int, list[DraftItem]], plan: PredraftPlan) -> Any:
-        """Start pre-drafting (asynchronously); returns a handle for `collect`."""
-        ...
-
-    def collect(self, handle: Any, timeout_s: float) -> dict[int, list[PredraftReply] | Exception]:
-        """The pre-drafted blocks of a `predraft` call, waiting at most timeout_s."""
-        ...
-
-    def hint(self, replica: int, hints: dict[str, Hint]) -> None:
-        """Deliver Mirror-SD hints (fire and forget: the target's forward pass goes on)."""
-        ...
-
-
-@dataclass(frozen=True)
-class RequestSpec:
-    mode: str  # a Mode, or a registered source's name
-    num_speculative_tokens: int  # the request's k, <= speculation.num_speculative_tokens
-    pipelined: bool = True  # pre-draft while the target verifies (speculation cache)
-
-
-@dataclass
-class SpeculationStats:
-    """Drafts the target verified. Accepted tokens are counted where the output is (the target
-    replica): vLLM may cut an accepted run short at max_tokens or a stop token."""
-
-    draft_tokens: int = 0
-    drafts: int = 0  # verification rounds that carried a draft
-    cache_hits: int = 0  # steps whose draft came from the speculation cache
-    cache_misses: int = 0  # pipelined steps that had to draft just in time
-
-    def add(self, other: SpeculationStats) -> None:
-        self.draft_tokens += other.draft_tokens
-        self.drafts += other.drafts
-        self.cache_hits += other.cache_hits
-        self.cache_misses += other.cache_misses
-
-
-@dataclass
-class _Request:
-    spec: RequestSpec
-    replica: int
-    synced: int = 0  # committed tokens the drafter is known to hold
-    pending: int = 0  # draft length proposed last step; verified if the request is back
-    block: tuple[int, ...] = ()  # that draft, for the speculation cache
-    proposed_at: int = 0  # committed tokens when it was proposed
-    cache: dict[Outcome, tuple[int, ...]] = field(default_factory=dict)
-    candidates: Candidates = ()  # the target's, from the last verification, not yet sent
-    draft_length: int = 0  # this step's (the policy's, at most num_speculative_tokens)
-    acceptance: Acceptance = field(default_factory=Acceptance)  # for an adaptive draft length
-    stats: SpeculationStats = field(default_factory=SpeculationStats)
-    # Feature modes: the target's features not sent yet, (first position, rows) in order, and
-    # the position after the last one recorded.
-    features: list[tuple[int, Any]] = field(default_factory=list)
-    features_end: int = 0
-
-    def record_features(self, first: int, rows: Any, committed: int) -> None:
-        """Keep a step's feature rows at committed positions the drafter lacks: not the last
-        committed token's (the target has not read it yet), nor rejected drafts' after it."""
-        start, end = max(first, self.features_end), min(first + len(rows), committed - 1)
-        if start < end:
-            self.features.append((start, rows[start - first : end - first]))
-            self.features_end = end
-
-    def take_features(self) -> tuple[int, Any]:
-        """The unsent features (contiguous from their first position), once."""
-        if not self.features:
-            return 0, None
-        first, blocks = self.features[0][0], []
-        for start, rows in self.features:
-            if start != first + sum(len(b) for b in blocks):
-                break  # a gap (a step without its rows): the drafter restarts after it
-            blocks.append(rows)
-        self.features = self.features[len(blocks) :]
-        return first, np.concatenate(blocks)
-
-    def outcome(self, committed: int, last_token: int) -> Outcome | None:
-        """How the target verified `block`: accepted drafts and the token it emitted after."""
-        accepted = committed - self.proposed_at - 1
-        if not self.block or not 0 <= accepted <= len(self.block):
-            return None
-        return accepted, last_token
-
-
-@dataclass
-class SessionStats:
-    speculation: SpeculationStats
-    steps: int  # engine steps that called a drafter
-    mean_rtt_s: float  # drafter round trip per such step
-    p50_rtt_s: float
-    failures: int  # drafter calls that failed (an error, a dead drafter)
-    drafters_down: int
-    propose_s: float = 0.0  # time in `propose`, the round trips and waits included
-    predraft_wait_s: float = 0.0  # of which waiting for pre-drafted blocks
-    timeouts: int = 0  # drafter calls that missed the time budget (not faults)
-    feature_bytes: int = 0  # target features sent to drafters (feature modes)
-
-
 class SpeculationSession:
+    """One target replica's drafting, shared by its proposer (`propose`, `hint`) and the replica
+    (`register`, `release`, `stats`); thread-safe."""
+
     def __init__(self, transport: Transport, config: SpeculationConfig) -> None:
         self.transport = transport
         self.config = config
         self.timeout_s = config.step_timeout_ms / 1000
-        self._predrafting: Any = None  # the handle of the pre-drafting started last step
-        self._returned = 0.0  # when propose last handed the target its drafts
-        # Moving average of the time from handing the target its drafts to the next step:
-        # the target's verification, the window pre-drafting must fit in.
-        self._window_s = 0.0
-        self._requests: dict[str, _Request] = {}
-        self._down: set[int] = set()
+        self._predrafting = PreDrafting(transport, config)
+        self._health = DrafterHealth(transport)
+        self._requests: dict[str, RequestSync] = {}
         self._lock = threading.Lock()
         self._done = SpeculationStats()
         self._steps = 0
         self._rtt_total = 0.0
         self._rtts: deque[float] = deque(maxlen=1000)
-        self._failures = 0
         self._speculating = 0  # registered requests in a mode other than `off`
         self._propose_s = 0.0
-        self._predraft_wait_s = 0.0
-        self._timeouts = 0
         self._feature_bytes = 0
 
     def register(self, request_id: str, spec: RequestSpec) -> None:
@@ -197,7 +60,7 @@ class SpeculationSession:
             for request in self._requests.values():
                 load[request.replica] += 1
             replica = min(range(self.transport.replicas), key=lambda r: load[r])
-            self._requests[request_id] = _Request(spec, replica)
+            self._requests[request_id] = RequestSync(spec, replica)
             self._speculating += spec.mode != Mode.OFF
 
     def release(self, request_id: str) -> SpeculationStats:
@@ -231,8 +94,8 @@ class SpeculationSession:
         # Feature modes: per request, (position of the first row, the step's rows) or None.
         features: Sequence[tuple[int, Any] | None] | None = None,
     ) -> list[list[int]]:
-        if not self._speculating and self._predrafting is None:
-            self._returned = 0.0  # no verification window to time either
+        if not self._speculating and self._predrafting.handle is None:
+            self._predrafting.idle()  # no verification window to time either
             return [[] for _ in request_ids]  # every request is `off`: nothing to do
         start = time.perf_counter()
         try:
@@ -248,15 +111,15 @@ class SpeculationSession:
         candidates: Sequence[Candidates] | None,
         features: Sequence[tuple[int, Any] | None] | None,
     ) -> list[list[int]]:
-        self._time_window()
+        self._predrafting.step_started()
         drafts: list[list[int]] = [[] for _ in request_ids]
         self._collect_predrafts()
         batches: dict[int, list[DraftItem]] = defaultdict(list)
-        slots: dict[int, list[tuple[int, _Request, int]]] = defaultdict(list)
-        speculating: list[tuple[int, _Request, int]] = []
+        slots: dict[int, list[tuple[int, RequestSync, int]]] = defaultdict(list)
+        speculating: list[tuple[int, RequestSync, int]] = []
         with self._lock:
             self._revive_drafters()
-            skipped = self._down | self._busy()
+            skipped = self._health.skipped()
             requests = [self._requests.get(request_id) for request_id in request_ids]
             for i, request in enumerate(requests):
                 if request is None or request.spec.mode == Mode.OFF:
@@ -295,10 +158,10 @@ class SpeculationSession:
                 request.pending = len(drafts[i])
                 request.block, request.proposed_at = tuple(drafts[i]), n
         self._start_predrafts(request_ids, speculating, token_ids)
-        self._returned = time.perf_counter()
+        self._predrafting.step_returned()
         return drafts
 
-    def _draft_length(self, request: _Request, batch: int) -> int:
+    def _draft_length(self, request: RequestSync, batch: int) -> int:
         """This step's draft length for the request (tandem.speculation.policy)."""
         policy = self.config.draft_length
         k = draft_length(policy, request.spec.num_speculative_tokens, batch)
@@ -306,10 +169,10 @@ class SpeculationSession:
             return request.acceptance.length(k, policy.verify_cost)
         return k
 
-    def _pipelines(self, request: _Request) -> bool:
+    def _pipelines(self, request: RequestSync) -> bool:
         return request.spec.pipelined and self.config.pipeline.enabled
 
-    def _item(self, request_id: str, request: _Request, tokens: Any, n: int) -> DraftItem:
+    def _item(self, request_id: str, request: RequestSync, tokens: Any, n: int) -> DraftItem:
         """What the drafter lacks of this request, and what to draft."""
         new = tuple(int(t) for t in tokens[request.synced : n])
         first, rows = request.take_features()
@@ -331,7 +194,7 @@ class SpeculationSession:
     def _draft_just_in_time(
         self,
         batches: dict[int, list[DraftItem]],
-        slots: dict[int, list[tuple[int, _Request, int]]],
+        slots: dict[int, list[tuple[int, RequestSync, int]]],
         drafts: list[list[int]],
     ) -> None:
         start = time.perf_counter()
@@ -342,7 +205,7 @@ class SpeculationSession:
             self._rtt_total += rtt
             self._rtts.append(rtt)
             for replica, result in results.items():
-                if self._failed(replica, result):
+                if self._health.failed(replica, result):
                     continue
                 for (i, request, n), reply in zip(slots[replica], result, strict=True):
                     if not reply.known:
@@ -354,13 +217,13 @@ class SpeculationSession:
     def _start_predrafts(
         self,
         request_ids: Sequence[str],
-        speculating: list[tuple[int, _Request, int]],
+        speculating: list[tuple[int, RequestSync, int]],
         token_ids: Any,
     ) -> None:
         """Have the drafters pre-draft the next blocks while the target verifies these."""
         batches: dict[int, list[DraftItem]] = defaultdict(list)
         with self._lock:
-            skipped = self._down | self._busy()
+            skipped = self._health.skipped()
             for i, request, n in speculating:
                 if not request.block or not self._pipelines(request) or request.replica in skipped:
                     continue
@@ -369,11 +232,7 @@ class SpeculationSession:
                 batches[request.replica].append(item)
                 request.synced = n  # the pre-drafting call brings the drafter up to date
         if batches:
-            pipeline = self.config.pipeline
-            plan = PredraftPlan(
-                pipeline.outcomes, pipeline.fanout, 0.9 * self._window_s, self.config.mirror.enabled
-            )
-            self._predrafting = self.transport.predraft(dict(batches), plan)
+            self._predrafting.start(dict(batches))
 
     def hint(self, hints: dict[str, Hint]) -> None:
         """Mirror-SD: pass the target's early-exit candidates for the blocks it is verifying to
@@ -385,7 +244,7 @@ class SpeculationSession:
                 if (
                     request is not None
                     and self._pipelines(request)
-                    and request.replica not in self._down
+                    and request.replica not in self._health.down
                 ):
                     batches[request.replica][request_id] = hint
         for replica, batch in batches.items():
@@ -393,15 +252,10 @@ class SpeculationSession:
 
     def _collect_predrafts(self) -> None:
         """Fill each request's speculation cache from the pre-drafting started last step."""
-        handle, self._predrafting = self._predrafting, None
-        if handle is None:
-            return
-        start = time.perf_counter()
-        results = self.transport.collect(handle, self.timeout_s)
-        self._predraft_wait_s += time.perf_counter() - start
+        results = self._predrafting.collect()
         with self._lock:
             for replica, result in results.items():
-                if self._failed(replica, result):
+                if self._health.failed(replica, result):
                     continue
                 for reply in result:
                     request = self._requests.get(reply.request_id)
@@ -411,40 +265,12 @@ class SpeculationSession:
                         request.synced = 0
                     request.cache = reply.blocks
 
-    def _failed(self, replica: int, result: Any) -> bool:
-        """A failed or late drafter call. A late one is counted (the transport keeps the replica
-        busy until it returns); a failed one also marks the replica down until a probe answers.
-        Call with the lock held."""
-        if not isinstance(result, Exception):
-            return False
-        if isinstance(result, TimeoutError):
-            self._timeouts += 1
-        else:
-            self._failures += 1
-            self._down.add(replica)
-        return True
-
-    def _busy(self) -> set[int]:
-        return {r for r in range(self.transport.replicas) if self.transport.busy(r)}
-
-    def _time_window(self) -> None:
-        """Time the target's verification: from the last propose's return to this call.
-
-        Not the whole step: a pre-draft budget taken from the step, which includes waiting for
-        the pre-draft itself, would grow with every pre-draft that overran.
-        """
-        window = time.perf_counter() - self._returned
-        if self._returned and window < 1.0:  # not across idle time
-            self._window_s = 0.8 * self._window_s + 0.2 * window if self._window_s else window
-        self._returned = 0.0
-
     def _revive_drafters(self) -> None:
-        for replica in list(self._down):
-            if self.transport.probe(replica):
-                self._down.discard(replica)
-                for request in self._requests.values():
-                    if request.replica == replica:
-                        request.synced = 0  # it may have restarted empty: resend everything
+        """Call with the lock held."""
+        for replica in self._health.revive():
+            for request in self._requests.values():
+                if request.replica == replica:
+                    request.synced = 0  # it may have restarted empty: resend everything
 
     def stats(self) -> SessionStats:
         with self._lock:
@@ -458,10 +284,10 @@ class SpeculationSession:
                 steps=self._steps,
                 mean_rtt_s=self._rtt_total / self._steps if self._steps else 0.0,
                 p50_rtt_s=rtts[len(rtts) // 2] if rtts else 0.0,
-                failures=self._failures,
-                drafters_down=len(self._down),
+                failures=self._health.failures,
+                drafters_down=len(self._health.down),
                 propose_s=self._propose_s,
-                predraft_wait_s=self._predraft_wait_s,
-                timeouts=self._timeouts,
+                predraft_wait_s=self._predrafting.wait_s,
+                timeouts=self._health.timeouts,
                 feature_bytes=self._feature_bytes,
             )

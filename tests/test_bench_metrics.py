@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from tandem.benchmarks import arithmetic, controlled, costs, report, runner, summary
+from tandem.benchmarks import arithmetic, controlled, costs, report, shared_config, summary
 from tandem.benchmarks.records import ConcurrencyRun, RequestRecord, Trace, concurrently
 from tandem.benchmarks.systems import (
     BASELINE,
@@ -392,7 +392,7 @@ def test_bench_turns_prefix_caching_off_for_every_measured_engine():
     would find the prompt already cached. The cost measurement builds its own cached engine."""
     from tandem.cluster.config.deployment import TandemConfig
 
-    config = runner.bench_config(TandemConfig(), 3, None, None)
+    config = shared_config.bench_config(TandemConfig(), 3, None, None)
     assert config.target.engine_args["enable_prefix_caching"] is False
     assert config.speculation.num_speculative_tokens == 3
 

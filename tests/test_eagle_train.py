@@ -108,7 +108,7 @@ def test_tandems_runtime_loads_and_drafts(trained, model_path):
     ],
 )
 def test_a_head_that_does_not_fit_is_refused(trained, model_path, tmp_path, change, message):
-    from tandem.benchmarks.runner import bench_config, eagle_head_path
+    from tandem.benchmarks.shared_config import bench_config, eagle_head_path
     from tandem.cluster.config.deployment import TandemConfig
 
     _, head = trained

@@ -12,7 +12,7 @@ from unittest import mock
 import pytest
 
 from tandem.speculation.protocol import Mode
-from tandem.speculation.session import RequestSpec
+from tandem.speculation.request_sync import RequestSpec
 
 from .local_transport import LocalTransport, session_for
 

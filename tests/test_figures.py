@@ -12,7 +12,7 @@ from tandem.cluster.telemetry.figures import (
     WireTraffic,
 )
 from tandem.plugins.timers import EngineTimes
-from tandem.speculation.session import SessionStats, SpeculationStats
+from tandem.speculation.session_stats import SessionStats, SpeculationStats
 
 
 def test_request_figures_sum_and_derive_their_rates():

@@ -10,7 +10,7 @@ import pytest
 
 from tandem.cluster.frontdoor.coordinator import Chunk
 from tandem.cluster.transport.messages import RequestError
-from tandem.deploy import openai_api
+from tandem.deploy import openai_requests, openai_responses
 from tandem.protos import tandem_pb2 as pb
 from tandem.speculation.protocol import Mode
 
@@ -19,16 +19,18 @@ pytestmark = pytest.mark.timeout(120)
 MODEL = "m"
 
 
-def chat(body: dict) -> openai_api.OpenAIRequest:
-    return openai_api.parse({"messages": [{"role": "user", "content": "x"}], **body}, MODEL, True)
+def chat(body: dict) -> openai_requests.OpenAIRequest:
+    return openai_requests.parse(
+        {"messages": [{"role": "user", "content": "x"}], **body}, MODEL, True
+    )
 
 
-def completion(body: dict) -> openai_api.OpenAIRequest:
-    return openai_api.parse({"prompt": "x", **body}, MODEL, False)
+def completion(body: dict) -> openai_requests.OpenAIRequest:
+    return openai_requests.parse({"prompt": "x", **body}, MODEL, False)
 
 
 def test_chat_request_maps_every_sampling_field():
-    parsed = openai_api.parse(
+    parsed = openai_requests.parse(
         {
             "model": MODEL,
             "messages": [
@@ -95,7 +97,7 @@ def test_n_choices_take_vllms_seeds_and_ids():
 
 
 def test_speculation_modes_come_from_the_registry():
-    assert tuple(m.value for m in Mode) == openai_api.SPECULATION_MODES
+    assert tuple(m.value for m in Mode) == openai_requests.SPECULATION_MODES
 
 
 @pytest.mark.parametrize(
@@ -127,7 +129,7 @@ def test_bad_completion_bodies(body, code, param):
     with pytest.raises(RequestError) as exc:
         completion(body)
     assert exc.value.code == code
-    status, error = openai_api.error_response(exc.value, chat=False)
+    status, error = openai_responses.error_response(exc.value, chat=False)
     assert error["error"]["param"] == param
     assert error["error"]["code"] == status
 
@@ -148,7 +150,7 @@ def test_bad_completion_bodies(body, code, param):
 def test_bad_chat_bodies(body, param):
     with pytest.raises(RequestError) as exc:
         chat(body)
-    assert openai_api.error_response(exc.value, chat=True)[1]["error"]["param"] == param
+    assert openai_responses.error_response(exc.value, chat=True)[1]["error"]["param"] == param
 
 
 def test_defaults_of_unsupported_fields_are_accepted():
@@ -171,7 +173,7 @@ def test_defaults_of_unsupported_fields_are_accepted():
     ],
 )
 def test_error_statuses_in_vllms_shape(code, status, kind):
-    got, body = openai_api.error_response(RequestError(code, "sampling.max_tokens: why"))
+    got, body = openai_responses.error_response(RequestError(code, "sampling.max_tokens: why"))
     assert got == status
     assert body == {
         "error": {
@@ -205,7 +207,7 @@ def _chunks() -> list[Chunk]:
 
 def test_whole_responses_with_logprobs():
     parsed = chat({"logprobs": True, "top_logprobs": 1})
-    response = openai_api.completion_response([_chunks()], MODEL, parsed)
+    response = openai_responses.completion_response([_chunks()], MODEL, parsed)
     assert response["object"] == "chat.completion" and response["id"] == "chatcmpl-r1"
     choice = response["choices"][0]
     assert choice["message"] == {"role": "assistant", "content": "Hello world"}
@@ -217,7 +219,7 @@ def test_whole_responses_with_logprobs():
     assert response["usage"] == {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
 
     parsed = completion({"logprobs": 1})
-    text = openai_api.completion_response([_chunks()], MODEL, parsed)["choices"][0]
+    text = openai_responses.completion_response([_chunks()], MODEL, parsed)["choices"][0]
     assert text["text"] == "Hello world" and text["finish_reason"] == "length"
     assert text["logprobs"] == {
         "text_offset": [0, 5],
@@ -229,7 +231,7 @@ def test_whole_responses_with_logprobs():
 
 def test_event_stream_of_two_choices():
     parsed = chat({"n": 2, "stream": True, "stream_options": {"include_usage": True}})
-    stream = openai_api.EventStream(MODEL, parsed)
+    stream = openai_responses.EventStream(MODEL, parsed)
     events = [e for index in (0, 1) for chunk in _chunks() for e in stream.events(index, chunk)]
     events += stream.final()
     assert all(e.startswith("data: ") and e.endswith("\n\n") for e in events)

@@ -6,7 +6,7 @@ import pytest
 
 from tandem.speculation.drafter import Drafter
 from tandem.speculation.protocol import DraftItem, DraftReply, Hint, Mode, PredraftPlan
-from tandem.speculation.session import RequestSpec
+from tandem.speculation.request_sync import RequestSpec
 from tandem.speculation.source import DraftSource
 
 from .local_transport import LocalTransport, plain_drafter, session_for

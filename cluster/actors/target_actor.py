@@ -168,7 +168,7 @@ class TargetReplica:
         submission, so a late abort of an earlier request with the client's same id cannot
         reach this one)."""
         from tandem.plugins.vllm_io import sampling_params
-        from tandem.speculation.session import RequestSpec
+        from tandem.speculation.request_sync import RequestSpec
 
         try:
             params = sampling_params(request.sampling, self._exact_sampler)
@@ -241,7 +241,7 @@ class TargetReplica:
 
     def _finish(self, rid: str) -> RequestFigures:
         """Forget a finished or aborted request; its figures."""
-        from tandem.speculation.session import SpeculationStats
+        from tandem.speculation.session_stats import SpeculationStats
 
         running = self._running.pop(rid)
         self._generated += running.tokens

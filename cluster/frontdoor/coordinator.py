@@ -20,7 +20,6 @@ import itertools
 import logging
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -28,23 +27,21 @@ from typing import Any, TypeVar
 
 import ray
 
+from tandem.cluster.actors.drafter_actor import DrafterInfo
 from tandem.cluster.config.deployment import TandemConfig
 from tandem.cluster.control import bootstrap
 from tandem.cluster.control.bootstrap import Deployment
 from tandem.cluster.frontdoor.requests import Limits, max_prompt_chars, prepare
+from tandem.cluster.frontdoor.subscription import ReplicaStream
 from tandem.cluster.telemetry.figures import (
-    Breakdown,
     Counters,
     DeliveryTimes,
-    DrafterFigures,
     DrafterLoad,
     ReplicaFigures,
     RequestFigures,
-    ratio,
 )
-from tandem.cluster.transport.messages import OutputBatch, PreparedRequest, RequestError, StepOutput
-from tandem.cluster.transport.output_channel import OutputInbox
-from tandem.cluster.transport.sockets import Endpoint
+from tandem.cluster.telemetry.stats_message import stats_message
+from tandem.cluster.transport.messages import PreparedRequest, RequestError, StepOutput
 from tandem.protos import tandem_pb2 as pb
 
 log = logging.getLogger("tandem.coordinator")
@@ -117,64 +114,6 @@ class _Run:
             chunk.total_s = now - self.start
             chunk.figures = step.figures
         return chunk
-
-
-class ReplicaStream:
-    """One target replica's outputs for this coordinator: a subscription (a socket of this
-    coordinator's that the replica's engine thread sends to,
-    tandem.cluster.transport.output_channel), read by a task that hands each request's outputs to
-    its queue (with when the batch arrived), and the replica's Ray stream `outputs`, which yields
-    nothing but breaks when the replica dies: then every waiting request gets the error, and the
-    next request subscribes anew."""
-
-    def __init__(self, actor: Any, counters: Counters) -> None:
-        self.actor = actor
-        self.counters = counters
-        self.queues: dict[str, asyncio.Queue] = {}
-        self.subscriber = ""
-        self.endpoint: Endpoint | None = None  # where the replica sends them
-        self._task: asyncio.Task | None = None
-
-    def open(self, request_id: str) -> asyncio.Queue:
-        """A queue for a request's outputs; subscribes if nobody reads on this loop."""
-        loop = asyncio.get_running_loop()
-        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
-            inbox = OutputInbox(ray.util.get_node_ip_address())
-            self.subscriber, self.endpoint = uuid.uuid4().hex, inbox.endpoint
-            self._task = loop.create_task(self._read(inbox, self.subscriber))
-        queue = self.queues[request_id] = asyncio.Queue()
-        return queue
-
-    async def _read(self, inbox: OutputInbox, subscriber: str) -> None:
-        stream = self.actor.outputs.remote(subscriber)
-        watching = asyncio.ensure_future(self._watch(stream))
-        receiving = asyncio.ensure_future(self._receive(inbox))
-        try:  # whichever ends first ends the subscription: a dead replica, a broken socket
-            done, _ = await asyncio.wait((watching, receiving), return_when=asyncio.FIRST_COMPLETED)
-            error = done.pop().exception() or RuntimeError("the replica closed its output stream")
-        finally:
-            ray.cancel(stream)
-            watching.cancel()
-            receiving.cancel()
-            inbox.close()
-        for queue in self.queues.values():  # fail what waits on the subscription
-            queue.put_nowait(error)
-
-    @staticmethod
-    async def _watch(stream: Any) -> None:
-        async for ref in stream:  # nothing comes but, when the replica dies, its error
-            await ref
-
-    async def _receive(self, inbox: OutputInbox) -> None:
-        while True:
-            batch: OutputBatch = await inbox.receive()
-            arrived = time.perf_counter()
-            delay = max(0.0, time.time() - batch.sent_at)
-            self.counters.delivery += DeliveryTimes(batches=1, stream_s=delay)
-            for step in batch.outputs:
-                queue = self.queues.get(step.request_id)
-                if queue is not None:
-                    queue.put_nowait((step, arrived))
 
 
 class Coordinator:
@@ -412,46 +351,9 @@ class Coordinator:
 
     async def stats(self) -> pb.Stats:
         figures = await self._replica_stats()
-        replicas = [r for r in figures if r is not None]
-        drafters = DrafterFigures.of(replicas)
-        c = self.counters
-        return pb.Stats(
-            speculation=c.speculation.to_proto(),
-            drafter_rtt_mean_s=drafters.rtt_mean_s,
-            drafter_rtt_p50_s=drafters.rtt_p50_s,
-            target_step_mean_s=ratio(
-                sum(r.engine.step_s for r in replicas), sum(r.engine.steps for r in replicas)
-            ),
-            drafter_failures=drafters.failures,
-            drafter_timeouts=drafters.timeouts,
-            drafters_down=drafters.drafters_down,
-            feature_bytes=drafters.feature_bytes,
-            breakdown=Breakdown.of(replicas, c.delivery).to_proto(),
-            drafters=await self._drafter_stats(),
-            requests_in_flight=len(self.running),
-            requests_total=c.requests_total,
-            requests_finished=c.requests_finished,
-            requests_aborted=c.requests_aborted,
-            requests_failed=c.requests_failed,
-            requests_rejected=c.requests_rejected,
-            prompt_tokens=c.prompt_tokens,
-            generated_tokens=c.generated_tokens,
-            uptime_s=time.monotonic() - c.started,
-            replicas=[
-                pb.ReplicaStats(
-                    replica_id=info.replica_id,
-                    node_id=info.node_id,
-                    outstanding=self.outstanding[i],
-                    engine_unfinished=r.engine_unfinished if r else 0,
-                    requests_served=r.requests_served if r else 0,
-                    generated_tokens=r.generated_tokens if r else 0,
-                    up=r is not None,
-                    engine_cpus=info.engine_cpus,
-                )
-                for i, (r, info) in enumerate(
-                    zip(figures, self.deployment.target_infos, strict=True)
-                )
-            ],
+        targets = zip(self.deployment.target_infos, self.outstanding, figures, strict=True)
+        return stats_message(
+            self.counters, len(self.running), list(targets), await self._drafter_loads()
         )
 
     async def _replica_stats(self) -> list[ReplicaFigures | None]:
@@ -470,7 +372,7 @@ class Coordinator:
 
         return await asyncio.gather(*(one(i, a) for i, a in enumerate(self.actors)))
 
-    async def _drafter_stats(self) -> list[pb.DrafterStats]:
+    async def _drafter_loads(self) -> list[tuple[DrafterInfo, DrafterLoad]]:
         if self.deployment.drafters is None:
             return []
         out = []
@@ -480,14 +382,7 @@ class Coordinator:
                 load = await asyncio.wait_for(actor.stats.remote(), timeout=1.0)
             except Exception:
                 load = DrafterLoad(0, 0)
-            out.append(
-                pb.DrafterStats(
-                    replica_id=info.replica_id,
-                    node_id=info.node_id,
-                    requests=load.requests,
-                    mirror_hints_used=load.mirror_hints_used,
-                )
-            )
+            out.append((info, load))
         return out
 
     async def drain(self, timeout_s: float) -> int:

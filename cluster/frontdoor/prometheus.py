@@ -1,7 +1,8 @@
 """Prometheus metrics of one front door (the gRPC server or a Serve replica).
 
 Counters are read from the coordinator at scrape time, so there is one source of truth (the
-same figures GetStats reports); latency histograms are observed as requests finish. The
+same figures GetStats reports, named in tandem.cluster.telemetry.figure_tables); latency
+histograms are observed as requests finish. The
 speculation counters carry vLLM's own names (vllm/v1/spec_decode/metrics.py), so dashboards
 built for vLLM's in-process speculation read tandem's remote drafting unchanged.
 """
@@ -22,6 +23,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from tandem.cluster.frontdoor.auth import authorized
+from tandem.cluster.telemetry.figure_tables import DRAFTERS, SPECULATION, metric_values
 from tandem.cluster.telemetry.figures import Breakdown, DrafterFigures
 
 if TYPE_CHECKING:
@@ -72,6 +74,8 @@ VLLM_HISTOGRAMS = (
 )
 # vLLM labels every series with the model and the engine index; tandem's front door is one.
 VLLM_LABELS = ("model_name", "engine")
+# The metric family of a figure's kind (figure_tables.Figure.kind).
+FAMILIES = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
 
 
 class Metrics:
@@ -199,9 +203,9 @@ class _CoordinatorCollector(Collector):
         labels = list(vllm_labels(self.coordinator))
         spec = c.speculation
 
-        def family(kind, name: str, doc: str, value: float, extra: tuple = ()):
-            metric = kind(name, doc, labels=[*VLLM_LABELS, *(k for k, _ in extra)])
-            metric.add_metric([*labels, *(v for _, v in extra)], value)
+        def family(kind: type[Metric], name: str, doc: str, value: float) -> Metric:
+            metric = kind(name, doc, labels=VLLM_LABELS)
+            metric.add_metric(labels, value)
             return metric
 
         yield family(GaugeMetricFamily, "vllm:num_requests_running", "Requests running.", running)
@@ -222,24 +226,8 @@ class _CoordinatorCollector(Collector):
         for reason in ("stop", "length", "abort"):
             success.add_metric([*labels, reason], c.finished_by_reason.get(reason, 0))
         yield success
-        yield family(
-            CounterMetricFamily,
-            "vllm:spec_decode_num_drafts",
-            "Verification rounds that carried a draft.",
-            spec.drafts,
-        )
-        yield family(
-            CounterMetricFamily,
-            "vllm:spec_decode_num_draft_tokens",
-            "Draft tokens verified.",
-            spec.draft_tokens,
-        )
-        yield family(
-            CounterMetricFamily,
-            "vllm:spec_decode_num_accepted_tokens",
-            "Draft tokens accepted.",
-            spec.accepted_tokens,
-        )
+        for row, value in metric_values(SPECULATION, spec):
+            yield family(FAMILIES[row.kind], row.metric, row.help, value)
         per_pos = CounterMetricFamily(
             "vllm:spec_decode_num_accepted_tokens_per_pos",
             "Draft tokens accepted, by position in the draft.",
@@ -257,30 +245,8 @@ class _CoordinatorCollector(Collector):
         except Exception as exc:  # a scrape must not fail because one replica is slow
             log.warning("replica stats unavailable for metrics: %s", exc)
             return
-        drafters = DrafterFigures.of(replicas)
-        yield CounterMetricFamily(
-            "tandem_drafter_round_trips", "Engine steps that called a drafter.", drafters.steps
-        )
-        yield CounterMetricFamily(
-            "tandem_drafter_round_trip_seconds",
-            "Drafter round-trip time, summed.",
-            drafters.rtt_total_s,
-        )
-        yield CounterMetricFamily(
-            "tandem_drafter_failures",
-            "Drafter calls that failed (an error, a dead drafter).",
-            drafters.failures,
-        )
-        yield CounterMetricFamily(
-            "tandem_drafter_timeouts",
-            "Drafter calls that missed their time budget (late, not failed).",
-            drafters.timeouts,
-        )
-        yield CounterMetricFamily(
-            "tandem_spec_cache_hits",
-            "Drafts served from the speculation cache.",
-            drafters.cache_hits,
-        )
+        for row, value in metric_values(DRAFTERS, DrafterFigures.of(replicas)):
+            yield FAMILIES[row.kind](row.metric, row.help, value)
         yield from _breakdown_metrics(Breakdown.of(replicas, self.coordinator.counters.delivery))
 
 

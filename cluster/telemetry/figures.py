@@ -1,4 +1,5 @@
-"""What tandem counts, and the sums of it: one module that GetStats and Prometheus both read.
+"""What tandem counts, and the sums of it: one module that GetStats and Prometheus both read
+(named and described per surface in figure_tables.py).
 
 A target replica reports a `RequestFigures` with each finished request and a `ReplicaFigures`
 when asked; the coordinator sums the requests' figures in `Counters`; `DrafterFigures` sums the
@@ -14,9 +15,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from tandem.cluster.telemetry.figure_tables import SPECULATION, stat_fields
 from tandem.plugins.timers import EngineTimes, Sums
 from tandem.protos import tandem_pb2 as pb
-from tandem.speculation.session import SessionStats
+from tandem.speculation.session_stats import SessionStats
 
 
 def ratio(a: float, b: float) -> float:
@@ -51,27 +53,17 @@ class RequestFigures:
         width = max(len(ours), len(theirs))
         ours += [0] * (width - len(ours))
         theirs += [0] * (width - len(theirs))
+        counts = {
+            f.name: getattr(self, f.name) + getattr(other, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("mode", "accepted_per_pos")
+        }
         return RequestFigures(
-            target_steps=self.target_steps + other.target_steps,
-            draft_tokens=self.draft_tokens + other.draft_tokens,
-            accepted_tokens=self.accepted_tokens + other.accepted_tokens,
-            drafts=self.drafts + other.drafts,
-            cache_hits=self.cache_hits + other.cache_hits,
-            cache_misses=self.cache_misses + other.cache_misses,
-            accepted_per_pos=tuple(a + b for a, b in zip(ours, theirs, strict=True)),
+            **counts, accepted_per_pos=tuple(a + b for a, b in zip(ours, theirs, strict=True))
         )
 
     def to_proto(self) -> pb.SpeculationStats:
-        return pb.SpeculationStats(
-            mode=self.mode,
-            draft_tokens=self.draft_tokens,
-            accepted_tokens=self.accepted_tokens,
-            acceptance_rate=self.acceptance_rate,
-            mean_accepted_length=self.mean_accepted_length,
-            target_steps=self.target_steps,
-            cache_hits=self.cache_hits,
-            cache_misses=self.cache_misses,
-        )
+        return pb.SpeculationStats(**stat_fields(SPECULATION, self))
 
 
 @dataclass(frozen=True)
@@ -141,17 +133,19 @@ class DrafterFigures:
 
     @classmethod
     def of(cls, replicas: Sequence[ReplicaFigures]) -> DrafterFigures:
+        """The sessions' sums: a field named as one of SessionStats' is that field summed."""
         sessions = [r.session for r in replicas if r.session is not None]
-        return cls(
-            steps=sum(s.steps for s in sessions),
-            rtt_total_s=sum(s.mean_rtt_s * s.steps for s in sessions),
-            rtt_p50_s=max((s.p50_rtt_s for s in sessions), default=0.0),
-            failures=sum(s.failures for s in sessions),
-            timeouts=sum(s.timeouts for s in sessions),
-            drafters_down=sum(s.drafters_down for s in sessions),
-            cache_hits=sum(s.speculation.cache_hits for s in sessions),
-            feature_bytes=sum(s.feature_bytes for s in sessions),
-        )
+        derived = {
+            "rtt_total_s": sum(s.mean_rtt_s * s.steps for s in sessions),
+            "rtt_p50_s": max((s.p50_rtt_s for s in sessions), default=0.0),
+            "cache_hits": sum(s.speculation.cache_hits for s in sessions),
+        }
+        summed = {
+            f.name: sum(getattr(s, f.name) for s in sessions)
+            for f in dataclasses.fields(cls)
+            if f.name not in derived
+        }
+        return cls(**summed, **derived)
 
     @property
     def rtt_mean_s(self) -> float:

@@ -157,6 +157,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from tandem.benchmarks import report, runner
     from tandem.benchmarks.records import GenerationParams
+    from tandem.benchmarks.shared_config import bench_config
     from tandem.benchmarks.systems import SystemChoiceError
     from tandem.benchmarks.workload import DEFAULT_PROMPTS, WorkloadError
     from tandem.cluster.config.deployment import TandemConfig
@@ -169,7 +170,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return preset[name] if value is None else value
 
     config = TandemConfig.from_yaml(args.config) if args.config else TandemConfig()
-    config = runner.bench_config(
+    config = bench_config(
         config,
         args.num_speculative_tokens,
         args.ngram_min,

@@ -1,0 +1,293 @@
+"""OpenAI request bodies to GenerateRequests, as vLLM's OpenAI server reads them.
+
+Every request field is either honoured with vLLM's semantics or refused with a 400 naming it:
+nothing is silently dropped. Types and integer widths are checked before protobuf sees a value
+(tandem.cluster.frontdoor.requests.assign); ranges, by the same validation as the gRPC API
+(`prepare`). Plain logic (no Serve, no Ray): the Serve app (serve_app.py) routes HTTP here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from tandem.cluster.frontdoor.requests import MAX_LOGPROBS, assign, invalid
+from tandem.cluster.transport.messages import RequestError
+from tandem.protos import tandem_pb2 as pb
+from tandem.protos.modes import proto_mode
+from tandem.speculation.protocol import Mode
+
+# tandem's own extra field, as in the gRPC API (what a deployment provisions is checked there).
+SPECULATION_MODES = tuple(m.value for m in Mode)
+
+# Sampling fields passed through under the same name (vLLM's extra parameters included).
+SAMPLING = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "min_tokens",
+    "logit_bias",
+    "stop_token_ids",
+    "ignore_eos",
+    "include_stop_str_in_output",
+    "skip_special_tokens",
+    "prompt_logprobs",
+)
+# Fields tandem reads itself (besides SAMPLING), per endpoint.
+HANDLED = {
+    "model",
+    "n",
+    "max_tokens",
+    "stop",
+    "stream",
+    "stream_options",
+    "logprobs",
+    "request_id",
+    "user",  # an end-user tag (OpenAI: abuse monitoring); generation ignores it, as vLLM does
+    "speculation",
+    "num_speculative_tokens",
+    "pipelined",
+}
+HANDLED_CHAT = HANDLED | {"messages", "max_completion_tokens", "top_logprobs"}
+HANDLED_COMPLETION = HANDLED | {"prompt"}
+# Fields tandem accepts only at their default (OpenAI's, or vLLM's for its extra parameters):
+# any other value is refused with a 400 naming the field.
+DEFAULTS_ONLY = {
+    "echo": False,
+    "suffix": None,
+    "tools": None,
+    "tool_choice": "none",
+    "functions": None,
+    "function_call": "none",
+    "parallel_tool_calls": True,
+    "response_format": {"type": "text"},
+    "reasoning_effort": None,
+    "include_reasoning": True,
+    "use_beam_search": False,
+    "length_penalty": 1.0,
+    "watermarking": None,
+    "truncate_prompt_tokens": None,
+    "truncation_side": None,
+    "allowed_token_ids": None,
+    "logprob_token_ids": None,
+    "bad_words": [],
+    "prompt_embeds": None,
+    "spaces_between_special_tokens": True,
+    "add_generation_prompt": True,
+    "continue_final_message": False,
+    "documents": None,
+    "chat_template": None,
+    "chat_template_kwargs": None,
+    "media_io_kwargs": None,
+    "mm_processor_kwargs": None,
+    "mm_payload": None,
+    "structured_outputs": None,
+    "priority": 0,
+    "session_id": None,
+    "return_tokens_as_token_ids": False,
+    "return_token_ids": False,
+    "return_token_offsets": False,
+    "return_prompt_text": False,
+    "return_mm_kwargs": False,
+    "routed_experts_prompt_start": None,
+    "cache_salt": None,
+    "kv_transfer_params": None,
+    "ec_transfer_params": None,
+    "vllm_xargs": None,
+    "repetition_detection": None,
+    "thinking_token_budget": None,
+    "stream_interval": 1,
+    "store": False,
+    "metadata": None,
+    "service_tier": None,
+    "modalities": None,
+    "prediction": None,
+    "audio": None,
+    "web_search_options": None,
+}
+
+
+@dataclass
+class OpenAIRequest:
+    """A parsed OpenAI request: `n` GenerateRequests (one per choice) and how to answer."""
+
+    requests: list[pb.GenerateRequest]
+    chat: bool
+    stream: bool = False
+    include_usage: bool = False
+    logprobs: int | None = None  # top entries per token in the answer (None: no logprobs)
+
+
+def parse(body: Any, model: str, chat: bool) -> OpenAIRequest:
+    """/v1/chat/completions (messages rendered with the chat template) or /v1/completions (a
+    text prompt, or one list of token ids, raw) into one GenerateRequest per choice."""
+    if not isinstance(body, dict):
+        raise invalid("the request body must be a JSON object")
+    _check_fields(body, chat)
+    if body.get("model") not in (None, model):
+        raise RequestError("NOT_FOUND", f"model: {body['model']!r} is not served; use {model!r}")
+    request = pb.GenerateRequest()
+    (chat_prompt if chat else _completion_prompt)(body, request)
+    _sampling(body, request.sampling, chat)
+    _tandem_extras(body, request)
+    if body.get("request_id") is not None:
+        assign(request, "request_id", body["request_id"], "request_id")
+    parsed = OpenAIRequest([request], chat, logprobs=_logprobs(body, request.sampling, chat))
+    _stream_options(body, parsed)
+    return _choices(body, parsed)
+
+
+def _check_fields(body: dict[str, Any], chat: bool) -> None:
+    handled = HANDLED_CHAT if chat else HANDLED_COMPLETION
+    for name, value in body.items():
+        if name in handled or name in SAMPLING:
+            continue
+        if name not in DEFAULTS_ONLY:
+            raise invalid(f"{name}: unknown field")
+        default = DEFAULTS_ONLY[name]
+        if value is not None and value != default:
+            raise invalid(f"{name}: not supported by tandem (only {json.dumps(default)})")
+
+
+def _completion_prompt(body: dict[str, Any], request: pb.GenerateRequest) -> None:
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]  # a batch of one
+    if isinstance(prompt, str):
+        request.text = prompt
+    elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        assign(request.token_ids, "ids", prompt, "prompt")
+    else:
+        raise invalid("prompt: a string or a list of token ids (one prompt per request)")
+
+
+def chat_prompt(body: dict[str, Any], request: pb.GenerateRequest) -> None:
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise invalid("messages: a list of {role, content} objects")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise invalid(f"messages[{i}]: an object with role and content")
+        unknown = set(message) - {"role", "content", "name"}
+        if unknown:
+            raise invalid(f"messages[{i}]: not supported by tandem: {', '.join(sorted(unknown))}")
+        role = message.get("role")
+        if not isinstance(role, str):
+            raise invalid(f"messages[{i}].role: expected a string")
+        request.chat.messages.add(role=role, content=_content(message.get("content"), i))
+
+
+def _content(content: Any, i: int) -> str:
+    """A message's text: a string, or a list of text parts (OpenAI's content-part form)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        for p in content
+    ):
+        return "".join(p["text"] for p in content)
+    raise invalid(f"messages[{i}].content: a string or a list of text parts")
+
+
+def _sampling(body: dict[str, Any], sampling: pb.SamplingParams, chat: bool) -> None:
+    for name in SAMPLING:
+        if body.get(name) is not None:
+            assign(sampling, name, body[name], name)
+    names = ("max_completion_tokens", "max_tokens") if chat else ("max_tokens",)
+    for name in names:
+        if body.get(name) is not None:
+            assign(sampling, "max_tokens", body[name], name)
+            break
+    stop = body.get("stop")
+    if stop is not None:
+        assign(sampling, "stop", [stop] if isinstance(stop, str) else stop, "stop")
+
+
+def _logprobs(body: dict[str, Any], sampling: pb.SamplingParams, chat: bool) -> int | None:
+    """Chat: `logprobs` (bool) and `top_logprobs`; completions: `logprobs` (int), as vLLM."""
+    logprobs = body.get("logprobs")
+    if chat:
+        top = body.get("top_logprobs")
+        if logprobs is not None and not isinstance(logprobs, bool):
+            raise invalid(f"logprobs: expected a boolean, got {logprobs!r}")
+        if top and not logprobs:
+            raise invalid("top_logprobs: needs logprobs: true")
+        if not logprobs:
+            return None
+        assign(sampling, "logprobs", 0 if top is None else top, "top_logprobs")
+    else:
+        if logprobs is None:
+            return None
+        assign(sampling, "logprobs", logprobs, "logprobs")
+    if not 0 <= sampling.logprobs <= MAX_LOGPROBS:
+        raise invalid(
+            f"{'top_logprobs' if chat else 'logprobs'}: must be in [0, {MAX_LOGPROBS}], "
+            f"got {sampling.logprobs}"
+        )
+    return sampling.logprobs
+
+
+def _tandem_extras(body: dict[str, Any], request: pb.GenerateRequest) -> None:
+    mode = body.get("speculation")
+    if mode is not None:
+        if mode not in SPECULATION_MODES:
+            raise invalid(f"speculation: one of {', '.join(SPECULATION_MODES)}, got {mode!r}")
+        request.speculation.mode = proto_mode(mode)
+    for name in ("num_speculative_tokens", "pipelined"):
+        if body.get(name) is not None:
+            assign(request.speculation, name, body[name], name)
+
+
+def _stream_options(body: dict[str, Any], parsed: OpenAIRequest) -> None:
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise invalid(f"stream: expected a boolean, got {stream!r}")
+    parsed.stream = bool(stream)
+    if parsed.stream and body.get("prompt_logprobs"):
+        raise invalid("prompt_logprobs: not available with stream: true (as in vLLM)")
+    options = body.get("stream_options")
+    if options is None:
+        return
+    if not parsed.stream:
+        raise invalid("stream_options: only with stream: true")
+    if not isinstance(options, dict) or set(options) - {"include_usage", "continuous_usage_stats"}:
+        raise invalid("stream_options: an object with include_usage")
+    if options.get("continuous_usage_stats"):
+        raise invalid("stream_options.continuous_usage_stats: not supported by tandem")
+    include = options.get("include_usage", False)
+    if not isinstance(include, bool):
+        raise invalid(f"stream_options.include_usage: expected a boolean, got {include!r}")
+    parsed.include_usage = include
+
+
+def _choices(body: dict[str, Any], parsed: OpenAIRequest) -> OpenAIRequest:
+    """n choices, as vLLM's parallel sampling makes them: independent requests, the i-th with
+    seed + i when a seed is set, ids `{i}_{request_id}`."""
+    n = body.get("n", 1)
+    if n is None:
+        n = 1
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise invalid(f"n: must be an integer >= 1, got {n!r}")
+    if n == 1:
+        return parsed
+    (request,) = parsed.requests
+    if request.sampling.HasField("temperature") and request.sampling.temperature < 1e-5:
+        raise invalid(f"n: must be 1 when using greedy sampling (temperature 0), got {n}")
+    if request.sampling.HasField("seed") and request.sampling.seed + n >= 2**64:
+        raise invalid(f"seed: {request.sampling.seed} + n does not fit 64 bits")
+    parsed.requests = []
+    for i in range(n):
+        child = pb.GenerateRequest()
+        child.CopyFrom(request)
+        if request.request_id:
+            child.request_id = f"{i}_{request.request_id}"
+        if request.sampling.HasField("seed"):
+            child.sampling.seed = request.sampling.seed + i
+        parsed.requests.append(child)
+    return parsed
