@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 # collective_rpc method names (TandemWorkerExtension)
 APPLY_FIXES = TandemWorkerExtension.tandem_apply_fixes.__name__
 ATTACH = TandemWorkerExtension.tandem_attach.__name__
+REGISTER = TandemWorkerExtension.tandem_register.__name__
+RELEASE = TandemWorkerExtension.tandem_release.__name__
+STATS = TandemWorkerExtension.tandem_stats.__name__
+CLOSE = TandemWorkerExtension.tandem_close.__name__
 
 
 def _path(cls: type) -> str:
@@ -37,6 +41,9 @@ def engine_args(
     args = dict(
         engine_args, model=str(model_path), worker_extension_cls=_path(TandemWorkerExtension)
     )
+    # The forward in a process of its own, as `vllm serve` runs it: nothing of the target
+    # actor (Ray's threads, the scheduler, the outputs) shares its interpreter.
+    args.setdefault("distributed_executor_backend", "mp")
     if speculation is not None:
         args["speculative_config"] = {
             "method": "custom_class",
@@ -48,6 +55,11 @@ def engine_args(
                 model_path, args.get("hf_overrides"), speculation.mirror
             )
     return args
+
+
+def own_process(args: dict[str, Any]) -> bool:
+    """Whether the engine's worker runs in a process of its own (vLLM's multiprocess executor)."""
+    return args.get("distributed_executor_backend") == "mp"
 
 
 def mirror_overrides(

@@ -16,6 +16,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -74,12 +75,32 @@ class StepTimers:
         return True
 
     def _timed(self, method: Callable[..., Any], total: str) -> Callable[..., Any]:
+        """`method` timed into `total`. A call that returns a Future (the multiprocess
+        executor's, whose worker runs the model meanwhile) counts until its result is taken."""
+
+        def add(start: float) -> None:
+            setattr(self, total, getattr(self, total) + time.perf_counter() - start)
+
         @functools.wraps(method)
         def timed(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
             try:
-                return method(*args, **kwargs)
-            finally:
-                setattr(self, total, getattr(self, total) + time.perf_counter() - start)
+                result = method(*args, **kwargs)
+            except BaseException:
+                add(start)
+                raise
+            if not isinstance(result, Future):
+                add(start)
+                return result
+            wait = result.result
+
+            def result_timed(*a: Any, **kw: Any) -> Any:
+                try:
+                    return wait(*a, **kw)
+                finally:
+                    add(start)
+
+            result.result = result_timed  # type: ignore[method-assign]
+            return result
 
         return timed

@@ -43,6 +43,10 @@ class Transport(Protocol):
         """The pre-drafted blocks of a `predraft` call, waiting at most timeout_s."""
         ...
 
+    def traffic(self) -> Any:
+        """What the messages cost so far, in the transport's own terms (for the stats)."""
+        ...
+
     def hint(self, replica: int, hints: dict[str, Hint]) -> None:
         """Deliver Mirror-SD hints (fire and forget: the target's forward pass goes on)."""
         ...

@@ -43,10 +43,13 @@ class Kind(IntEnum):
     HINT = 4  # dict[str, Hint], no reply (Mirror-SD, delivered while a pre-draft runs)
     FREE = 5  # list[str] of request ids, no reply
     ERROR = 6  # reply only: the drafter failed the message; the body says why
+    # int replica -> [address, password] or None (not known yet): where a drafter listens, asked
+    # of the target actor's directory by the engine's worker (tandem.cluster.transport.directory)
+    LOCATE = 7
 
     @property
     def answered(self) -> bool:
-        return self in (Kind.PING, Kind.DRAFT, Kind.PREDRAFT)
+        return self in (Kind.PING, Kind.DRAFT, Kind.PREDRAFT, Kind.LOCATE)
 
 
 class WireError(ValueError):

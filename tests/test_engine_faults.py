@@ -40,7 +40,13 @@ def engine(model_path, worker_class_restored):
 
     args = engine_args(
         model_path,
-        {"dtype": "float32", "enforce_eager": True, "max_model_len": 1024},
+        # The worker in this process ("uni"): the test holds the very session it attaches.
+        {
+            "dtype": "float32",
+            "enforce_eager": True,
+            "max_model_len": 1024,
+            "distributed_executor_backend": "uni",
+        },
         SpeculationConfig(num_speculative_tokens=4),
     )
     args["worker_extension_cls"] = "tests.faulty_worker.FaultyWorkerExtension"
@@ -48,7 +54,7 @@ def engine(model_path, worker_class_restored):
         loop = EngineLoop(EngineArgs(**args))
     session = session_for(LocalTransport(), timeout_s=5.0)
     loop.call(lambda e: e.collective_rpc(APPLY_FIXES, args=(True, False)))  # exact sampler
-    loop.call(lambda e: e.collective_rpc(ATTACH, args=(session, 0)))
+    loop.call(lambda e: e.collective_rpc(ATTACH, args=(lambda: session, 0)))
     yield loop, session
     loop.shutdown()
 

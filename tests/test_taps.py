@@ -49,12 +49,18 @@ def test_candidates_line_up_with_verified_tokens(model_path, tokenizer, monkeypa
     from tandem.plugins.engine_setup import ATTACH, engine_args
     from tandem.speculation.settings import SpeculationConfig
 
-    user_args = {"dtype": "float32", "enforce_eager": True, "max_model_len": 1024}
+    # The worker in this process ("uni"): the test reads the very session it attaches.
+    user_args = {
+        "dtype": "float32",
+        "enforce_eager": True,
+        "max_model_len": 1024,
+        "distributed_executor_backend": "uni",
+    }
     speculation = SpeculationConfig(num_speculative_tokens=3)
     loop = EngineLoop(EngineArgs(**engine_args(model_path, user_args, speculation)))
     session = RecordingSession()
     try:
-        assert all(loop.call(lambda e: e.collective_rpc(ATTACH, args=(session, 4))))
+        assert all(loop.call(lambda e: e.collective_rpc(ATTACH, args=(lambda: session, 4))))
         prompts = {
             f"r{i}": tokenizer.encode(p)
             for i, p in enumerate(spec_bench_prompts(2, ("rag", "summarization")))

@@ -100,24 +100,18 @@ class TargetReplica:
         its pool, which picks its engine's CPUs."""
         from vllm.engine.arg_utils import EngineArgs
 
-        from tandem.cluster.config.cpus import bind_process, compute_threads, keep_off, node_cpus
+        from tandem.cluster.config.cpus import place_engine
         from tandem.plugins.engine_loop import EngineLoop
-        from tandem.plugins.engine_setup import APPLY_FIXES, ATTACH, engine_args
+        from tandem.plugins.engine_setup import APPLY_FIXES, ATTACH, engine_args, own_process
 
         self.replica_id = replica_id
-        binding = target.core_binding()
-        self.engine_cpus = binding.engine_cpus(index, node_cpus())
-        if self.engine_cpus:  # the whole process: its other threads share the GIL with the engine
-            bind_process(self.engine_cpus)
-        else:
-            keep_off(binding)
-        compute_threads(len(self.engine_cpus) if self.engine_cpus else binding.cpus_per_replica)
         # Resolved on this node (fetched, prepared or baked in): never a path from another node.
         model_path = str(models.store().resolve(models.target))
         self.model_path = model_path
-        self._loop = EngineLoop(
-            EngineArgs(**engine_args(model_path, target.engine_args, speculation))
-        )
+        args = engine_args(model_path, target.engine_args, speculation)
+        binding = target.core_binding()
+        self.engine_cpus = place_engine(binding, index, own_process(args))
+        self._loop = EngineLoop(EngineArgs(**args))
         sampler = speculation.sampler if speculation is not None else None
         # tandem's exact speculative sampler (plugins/sampler.py) carries min_p itself.
         self._exact_sampler = sampler is not None and sampler.kind == "tandem"
@@ -126,20 +120,24 @@ class TargetReplica:
             lambda engine: engine.collective_rpc(APPLY_FIXES, args=(self._exact_sampler, any_vllm))
         )
         self.session = None
-        self.transport = None
+        self.directory = None
         if speculation is not None:
-            from tandem.cluster.transport.draft_pool import SocketTransport
-            from tandem.speculation.session import SpeculationSession
+            from tandem.cluster.transport.directory import DirectoryServer
+            from tandem.cluster.transport.draft_pool import RemoteSession
+            from tandem.plugins.session_proxy import SessionProxy
 
-            self.transport = SocketTransport(drafters, drafter_endpoints)
-            self.session = SpeculationSession(self.transport, speculation)
+            self.directory = DirectoryServer(drafters)
+            make_session = RemoteSession(
+                speculation, tuple(drafter_endpoints), self.directory.endpoint
+            )
             attached = self._loop.call(
                 lambda engine: engine.collective_rpc(
-                    ATTACH, args=(self.session, speculation.target_candidates, features)
+                    ATTACH, args=(make_session, speculation.target_candidates, features)
                 )
             )
             if not all(attached):
                 raise RuntimeError("vLLM did not load tandem's proposer")
+            self.session = SessionProxy(self._loop)
         self._served = 0
         self._generated = 0
         # Entered by `submit`, left on the engine thread (`Subscription.put`).
@@ -260,18 +258,25 @@ class TargetReplica:
     def abort(self, request_id: str) -> None:
         self._loop.abort(request_id)
 
-    def stats(self) -> ReplicaFigures:
+    async def stats(self) -> ReplicaFigures:
+        """The replica's figures; the session's are asked of the engine's worker between
+        steps, off this actor's event loop."""
+        session, wire = None, WireTraffic()
+        if self.session is not None:
+            session, wire = await asyncio.to_thread(self.session.stats)
         return ReplicaFigures(
             replica_id=self.replica_id,
             engine_unfinished=self._loop.num_unfinished(),
             requests_served=self._served,
             generated_tokens=self._generated,
             engine=self._loop.times(),
-            session=self.session.stats() if self.session is not None else None,
-            wire=self.transport.traffic() if self.transport is not None else WireTraffic(),
+            session=session,
+            wire=wire,
         )
 
     def shutdown(self) -> None:
+        if self.session is not None:
+            self.session.close()
         self._loop.shutdown()
-        if self.transport is not None:
-            self.transport.close()
+        if self.directory is not None:
+            self.directory.close()

@@ -132,6 +132,26 @@ def keep_off(binding: CoreBinding) -> None:
         bind_process(rest)
 
 
+def place_engine(binding: CoreBinding, replica: int, own_process: bool) -> frozenset[int] | None:
+    """Where target replica `replica`'s engine computes (None: not bound), and this process
+    placed to suit. An engine whose worker runs in a process of its own (vLLM's multiprocess
+    executor) has vLLM bind that worker's OpenMP threads to BIND's CPUs, written here as the
+    list tandem chose (vLLM's own `auto` would choose by NUMA node), while this process (the
+    scheduler, the outputs, Ray's threads) keeps off them. An engine in this process takes
+    the whole process onto its CPUs: its other threads share the interpreter with the forward."""
+    cpus = binding.engine_cpus(replica, node_cpus())
+    if own_process:
+        os.environ[BIND] = ",".join(map(str, sorted(cpus))) if cpus else "nobind"
+        keep_off(binding)
+    elif cpus:
+        bind_process(cpus)
+        compute_threads(len(cpus))
+    else:
+        keep_off(binding)
+        compute_threads(binding.cpus_per_replica)
+    return cpus
+
+
 def compute_threads(cpus: float) -> int:
     """torch's threads for this process: its Ray CPUs, at most the CPUs it may run on.
 

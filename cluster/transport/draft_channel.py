@@ -186,6 +186,11 @@ class DraftChannel:
         """Whether the reply to a pending `seq` has arrived (it is dropped then)."""
         return self.take(seq) is not _MISSING
 
+    def poll(self, seq: int) -> tuple[bool, Any]:
+        """(True, the reply) once the reply to a pending `seq` has arrived, else (False, None)."""
+        reply = self.take(seq)
+        return (False, None) if reply is _MISSING else (True, reply)
+
     def forget(self, seq: int) -> None:
         """Stop waiting for `seq` (its reply will be dropped)."""
         self._pending.discard(seq)

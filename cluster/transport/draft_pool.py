@@ -1,25 +1,26 @@
 """The Transport of a speculation session: drafter replicas reached over their sockets
-(tandem.cluster.transport.draft_channel), found and revived through Ray, with a time budget per
-call.
+(tandem.cluster.transport.draft_channel), found and revived through the target actor's directory
+of them (tandem.cluster.transport.directory, which asks Ray), with a time budget per call. It runs
+in the engine's worker, with the session.
 
 A call that misses its budget is not a fault (a loaded drafter is late, not broken): its reply
 is dropped when it comes, and the replica is `busy` until then, so the session sends it nothing
 new and no step waits for it meanwhile. A hung replica (a stopped process) costs one budget,
 then nothing, and drafts again as soon as it answers. A socket cannot tell late from dead, so
-while a replica is busy Ray is asked, one call at a time, whether its actor is still the one
-behind the socket: if it died or restarted (on a new socket) the replica stops being busy and
-its next call fails, which marks it down until a probe finds the new socket.
+while a replica is busy the directory is asked, one question at a time, whether its actor is
+still the one behind the socket: if it died or restarted (on a new socket) the replica stops
+being busy and its next call fails, which marks it down until a probe finds the new socket.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import ray
-
 from tandem.cluster.telemetry.figures import WireTraffic
+from tandem.cluster.transport.directory import Directory
 from tandem.cluster.transport.draft_channel import (
     ChannelFull,
     ChannelTimeout,
@@ -34,6 +35,8 @@ from tandem.speculation.protocol import (
     PredraftPlan,
     PredraftReply,
 )
+from tandem.speculation.session import SpeculationSession
+from tandem.speculation.settings import SpeculationConfig
 from tandem.speculation.wire import Kind
 
 CONNECT_TIMEOUT_S = 30.0
@@ -49,24 +52,23 @@ class DrafterGone(ConnectionError):
 
 
 class SocketTransport:
-    def __init__(self, drafters: Sequence[Any], endpoints: Sequence[Endpoint]) -> None:
-        """`drafters`: the replicas' actor handles; `endpoints`: where they listened when the
-        deployment started (a drafter that restarted since is asked again, once)."""
-        self.drafters = list(drafters)
-        self.replicas = len(self.drafters)
+    def __init__(self, endpoints: Sequence[Endpoint], directory: Directory) -> None:
+        """`endpoints`: where the replicas listened when the deployment started (a drafter
+        that restarted since is looked up in the directory, once)."""
+        self.directory = directory
+        self.replicas = len(endpoints)
         self.channels = [DraftChannel(e) for e in endpoints]
         self._closed = WireTraffic()  # traffic of channels replaced after a drafter restart
-        self._probes: dict[int, Any] = {}
         self._late: dict[int, int] = {}  # replica -> seq of its call that missed the budget
-        self._watches: dict[int, Any] = {}  # replica -> Ray call: is a late drafter still there
         self._gone: set[int] = set()  # replicas whose drafter went away while late
         for replica, channel in enumerate(self.channels):
             result = self._ping(channel, PING_TIMEOUT_S)
             if isinstance(result, Exception):  # restarted since: where does it listen now?
-                endpoint = ray.get(self.drafters[replica].endpoint.remote(), timeout=30)
-                channel.close()
-                channel = self.channels[replica] = DraftChannel(endpoint)
-                result = self._ping(channel, CONNECT_TIMEOUT_S)
+                endpoint = directory.locate(replica, CONNECT_TIMEOUT_S)
+                if isinstance(endpoint, Endpoint):
+                    channel.close()
+                    channel = self.channels[replica] = DraftChannel(endpoint)
+                    result = self._ping(channel, CONNECT_TIMEOUT_S)
             if isinstance(result, Exception):
                 raise DrafterUnreachable(
                     f"drafter {replica} does not answer on {channel.endpoint.address} from this "
@@ -94,35 +96,18 @@ class SocketTransport:
         return True
 
     def _went_away(self, replica: int) -> bool:
-        """Whether Ray says the late replica's actor died or restarted on a new socket; a
-        stopped or loaded one keeps the question open (the next check asks again)."""
-        answer = self._ask(self._watches, replica)
+        """Whether the directory says the late replica's actor died or restarted on a new
+        socket; a stopped or loaded one keeps the question open (the next check asks again)."""
+        answer = self.directory.ask("watch", replica)
         if answer is None:
             return False
         return isinstance(answer, Exception) or answer != self.channels[replica].endpoint
-
-    def _ask(self, calls: dict[int, Any], replica: int) -> Endpoint | Exception | None:
-        """Non-blocking: ask Ray where the replica listens, one call at a time (kept in
-        `calls`). The answer once it came (an exception for a dead or restarting actor),
-        None until then."""
-        call = calls.get(replica)
-        if call is None:
-            calls[replica] = self.drafters[replica].endpoint.remote()
-            return None
-        ready, _ = ray.wait([call], timeout=0)
-        if not ready:
-            return None
-        del calls[replica]
-        try:
-            return ray.get(call)
-        except Exception as exc:
-            return exc
 
     def _end_late(self, replica: int) -> None:
         seq = self._late.pop(replica, None)
         if seq is not None:
             self.channels[replica].forget(seq)
-        self._watches.pop(replica, None)
+        self.directory.forget("watch", replica)
 
     def draft(
         self, batches: dict[int, list[DraftItem]], timeout_s: float
@@ -166,9 +151,9 @@ class SocketTransport:
         self.channels[replica].post(Kind.FREE, request_ids)
 
     def probe(self, replica: int) -> bool:
-        """Non-blocking: True once Ray says the drafter answers again; it may have restarted on
-        a new address, so its channel is replaced."""
-        endpoint = self._ask(self._probes, replica)
+        """Non-blocking: True once the directory says the drafter answers again; it may have
+        restarted on a new address, so its channel is replaced."""
+        endpoint = self.directory.ask("probe", replica)
         if endpoint is None or isinstance(endpoint, Exception):  # still dead, or restarting
             return False
         self._end_late(replica)
@@ -196,3 +181,19 @@ class SocketTransport:
     def close(self) -> None:
         for channel in self.channels:
             channel.close()
+        self.directory.close()
+
+
+@dataclass(frozen=True)
+class RemoteSession:
+    """What the engine's worker builds its speculation session from (vLLM pickles the
+    arguments of `collective_rpc` into the worker): the speculation settings, where the
+    drafters listened at start, and the target actor's directory of them."""
+
+    settings: SpeculationConfig
+    endpoints: tuple[Endpoint, ...]
+    directory: Endpoint
+
+    def __call__(self) -> SpeculationSession:
+        transport = SocketTransport(self.endpoints, Directory(self.directory))
+        return SpeculationSession(transport, self.settings)
