@@ -1,8 +1,9 @@
 """An in-process vLLM engine served to asyncio callers.
 
-vLLM's AsyncLLM always runs its engine core in a child process. tandem keeps the engine inside the
-Ray actor's own process instead (the proposer plugin shares the actor's speculation session),
-which means driving the synchronous `LLMEngine` ourselves: one thread owns the engine and steps it
+vLLM's AsyncLLM always runs its engine core in a child process, which dies with any step that
+raises. tandem keeps the engine core (its scheduler and output processing) inside the Ray actor's
+own process instead, with the forward in a worker process of its own (vLLM's multiprocess
+executor, as `vllm serve` runs it), which means driving the synchronous `LLMEngine` ourselves: one thread owns the engine and steps it
 while requests are unfinished; callers talk to it through a command queue and get their outputs
 back through a `Consumer` each: after every step the engine thread hands each consumer that
 step's outputs for it in one batch. tandem's target replica sends them straight onto a socket
@@ -36,9 +37,10 @@ from typing import Any, Protocol
 
 from tandem.plugins.timers import EngineTimes, StepTimers
 
-# The engine core must live in this process (the proposer reaches the drafters through this
-# process's Ray connection, and the session is handed to the worker by reference); vLLM reads
-# this when an engine starts.
+# The engine core (scheduler, outputs) lives in this process, stepped by this loop: a failed
+# step costs one request (`_recover`), where vLLM's own core process would die with it. The
+# worker, which runs the forward, may have a process of its own (tandem.plugins.engine_setup).
+# vLLM reads this when an engine starts.
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
 from vllm import SamplingParams  # noqa: E402
@@ -261,6 +263,7 @@ class EngineLoop:
             if isinstance(command, _Stop):
                 for request in list(self._requests.values()):
                     self._finish(request, RequestAborted("engine shut down"))
+                self.engine.engine_core.shutdown()  # and a worker process of its own with it
                 return False
             if isinstance(command, _Request):
                 self._requests[command.request_id] = command
