@@ -27,6 +27,8 @@ DESCRIPTIONS = {
     "vllm-serve-ngram": "vLLM's OpenAI server process, its ngram drafter, over HTTP streaming",
     "vllm-eagle3": "vLLM in-process EAGLE-3, the same head file tandem's eagle drafter loads",
     "tandem-target": "tandem's gRPC server, speculation off for the request (the target alone)",
+    "tandem-target-inproc": "tandem-target on a server whose engine runs its forward in the "
+    "target actor's own process (vLLM's uniprocess executor; the default gives it a process)",
     "tandem-ngram": "tandem's gRPC server, remote ngram drafter, pipelined (speculation cache)",
     "tandem-ngram-seq": "tandem's gRPC server, remote ngram drafter, sequential (no pre-drafting)",
     "tandem-ngram-mirror": "tandem-ngram on a server whose target sends Mirror-SD early-exit hints",
@@ -42,9 +44,10 @@ SYSTEMS = tuple(DESCRIPTIONS)
 SERVED = {"vllm-serve-target", "vllm-serve-ngram"}
 # Run only when asked for by name: a server of its own costs a few GiB (vLLM's: ~3.5 GiB in three
 # processes on the CPU) and a minute.
-OPT_IN = {"tandem-ngram-mirror", *SERVED}
+OPT_IN = {"tandem-ngram-mirror", "tandem-target-inproc", *SERVED}
 TANDEM_MODES = {
     "tandem-target": "off",
+    "tandem-target-inproc": "off",
     "tandem-ngram": "ngram",
     "tandem-ngram-seq": "ngram",
     "tandem-ngram-mirror": "ngram",
@@ -130,10 +133,23 @@ class Setup:
 # Drafters whose state spans requests (SuffixDecoding's shared trie of recent outputs, Token
 # Recycling's table): on a shared server they would learn each prompt's output from the modes run
 # on it before them. Each gets a server of its own, where it learns only from earlier prompts.
-ISOLATED = {"tandem-suffix", "tandem-recycle", "tandem-ngram-mirror"}
+ISOLATED = {"tandem-suffix", "tandem-recycle", "tandem-ngram-mirror", "tandem-target-inproc"}
 SHARED = "shared"
-# Servers whose config differs from the bench's: the Mirror-SD channel is a target setting.
-CONFIG_CHANGES = {"tandem-ngram-mirror": {"mirror": {"enabled": True}}}
+# Servers whose config differs from the bench's, by section: the Mirror-SD channel and where the
+# engine's forward runs are target settings.
+CONFIG_CHANGES = {
+    "tandem-ngram-mirror": {"speculation": {"mirror": {"enabled": True}}},
+    "tandem-target-inproc": {"target": {"engine_args": {"distributed_executor_backend": "uni"}}},
+}
+
+
+def _merged(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `changes` laid over it, nested mappings key by key."""
+    out = dict(base)
+    for key, value in changes.items():
+        inner = out.get(key)
+        out[key] = _merged(inner, value) if isinstance(inner, dict) else value
+    return out
 
 
 def server_key(name: str) -> str:
@@ -163,8 +179,8 @@ class Builder:
 
         try:
             for key in keys:
-                config = copy.deepcopy(self.setup.tandem_config)
-                config["speculation"].update(CONFIG_CHANGES.get(key, {}))
+                changes = CONFIG_CHANGES.get(key, {})
+                config = _merged(copy.deepcopy(self.setup.tandem_config), changes)
                 self._servers[key] = TandemServer(config, self.setup.address)
         except BaseException as exc:  # re-raised by server() in the caller's thread
             self._start_error = exc

@@ -29,9 +29,15 @@ PROMPTS = [
 
 def tandem_processes(service) -> dict[str, list[psutil.Process]]:
     """The service's own processes by role: the server (gRPC front door and coordinator), the
-    target replicas and the drafter replicas (Ray workers under the embedded cluster)."""
+    target replicas and the drafter replicas (Ray workers under the embedded cluster), and the
+    engines' workers (the target's forward, in a process vLLM starts under the replica)."""
     root = psutil.Process(service.proc.pid)
-    roles: dict[str, list[psutil.Process]] = {"server": [root], "target": [], "drafter": []}
+    roles: dict[str, list[psutil.Process]] = {
+        "server": [root],
+        "target": [],
+        "drafter": [],
+        "engine": [],
+    }
     for process in root.children(recursive=True):
         try:
             command = " ".join(process.cmdline())
@@ -41,6 +47,8 @@ def tandem_processes(service) -> dict[str, list[psutil.Process]]:
             roles["target"].append(process)
         elif "DrafterReplica" in command:
             roles["drafter"].append(process)
+        elif "VLLM::Worker" in command:
+            roles["engine"].append(process)
     return roles
 
 
