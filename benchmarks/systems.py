@@ -27,8 +27,8 @@ DESCRIPTIONS = {
     "vllm-serve-ngram": "vLLM's OpenAI server process, its ngram drafter, over HTTP streaming",
     "vllm-eagle3": "vLLM in-process EAGLE-3, the same head file tandem's eagle drafter loads",
     "tandem-target": "tandem's gRPC server, speculation off for the request (the target alone)",
-    "tandem-target-inproc": "tandem-target on a server whose engine runs its forward in the "
-    "target actor's own process (vLLM's uniprocess executor; the default gives it a process)",
+    "tandem-target-mp": "tandem-target on a server whose engine runs its forward in a worker "
+    "process of its own (vLLM's multiprocess executor, as `vllm serve` does)",
     "tandem-ngram": "tandem's gRPC server, remote ngram drafter, pipelined (speculation cache)",
     "tandem-ngram-seq": "tandem's gRPC server, remote ngram drafter, sequential (no pre-drafting)",
     "tandem-ngram-mirror": "tandem-ngram on a server whose target sends Mirror-SD early-exit hints",
@@ -44,10 +44,10 @@ SYSTEMS = tuple(DESCRIPTIONS)
 SERVED = {"vllm-serve-target", "vllm-serve-ngram"}
 # Run only when asked for by name: a server of its own costs a few GiB (vLLM's: ~3.5 GiB in three
 # processes on the CPU) and a minute.
-OPT_IN = {"tandem-ngram-mirror", "tandem-target-inproc", *SERVED}
+OPT_IN = {"tandem-ngram-mirror", "tandem-target-mp", *SERVED}
 TANDEM_MODES = {
     "tandem-target": "off",
-    "tandem-target-inproc": "off",
+    "tandem-target-mp": "off",
     "tandem-ngram": "ngram",
     "tandem-ngram-seq": "ngram",
     "tandem-ngram-mirror": "ngram",
@@ -133,13 +133,13 @@ class Setup:
 # Drafters whose state spans requests (SuffixDecoding's shared trie of recent outputs, Token
 # Recycling's table): on a shared server they would learn each prompt's output from the modes run
 # on it before them. Each gets a server of its own, where it learns only from earlier prompts.
-ISOLATED = {"tandem-suffix", "tandem-recycle", "tandem-ngram-mirror", "tandem-target-inproc"}
+ISOLATED = {"tandem-suffix", "tandem-recycle", "tandem-ngram-mirror", "tandem-target-mp"}
 SHARED = "shared"
 # Servers whose config differs from the bench's, by section: the Mirror-SD channel and where the
 # engine's forward runs are target settings.
 CONFIG_CHANGES = {
     "tandem-ngram-mirror": {"speculation": {"mirror": {"enabled": True}}},
-    "tandem-target-inproc": {"target": {"engine_args": {"distributed_executor_backend": "uni"}}},
+    "tandem-target-mp": {"target": {"engine_args": {"distributed_executor_backend": "mp"}}},
 }
 
 

@@ -41,9 +41,6 @@ def engine_args(
     args = dict(
         engine_args, model=str(model_path), worker_extension_cls=_path(TandemWorkerExtension)
     )
-    # The forward in a process of its own, as `vllm serve` runs it: nothing of the target
-    # actor (Ray's threads, the scheduler, the outputs) shares its interpreter.
-    args.setdefault("distributed_executor_backend", "mp")
     if speculation is not None:
         args["speculative_config"] = {
             "method": "custom_class",
@@ -58,7 +55,10 @@ def engine_args(
 
 
 def own_process(args: dict[str, Any]) -> bool:
-    """Whether the engine's worker runs in a process of its own (vLLM's multiprocess executor)."""
+    """Whether the engine's worker runs in a process of its own: `distributed_executor_backend:
+    mp` in target.engine_args (vLLM's multiprocess executor, as `vllm serve` runs it; needed
+    for tensor parallelism). tandem's default leaves it in the target actor's process, which
+    measured faster on a 2-core CPU node (docs/architecture.md)."""
     return args.get("distributed_executor_backend") == "mp"
 
 

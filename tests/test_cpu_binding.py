@@ -26,23 +26,22 @@ def service():
 
 
 def test_the_target_replica_computes_on_a_core_of_its_own(service):
-    """The target engine's worker process (its forward) on the node's last CPU, every other
-    process of the service (server, Ray's daemons, the target actor with the engine's scheduler,
-    the drafter) on the rest; GetStats says which CPU."""
+    """The target actor's process on the node's last CPU, every other process of the service
+    (server, Ray's daemons, the drafter) on the rest; GetStats says which CPU."""
     node = node_cpus()
     last = max(node)
     with TandemClient(service.address, timeout=DEADLINE_S) as client:
         assert list(client.stats().replicas[0].engine_cpus) == [last]
     masks = defaultdict(set)  # role -> the CPU sets its threads may run on
     root = psutil.Process(service.proc.pid)
-    engines = {p.pid for p in tandem_processes(service)["engine"]}
-    assert engines
+    targets = {p.pid for p in tandem_processes(service)["target"]}
+    assert targets
     for process in [root, *root.children(recursive=True)]:
-        role = "engine" if process.pid in engines else "other"
+        role = "target" if process.pid in targets else "other"
         for thread in process.threads():
             with contextlib.suppress(OSError):  # a thread that has just ended
                 masks[role].add(frozenset(os.sched_getaffinity(thread.id)))
-    assert masks["engine"] == {frozenset({last})}
+    assert masks["target"] == {frozenset({last})}
     assert masks["other"] == {node - {last} or node}  # one CPU: nothing to keep off
 
 
