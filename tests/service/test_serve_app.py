@@ -24,10 +24,11 @@ from ray import serve
 
 from tandem.client import TandemClient
 from tandem.deploy.serve_app import GRPC_SERVICER_FUNCTION, app_builder
-
-from . import openai_table
-from .conftest import REPO, free_port, spec_bench_prompts
-from .fuzzing import check_http, fuzz_settings, openai_body
+from tests.support import openai_table
+from tests.support.fuzzing import check_http, fuzz_settings, openai_body
+from tests.support.layout import REPO
+from tests.support.prompts import spec_bench_prompts
+from tests.support.services import free_port
 
 pytestmark = pytest.mark.slow
 

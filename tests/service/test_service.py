@@ -15,9 +15,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tandem.client import AsyncTandemClient, TandemClient, build_request
 from tandem.protos import tandem_pb2 as pb
-
-from .conftest import spec_bench_prompts, start_service
-from .reliability import wait_until_idle
+from tests.support.prompts import spec_bench_prompts
+from tests.support.reliability import wait_until_idle
+from tests.support.services import start_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -12,8 +12,8 @@ import pytest
 
 from tandem.client import TandemClient
 from tandem.protos import tandem_pb2 as pb
-
-from .conftest import spec_bench_prompts, start_service
+from tests.support.prompts import spec_bench_prompts
+from tests.support.services import start_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -19,9 +19,8 @@ from collections import Counter
 import pytest
 
 from tandem.client import AsyncTandemClient, TandemClient
-
-from .conftest import start_service
-from .stats import homogeneity_p
+from tests.support.services import start_service
+from tests.support.stats import homogeneity_p
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,8 @@ import pytest
 
 from tandem.client import TandemClient
 from tandem.cluster.config.cpus import node_cpus
-
-from .conftest import start_service
-from .reliability import DEADLINE_S, PROMPTS, tandem_processes
+from tests.support.reliability import DEADLINE_S, PROMPTS, tandem_processes
+from tests.support.services import start_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

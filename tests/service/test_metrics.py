@@ -10,8 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tandem.client import TandemClient
-
-from .conftest import free_port, start_service
+from tests.support.services import free_port, start_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
