@@ -10,9 +10,10 @@ that share a configuration next to each other, so few services are up at once: e
 GiB).
 
 A declared configuration is a dict, or a callable that takes pytest's config and returns one
-(when a command-line option shapes it). `uses_service(config, order="first")` runs the module
-before every other user of that configuration (it counts what the service has done since it
-started); `order="last"` after them (it changes the service). FREE_PORT as a value stands for a
+when a command-line option shapes it (declare it with `uses_service.with_args(callable)`: a
+mark called with a lone callable decorates it). `uses_service(config, order="first")` runs the
+module before every other user of that configuration (it counts what the service has done since
+it started); `order="last"` after them (it changes the service). FREE_PORT as a value stands for a
 TCP port free on loopback when the service starts; `service.config` holds the port it got.
 """
 
@@ -104,3 +105,42 @@ class ServiceRegistry:
         while self._services:
             _, service = self._services.popitem()
             service.stop()
+
+
+# The configurations modules share. Each keeps what its users assert; where two modules asked for
+# nearly equal ones, the union of their settings serves both (docs/development.md, Tests).
+
+# The front door's limits as tests/service/test_service.py checks them, and a metrics port
+# (tests/service/test_metrics.py, which runs first on it: it counts every request since start);
+# tests/service/test_cpu_binding.py checks the default CPU binding on it.
+FRONT_DOOR: Config = {
+    "server": {
+        "max_inflight": 10,
+        "max_tokens": 1024,
+        "default_max_tokens": 48,
+        "metrics_port": FREE_PORT,
+    }
+}
+
+# Every part that touches drafts is on, so that greedy and sampled requests are checked with all
+# of them (tests/service/test_speculation.py, test_mirror.py, test_sampling.py): the speculation
+# cache (on by default), the Mirror-SD channel, the model drafter's SpecDec++ stop. Drafts in
+# batches of any size (the default policy stops drafting above 2 requests), and never late: on a
+# loaded machine the drafter may miss the default step budget and be skipped.
+SPECULATING: Config = {
+    "server": {"max_inflight": 64},
+    "speculation": {
+        "mirror": {"enabled": True, "layer": 20, "top_k": 4},
+        "drafters": {"stop_below": 0.3},
+        "draft_length": {"full_until_batch": 64, "off_above_batch": 64},
+        "step_timeout_ms": 30000,
+        "sampler": {"kind": "tandem"},
+    },
+}
+
+
+def speculating(pytest_config: Any) -> Config:
+    """SPECULATING on the sampler --sampler names (tests/service/test_sampling.py)."""
+    config = copy.deepcopy(SPECULATING)
+    config["speculation"]["sampler"] = {"kind": pytest_config.getoption("--sampler")}
+    return config
