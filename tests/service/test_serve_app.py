@@ -1,8 +1,8 @@
 """The Ray Serve app for real: embedded Ray, the Serve app from deploy/serve/local-cpu.yaml's
 args, the official `openai` client over HTTP and tandem's gRPC client through Serve's gRPC
-ingress, with bearer-token auth on both. The OpenAI request table (tests/openai_table.py) runs
-here too: against tandem alone, and side by side with vLLM's own OpenAI server on the same
-model (tests/test_openai_vllm.py)."""
+ingress, with bearer-token auth on both. The OpenAI request table (tests/support/openai_table.py)
+runs here too: against tandem alone, and side by side with vLLM's own OpenAI server on the same
+model."""
 
 from __future__ import annotations
 
