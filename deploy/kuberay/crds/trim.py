@@ -1,4 +1,4 @@
-"""Trim KubeRay's CRDs to what tests/test_kuberay.py validates with: one YAML file holding the
+"""Trim KubeRay's CRDs to what tests/unit/test_kuberay.py validates with: one YAML file holding the
 v1 `openAPIV3Schema` of each kind, without `status` (the API server owns it), with every
 repeated subtree (a pod template appears four times, a container schema eight) stored once
 under `definitions` and referenced with `$ref`. The schemas mean exactly what upstream's do.

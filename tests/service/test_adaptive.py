@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from tandem.client import TandemClient
-
-from .conftest import spec_bench_prompts, start_service
+from tests.support.prompts import spec_bench_prompts
+from tests.support.services import start_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -26,8 +26,7 @@ from vllm.v1.sample.sampler import Sampler  # noqa: E402
 from vllm.v1.spec_decode.metadata import SpecDecodeMetadata  # noqa: E402
 
 from tandem.plugins import sampler as exact  # noqa: E402
-
-from .stats import chi_square_p  # noqa: E402
+from tests.support.stats import chi_square_p  # noqa: E402
 
 VOCAB = 24
 FALSE_ALARM = 0.001  # per test function, split over its comparisons (Bonferroni)

@@ -10,6 +10,7 @@ from tandem.cluster.config.deployment import TandemConfig
 from tandem.cluster.config.errors import ConfigError
 from tandem.cluster.config.front_door import AuthConfig
 from tandem.cluster.frontdoor.auth import authorized
+from tests.support.layout import REPO
 
 pytestmark = pytest.mark.timeout(600)  # loads models; slow on a loaded machine
 
@@ -92,17 +93,14 @@ def test_serve_refuses_bad_config_before_starting(tmp_path):
 
 
 def test_example_configs_load():
-    from pathlib import Path
-
-    root = Path(__file__).parents[1]
-    examples = sorted((root / "deploy" / "configs").glob("*.yaml"))
-    examples += sorted((root / "benchmarks" / "configs").glob("*.yaml"))
+    examples = sorted((REPO / "deploy" / "configs").glob("*.yaml"))
+    examples += sorted((REPO / "benchmarks" / "configs").glob("*.yaml"))
     assert len(examples) >= 3
     for path in examples:
         config = TandemConfig.from_yaml(path)
         assert config.speculation.enabled and config.target.replicas >= 1
         config.check_serving()  # a token wherever they listen beyond loopback
-    local = Path(__file__).parents[1] / "deploy" / "configs" / "local-cpu.yaml"
+    local = REPO / "deploy" / "configs" / "local-cpu.yaml"
     assert TandemConfig.from_yaml(local) == TandemConfig()  # the built-in default, written out
 
 

@@ -12,8 +12,7 @@ import torch
 from tandem.training.data import Example
 from tandem.training.prompts import STAGE_TWO, stage_one, stage_two
 from tandem.training.train import draft_vocabulary
-
-from .conftest import SPEC_BENCH
+from tests.support.prompts import SPEC_BENCH
 
 
 @pytest.mark.timeout(60)

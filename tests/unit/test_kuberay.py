@@ -2,7 +2,7 @@
 (an unknown field is an error), admitted by KubeRay's own validation rules, free of deprecated
 fields, with ports named as KubeRay's Services expect and KubeRay's health checks kept; their
 embedded tandem config loads, is safe to expose, and its pools fit the worker groups.
-tests/test_kuberay_entrypoints.py runs their commands the way KubeRay runs them."""
+tests/service/test_kuberay_entrypoints.py runs their commands the way KubeRay runs them."""
 
 from __future__ import annotations
 
@@ -17,13 +17,12 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from tandem.cluster.config.deployment import TandemConfig
-
-from . import kuberay_rules
-from .conftest import REPO
+from tests.support import kuberay_rules
+from tests.support.kuberay_rules import KUBERAY, documents
+from tests.support.layout import REPO
 
 pytestmark = pytest.mark.timeout(120)
 
-KUBERAY = REPO / "deploy" / "kuberay"
 SCHEMAS = KUBERAY / "crds" / "kuberay-v1.schema.yaml"
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -52,11 +51,6 @@ def _strict(schema: Any) -> Any:
         for value in schema:
             _strict(value)
     return schema
-
-
-def documents(name: str) -> dict[str, dict[str, Any]]:
-    docs = yaml.safe_load_all((KUBERAY / name).read_text())
-    return {doc["kind"]: json.loads(json.dumps(doc)) for doc in docs}  # YAML anchors resolved
 
 
 def validate(manifest: dict[str, Any]) -> None:

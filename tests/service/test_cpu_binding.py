@@ -13,16 +13,15 @@ import pytest
 
 from tandem.client import TandemClient
 from tandem.cluster.config.cpus import node_cpus
+from tests.support.reliability import DEADLINE_S, PROMPTS, tandem_processes
+from tests.support.services import FRONT_DOOR
 
-from .conftest import start_service
-from .reliability import DEADLINE_S, PROMPTS, tandem_processes
-
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.uses_service(FRONT_DOOR)]
 
 
 @pytest.fixture(scope="module")
-def service():
-    yield from start_service({})  # the default config binds
+def service(services):
+    return services.get(FRONT_DOOR)  # the default CPU binding (only the front door's limits set)
 
 
 def test_the_target_replica_computes_on_a_core_of_its_own(service):

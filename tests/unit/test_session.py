@@ -8,8 +8,7 @@ from tandem.speculation.drafter import Drafter
 from tandem.speculation.protocol import DraftItem, DraftReply, Hint, Mode, PredraftPlan
 from tandem.speculation.request_sync import RequestSpec
 from tandem.speculation.source import DraftSource
-
-from .local_transport import LocalTransport, plain_drafter, session_for
+from tests.support.local_transport import LocalTransport, plain_drafter, session_for
 
 pytestmark = pytest.mark.timeout(120)
 

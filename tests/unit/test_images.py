@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
+from tests.support.layout import REPO
 
 IMAGES = sorted((REPO / "deploy" / "images").glob("*.Containerfile"))
 INSTALL = "deploy/install.sh"

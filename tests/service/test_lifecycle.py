@@ -15,8 +15,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tandem.benchmarks.launcher import ServiceProcess
 from tandem.client import AsyncTandemClient, TandemClient, build_request
 from tandem.protos import tandem_pb2 as pb
-
-from .reliability import DEADLINE_S, PROMPTS, Lane, run_lanes, tandem_processes, wait_for
+from tests.support.reliability import (
+    DEADLINE_S,
+    PROMPTS,
+    Lane,
+    run_lanes,
+    tandem_processes,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -19,18 +19,12 @@ from collections import Counter
 import pytest
 
 from tandem.client import AsyncTandemClient, TandemClient
+from tests.support.services import speculating, start_service
+from tests.support.stats import homogeneity_p
 
-from .conftest import start_service
-from .stats import homogeneity_p
-
-pytestmark = pytest.mark.slow
-
-# Drafts in large batches too (the default policy stops drafting above 2 requests), and never
-# late: on a loaded machine the drafter may miss the default step budget and be skipped.
-SPECULATION = {
-    "draft_length": {"full_until_batch": 64, "off_above_batch": 64},
-    "step_timeout_ms": 30000,
-}
+# The drafting service is the shared SPECULATING one (drafts in large batches too, never late,
+# every part that touches drafts on) on the sampler --sampler names.
+pytestmark = [pytest.mark.slow, pytest.mark.uses_service.with_args(speculating)]
 
 # Every prompt is the same 128 tokens (a story whose words recur, so every drafter finds drafts;
 # vLLM's CPU KV block, so its prefix cache computes them once), then one token of its own.
@@ -64,9 +58,8 @@ def prompts(tokenizer) -> list[list[int]]:
 
 
 @pytest.fixture(scope="module")
-def service(request):
-    sampler = {"kind": request.config.getoption("--sampler")}
-    yield from start_service({"speculation": {**SPECULATION, "sampler": sampler}})
+def service(request, services):
+    return services.get(speculating(request.config))
 
 
 @pytest.fixture(scope="module")

@@ -213,7 +213,7 @@ def test_a_dead_drafter_never_blocks_the_sender():
     """Nobody listens: messages queue up to ZMQ's high-water mark, then sends fail at once
     (the proposer treats the drafter as failed) and posts are dropped, never blocking."""
     from tandem.cluster.transport.draft_channel import ChannelFull
-    from tests.conftest import free_port
+    from tests.support.services import free_port
 
     channel = DraftChannel(Endpoint(f"tcp://127.0.0.1:{free_port()}", "x"))
     try:

@@ -1,8 +1,8 @@
 """The Ray Serve app for real: embedded Ray, the Serve app from deploy/serve/local-cpu.yaml's
 args, the official `openai` client over HTTP and tandem's gRPC client through Serve's gRPC
-ingress, with bearer-token auth on both. The OpenAI request table (tests/openai_table.py) runs
-here too: against tandem alone, and side by side with vLLM's own OpenAI server on the same
-model (tests/test_openai_vllm.py)."""
+ingress, with bearer-token auth on both. The OpenAI request table (tests/support/openai_table.py)
+runs here too: against tandem alone, and side by side with vLLM's own OpenAI server on the same
+model."""
 
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ from ray import serve
 
 from tandem.client import TandemClient
 from tandem.deploy.serve_app import GRPC_SERVICER_FUNCTION, app_builder
-
-from . import openai_table
-from .conftest import REPO, free_port, spec_bench_prompts
-from .fuzzing import check_http, fuzz_settings, openai_body
+from tests.support import openai_table
+from tests.support.fuzzing import check_http, fuzz_settings, openai_body
+from tests.support.layout import REPO
+from tests.support.prompts import spec_bench_prompts
+from tests.support.services import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -20,8 +20,7 @@ from ray.util.state import list_actors
 
 from tandem.benchmarks.launcher import ServiceProcess
 from tandem.client import AsyncTandemClient, TandemClient
-
-from .conftest import spec_bench_prompts
+from tests.support.prompts import spec_bench_prompts
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

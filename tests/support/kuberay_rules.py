@@ -5,8 +5,22 @@ vendored schemas (deploy/kuberay/crds/SOURCE.md), plus the fields its API types 
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
+
+import yaml
+
+from .layout import REPO
+
+KUBERAY = REPO / "deploy" / "kuberay"
+
+
+def documents(name: str) -> dict[str, dict[str, Any]]:
+    """The manifests of deploy/kuberay/<name>, by kind."""
+    docs = yaml.safe_load_all((KUBERAY / name).read_text())
+    return {doc["kind"]: json.loads(json.dumps(doc)) for doc in docs}  # YAML anchors resolved
+
 
 MAX_NAME_LENGTH = {"RayCluster": 63, "RayService": 63}  # utils.MaxRay{Cluster,Service}NameLength
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")

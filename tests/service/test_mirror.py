@@ -6,23 +6,17 @@ from __future__ import annotations
 import pytest
 
 from tandem.client import TandemClient
+from tests.support.prompts import spec_bench_prompts
+from tests.support.services import SPECULATING
 
-from .conftest import spec_bench_prompts, start_service
-
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.uses_service(SPECULATING)]
 
 
 @pytest.fixture(scope="module")
-def client():
-    config = {
-        "speculation": {
-            "drafters": {"derive_layers": 0},
-            "mirror": {"enabled": True, "layer": 20, "top_k": 4},
-        }
-    }
-    for service in start_service(config):
-        with TandemClient(service.address, timeout=300) as c:
-            yield c
+def client(services):
+    # SPECULATING: the Mirror-SD channel on (layer 20, top 4), n-gram drafting by default.
+    with TandemClient(services.get(SPECULATING).address, timeout=300) as c:
+        yield c
 
 
 def test_mirror_target_is_lossless_and_its_hints_steer_the_cache(client, model_path, tokenizer):

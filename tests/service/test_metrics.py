@@ -10,10 +10,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tandem.client import TandemClient
+from tests.support.services import FRONT_DOOR
 
-from .conftest import free_port, start_service
-
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+# First on the shared FRONT_DOOR service: it counts every request since the service started.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(600),
+    pytest.mark.uses_service(FRONT_DOOR, order="first"),
+]
 
 # Repetitive text gives the n-gram drafter matches, so drafts are accepted.
 PROMPT = "Repeat exactly, five times: red green blue red green blue red green blue."
@@ -28,23 +32,18 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
     }
 
 
-def test_metrics_move_with_requests():
-    port = free_port()
-    config = {
-        "server": {"metrics_port": port},
-        "speculation": {"default_mode": "ngram", "drafters": {"derive_layers": 0}},
-    }
-    for service in start_service(config):
-        before = scrape(port)
-        assert before[("tandem_requests_total", (("outcome", "finished"),))] == 0
-        with TandemClient(service.address, timeout=120) as client:
-            results = [
-                client.generate(PROMPT, temperature=0, max_tokens=40, ignore_eos=True)
-                for _ in range(2)
-            ]
-            with pytest.raises(grpc.RpcError):  # a refusal is counted too
-                client.generate(PROMPT, max_tokens=10**6)
-        m = scrape(port)
+def test_metrics_move_with_requests(services):
+    service = services.get(FRONT_DOOR)  # n-gram drafting by default
+    port = service.config["server"]["metrics_port"]
+    before = scrape(port)
+    assert before[("tandem_requests_total", (("outcome", "finished"),))] == 0
+    with TandemClient(service.address, timeout=120) as client:
+        results = [
+            client.generate(PROMPT, temperature=0, max_tokens=40, ignore_eos=True) for _ in range(2)
+        ]
+        with pytest.raises(grpc.RpcError):  # a refusal is counted too
+            client.generate(PROMPT, max_tokens=10**6)
+    m = scrape(port)
 
     generated = sum(r.usage.completion_tokens for r in results)
     drafted = sum(r.speculation.draft_tokens for r in results)

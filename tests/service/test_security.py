@@ -14,9 +14,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tandem.client import Credentials, TandemClient
-
-from .conftest import free_port, start_service
-from .tls_certs import make_certificates
+from tests.support.services import free_port, start_service
+from tests.support.tls_certs import make_certificates
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

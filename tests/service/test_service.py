@@ -15,19 +15,18 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tandem.client import AsyncTandemClient, TandemClient, build_request
 from tandem.protos import tandem_pb2 as pb
+from tests.support.prompts import spec_bench_prompts
+from tests.support.reliability import wait_until_idle
+from tests.support.services import FRONT_DOOR
 
-from .conftest import spec_bench_prompts, start_service
-from .reliability import wait_until_idle
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.uses_service(FRONT_DOOR)]
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-
-MAX_INFLIGHT = 10
-CONFIG = {"server": {"max_inflight": MAX_INFLIGHT, "max_tokens": 1024, "default_max_tokens": 48}}
+MAX_INFLIGHT = FRONT_DOOR["server"]["max_inflight"]  # 10; max_tokens 1024, default 48
 
 
 @pytest.fixture(scope="module")
-def service():
-    yield from start_service(CONFIG)
+def service(services):
+    return services.get(FRONT_DOOR)
 
 
 @pytest.fixture(scope="module")

@@ -24,10 +24,8 @@ from hypothesis import strategies as st
 
 from tandem.client import AsyncTandemClient, TandemClient, build_request
 from tandem.protos import tandem_pb2 as pb
-
-from .conftest import start_service
-from .fuzzing import check_answer, fuzz_settings, grpc_call, send_all
-from .reliability import (
+from tests.support.fuzzing import check_answer, fuzz_settings, grpc_call, send_all
+from tests.support.reliability import (
     DEADLINE_S,
     MODES,
     PROMPTS,
@@ -40,6 +38,7 @@ from .reliability import (
     wait_for,
     wait_until_idle,
 )
+from tests.support.services import start_service
 
 pytestmark = pytest.mark.slow
 

@@ -12,28 +12,21 @@ import pytest
 
 from tandem.client import TandemClient
 from tandem.protos import tandem_pb2 as pb
+from tests.support.prompts import spec_bench_prompts
+from tests.support.services import SPECULATING
 
-from .conftest import spec_bench_prompts, start_service
-
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.uses_service(SPECULATING)]
 
 MODES = ("ngram", "suffix", "recycle", "model", "hybrid")
 CATEGORIES = ("writing", "coding", "math_reasoning", "summarization", "translation", "rag")
 
 
-# Every part that touches drafts is on, so that the greedy tests below hold with all of them:
-# the speculation cache (on by default), the Mirror-SD channel, and the model drafter's
-# SpecDec++ stop. The draft-length policy stays out, so that batches carry drafts too.
-SPECULATION = {
-    "mirror": {"enabled": True, "layer": 20, "top_k": 4},
-    "drafters": {"stop_below": 0.3},
-    "draft_length": {"full_until_batch": 64, "off_above_batch": 64},
-}
-
-
+# Every part that touches drafts is on, so that the greedy tests below hold with all of them
+# (SPECULATING: the speculation cache, the Mirror-SD channel, the model drafter's SpecDec++ stop).
+# The draft-length policy stays out, so that batches carry drafts too.
 @pytest.fixture(scope="module")
-def service():
-    yield from start_service({"server": {"max_inflight": 64}, "speculation": SPECULATION})
+def service(services):
+    return services.get(SPECULATING)
 
 
 @pytest.fixture(scope="module")

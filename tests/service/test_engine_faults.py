@@ -13,8 +13,7 @@ import pytest
 
 from tandem.speculation.protocol import Mode
 from tandem.speculation.request_sync import RequestSpec
-
-from .local_transport import LocalTransport, session_for
+from tests.support.local_transport import LocalTransport, session_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -49,7 +48,7 @@ def engine(model_path, worker_class_restored):
         },
         SpeculationConfig(num_speculative_tokens=4),
     )
-    args["worker_extension_cls"] = "tests.faulty_worker.FaultyWorkerExtension"
+    args["worker_extension_cls"] = "tests.support.faulty_worker.FaultyWorkerExtension"
     with mock.patch.dict(os.environ, ENGINE_ENV):
         loop = EngineLoop(EngineArgs(**args))
     session = session_for(LocalTransport(), timeout_s=5.0)

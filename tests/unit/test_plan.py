@@ -1,5 +1,5 @@
 """The placement planner (cluster/control/placement.py `plan`) as plain logic on described nodes;
-the same check on a real multi-node cluster is in tests/test_placement.py."""
+the same check on a real multi-node cluster is in tests/service/test_placement.py."""
 
 from __future__ import annotations
 

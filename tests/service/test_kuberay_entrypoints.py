@@ -35,9 +35,8 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tandem.client import TandemClient
-
-from .conftest import free_port
-from .test_kuberay import documents
+from tests.support.kuberay_rules import documents
+from tests.support.services import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from tandem.cluster.telemetry.figures import RequestFigures
 from tandem.cluster.transport.messages import OutputBatch, RequestError, StepOutput
 from tandem.cluster.transport.output_channel import OutputInbox, OutputSink
 from tandem.cluster.transport.sockets import Endpoint
-from tests.conftest import free_port
+from tests.support.services import free_port
 
 BATCH = OutputBatch(
     [

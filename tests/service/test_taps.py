@@ -9,8 +9,7 @@ import asyncio
 import pytest
 
 from tandem.speculation.ngram import NgramIndex
-
-from .conftest import spec_bench_prompts
+from tests.support.prompts import spec_bench_prompts
 
 pytestmark = [
     pytest.mark.slow,

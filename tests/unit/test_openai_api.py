@@ -1,6 +1,6 @@
 """The OpenAI wire format without a server: request parsing (every field honoured or refused,
 types and widths checked before protobuf), vLLM's error objects, logprobs and server-sent
-events. The same requests through the real Serve app: tests/test_openai_http.py."""
+events. The same requests through the real Serve app: tests/service/test_serve_app.py."""
 
 from __future__ import annotations
 

@@ -17,9 +17,9 @@ import pytest
 from tandem.benchmarks.launcher import ServiceProcess
 from tandem.client import AsyncTandemClient, TandemClient
 from tandem.models import builtin_head
-
-from .conftest import spec_bench_prompts, start_service
-from .reliability import drafter_pid
+from tests.support.prompts import spec_bench_prompts
+from tests.support.reliability import drafter_pid
+from tests.support.services import start_service
 
 pytestmark = pytest.mark.slow
 
