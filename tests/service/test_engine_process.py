@@ -1,0 +1,103 @@
+"""The target engine's forward in a worker process of its own (`target.engine_args.
+distributed_executor_backend: mp`, vLLM's multiprocess executor): the speculation session is
+built in that process from plain values, the target actor reaches it between steps, and the
+drafters are found again through the actor's directory when one restarts. Greedy output stays
+the target's, the figures come back, and a killed drafter fails no request."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+from tandem.client import AsyncTandemClient, TandemClient
+from tests.support.reliability import DEADLINE_S, PROMPTS, drafter_pid, tandem_processes
+from tests.support.services import start_service
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+MAX_TOKENS = 48
+
+
+@pytest.fixture(scope="module")
+def service():
+    engine_args = {
+        "dtype": "float32",
+        "enforce_eager": True,
+        "max_model_len": 2048,
+        "distributed_executor_backend": "mp",
+    }
+    yield from start_service({"target": {"engine_args": engine_args}})
+
+
+@pytest.fixture(scope="module")
+def reference(service):
+    with TandemClient(service.address, timeout=DEADLINE_S) as client:
+        return [
+            list(
+                client.generate(
+                    p, temperature=0, max_tokens=MAX_TOKENS, speculation="off"
+                ).token_ids
+            )
+            for p in PROMPTS[:4]
+        ]
+
+
+def test_the_forward_runs_in_a_process_of_its_own(service):
+    processes = tandem_processes(service)
+    (target,) = processes["target"]
+    engines = processes["engine"]
+    assert [e.ppid() for e in engines] == [target.pid]
+
+
+def test_greedy_output_and_figures_cross_the_process(service, reference):
+    with TandemClient(service.address, timeout=DEADLINE_S) as client:
+        before = client.stats()
+        drafted = 0
+        for prompt, expected in zip(PROMPTS[:4], reference, strict=True):
+            result = client.generate(prompt, temperature=0, max_tokens=MAX_TOKENS)
+            assert list(result.token_ids) == expected
+            drafted += result.speculation.draft_tokens
+        after = client.stats()
+    assert drafted > 0  # per-request figures, released in the engine's process
+    assert after.breakdown.drafter_round_trips > before.breakdown.drafter_round_trips
+    assert after.breakdown.forward_s > before.breakdown.forward_s  # timed across the process
+
+
+def test_a_killed_drafter_is_found_again_through_the_directory(service, reference):
+    pid = drafter_pid(service)
+    assert pid is not None
+
+    async def four_streams_and_a_crash():
+        async with AsyncTandemClient(service.address, timeout=DEADLINE_S) as client:
+            started = asyncio.Event()
+            seen = set()
+
+            async def one(i, prompt):
+                ids = []
+                async for chunk in client.stream(prompt, temperature=0, max_tokens=MAX_TOKENS):
+                    if chunk.token_ids:
+                        seen.add(i)
+                        if len(seen) == len(reference):
+                            started.set()
+                    ids += chunk.token_ids
+                return ids
+
+            tasks = [asyncio.create_task(one(i, p)) for i, p in enumerate(PROMPTS[:4])]
+            await started.wait()
+            os.kill(pid, signal.SIGKILL)  # a real crash, mid-stream
+            return await asyncio.gather(*tasks)
+
+    assert asyncio.run(four_streams_and_a_crash()) == reference
+    with TandemClient(service.address, timeout=DEADLINE_S) as client:
+        deadline = time.monotonic() + 180
+        while True:  # Ray restarts the drafter on a new socket; the directory says where
+            result = client.generate(PROMPTS[0], temperature=0, max_tokens=MAX_TOKENS)
+            if result.speculation.draft_tokens > 0 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    assert result.speculation.draft_tokens > 0
+    assert list(result.token_ids) == reference[0]
