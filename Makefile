@@ -54,8 +54,10 @@ soak: setup
 		--soak-minutes $(SOAK_MINUTES) --fuzz-examples $(FUZZ_EXAMPLES) \
 		--soak-report soak-results/soak.json -s
 
+# ruff, then the import-linter layer contracts and the no-cycles check (tests/unit/test_layers.py).
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q tests/unit/test_layers.py
 
 protos: setup
 	$(BIN)/python -m tandem.protos.build
