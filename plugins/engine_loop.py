@@ -129,8 +129,9 @@ class _Call:
     result: Future
 
 
+@dataclass(frozen=True)
 class _Stop:
-    pass
+    last: Callable[[LLMEngine], Any] | None = None
 
 
 class EngineLoop:
@@ -227,8 +228,10 @@ class EngineLoop:
             handoff_s=self._handoff_s,
         )
 
-    def shutdown(self) -> None:
-        self._commands.put(_Stop())
+    def shutdown(self, last: Callable[[LLMEngine], Any] | None = None) -> None:
+        """Abort what is left, run last(engine) on the engine thread (after the aborted
+        requests' consumers heard of it), then shut the engine down."""
+        self._commands.put(_Stop(last))
         self._thread.join(timeout=30)
 
     # ---- engine thread ------------------------------------------------------------------------
@@ -263,6 +266,8 @@ class EngineLoop:
             if isinstance(command, _Stop):
                 for request in list(self._requests.values()):
                     self._finish(request, RequestAborted("engine shut down"))
+                if command.last is not None:
+                    command.last(self.engine)
                 self.engine.engine_core.shutdown()  # and a worker process of its own with it
                 return False
             if isinstance(command, _Request):

@@ -56,9 +56,10 @@ def engine_args(
 
 def own_process(args: dict[str, Any]) -> bool:
     """Whether the engine's worker runs in a process of its own: `distributed_executor_backend:
-    mp` in target.engine_args (vLLM's multiprocess executor, as `vllm serve` runs it; needed
-    for tensor parallelism). tandem's default leaves it in the target actor's process, which
-    measured faster on a 2-core CPU node (docs/architecture.md)."""
+    mp` in target.engine_args (vLLM's multiprocess executor, as `vllm serve` runs it; one
+    worker: with tensor parallelism each rank would build a session, not handled yet). tandem's
+    default leaves it in the target actor's process, which measured faster on a 2-core CPU node
+    (docs/architecture.md)."""
     return args.get("distributed_executor_backend") == "mp"
 
 

@@ -33,5 +33,8 @@ class SessionProxy:
         """(SessionStats, the drafter messages' WireTraffic), from any thread but the engine's."""
         return self._loop.call(lambda engine: engine.collective_rpc(STATS))[0]
 
-    def close(self) -> None:
-        self._loop.call(lambda engine: engine.collective_rpc(CLOSE))
+    @staticmethod
+    def close(engine: Any) -> None:
+        """The session's sockets closed; on the engine thread, after the last release
+        (`EngineLoop.shutdown(last=...)`)."""
+        engine.collective_rpc(CLOSE)

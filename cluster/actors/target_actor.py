@@ -275,8 +275,6 @@ class TargetReplica:
         )
 
     def shutdown(self) -> None:
-        if self.session is not None:
-            self.session.close()
-        self._loop.shutdown()
+        self._loop.shutdown(last=self.session.close if self.session is not None else None)
         if self.directory is not None:
             self.directory.close()
