@@ -7,9 +7,11 @@ coordinator's socket, sent by the engine thread itself (tandem.cluster.transport
 so no other thread of this process runs per step; a long-lived Ray stream (`outputs`) that yields
 nothing tells the coordinator when this replica dies, and tells the replica when the coordinator
 goes away (its requests are aborted then). With speculation on, the engine's proposer is
-tandem's plugin, attached here to a speculation session that reaches the drafter actors.
-Routing and validation live in the coordinator; what vLLM needs from tandem is built in
-tandem.plugins.engine_setup.
+tandem's plugin, and the speculation session it calls is built in the engine's worker (which may
+be a process of its own) from plain values; this actor reaches it between steps
+(tandem.plugins.session_proxy) and tells it where restarted drafters listen
+(tandem.cluster.transport.directory). Routing and validation live in the coordinator; what vLLM
+needs from tandem is built in tandem.plugins.engine_setup.
 """
 
 from __future__ import annotations
