@@ -2,7 +2,8 @@
 distributed_executor_backend: mp`, vLLM's multiprocess executor): the speculation session is
 built in that process from plain values, the target actor reaches it between steps, and the
 drafters are found again through the actor's directory when one restarts. Greedy output stays
-the target's, the figures come back, and a killed drafter fails no request."""
+the target's, the figures come back, and a killed drafter fails no request. A service of its own:
+no other module runs this layout, and the last test kills its drafter."""
 
 from __future__ import annotations
 
