@@ -30,7 +30,7 @@ from typing import Any
 
 import ray
 
-from tandem.cluster.transport.draft_channel import DraftChannel, DraftServer, wait
+from tandem.cluster.transport.draft_channel import DraftChannel, DraftServer
 from tandem.speculation.protocol import DraftItem, DraftReply
 from tandem.speculation.wire import CODEC, Kind
 
@@ -108,7 +108,7 @@ class Target:
             return call
 
         def over_socket() -> Any:
-            return wait({0: (channel, channel.send(Kind.DRAFT, items))}, 10.0)[0]
+            return channel.call(Kind.DRAFT, items, 10.0)
 
         ways: dict[str, Callable[[], Any]] = {
             "actor-pickle": actor_call(self.drafter.draft, items),

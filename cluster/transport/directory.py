@@ -15,7 +15,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from tandem.cluster.transport.draft_channel import ChannelFull, DraftChannel, DraftServer, wait
+from tandem.cluster.transport.draft_channel import ChannelFull, DraftChannel, DraftServer
 from tandem.cluster.transport.sockets import Endpoint
 from tandem.speculation.wire import Kind
 
@@ -69,19 +69,11 @@ class Directory:
         if not answered:
             return None
         del self._asked[key]
-        if reply is None or isinstance(reply, Exception):
-            return reply
-        return Endpoint(*reply)
+        return _endpoint(reply)
 
     def locate(self, replica: int, timeout_s: float) -> Endpoint | Exception | None:
         """Blocking: where the replica listens, within timeout_s (start-up only)."""
-        reply = wait(
-            {replica: (self._channel, self._channel.send(Kind.LOCATE, replica))}, timeout_s
-        )
-        answer = reply[replica]
-        if answer is None or isinstance(answer, Exception):
-            return answer
-        return Endpoint(*answer)
+        return _endpoint(self._channel.call(Kind.LOCATE, replica, timeout_s))
 
     def forget(self, purpose: str, replica: int) -> None:
         """Drop the open question, if any (its answer will be dropped)."""
@@ -91,3 +83,10 @@ class Directory:
 
     def close(self) -> None:
         self._channel.close()
+
+
+def _endpoint(reply: Any) -> Endpoint | Exception | None:
+    """A LOCATE reply as the transport takes it: an Endpoint, None (not known yet) or the error."""
+    if reply is None or isinstance(reply, Exception):
+        return reply
+    return Endpoint(*reply)

@@ -191,6 +191,11 @@ class DraftChannel:
         reply = self.take(seq)
         return (False, None) if reply is _MISSING else (True, reply)
 
+    def call(self, kind: Kind, body: Any, timeout_s: float) -> Any:
+        """Send one message and wait for its reply: the reply, or the exception standing for
+        the failure or lateness (blocking; start-up checks and tools, not the engine's step)."""
+        return wait({0: (self, self.send(kind, body))}, timeout_s)[0]
+
     def forget(self, seq: int) -> None:
         """Stop waiting for `seq` (its reply will be dropped)."""
         self._pending.discard(seq)

@@ -62,23 +62,18 @@ class SocketTransport:
         self._late: dict[int, int] = {}  # replica -> seq of its call that missed the budget
         self._gone: set[int] = set()  # replicas whose drafter went away while late
         for replica, channel in enumerate(self.channels):
-            result = self._ping(channel, PING_TIMEOUT_S)
+            result = channel.call(Kind.PING, None, PING_TIMEOUT_S)
             if isinstance(result, Exception):  # restarted since: where does it listen now?
                 endpoint = directory.locate(replica, CONNECT_TIMEOUT_S)
                 if isinstance(endpoint, Endpoint):
                     channel.close()
                     channel = self.channels[replica] = DraftChannel(endpoint)
-                    result = self._ping(channel, CONNECT_TIMEOUT_S)
+                    result = channel.call(Kind.PING, None, CONNECT_TIMEOUT_S)
             if isinstance(result, Exception):
                 raise DrafterUnreachable(
                     f"drafter {replica} does not answer on {channel.endpoint.address} from this "
                     f"target's node ({result}): open that port range between the nodes"
                 )
-
-    @staticmethod
-    def _ping(channel: DraftChannel, timeout_s: float) -> Any:
-        """The reply to a PING, or the exception standing for its failure or lateness."""
-        return wait({0: (channel, channel.send(Kind.PING, None))}, timeout_s)[0]
 
     def busy(self, replica: int) -> bool:
         """True while the replica's late call has not returned (and its actor is still the one
