@@ -39,6 +39,8 @@ class RequestRecord:
     accepted_tokens: int = 0
     cache_hits: int = 0  # tandem, pipelined: drafts served from the speculation cache
     cache_misses: int = 0  # ... and drafted just in time
+    # tandem: (drafted, accepted) tokens by the source that drafted them (auto: those it chose)
+    sources: dict[str, tuple[int, int]] = field(default_factory=dict)
     finish_reason: str | None = None
 
     @property

@@ -307,13 +307,35 @@ def drafters_by_category(result: dict[str, Any]) -> list[str]:
                     _num(figures["mean_accepted_tokens"]),
                     _num(figures["speedup"]),
                     _num(versus),
+                    _by_source(figures.get("sources") or {}),
                 ]
             )
         lines += ["", f"### {system['name']}", ""]
         lines += _table(
-            ["category", "alpha", "tokens/round", "vs target alone", f"vs {NGRAM_REFERENCE}"], rows
+            [
+                "category",
+                "alpha",
+                "tokens/round",
+                "vs target alone",
+                f"vs {NGRAM_REFERENCE}",
+                "drafted by source (alpha)",
+            ],
+            rows,
         )
     return lines
+
+
+def _by_source(sources: dict[str, Any]) -> str:
+    """Each source's share of the drafted tokens and its acceptance, largest share first."""
+    total = sum(s["draft_tokens"] for s in sources.values())
+    if not total:
+        return "-"
+    ranked = sorted(sources.items(), key=lambda item: -item[1]["draft_tokens"])
+    return ", ".join(
+        f"{name} {s['draft_tokens'] / total:.0%} ({_pct(s['acceptance_rate'])})"
+        for name, s in ranked
+        if s["draft_tokens"]
+    )
 
 
 def controlled_section(result: dict[str, Any]) -> list[str]:

@@ -74,6 +74,7 @@ def figures(
         "draft_tokens": draft_tokens,
         "accepted_tokens": accepted,
         "cache_hit_rate": _hit_rate(records),
+        "sources": _sources(records),
         "ttft_s": _spread([r.ttft_s for r in records]),
         "tpot_s": _spread([r.tpot_s for r in records if r.tpot_s is not None]),
         "mismatches": len(differ),
@@ -153,6 +154,24 @@ def concurrency_entry(
         base_tokens = sum(r.new_tokens for r in baseline_run.requests)
         entry["speedup"] = tps / arithmetic.tokens_per_s(base_tokens, baseline_run.wall_s)
     return entry
+
+
+def _sources(records: Sequence[RequestRecord]) -> dict[str, dict[str, Any]]:
+    """Drafted and accepted tokens by draft source, summed over the records."""
+    sums: dict[str, list[int]] = {}
+    for record in records:
+        for name, (drafted, accepted) in record.sources.items():
+            total = sums.setdefault(name, [0, 0])
+            total[0] += drafted
+            total[1] += accepted
+    return {
+        name: {
+            "draft_tokens": drafted,
+            "accepted_tokens": accepted,
+            "acceptance_rate": accepted / drafted if drafted else None,
+        }
+        for name, (drafted, accepted) in sorted(sums.items())
+    }
 
 
 def _hit_rate(records: Sequence[RequestRecord]) -> float | None:

@@ -38,6 +38,8 @@ DESCRIPTIONS = {
     "tandem-hybrid": "tandem's gRPC server, remote ngram drafter, the draft model when no match",
     "tandem-eagle": "tandem's gRPC server, remote EAGLE-3 head on the target's features, pipelined",
     "tandem-eagle-seq": "tandem's gRPC server, remote EAGLE-3 head, sequential (no pre-drafting)",
+    "tandem-auto": "tandem's gRPC server, mode auto: per step the source with the most expected "
+    "tokens per target time (lookups, the EAGLE-3 head, or none), pipelined",
 }
 SYSTEMS = tuple(DESCRIPTIONS)
 # vLLM's own server process, driven over HTTP like a user's client does.
@@ -57,6 +59,7 @@ TANDEM_MODES = {
     "tandem-hybrid": "hybrid",
     "tandem-eagle": "eagle",
     "tandem-eagle-seq": "eagle",
+    "tandem-auto": "auto",
 }
 # Counterparts that cannot exist: always reported, never run.
 NOT_IN_VLLM = {
@@ -133,7 +136,13 @@ class Setup:
 # Drafters whose state spans requests (SuffixDecoding's shared trie of recent outputs, Token
 # Recycling's table): on a shared server they would learn each prompt's output from the modes run
 # on it before them. Each gets a server of its own, where it learns only from earlier prompts.
-ISOLATED = {"tandem-suffix", "tandem-recycle", "tandem-ngram-mirror", "tandem-target-mp"}
+ISOLATED = {
+    "tandem-suffix",
+    "tandem-recycle",
+    "tandem-auto",
+    "tandem-ngram-mirror",
+    "tandem-target-mp",
+}
 SHARED = "shared"
 # Servers whose config differs from the bench's, by section: the Mirror-SD channel and where the
 # engine's forward runs are target settings.

@@ -17,6 +17,7 @@ class SpeculationMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SPECULATION_MODE_SUFFIX: _ClassVar[SpeculationMode]
     SPECULATION_MODE_RECYCLE: _ClassVar[SpeculationMode]
     SPECULATION_MODE_EAGLE: _ClassVar[SpeculationMode]
+    SPECULATION_MODE_AUTO: _ClassVar[SpeculationMode]
 
 class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -32,6 +33,7 @@ SPECULATION_MODE_HYBRID: SpeculationMode
 SPECULATION_MODE_SUFFIX: SpeculationMode
 SPECULATION_MODE_RECYCLE: SpeculationMode
 SPECULATION_MODE_EAGLE: SpeculationMode
+SPECULATION_MODE_AUTO: SpeculationMode
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
@@ -115,7 +117,14 @@ class SpeculationParams(_message.Message):
     def __init__(self, mode: _Optional[_Union[SpeculationMode, str]] = ..., num_speculative_tokens: _Optional[int] = ..., pipelined: _Optional[bool] = ...) -> None: ...
 
 class SpeculationStats(_message.Message):
-    __slots__ = ("mode", "draft_tokens", "accepted_tokens", "acceptance_rate", "mean_accepted_length", "target_steps", "cache_hits", "cache_misses")
+    __slots__ = ("mode", "draft_tokens", "accepted_tokens", "acceptance_rate", "mean_accepted_length", "target_steps", "cache_hits", "cache_misses", "sources")
+    class SourcesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: SourceStats
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[SourceStats, _Mapping]] = ...) -> None: ...
     MODE_FIELD_NUMBER: _ClassVar[int]
     DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +133,7 @@ class SpeculationStats(_message.Message):
     TARGET_STEPS_FIELD_NUMBER: _ClassVar[int]
     CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
     CACHE_MISSES_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
     mode: str
     draft_tokens: int
     accepted_tokens: int
@@ -132,7 +142,18 @@ class SpeculationStats(_message.Message):
     target_steps: int
     cache_hits: int
     cache_misses: int
-    def __init__(self, mode: _Optional[str] = ..., draft_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., mean_accepted_length: _Optional[float] = ..., target_steps: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ...) -> None: ...
+    sources: _containers.MessageMap[str, SourceStats]
+    def __init__(self, mode: _Optional[str] = ..., draft_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., mean_accepted_length: _Optional[float] = ..., target_steps: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., sources: _Optional[_Mapping[str, SourceStats]] = ...) -> None: ...
+
+class SourceStats(_message.Message):
+    __slots__ = ("draft_tokens", "accepted_tokens", "acceptance_rate")
+    DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTANCE_RATE_FIELD_NUMBER: _ClassVar[int]
+    draft_tokens: int
+    accepted_tokens: int
+    acceptance_rate: float
+    def __init__(self, draft_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., acceptance_rate: _Optional[float] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("text", "token_ids", "chat", "sampling", "request_id", "speculation")

@@ -22,7 +22,7 @@ from tandem.speculation.protocol import (
     PredraftReply,
 )
 from tandem.speculation.registry import SourceFactory, build_sources
-from tandem.speculation.source import DrafterSetup, DraftJob, DraftSource, History
+from tandem.speculation.source import Draft, DrafterSetup, DraftJob, DraftSource, History
 
 
 @dataclass
@@ -51,7 +51,7 @@ class Drafter:
             ]
         )
         return [
-            DraftReply(item.request_id, tuple(draft), known=history is not None)
+            DraftReply(item.request_id, tuple(draft), history is not None, draft.source)
             for item, history, draft in zip(items, histories, drafts, strict=True)
         ]
 
@@ -68,6 +68,7 @@ class Drafter:
         deadline = time.perf_counter() + plan.time_s
         histories = [self._sync(item) for item in items]
         blocks: list[dict[Outcome, tuple[int, ...]]] = [{} for _ in items]
+        sources: list[dict[Outcome, str]] = [{} for _ in items]
         # All accepted: one draft of k + 1 guesses the bonus token and the block after it.
         aheads = self._propose(
             [
@@ -77,9 +78,10 @@ class Drafter:
                 for item, history in zip(items, histories, strict=True)
             ]
         )
-        for item, found, ahead in zip(items, blocks, aheads, strict=True):
+        for item, found, by, ahead in zip(items, blocks, sources, aheads, strict=True):
             if len(ahead) > 1:
-                found[(len(item.block), ahead[0])] = tuple(ahead[1:])
+                outcome = (len(item.block), ahead[0])
+                found[outcome], by[outcome] = tuple(ahead[1:]), ahead.source
         queues = [
             self._rejections(history, item, plan, deadline) if history else []
             for item, history in zip(items, histories, strict=True)
@@ -99,16 +101,16 @@ class Drafter:
                 owners.append((i, (j, token)))
             for (i, outcome), draft in zip(owners, self._propose(jobs), strict=True):
                 if draft:  # an empty entry would only stand in for a just-in-time miss
-                    blocks[i][outcome] = tuple(draft)
+                    blocks[i][outcome], sources[i][outcome] = tuple(draft), draft.source
         return [
-            PredraftReply(item.request_id, found, known=history is not None)
-            for item, history, found in zip(items, histories, blocks, strict=True)
+            PredraftReply(item.request_id, found, history is not None, by)
+            for item, history, found, by in zip(items, histories, blocks, sources, strict=True)
         ]
 
-    def _propose(self, jobs: Sequence[tuple[str, DraftJob] | None]) -> list[list[int]]:
+    def _propose(self, jobs: Sequence[tuple[str, DraftJob] | None]) -> list[Draft]:
         """Each job's draft (empty for None or a mode without a source), one batch per source,
         keeping a moving average of the time per drafted token by mode (for budgets)."""
-        drafts: list[list[int]] = [[] for _ in jobs]
+        drafts = [Draft() for _ in jobs]
         by_mode: dict[str, list[int]] = defaultdict(list)
         for i, job in enumerate(jobs):
             if job is not None and job[0] in self.sources:
@@ -122,7 +124,7 @@ class Drafter:
                 last = self.token_s.get(mode)
                 self.token_s[mode] = per_token if last is None else 0.8 * last + 0.2 * per_token
             for i, draft in zip(indices, found, strict=True):
-                drafts[i] = list(draft)
+                drafts[i] = Draft(draft, draft.source if isinstance(draft, Draft) else mode)
         return drafts
 
     def _rejections(

@@ -18,7 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from tandem.speculation.eagle_head import load_head
-from tandem.speculation.source import DrafterSetup, DraftJob, DraftSource, History
+from tandem.speculation.source import DrafterSetup, DraftJob, DraftSource, History, common_prefix
 
 # ---- the runtime --------------------------------------------------------------------------------
 
@@ -234,7 +234,7 @@ class EagleDrafter(DraftSource):
     def _extend(self, state: EagleState, wanted: list[int]) -> torch.Tensor | None:
         """Make the provisional positions hold exactly `wanted` (reusing the common prefix);
         returns the head's output at the last one (or at the last settled position)."""
-        keep = _common_prefix(state.branch, wanted)
+        keep = common_prefix(state.branch, wanted)
         del state.branch[keep:], state.branch_out[keep:]
         for token in wanted[keep:]:
             previous = state.branch_out[-1] if state.branch_out else state.settled_out
@@ -300,11 +300,3 @@ def _take_features(history: History, received: int) -> tuple[int | None, torch.T
             received = start + len(block)
     history.features.clear()
     return first, (torch.from_numpy(np.concatenate(rows)) if rows else None)
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from tandem.speculation.source import DrafterSetup, DraftSource, History
+from tandem.speculation.source import Draft, DrafterSetup, DraftSource, History
 
 
 class HybridSource(DraftSource):
@@ -26,5 +26,8 @@ class HybridSource(DraftSource):
             return None
         return cls(built["ngram"], built["model"])
 
-    def propose(self, history: History, extra: Sequence[int], k: int) -> list[int]:
-        return self.ngram.propose(history, extra, k) or self.model.propose(history, extra, k)
+    def propose(self, history: History, extra: Sequence[int], k: int) -> Draft:
+        found = self.ngram.propose(history, extra, k)
+        if found:
+            return Draft(found, self.ngram.name)
+        return Draft(self.model.propose(history, extra, k), self.model.name)

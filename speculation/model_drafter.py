@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tandem.speculation.source import DraftSource, History
+from tandem.speculation.source import DraftSource, History, common_prefix
 
 
 @dataclass
@@ -57,7 +57,7 @@ class ModelDrafter(DraftSource):
         """k greedy tokens continuing `history` (the request's committed tokens)."""
         if k <= 0 or not history:
             return []
-        keep = min(_common_prefix(state.tokens, history), self._trusted(state))
+        keep = min(common_prefix(state.tokens, history), self._trusted(state))
         keep = min(keep, len(history) - 1)  # re-read at least one token to get next logits
         if len(state.tokens) > keep:
             state.cache.crop(keep - len(state.tokens))
@@ -86,11 +86,3 @@ class ModelDrafter(DraftSource):
         the round's first forward, the one over the newly committed tokens."""
         out = self.model(input_ids=ids, past_key_values=state.cache, use_cache=True)
         return out.logits[0, -1]
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n

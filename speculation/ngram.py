@@ -37,14 +37,19 @@ class NgramIndex:
         """Up to k tokens that followed the longest, most recent earlier match of the suffix of
         the tokens followed by `extra` (tokens not committed yet: a block under verification,
         for the speculation cache); the index itself is left unchanged."""
+        return self.match(k, extra)[1]
+
+    def match(self, k: int, extra: Sequence[int] = ()) -> tuple[int, list[int]]:
+        """`propose`'s draft with the length of the n-gram it matched (0: no match): a longer
+        match is likelier to continue the same way."""
         if k <= 0:
-            return []
+            return 0, []
         tail = self.tokens[len(self.tokens) - self.max_n :] + list(extra)
         for n in range(min(self.max_n, len(self.tokens) + len(extra)), self.min_n - 1, -1):
             end = self._latest.get(tuple(tail[len(tail) - n :]))
             if end is not None:
-                return self.tokens[end + 1 : end + 1 + k]
-        return []
+                return n, self.tokens[end + 1 : end + 1 + k]
+        return 0, []
 
 
 class NgramSource(DraftSource):

@@ -62,14 +62,15 @@ class Acceptance:
     accepted: float = 1.0
     rejected: float = 1.0
     idle: int = 0  # steps in a row without drafts by this rule
+    decay: float = ALPHA_DECAY
 
     @property
     def alpha(self) -> float:
         return self.accepted / (self.accepted + self.rejected)
 
     def observe(self, accepted: int, drafted: int) -> None:
-        self.accepted = ALPHA_DECAY * self.accepted + accepted
-        self.rejected = ALPHA_DECAY * self.rejected + (accepted < drafted)
+        self.accepted = self.decay * self.accepted + accepted
+        self.rejected = self.decay * self.rejected + (accepted < drafted)
 
     def length(self, k: int, verify_cost: float) -> int:
         """This step's draft length, at most k: `best_length`, or a one-token probe when that

@@ -8,7 +8,7 @@ Drafts are never committed, so "rolling back" rejected drafts needs no message a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -26,6 +26,7 @@ class Mode(StrEnum):
     MODEL = "model"  # a small causal LM with its own KV cache per request
     HYBRID = "hybrid"  # ngram when it finds a match, the model otherwise
     EAGLE = "eagle"  # an EAGLE-3 head reading the target's own hidden states
+    AUTO = "auto"  # per step, the source above with the most expected tokens per target time
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class DraftReply:
     request_id: str
     tokens: tuple[int, ...]  # the draft (may be shorter than k, or empty)
     known: bool = True  # False: the drafter lacks this request's history; resend it all
+    source: str = ""  # the source that drafted it (a mode's own, or the one `auto` chose)
 
 
 # A verification outcome: (drafts the target accepts, the token it emits after them).
@@ -65,6 +67,7 @@ class PredraftReply:
     request_id: str
     blocks: dict[Outcome, tuple[int, ...]]
     known: bool = True
+    sources: dict[Outcome, str] = field(default_factory=dict)  # who drafted each block
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from tandem.speculation.auto import AutoSource
 from tandem.speculation.easyspec import build_model_drafter
 from tandem.speculation.hybrid import HybridSource
 from tandem.speculation.ngram import NgramSource
@@ -31,6 +32,13 @@ class Needs:
 
     draft_model: bool = False  # a small causal LM (drafters.model, or derived from the target)
     features: bool = False  # the target's hidden states, sent with the committed tokens (EAGLE-3)
+    # Drafts better with the target's hidden states where the deployment has an EAGLE-3 head,
+    # and without them elsewhere (auto).
+    reads_features: bool = False
+
+    @property
+    def wants_features(self) -> bool:
+        return self.features or self.reads_features
 
 
 def _eagle(setup: DrafterSetup, built: Mapping[str, DraftSource]) -> DraftSource | None:
@@ -48,11 +56,13 @@ _FACTORIES: dict[str, SourceFactory] = {
     Mode.MODEL: build_model_drafter,
     Mode.HYBRID: HybridSource.build,
     Mode.EAGLE: _eagle,
+    Mode.AUTO: AutoSource.build,  # last: it composes those built before it
 }
 _NEEDS: dict[str, Needs] = {
     Mode.MODEL: Needs(draft_model=True),
     Mode.HYBRID: Needs(draft_model=True),
     Mode.EAGLE: Needs(features=True),
+    Mode.AUTO: Needs(reads_features=True),
 }
 
 

@@ -34,8 +34,10 @@ class RequestSync:
     synced: int = 0  # committed tokens the drafter is known to hold
     pending: int = 0  # draft length proposed last step; verified if the request is back
     block: tuple[int, ...] = ()  # that draft, for the speculation cache
+    block_source: str = ""  # the source that drafted it
     proposed_at: int = 0  # committed tokens when it was proposed
     cache: dict[Outcome, tuple[int, ...]] = field(default_factory=dict)
+    cache_sources: dict[Outcome, str] = field(default_factory=dict)
     candidates: Candidates = ()  # the target's, from the last verification, not yet sent
     draft_length: int = 0  # this step's (the policy's, at most num_speculative_tokens)
     acceptance: Acceptance = field(default_factory=Acceptance)  # for an adaptive draft length

@@ -26,6 +26,7 @@ from tandem.speculation.draft_transport import Transport
 from tandem.speculation.drafter_health import DrafterHealth
 from tandem.speculation.policy import draft_length
 from tandem.speculation.protocol import DraftItem, Hint, Mode
+from tandem.speculation.registry import needs
 from tandem.speculation.request_sync import RequestSpec, RequestSync
 from tandem.speculation.session_stats import SessionStats, SpeculationStats
 from tandem.speculation.speculation_cache import PreDrafting
@@ -83,7 +84,7 @@ class SpeculationSession:
         """Which requests' feature rows the proposer should hand over (feature modes)."""
         with self._lock:
             requests = [self._requests.get(request_id) for request_id in request_ids]
-            return [r is not None and r.spec.mode == Mode.EAGLE for r in requests]
+            return [r is not None and needs(r.spec.mode).wants_features for r in requests]
 
     def propose(
         self,
@@ -113,6 +114,7 @@ class SpeculationSession:
     ) -> list[list[int]]:
         self._predrafting.step_started()
         drafts: list[list[int]] = [[] for _ in request_ids]
+        sources = [""] * len(request_ids)  # who drafted each
         self._collect_predrafts()
         batches: dict[int, list[DraftItem]] = defaultdict(list)
         slots: dict[int, list[tuple[int, RequestSync, int]]] = defaultdict(list)
@@ -135,8 +137,10 @@ class SpeculationSession:
                 outcome = request.outcome(n, int(token_ids[i][n - 1]))
                 if outcome:
                     request.acceptance.observe(outcome[0], len(request.block))
+                    request.stats.verified(request.block_source, len(request.block), outcome[0])
                 cached = request.cache.get(outcome) if outcome else None
-                request.block, request.cache = (), {}
+                source = request.cache_sources.get(outcome, "") if outcome else ""
+                request.block, request.cache, request.cache_sources = (), {}, {}
                 request.draft_length = self._draft_length(request, len(request_ids))
                 if request.replica in skipped or not request.draft_length:
                     continue
@@ -145,18 +149,19 @@ class SpeculationSession:
                     request.stats.cache_hits += cached is not None
                     request.stats.cache_misses += cached is None
                 if cached is not None:
-                    drafts[i] = list(cached[: request.draft_length])
+                    drafts[i], sources[i] = list(cached[: request.draft_length]), source
                     continue
                 batches[request.replica].append(
                     self._item(request_ids[i], request, token_ids[i], n)
                 )
                 slots[request.replica].append((i, request, n))
         if batches:
-            self._draft_just_in_time(batches, slots, drafts)
+            self._draft_just_in_time(batches, slots, drafts, sources)
         with self._lock:
             for i, request, n in speculating:
                 request.pending = len(drafts[i])
                 request.block, request.proposed_at = tuple(drafts[i]), n
+                request.block_source = sources[i]
         self._start_predrafts(request_ids, speculating, token_ids)
         self._predrafting.step_returned()
         return drafts
@@ -196,6 +201,7 @@ class SpeculationSession:
         batches: dict[int, list[DraftItem]],
         slots: dict[int, list[tuple[int, RequestSync, int]]],
         drafts: list[list[int]],
+        sources: list[str],
     ) -> None:
         start = time.perf_counter()
         results = self.transport.draft(dict(batches), self.timeout_s)
@@ -213,6 +219,7 @@ class SpeculationSession:
                         continue
                     request.synced = n
                     drafts[i] = list(reply.tokens[: request.draft_length])
+                    sources[i] = reply.source
 
     def _start_predrafts(
         self,
@@ -263,7 +270,7 @@ class SpeculationSession:
                         continue
                     if not reply.known:
                         request.synced = 0
-                    request.cache = reply.blocks
+                    request.cache, request.cache_sources = reply.blocks, reply.sources
 
     def _revive_drafters(self) -> None:
         """Call with the lock held."""

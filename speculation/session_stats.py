@@ -5,7 +5,20 @@ them (tandem.cluster.telemetry.figures sums them over replicas).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SourceCounts:
+    """One draft source's verified drafts: how many tokens it drafted, how many were accepted
+    (by the verification's outcome, before vLLM cuts a run at max_tokens or a stop)."""
+
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+
+    def add(self, other: SourceCounts) -> None:
+        self.draft_tokens += other.draft_tokens
+        self.accepted_tokens += other.accepted_tokens
 
 
 @dataclass
@@ -17,12 +30,20 @@ class SpeculationStats:
     drafts: int = 0  # verification rounds that carried a draft
     cache_hits: int = 0  # steps whose draft came from the speculation cache
     cache_misses: int = 0  # pipelined steps that had to draft just in time
+    # By the source that drafted (a mode's own, or those `auto` chose).
+    sources: dict[str, SourceCounts] = field(default_factory=dict)
 
     def add(self, other: SpeculationStats) -> None:
         self.draft_tokens += other.draft_tokens
         self.drafts += other.drafts
         self.cache_hits += other.cache_hits
         self.cache_misses += other.cache_misses
+        for name, counts in other.sources.items():
+            self.sources.setdefault(name, SourceCounts()).add(counts)
+
+    def verified(self, source: str, drafted: int, accepted: int) -> None:
+        """A draft of `source` was verified: `accepted` of its `drafted` tokens held."""
+        self.sources.setdefault(source, SourceCounts()).add(SourceCounts(drafted, accepted))
 
 
 @dataclass

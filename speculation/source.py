@@ -17,6 +17,10 @@ in a `History` and calls every source through four methods:
   source whose cost is one forward pass (a draft model) overrides it to batch them.
 - `release(history)`: the request finished or was evicted.
 
+A draft is a list of token ids. A source composed of others (`auto`) returns each as a `Draft`,
+which names the source that drafted it, so that every source's drafted and accepted tokens are
+counted whichever mode asked (the drafter names a plain list by its mode).
+
 A source keeps per-request state in `history.state[name]`, never in `history.tokens`.
 Sources are built once per drafter replica by the factory registered for their mode
 (tandem.speculation.registry) from a `DrafterSetup`; a factory returns None when the setup
@@ -25,7 +29,7 @@ lacks what the source needs (e.g. no draft model), and the mode is then not offe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +57,14 @@ class History:
     @property
     def output(self) -> list[int]:
         return self.tokens[self.prompt_len :]
+
+
+class Draft(list[int]):
+    """Draft tokens and the source that drafted them (a mode's own, or the one `auto` chose)."""
+
+    def __init__(self, tokens: Iterable[int] = (), source: str = "") -> None:
+        super().__init__(tokens)
+        self.source = source
 
 
 @dataclass(frozen=True)
@@ -94,3 +106,10 @@ class DrafterSetup:
     eagle_head: Path | None = None  # an EAGLE-3 head for the target (drafters.eagle_head)
     target: Path | None = None  # the target's folder (the head shares its token embedding)
     devices: tuple[str, ...] = ("cpu",)  # torch devices of the draft model
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two sequences share: how much of a draft, or of a cache built
+    on one, still holds against the committed tokens."""
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)

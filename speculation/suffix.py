@@ -31,7 +31,7 @@ class Node:
 
 
 @dataclass(frozen=True)
-class Draft:
+class TriePath:
     tokens: list[int]
     score: float  # expected accepted tokens: the sum of the running probabilities
 
@@ -85,7 +85,7 @@ class SuffixTrie:
         return None
 
 
-def follow(node: Node | None, k: int, min_prob: float) -> Draft:
+def follow(node: Node | None, k: int, min_prob: float) -> TriePath:
     """The greedy path of most frequent children while the running probability holds."""
     tokens: list[int] = []
     prob = 1.0
@@ -99,7 +99,7 @@ def follow(node: Node | None, k: int, min_prob: float) -> Draft:
         tokens.append(token)
         score += prob
         node = child
-    return Draft(tokens, score)
+    return TriePath(tokens, score)
 
 
 class RequestSuffixes:
@@ -171,8 +171,12 @@ class SuffixSource(DraftSource):
     def propose(self, history: History, extra: Sequence[int], k: int) -> list[int]:
         """`extra`: tokens after the committed ones that are not committed yet (a block under
         verification, when pre-drafting); they take part in the match only."""
+        return self.path(history, extra, k).tokens
+
+    def path(self, history: History, extra: Sequence[int], k: int) -> TriePath:
+        """The draft with its score (expected accepted tokens by the tries' counts)."""
         if k <= 0:
-            return []
+            return TriePath([], 0.0)
         own = history.state.get(self.name)
         if own is None:  # built on the request's first suffix draft
             own = history.state[self.name] = RequestSuffixes(self.max_depth)
@@ -180,7 +184,7 @@ class SuffixSource(DraftSource):
         context = [*own.tokens[len(own.tokens) - self.max_pattern :], *extra]
         mine = follow(own.trie.find(context, self.max_pattern, k), k, self.min_prob)
         other = follow(self.shared.trie.find(context, self.max_pattern, k), k, self.min_prob)
-        return (mine if mine.score >= other.score else other).tokens
+        return mine if mine.score >= other.score else other
 
     def release(self, history: History) -> None:
         """The request's output joins the recent outputs other requests draw on."""

@@ -95,6 +95,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 "target_steps": last.speculation.target_steps,
                 "cache_hits": last.speculation.cache_hits,
                 "cache_misses": last.speculation.cache_misses,
+                "sources": {
+                    name: {
+                        "draft_tokens": source.draft_tokens,
+                        "accepted_tokens": source.accepted_tokens,
+                        "acceptance_rate": source.acceptance_rate,
+                    }
+                    for name, source in last.speculation.sources.items()
+                },
             },
         }
         print(json.dumps(out))

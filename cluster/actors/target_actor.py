@@ -255,6 +255,7 @@ class TargetReplica:
             cache_hits=drafted.cache_hits,
             cache_misses=drafted.cache_misses,
             accepted_per_pos=tuple(running.accepted_per_pos),
+            sources=drafted.sources,
         )
 
     def abort(self, request_id: str) -> None:

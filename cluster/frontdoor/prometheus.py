@@ -236,6 +236,11 @@ class _CoordinatorCollector(Collector):
         for position, value in enumerate(spec.accepted_per_pos):
             per_pos.add_metric([*labels, str(position)], value)
         yield per_pos
+        for name, doc, attr in SOURCE_METRICS:
+            by_source = CounterMetricFamily(name, doc, labels=[*VLLM_LABELS, "source"])
+            for source, counts in sorted(spec.sources.items()):
+                by_source.add_metric([*labels, source], getattr(counts, attr))
+            yield by_source
 
     def _replica_metrics(self) -> Iterator[Metric]:
         """Drafter figures kept by the target replicas' speculation sessions."""
@@ -250,6 +255,15 @@ class _CoordinatorCollector(Collector):
         yield from _breakdown_metrics(Breakdown.of(replicas, self.coordinator.counters.delivery))
 
 
+# Per draft source (a mode's own; in mode auto, each source it chose), labelled `source`.
+SOURCE_METRICS = (
+    ("tandem_source_draft_tokens", "Draft tokens verified, by draft source.", "draft_tokens"),
+    (
+        "tandem_source_accepted_tokens",
+        "Draft tokens accepted, by draft source.",
+        "accepted_tokens",
+    ),
+)
 WIRE = {"drafter_messages", "drafter_bytes_sent", "drafter_bytes_received"}
 
 

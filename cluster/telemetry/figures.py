@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tandem.cluster.telemetry.figure_tables import SPECULATION, stat_fields
 from tandem.plugins.timers import EngineTimes, Sums
 from tandem.protos import tandem_pb2 as pb
-from tandem.speculation.session_stats import SessionStats
+from tandem.speculation.session_stats import SessionStats, SourceCounts
 
 
 def ratio(a: float, b: float) -> float:
@@ -38,6 +38,8 @@ class RequestFigures:
     cache_hits: int = 0  # steps whose draft came from the speculation cache
     cache_misses: int = 0  # pipelined steps drafted just in time
     accepted_per_pos: tuple[int, ...] = ()  # accepted drafts by position in the draft
+    # By the source that drafted (a mode's own; in mode auto, each source it chose).
+    sources: Mapping[str, SourceCounts] = field(default_factory=dict)
 
     @property
     def acceptance_rate(self) -> float:
@@ -56,14 +58,30 @@ class RequestFigures:
         counts = {
             f.name: getattr(self, f.name) + getattr(other, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in ("mode", "accepted_per_pos")
+            if f.name not in ("mode", "accepted_per_pos", "sources")
         }
+        sources = {name: SourceCounts() for name in {*self.sources, *other.sources}}
+        for name, summed in sources.items():
+            for figures in (self, other):
+                summed.add(figures.sources.get(name, SourceCounts()))
         return RequestFigures(
-            **counts, accepted_per_pos=tuple(a + b for a, b in zip(ours, theirs, strict=True))
+            **counts,
+            accepted_per_pos=tuple(a + b for a, b in zip(ours, theirs, strict=True)),
+            sources=sources,
         )
 
     def to_proto(self) -> pb.SpeculationStats:
-        return pb.SpeculationStats(**stat_fields(SPECULATION, self))
+        return pb.SpeculationStats(
+            **stat_fields(SPECULATION, self),
+            sources={
+                name: pb.SourceStats(
+                    draft_tokens=c.draft_tokens,
+                    accepted_tokens=c.accepted_tokens,
+                    acceptance_rate=ratio(c.accepted_tokens, c.draft_tokens),
+                )
+                for name, c in self.sources.items()
+            },
+        )
 
 
 @dataclass(frozen=True)

@@ -41,13 +41,13 @@ SETTINGS = [  # (the prompt's last token, drafter mode, sampling); temperature 1
     (" He", "ngram", {}),
     (" She", "suffix", {"temperature": 0.7}),
     (" At", "recycle", {"top_k": 20}),
-    (" In", "ngram", {"top_p": 0.9}),
+    (" In", "auto", {"top_p": 0.9}),
     (" The", "suffix", {"temperature": 0.7, "min_p": 0.05}),
     (" One", "recycle", {"top_k": 40, "top_p": 0.95, "min_p": 0.02}),
 ]
 POSITIONS = 3  # tokens compared per setting: the first, then two verified against drafts
 FAMILY_FALSE_ALARM = 0.01  # for the whole test; each comparison gets its Bonferroni share
-MODES = ("ngram", "suffix", "recycle", "model", "hybrid")
+MODES = ("ngram", "suffix", "recycle", "model", "hybrid", "auto")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from tests.support.services import SPECULATING
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.uses_service(SPECULATING)]
 
-MODES = ("ngram", "suffix", "recycle", "model", "hybrid")
+MODES = ("ngram", "suffix", "recycle", "model", "hybrid", "auto")
 CATEGORIES = ("writing", "coding", "math_reasoning", "summarization", "translation", "rag")
 
 
@@ -155,5 +155,7 @@ def test_cli_generate_reports_speculation(service):
     assert run.returncode == 0, run.stderr
     spec = json.loads(run.stdout)["speculation"]
     assert spec["mode"] == "hybrid"
-    assert set(spec) >= {"draft_tokens", "accepted_tokens", "acceptance_rate"}
+    assert set(spec) >= {"draft_tokens", "accepted_tokens", "acceptance_rate", "sources"}
+    assert set(spec["sources"]) <= {"ngram", "model"}  # hybrid's drafts are ngram's or model's
+    assert sum(s["draft_tokens"] for s in spec["sources"].values()) <= spec["draft_tokens"]
     assert spec["mean_accepted_length"] >= 1

@@ -25,7 +25,7 @@ def test_every_mode_has_a_source_and_a_setup_offers_what_it_provides():
     assert set(registry.factories()) == set(Mode) - {Mode.OFF}
     setup = DrafterSetup(SpeculationConfig(), vocab_size=10)  # no draft model
     drafter = Drafter.from_setup(setup, registry.factories())
-    assert drafter.modes() == [Mode.NGRAM, Mode.SUFFIX, Mode.RECYCLE]
+    assert drafter.modes() == [Mode.NGRAM, Mode.SUFFIX, Mode.RECYCLE, Mode.AUTO]
     with pytest.raises(ValueError, match="own modes"):
         registry.register(Mode.NGRAM, NgramSource.build)
 

@@ -112,7 +112,8 @@ def test_requests_spread_over_drafter_replicas():
 
 def test_drafter_protocol_overlap_and_gap():
     drafter = plain_drafter()
-    assert drafter.draft([DraftItem("r", 0, (1, 2, 1), 2, Mode.NGRAM)]) == [DraftReply("r", (2, 1))]
+    (reply,) = drafter.draft([DraftItem("r", 0, (1, 2, 1), 2, Mode.NGRAM)])
+    assert reply == DraftReply("r", (2, 1), source=Mode.NGRAM)
     # a resend that overlaps what it holds is skipped, not duplicated
     drafter.draft([DraftItem("r", 1, (2, 1, 2), 2, Mode.NGRAM)])
     assert drafter.histories["r"].tokens == [1, 2, 1, 2]
