@@ -17,8 +17,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from tandem.speculation.candidates import Candidates
 from tandem.speculation.eagle_head import load_head
 from tandem.speculation.source import DrafterSetup, DraftJob, DraftSource, History, common_prefix
+
+# Feature rows a request's History holds for the head at most (~3.4 kB each on the default
+# model): the head's attention reaches back that far after a long stretch without it.
+PENDING_ROWS = 1024
 
 # ---- the runtime --------------------------------------------------------------------------------
 
@@ -98,6 +103,14 @@ class EagleDrafter(DraftSource):
         if setup.eagle_head is None or setup.target is None:
             return None
         return cls(setup.eagle_head, setup.target, setup.devices[0])
+
+    def observe(self, history: History, new: Sequence[int], candidates: Candidates) -> None:
+        """Features wait in the History until the head drafts for the request, which `auto`
+        may not ask of it for a long time: beyond PENDING_ROWS the oldest go, and the head
+        starts again after that gap when it is asked (a late start)."""
+        pending = sum(len(rows) for _, rows in history.features)
+        while history.features and pending > PENDING_ROWS:
+            pending -= len(history.features.pop(0)[1])
 
     def propose(self, history: History, extra: Sequence[int], k: int) -> list[int]:
         return self.propose_batch([DraftJob(history, tuple(extra), k)])[0]

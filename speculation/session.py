@@ -84,7 +84,10 @@ class SpeculationSession:
         """Which requests' feature rows the proposer should hand over (feature modes)."""
         with self._lock:
             requests = [self._requests.get(request_id) for request_id in request_ids]
-            return [r is not None and needs(r.spec.mode).wants_features for r in requests]
+            return [
+                r is not None and r.features_wanted and needs(r.spec.mode).wants_features
+                for r in requests
+            ]
 
     def propose(
         self,
@@ -142,7 +145,9 @@ class SpeculationSession:
                 source = request.cache_sources.get(outcome, "") if outcome else ""
                 request.block, request.cache, request.cache_sources = (), {}, {}
                 request.draft_length = self._draft_length(request, len(request_ids))
+                request.features_wanted = bool(request.draft_length)
                 if request.replica in skipped or not request.draft_length:
+                    request.features.clear()  # not sent this step: no use later
                     continue
                 speculating.append((i, request, n))
                 if self._pipelines(request) and outcome:

@@ -300,3 +300,42 @@ def test_adaptive_draft_length_stops_drafting_what_is_rejected_and_probes():
     assert lengths[0] == 3  # alpha 0.5 before any verification
     assert lengths[-16:] == ([0] * 7 + [1]) * 2  # nothing, but a one-token probe every 8 steps
     assert session.release("a").draft_tokens == sum(lengths[:-1])
+
+
+def test_features_are_neither_taken_nor_sent_while_the_policy_drafts_nothing():
+    """Issue 26, item 3: at a batch size that drafts nothing, a feature mode's rows are not asked
+    of the tap, and what was kept is dropped; when drafting resumes they flow again."""
+    import numpy as np
+
+    transport = LocalTransport()
+    session = session_for(transport, draft_length={"full_until_batch": 1, "off_above_batch": 1})
+    session.register("a", RequestSpec(Mode.EAGLE, 2))
+    session.register("b", RequestSpec(Mode.EAGLE, 2))
+    rows = {"a": [1, 2, 3], "b": [4, 5, 6]}
+    prefilled = set()
+
+    def step_with_features(requests):
+        """A step whose forward read every committed token but the newest (a prefill), or
+        the one before it."""
+        ids = list(requests)
+        wanted = session.wants_features(ids)
+        features = []
+        for r, w in zip(ids, wanted, strict=True):
+            n = len(rows[r])
+            first = n - 2 if r in prefilled else 0
+            prefilled.add(r)
+            features.append((first, np.ones((n - 1 - first, 4), np.float16)) if w else None)
+        session.propose(ids, [len(rows[r]) for r in ids], [rows[r] for r in ids], features=features)
+        return wanted
+
+    assert step_with_features(["a", "b"]) == [True, True]  # the prompts' rows, before any policy
+    sent = [item for batch in transport.sent for items in batch.values() for item in items]
+    assert sent == []  # two streams: nothing drafted, nothing sent
+    assert step_with_features(["a", "b"]) == [False, False]  # nor taken from the tap
+    session.release("b")
+    rows["a"].append(7)
+    assert step_with_features(["a"]) == [False]  # decided by the step before
+    rows["a"].append(8)
+    assert step_with_features(["a"]) == [True]  # alone again: drafting, and its rows wanted
+    (item,) = transport.sent[-1][0]
+    assert item.features is not None and item.features_start == 3  # after the dropped ones
