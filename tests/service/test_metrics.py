@@ -71,6 +71,20 @@ def test_metrics_move_with_requests(services):
         for p in range(4)
     ]
     assert sum(per_pos) == accepted
+    # by draft source: the requests' own per-source figures, summed
+    for name, field in (("draft", "draft_tokens"), ("accepted", "accepted_tokens")):
+        exported = {
+            dict(labels)["source"]: value
+            for (metric, labels), value in m.items()
+            if metric == f"tandem_source_{name}_tokens_total"
+        }
+        reported = {}
+        for result in results:
+            for source, counts in result.speculation.sources.items():
+                reported[source] = reported.get(source, 0) + getattr(counts, field)
+        assert exported == reported and sum(exported.values()) > 0
+        if field == "draft_tokens":
+            assert sum(reported.values()) == drafted
     assert per_pos == sorted(per_pos, reverse=True)  # position p needs p-1 accepted before it
     assert m[("tandem_drafter_round_trips_total", ())] > 0
     assert m[("tandem_drafter_round_trip_seconds_total", ())] > 0
