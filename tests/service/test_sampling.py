@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -62,10 +63,25 @@ def service(request, services):
     return services.get(speculating(request.config))
 
 
+# The reference's engine computes on the first CPU, the drafting service's on the last (`auto`):
+# the two sample side by side, each on a core of its own (on 2 cores, the drafting service's
+# drafters and front door share the first).
+TARGET_ALONE = {
+    "speculation": {"enabled": False},
+    "target": {
+        "env": {
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "VLLM_CPU_OMP_THREADS_BIND": "0",
+            "VLLM_LOGGING_LEVEL": "WARNING",
+        }
+    },
+}
+
+
 @pytest.fixture(scope="module")
 def target_alone():
     """The reference: the target without speculation configured, sampled by vLLM's Sampler."""
-    yield from start_service({"speculation": {"enabled": False}})
+    yield from start_service(TARGET_ALONE)
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +138,10 @@ def test_sampled_requests_keep_the_target_distribution_with_drafts(
     0.15 from the likeliest token to the next with probability 0.8 (median over positions).
     `--sampler vllm` shows it catching vLLM's own sampler."""
     samples = request.config.getoption("--sampling-samples")
-    reference = sample(target_alone.address, prompts, samples, speculate=False)
-    drafted = sample(service.address, prompts, samples, speculate=True)
+    with ThreadPoolExecutor(2) as pool:  # each server on its own core (TARGET_ALONE)
+        reference = pool.submit(sample, target_alone.address, prompts, samples, False)
+        drafted = pool.submit(sample, service.address, prompts, samples, True)
+        reference, drafted = reference.result(), drafted.result()
     comparisons = len(SETTINGS) * POSITIONS
     failures = []
     all_accepted = 0
