@@ -24,8 +24,9 @@ from tests.support.services import speculating, start_service
 from tests.support.stats import homogeneity_p
 
 # The drafting service is the shared SPECULATING one (drafts in large batches too, never late,
-# every part that touches drafts on) on the sampler --sampler names.
-pytestmark = [pytest.mark.slow, pytest.mark.uses_service.with_args(speculating)]
+# every part that touches drafts on) on the sampler --sampler names. This module is its first
+# user: it starts beside the reference (target_alone).
+pytestmark = [pytest.mark.slow, pytest.mark.uses_service.with_args(speculating, order="first")]
 
 # Every prompt is the same 128 tokens (a story whose words recur, so every drafter finds drafts;
 # vLLM's CPU KV block, so its prefix cache computes them once), then one token of its own.
@@ -59,8 +60,8 @@ def prompts(tokenizer) -> list[list[int]]:
 
 
 @pytest.fixture(scope="module")
-def service(request, services):
-    return services.get(speculating(request.config))
+def service(request, services, target_alone):
+    return services.get(speculating(request.config))  # started by target_alone
 
 
 # The reference's engine computes on the first CPU, the drafting service's on the last (`auto`):
@@ -79,9 +80,19 @@ TARGET_ALONE = {
 
 
 @pytest.fixture(scope="module")
-def target_alone():
-    """The reference: the target without speculation configured, sampled by vLLM's Sampler."""
-    yield from start_service(TARGET_ALONE)
+def target_alone(request, services):
+    """The reference: the target without speculation configured, sampled by vLLM's Sampler.
+    It starts while the drafting service does, each mostly on the core the other leaves
+    (TARGET_ALONE): the two take not much longer than one."""
+    own = start_service(TARGET_ALONE)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            starting = pool.submit(next, own)
+            services.get(speculating(request.config))
+            reference = starting.result()
+        yield reference
+    finally:
+        own.close()
 
 
 @pytest.fixture(scope="module")
