@@ -130,13 +130,17 @@ class Pod:
         self.log.flush()
         return Path(self.log.name).read_text(errors="replace")[-4000:]
 
-    def stop(self) -> None:
-        """SIGTERM to the main process (as the kubelet does), then the whole session."""
+    def terminate(self) -> None:
+        """SIGTERM to the main process, as the kubelet sends it."""
         self.restarts = 0
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(60)
+
+    def stop(self, deadline: float) -> None:
+        """After terminate(): wait for the main process until `deadline` (time.monotonic()), then
+        end the whole session."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(max(0.0, deadline - time.monotonic()))
         self._kill_sessions()
         self.log.close()
 
@@ -208,11 +212,28 @@ def cluster(
             assert pod.alive(), pod.output()
     finally:
         done.set()
-        for pod in reversed(pods):
-            pod.stop()
+        delete(pods)
+
+
+# When the test is over its cluster is deleted, every pod at once as Kubernetes does. What the
+# pods do then is not what these tests check (the RayCluster test checks the head's SIGTERM
+# itself, before this): a Ray node drains for up to RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S (30 s)
+# on SIGTERM, and a head serving Serve takes all of it, so the pods get a short grace instead of
+# the manifest's 30 s, then are killed whole.
+TEARDOWN_GRACE_S = 5
+
+
+def delete(pods: list[Pod]) -> None:
+    for pod in pods:
+        pod.terminate()
+    deadline = time.monotonic() + TEARDOWN_GRACE_S
+    for pod in pods:
+        pod.stop(deadline)
 
 
 def _wait(ready, timeout_s: float, pod: Pod):
+    """Poll `ready` until it holds; each check is cheap (a log file, a health call), so poll
+    often: every wait here ends a step that the next one waits on."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert pod.alive(), pod.output()
@@ -220,7 +241,7 @@ def _wait(ready, timeout_s: float, pod: Pod):
             result = ready()
             if result:
                 return result
-        time.sleep(2)
+        time.sleep(0.5)
     raise TimeoutError(pod.output())
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -23,8 +24,9 @@ from tests.support.services import speculating, start_service
 from tests.support.stats import homogeneity_p
 
 # The drafting service is the shared SPECULATING one (drafts in large batches too, never late,
-# every part that touches drafts on) on the sampler --sampler names.
-pytestmark = [pytest.mark.slow, pytest.mark.uses_service.with_args(speculating)]
+# every part that touches drafts on) on the sampler --sampler names. This module is its first
+# user: it starts beside the reference (target_alone).
+pytestmark = [pytest.mark.slow, pytest.mark.uses_service.with_args(speculating, order="first")]
 
 # Every prompt is the same 128 tokens (a story whose words recur, so every drafter finds drafts;
 # vLLM's CPU KV block, so its prefix cache computes them once), then one token of its own.
@@ -58,14 +60,39 @@ def prompts(tokenizer) -> list[list[int]]:
 
 
 @pytest.fixture(scope="module")
-def service(request, services):
-    return services.get(speculating(request.config))
+def service(request, services, target_alone):
+    return services.get(speculating(request.config))  # started by target_alone
+
+
+# The reference's engine computes on the first CPU, the drafting service's on the last (`auto`):
+# the two sample side by side, each on a core of its own (on 2 cores, the drafting service's
+# drafters and front door share the first).
+TARGET_ALONE = {
+    "speculation": {"enabled": False},
+    "target": {
+        "env": {
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "VLLM_CPU_OMP_THREADS_BIND": "0",
+            "VLLM_LOGGING_LEVEL": "WARNING",
+        }
+    },
+}
 
 
 @pytest.fixture(scope="module")
-def target_alone():
-    """The reference: the target without speculation configured, sampled by vLLM's Sampler."""
-    yield from start_service({"speculation": {"enabled": False}})
+def target_alone(request, services):
+    """The reference: the target without speculation configured, sampled by vLLM's Sampler.
+    It starts while the drafting service does, each mostly on the core the other leaves
+    (TARGET_ALONE): the two take not much longer than one."""
+    own = start_service(TARGET_ALONE)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            starting = pool.submit(next, own)
+            services.get(speculating(request.config))
+            reference = starting.result()
+        yield reference
+    finally:
+        own.close()
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +149,10 @@ def test_sampled_requests_keep_the_target_distribution_with_drafts(
     0.15 from the likeliest token to the next with probability 0.8 (median over positions).
     `--sampler vllm` shows it catching vLLM's own sampler."""
     samples = request.config.getoption("--sampling-samples")
-    reference = sample(target_alone.address, prompts, samples, speculate=False)
-    drafted = sample(service.address, prompts, samples, speculate=True)
+    with ThreadPoolExecutor(2) as pool:  # each server on its own core (TARGET_ALONE)
+        reference = pool.submit(sample, target_alone.address, prompts, samples, False)
+        drafted = pool.submit(sample, service.address, prompts, samples, True)
+        reference, drafted = reference.result(), drafted.result()
     comparisons = len(SETTINGS) * POSITIONS
     failures = []
     all_accepted = 0
