@@ -135,7 +135,7 @@ class SpeculationConfig(Section):
     enabled: bool = True  # provision drafters and the vLLM proposer
     # A Mode, or a source registered from outside (the cluster's config checks it against the
     # registry, which this module cannot import: the sources import it).
-    default_mode: str = Mode.NGRAM.value
+    default_mode: str = Mode.AUTO.value
     num_speculative_tokens: PositiveInt = 4  # the default k, and the largest a request may ask
     step_timeout_ms: float = Field(250.0, gt=0)  # drafter budget per engine step
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)

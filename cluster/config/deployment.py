@@ -54,7 +54,7 @@ class SpeculationSection(SpeculationConfig):
     """The YAML's `speculation` section: speculation's own settings, with the drafters as a pool
     of replicas and the default mode checked against the sources this process registered."""
 
-    default_mode: Annotated[str, AfterValidator(_known_mode)] = Mode.NGRAM.value
+    default_mode: Annotated[str, AfterValidator(_known_mode)] = Mode.AUTO.value
     drafters: DraftPoolConfig = Field(default_factory=DraftPoolConfig)
 
     @model_validator(mode="after")

@@ -33,7 +33,7 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
 
 
 def test_metrics_move_with_requests(services):
-    service = services.get(FRONT_DOOR)  # n-gram drafting by default
+    service = services.get(FRONT_DOOR)  # mode auto by default
     port = service.config["server"]["metrics_port"]
     before = scrape(port)
     assert before[("tandem_requests_total", (("outcome", "finished"),))] == 0
@@ -58,7 +58,7 @@ def test_metrics_move_with_requests(services):
     assert 0 < ttft <= m[("tandem_request_latency_seconds_sum", ())]
     assert m[("tandem_request_latency_seconds_count", ())] == 2
 
-    assert accepted > 0, "the n-gram drafter found nothing to accept"
+    assert accepted > 0, "the drafters found nothing to accept"
     vllm = (("engine", "0"), ("model_name", "smollm2-135m-instruct"))  # vLLM's labels
     assert m[("vllm:spec_decode_num_draft_tokens_total", vllm)] == drafted
     assert m[("vllm:spec_decode_num_accepted_tokens_total", vllm)] == accepted

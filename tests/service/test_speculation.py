@@ -63,10 +63,10 @@ def test_greedy_equals_target_only(client, prompts, target_only, mode):
     assert drafted > 0 and accepted > 0  # the drafts were real, and some were right
 
 
-def test_default_mode_is_ngram_and_k_is_per_request(client):
+def test_default_mode_is_auto_and_k_is_per_request(client):
     prompt = "Repeat after me: red green blue, red green blue, red green blue."
     default = client.generate(prompt, temperature=0, max_tokens=32)
-    assert default.speculation.mode == "ngram" and default.speculation.draft_tokens > 0
+    assert default.speculation.mode == "auto" and default.speculation.draft_tokens > 0
     one = client.generate(prompt, temperature=0, max_tokens=32, num_speculative_tokens=1)
     assert list(one.token_ids) == list(default.token_ids)
     assert one.speculation.draft_tokens <= one.speculation.target_steps
@@ -79,7 +79,7 @@ def test_streamed_final_chunk_and_stats_carry_the_figures(client):
     chunks = list(client.stream("Name the planets.", temperature=0, max_tokens=24))
     assert not chunks[0].HasField("speculation") or chunks[0].speculation.target_steps == 0
     last = chunks[-1].speculation
-    assert last.mode == "ngram" and last.target_steps > 0
+    assert last.mode == "auto" and last.target_steps > 0
     stats = client.stats()
     assert stats.speculation.draft_tokens >= stats.speculation.accepted_tokens > 0
     assert 0 < stats.speculation.acceptance_rate <= 1
