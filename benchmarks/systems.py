@@ -45,8 +45,11 @@ SYSTEMS = tuple(DESCRIPTIONS)
 # vLLM's own server process, driven over HTTP like a user's client does.
 SERVED = {"vllm-serve-target", "vllm-serve-ngram"}
 # Run only when asked for by name: a server of its own costs a few GiB (vLLM's: ~3.5 GiB in three
-# processes on the CPU) and a minute.
-OPT_IN = {"tandem-ngram-mirror", "tandem-target-mp", *SERVED}
+# processes on the CPU) and a minute. Every default system at once fills about 20 of the
+# development machine's 23 GiB, so tandem-recycle (a server of its own, and behind prompt lookup
+# where measured: 1.13x against tandem-ngram's 1.35x, docs/benchmarks/2026-11-22-drafters-
+# pipelining-idle.md) gave its place to tandem-auto, the default mode.
+OPT_IN = {"tandem-ngram-mirror", "tandem-target-mp", "tandem-recycle", *SERVED}
 TANDEM_MODES = {
     "tandem-target": "off",
     "tandem-target-mp": "off",

@@ -1,8 +1,10 @@
 """Remote drafting for real, on the built-in default config (every drafter kind provisioned):
-lossless in every mode, figures reported per request and in GetStats."""
+lossless in every mode (auto also with 8 streams, and drafting from the source that suits the
+text), figures reported per request, per source and in GetStats."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -10,7 +12,7 @@ import sys
 import grpc
 import pytest
 
-from tandem.client import TandemClient
+from tandem.client import AsyncTandemClient, TandemClient
 from tandem.protos import tandem_pb2 as pb
 from tests.support.prompts import spec_bench_prompts
 from tests.support.services import SPECULATING
@@ -19,6 +21,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.uses_servi
 
 MODES = ("ngram", "suffix", "recycle", "model", "hybrid", "auto")
 CATEGORIES = ("writing", "coding", "math_reasoning", "summarization", "translation", "rag")
+
+# Mode auto: a copy-heavy prompt (lookups should draft it) and a free-form one (the head).
+PASSAGE = (
+    "The committee met on Tuesday to review the budget for the new library. After a long "
+    "discussion, it approved the funds for the roof, the heating and the children's room, and "
+    "asked the architect to return in March with revised plans for the entrance."
+)
+COPY_HEAVY = f"Repeat this paragraph word for word:\n\n{PASSAGE}\n\nRepeat it:"
+FREE_FORM = "Write a short poem about a fox who learns to sing."
 
 
 # Every part that touches drafts is on, so that the greedy tests below hold with all of them
@@ -159,3 +170,56 @@ def test_cli_generate_reports_speculation(service):
     assert set(spec["sources"]) <= {"ngram", "model"}  # hybrid's drafts are ngram's or model's
     assert sum(s["draft_tokens"] for s in spec["sources"].values()) <= spec["draft_tokens"]
     assert spec["mean_accepted_length"] >= 1
+
+
+def test_auto_with_eight_streams_equals_the_target_alone(service, client):
+    prompts = spec_bench_prompts(8, (*CATEGORIES, "qa"))
+    expected = [
+        list(client.generate(p, temperature=0, max_tokens=48, speculation="off").token_ids)
+        for p in prompts
+    ]
+
+    async def run():
+        async with AsyncTandemClient(service.address, timeout=600) as aclient:
+            return await asyncio.gather(
+                *(
+                    aclient.generate(p, temperature=0, max_tokens=48, speculation="auto")
+                    for p in prompts
+                )
+            )
+
+    results = asyncio.run(run())
+    for prompt, want, result in zip(prompts, expected, results, strict=True):
+        assert list(result.token_ids) == want, prompt
+    drafted = sum(r.speculation.draft_tokens for r in results)
+    accepted = sum(r.speculation.accepted_tokens for r in results)
+    assert drafted > 0 and accepted > 0
+
+
+def drafted_by(result) -> dict[str, int]:
+    return {name: s.draft_tokens for name, s in result.speculation.sources.items()}
+
+
+def test_auto_drafts_a_copy_by_lookup_and_free_text_by_the_head(client):
+    before = client.stats().speculation.sources
+    copy = client.generate(COPY_HEAVY, temperature=0, max_tokens=48, speculation="auto")
+    free = client.generate(FREE_FORM, temperature=0, max_tokens=48, speculation="auto")
+    assert copy.speculation.mode == free.speculation.mode == "auto"
+    lookup, head = drafted_by(copy), drafted_by(free)
+    looked_up = lookup.get("ngram", 0) + lookup.get("suffix", 0)
+    assert looked_up > 2 * lookup.get("eagle", 0), lookup
+    # free text: the head drafts a real share, far more than on the copy (not all: the default
+    # model's free text soon repeats its own lines, and then prompt lookup drafts them, rightly)
+    share = head.get("eagle", 0) / sum(head.values())
+    assert head.get("eagle", 0) >= 8 and share > 2 * lookup.get("eagle", 0) / sum(lookup.values())
+    # per source, the request's drafted tokens add up to its total (accepted ones are counted
+    # by the verifications' outcomes, before vLLM cuts the last run at max_tokens)
+    for result in (copy, free):
+        spec = result.speculation
+        assert sum(s.draft_tokens for s in spec.sources.values()) == spec.draft_tokens
+        assert all(0 <= s.accepted_tokens <= s.draft_tokens for s in spec.sources.values())
+    # GetStats sums them over requests
+    after = client.stats().speculation.sources
+    for name, drafted in {**lookup, **head}.items():
+        old = before[name].draft_tokens if name in before else 0
+        assert after[name].draft_tokens - old >= drafted
