@@ -2,16 +2,17 @@
 
 vLLM's AsyncLLM always runs its engine core in a child process, which dies with any step that
 raises. tandem keeps the engine core (its scheduler and output processing) inside the Ray actor's
-own process instead, with the forward in a worker process of its own (vLLM's multiprocess
-executor, as `vllm serve` runs it), which means driving the synchronous `LLMEngine` ourselves:
-one thread owns the engine and steps it while requests are unfinished; callers talk to it through a
-command queue and get their outputs back through a `Consumer` each: after every step the engine
-thread hands each consumer that step's outputs for it in one batch. tandem's target replica sends
-them straight onto a socket from this thread (tandem.cluster.transport.output_channel); asyncio
-callers (`generate`) take them from an `Outbox`, with one wake-up of their event loop per step
-(Python work that competes with the engine thread for the GIL, which is why the replica does not
-use one). vLLM still does all the batching, scheduling, KV-cache management and sampling; the loop
-times its steps (tandem.plugins.timers.EngineTimes).
+own process instead, and by default the forward too (`distributed_executor_backend: mp` gives the
+forward a worker process of its own, as `vllm serve` runs it; tandem.plugins.engine_setup), which
+means driving the synchronous `LLMEngine` ourselves: one thread owns the engine and steps it while
+requests are unfinished; callers talk to it through a command queue and get their outputs back
+through a `Consumer` each: after every step the engine thread hands each consumer that step's
+outputs for it in one batch. tandem's target replica sends them straight onto a socket from this
+thread (tandem.cluster.transport.output_channel); asyncio callers (`generate`) take them from an
+`Outbox`, with one wake-up of their event loop per step (Python work that competes with the engine
+thread for the GIL, which is why the replica does not use one). vLLM still does all the batching,
+scheduling, KV-cache management and sampling; the loop times its steps
+(tandem.plugins.timers.EngineTimes).
 
 A step that raises costs as little as possible (`_recover`): the engine's state is unknown, so
 every request in it is aborted there, but only the request that broke the step fails. The others

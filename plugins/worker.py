@@ -1,12 +1,13 @@
 """A vLLM worker extension: tandem's hooks into the worker of a target's engine.
 
 vLLM builds the proposer from a class path with only its config, so the speculation session is
-attached afterwards through `collective_rpc("tandem_attach", ...)`. The worker may run in a
-process of its own (vLLM's multiprocess executor, tandem's default), where `collective_rpc`
-arguments arrive pickled: the session is therefore built here, by the zero-argument callable the
-target hands over (tandem.cluster.transport.draft_pool.RemoteSession), and lives here, beside
-the proposer that calls it every step. The target actor reaches it between engine steps through
-the other methods (tandem.plugins.session_proxy).
+attached afterwards through `collective_rpc("tandem_attach", ...)`. The worker may run in a process
+of its own (vLLM's multiprocess executor, `distributed_executor_backend: mp`; by default it runs in
+the target actor's), where `collective_rpc` arguments arrive pickled: the session is therefore
+built here, by the zero-argument callable the target hands over
+(tandem.cluster.transport.draft_pool.RemoteSession), and lives here, beside the proposer that calls
+it every step. The target actor reaches it between engine steps through the other methods
+(tandem.plugins.session_proxy).
 """
 
 from __future__ import annotations

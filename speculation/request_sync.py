@@ -47,7 +47,8 @@ class RequestSync:
     features: list[tuple[int, Any]] = field(default_factory=list)
     features_end: int = 0
     # Whether the next step's features will be used: not while the policy drafts nothing for
-    # the request (they are dropped, and its drafter's head starts again after the gap).
+    # the request or its drafter is down (they are dropped, and the head starts again after the
+    # gap).
     features_wanted: bool = True
 
     def record_features(self, first: int, rows: Any, committed: int) -> None:

@@ -145,8 +145,9 @@ class SpeculationSession:
                 source = request.cache_sources.get(outcome, "") if outcome else ""
                 request.block, request.cache, request.cache_sources = (), {}, {}
                 request.draft_length = self._draft_length(request, len(request_ids))
-                request.features_wanted = bool(request.draft_length)
-                if request.replica in skipped or not request.draft_length:
+                drafting = request.replica not in skipped and request.draft_length > 0
+                request.features_wanted = drafting
+                if not drafting:
                     request.features.clear()  # not sent this step: no use later
                     continue
                 speculating.append((i, request, n))

@@ -5,6 +5,7 @@ them (tandem.cluster.telemetry.figures sums them over replicas).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -19,6 +20,15 @@ class SourceCounts:
     def add(self, other: SourceCounts) -> None:
         self.draft_tokens += other.draft_tokens
         self.accepted_tokens += other.accepted_tokens
+
+
+def sum_sources(*by_source: Mapping[str, SourceCounts]) -> dict[str, SourceCounts]:
+    """Per-source counts added up, source by source (new objects: the inputs stay as they are)."""
+    total: dict[str, SourceCounts] = {}
+    for counts in by_source:
+        for name, c in counts.items():
+            total.setdefault(name, SourceCounts()).add(c)
+    return total
 
 
 @dataclass
@@ -38,8 +48,7 @@ class SpeculationStats:
         self.drafts += other.drafts
         self.cache_hits += other.cache_hits
         self.cache_misses += other.cache_misses
-        for name, counts in other.sources.items():
-            self.sources.setdefault(name, SourceCounts()).add(counts)
+        self.sources = sum_sources(self.sources, other.sources)
 
     def verified(self, source: str, drafted: int, accepted: int) -> None:
         """A draft of `source` was verified: `accepted` of its `drafted` tokens held."""

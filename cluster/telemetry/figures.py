@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from tandem.cluster.telemetry.figure_tables import SPECULATION, stat_fields
 from tandem.plugins.timers import EngineTimes, Sums
 from tandem.protos import tandem_pb2 as pb
-from tandem.speculation.session_stats import SessionStats, SourceCounts
+from tandem.speculation.session_stats import SessionStats, SourceCounts, sum_sources
 
 
 def ratio(a: float, b: float) -> float:
@@ -60,14 +60,10 @@ class RequestFigures:
             for f in dataclasses.fields(self)
             if f.name not in ("mode", "accepted_per_pos", "sources")
         }
-        sources = {name: SourceCounts() for name in {*self.sources, *other.sources}}
-        for name, summed in sources.items():
-            for figures in (self, other):
-                summed.add(figures.sources.get(name, SourceCounts()))
         return RequestFigures(
             **counts,
             accepted_per_pos=tuple(a + b for a, b in zip(ours, theirs, strict=True)),
-            sources=sources,
+            sources=sum_sources(self.sources, other.sources),
         )
 
     def to_proto(self) -> pb.SpeculationStats:
