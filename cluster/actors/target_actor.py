@@ -93,13 +93,12 @@ class TargetReplica:
         target: TargetPoolConfig,
         speculation: SpeculationConfig | None = None,
         drafters: list[Any] = (),
-        drafter_endpoints: list[Endpoint] = (),
         features: tuple[int, ...] = (),
         index: int = 0,
     ) -> None:
-        """`drafters`: the drafter replicas' handles, and where each listened at bootstrap (no
-        blocking Ray call on this async actor's loop to ask). `index`: this replica's place in
-        its pool, which picks its engine's CPUs."""
+        """`drafters`: the drafter replicas' handles (they may still be starting: the engine's
+        worker finds them through this actor's directory). `index`: this replica's place in its
+        pool, which picks its engine's CPUs."""
         from vllm.engine.arg_utils import EngineArgs
 
         from tandem.cluster.config.cpus import place_engine
@@ -129,9 +128,7 @@ class TargetReplica:
             from tandem.plugins.session_proxy import SessionProxy
 
             self.directory = DirectoryServer(drafters)
-            make_session = RemoteSession(
-                speculation, tuple(drafter_endpoints), self.directory.endpoint
-            )
+            make_session = RemoteSession(speculation, len(drafters), self.directory.endpoint)
             attached = self._loop.call(
                 lambda engine: engine.collective_rpc(
                     ATTACH, args=(make_session, speculation.target_candidates, features)

@@ -1,6 +1,7 @@
 """Bringing a deployment up: models resolved, pools placed, actors started and checked.
 
-Drafters first (the targets' proposers need their handles), then the targets. Each actor gets
+Drafters and targets start at once (the targets' proposers get the drafters' handles and find
+where they listen through the target's directory once they are up). Each actor gets
 the typed config sections it needs, whole. What the drafters load is checked against the target
 before any of it serves: the draft model's vocabulary, EasySpec's layer groups, the EAGLE-3
 head's shape, and that the default mode is one the drafters offer.
@@ -72,13 +73,12 @@ def start(config: TandemConfig) -> Deployment:
     speculation = config.speculation if config.speculation.enabled else None
     placed: list[Pool] = []
     try:
-        drafters, drafter_infos, features = None, [], ()
+        drafters, features = None, ()
         if speculation is not None:
             head = eagle_head(config, model_path)
             features = aux_layers(head, model_path) if head is not None else ()
             drafters = start_drafters(config, model_path, head)
             placed.append(drafters)
-            drafter_infos = ray.get([a.info.remote() for a in drafters.actors])
         target = config.target
         targets = place_pool(
             request_for("target", target),
@@ -90,13 +90,13 @@ def start(config: TandemConfig) -> Deployment:
                 target,
                 speculation,
                 drafters.actors if drafters else [],
-                [info.endpoint for info in drafter_infos],
                 features,
                 i,
             ),
             max_restarts=target.max_restarts,
         )
         placed.append(targets)
+        drafter_infos = ray.get([a.info.remote() for a in drafters.actors]) if drafters else []
         infos = ray.get([actor.info.remote() for actor in targets.actors])
         deployment = Deployment(targets, infos, drafters, drafter_infos)
         if speculation is not None and speculation.default_mode not in deployment.modes():

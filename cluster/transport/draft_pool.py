@@ -15,7 +15,7 @@ being busy and its next call fails, which marks it down until a probe finds the 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +40,9 @@ from tandem.speculation.settings import SpeculationConfig
 from tandem.speculation.wire import Kind
 
 CONNECT_TIMEOUT_S = 30.0
-PING_TIMEOUT_S = 5.0  # a drafter found where the deployment saw it answers in milliseconds
+# How long a target waits at start for a drafter starting beside it (a large draft model loads
+# for minutes); a drafter whose actor fails to start is reported at once.
+DRAFTER_START_TIMEOUT_S = 900.0
 
 
 class DrafterUnreachable(RuntimeError):
@@ -52,28 +54,35 @@ class DrafterGone(ConnectionError):
 
 
 class SocketTransport:
-    def __init__(self, endpoints: Sequence[Endpoint], directory: Directory) -> None:
-        """`endpoints`: where the replicas listened when the deployment started (a drafter
-        that restarted since is looked up in the directory, once)."""
+    def __init__(self, replicas: int, directory: Directory) -> None:
+        """Finds each of the `replicas` drafters through the directory (they start beside the
+        target, so the first answers may be "not known yet") and pings it once."""
         self.directory = directory
-        self.replicas = len(endpoints)
-        self.channels = [DraftChannel(e) for e in endpoints]
+        self.replicas = replicas
+        self.channels = [self._connect(replica) for replica in range(replicas)]
         self._closed = WireTraffic()  # traffic of channels replaced after a drafter restart
         self._late: dict[int, int] = {}  # replica -> seq of its call that missed the budget
         self._gone: set[int] = set()  # replicas whose drafter went away while late
-        for replica, channel in enumerate(self.channels):
-            result = channel.call(Kind.PING, None, PING_TIMEOUT_S)
-            if isinstance(result, Exception):  # restarted since: where does it listen now?
-                endpoint = directory.locate(replica, CONNECT_TIMEOUT_S)
-                if isinstance(endpoint, Endpoint):
-                    channel.close()
-                    channel = self.channels[replica] = DraftChannel(endpoint)
-                    result = channel.call(Kind.PING, None, CONNECT_TIMEOUT_S)
-            if isinstance(result, Exception):
-                raise DrafterUnreachable(
-                    f"drafter {replica} does not answer on {channel.endpoint.address} from this "
-                    f"target's node ({result}): open that port range between the nodes"
-                )
+
+    def _connect(self, replica: int) -> DraftChannel:
+        deadline = time.monotonic() + DRAFTER_START_TIMEOUT_S
+        endpoint = None
+        while endpoint is None and time.monotonic() < deadline:
+            endpoint = self.directory.locate(replica, CONNECT_TIMEOUT_S)
+        if not isinstance(endpoint, Endpoint):
+            raise DrafterUnreachable(
+                f"drafter {replica} did not come up within {DRAFTER_START_TIMEOUT_S:.0f}s "
+                f"({endpoint or 'still starting'})"
+            )
+        channel = DraftChannel(endpoint)
+        result = channel.call(Kind.PING, None, CONNECT_TIMEOUT_S)
+        if isinstance(result, Exception):
+            channel.close()
+            raise DrafterUnreachable(
+                f"drafter {replica} does not answer on {endpoint.address} from this target's "
+                f"node ({result}): open that port range between the nodes"
+            )
+        return channel
 
     def busy(self, replica: int) -> bool:
         """True while the replica's late call has not returned (and its actor is still the one
@@ -182,13 +191,13 @@ class SocketTransport:
 @dataclass(frozen=True)
 class RemoteSession:
     """What the engine's worker builds its speculation session from (vLLM pickles the
-    arguments of `collective_rpc` into the worker): the speculation settings, where the
-    drafters listened at start, and the target actor's directory of them."""
+    arguments of `collective_rpc` into the worker): the speculation settings, how many drafter
+    replicas there are, and the target actor's directory of them."""
 
     settings: SpeculationConfig
-    endpoints: tuple[Endpoint, ...]
+    replicas: int
     directory: Endpoint
 
     def __call__(self) -> SpeculationSession:
-        transport = SocketTransport(self.endpoints, Directory(self.directory))
+        transport = SocketTransport(self.replicas, Directory(self.directory))
         return SpeculationSession(transport, self.settings)
