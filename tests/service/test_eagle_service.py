@@ -2,7 +2,10 @@
 EAGLE-3 head (the one tandem ships), pre-drafting on; greedy output equals the target alone's
 (the same engine without speculation) at batch 1 and with 8 concurrent streams while drafts
 flow; a killed drafter fails no request and drafting resumes; a head that does not fit the
-target is refused at start."""
+target is refused at start.
+
+On the shared SPECULATING service (drafts at every batch size), last among its users: it kills
+the drafter."""
 
 from __future__ import annotations
 
@@ -19,22 +22,17 @@ from tandem.client import AsyncTandemClient, TandemClient
 from tandem.models import builtin_head
 from tests.support.prompts import spec_bench_prompts
 from tests.support.reliability import drafter_pid
-from tests.support.services import start_service
+from tests.support.services import SPECULATING
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.uses_service(SPECULATING, order="last")]
 
-# Drafts for every stream of a batch of 8 (the policy would stop drafting from 3 on the CPU).
-SPECULATION = {
-    "default_mode": "eagle",
-    "draft_length": {"full_until_batch": 64, "off_above_batch": 64},
-}
 CATEGORIES = ("writing", "coding", "qa", "summarization", "translation", "rag", "math_reasoning")
 MAX_TOKENS = 40
 
 
 @pytest.fixture(scope="module")
-def service():
-    yield from start_service({"speculation": SPECULATION})
+def service(services):
+    return services.get(SPECULATING)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +66,9 @@ def test_greedy_batch_1_equals_the_reference(service, prompts, reference):
     drafted = accepted = 0
     with TandemClient(service.address) as client:
         for prompt, expected in list(zip(prompts, reference, strict=True))[:3]:
-            result = client.generate(prompt, temperature=0, max_tokens=MAX_TOKENS)
+            result = client.generate(
+                prompt, temperature=0, max_tokens=MAX_TOKENS, speculation="eagle"
+            )
             assert ours(list(result.token_ids), expected), prompt
             spec = result.speculation
             assert spec.mode == "eagle"
@@ -88,7 +88,9 @@ def test_eight_concurrent_streams_equal_the_reference(service, prompts, referenc
         async with AsyncTandemClient(service.address) as client:
 
             async def one(prompt):
-                result = await client.generate(prompt, temperature=0, max_tokens=MAX_TOKENS)
+                result = await client.generate(
+                    prompt, temperature=0, max_tokens=MAX_TOKENS, speculation="eagle"
+                )
                 return list(result.token_ids), result.speculation
 
             return await asyncio.gather(*(one(p) for p in prompts))
@@ -111,7 +113,10 @@ def test_killed_drafter_fails_no_request_and_drafting_resumes(service, prompts, 
 
             async def one(prompt):
                 ids = []
-                async for chunk in client.stream(prompt, temperature=0, max_tokens=MAX_TOKENS):
+                stream = client.stream(
+                    prompt, temperature=0, max_tokens=MAX_TOKENS, speculation="eagle"
+                )
+                async for chunk in stream:
                     if not ids and chunk.token_ids:
                         first["count"] += 1
                         if first["count"] == len(prompts):
@@ -129,7 +134,9 @@ def test_killed_drafter_fails_no_request_and_drafting_resumes(service, prompts, 
     with TandemClient(service.address) as client:
         deadline = time.monotonic() + 180
         while True:  # Ray restarts the drafter; it loads the head again, then drafts
-            result = client.generate(prompts[0], temperature=0, max_tokens=MAX_TOKENS)
+            result = client.generate(
+                prompts[0], temperature=0, max_tokens=MAX_TOKENS, speculation="eagle"
+            )
             if result.speculation.draft_tokens > 0 or time.monotonic() > deadline:
                 break
             time.sleep(1)
