@@ -2,7 +2,8 @@
 
 `engine_args` turns the target's config into vLLM engine arguments: the worker extension that
 attaches tandem's hooks, the `custom_class` speculative config naming tandem's proposer (nobody
-writes a speculative_config by hand), and the hf_overrides that load the Mirror-SD target class.
+writes a speculative_config by hand), and the hf_overrides that load the Mirror-SD target class
+and name the layers whose features EAGLE-3 heads read.
 The worker methods the target actor calls through `collective_rpc` are named here too, so
 nothing outside `plugins/` knows a vLLM class path or a method string.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tandem.plugins import MIRROR_ARCHITECTURE
-from tandem.plugins.proposer import TandemProposer
+from tandem.plugins.proposer import FEATURE_LAYERS, TandemProposer
 from tandem.plugins.worker import TandemWorkerExtension
 
 if TYPE_CHECKING:
@@ -34,10 +35,14 @@ def _path(cls: type) -> str:
 
 
 def engine_args(
-    model_path: str | Path, engine_args: dict[str, Any], speculation: SpeculationConfig | None
+    model_path: str | Path,
+    engine_args: dict[str, Any],
+    speculation: SpeculationConfig | None,
+    features: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     """Keyword arguments of vllm.EngineArgs for a target: the user's `engine_args` plus
-    tandem's hooks (and its proposer when `speculation` is on)."""
+    tandem's hooks (and its proposer when `speculation` is on, reading the residual stream
+    entering the layers `features` for EAGLE-3 heads)."""
     args = dict(
         engine_args, model=str(model_path), worker_extension_cls=_path(TandemWorkerExtension)
     )
@@ -51,7 +56,33 @@ def engine_args(
             args["hf_overrides"] = mirror_overrides(
                 model_path, args.get("hf_overrides"), speculation.mirror
             )
+        if features:
+            args["hf_overrides"] = {**(args.get("hf_overrides") or {}), FEATURE_LAYERS: features}
+            if not args.get("enforce_eager"):
+                args["compilation_config"] = piecewise_graphs(args.get("compilation_config"))
     return args
+
+
+def piecewise_graphs(compilation: dict[str, Any] | None) -> dict[str, Any]:
+    """The compilation config with piecewise CUDA graphs (vLLM's default on a GPU is full
+    graphs for decode steps): the feature tap reads EAGLE-3's features in the model's outer
+    forward (tandem.plugins.aux_outputs), which a full graph's replay skips, while piecewise
+    graphs leave it running. Where no graphs are captured (the CPU) this changes nothing."""
+    if not isinstance(compilation, dict | None):
+        raise ValueError(
+            "target.engine_args.compilation_config: give a mapping (e.g. {mode: 3}) when "
+            "speculation mode eagle reads features"
+        )
+    compilation = dict(compilation or {})
+    mode = str(compilation.get("cudagraph_mode", "PIECEWISE")).upper()
+    if mode.startswith("FULL"):
+        raise ValueError(
+            f"target.engine_args.compilation_config.cudagraph_mode: {mode} replays the whole "
+            "forward, which skips the feature tap of speculation mode eagle; use PIECEWISE or "
+            "NONE, or eagle_head: null"
+        )
+    compilation["cudagraph_mode"] = mode
+    return compilation
 
 
 def own_process(args: dict[str, Any]) -> bool:

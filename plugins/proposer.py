@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from tandem.plugins.aux_outputs import AuxOutputs
 from tandem.speculation.candidates import verified_candidates
+
+# The hf_config attribute (set through hf_overrides by tandem.plugins.engine_setup) naming the
+# decoder layers whose inputs EAGLE-3 heads read; absent when no feature mode is served.
+FEATURE_LAYERS = "tandem_feature_layers"
 
 
 class TandemProposer:
@@ -18,6 +23,11 @@ class TandemProposer:
         self.input_batch: Any = None
         self.tap: Any = None
         self.features: Any = None
+        self.feature_layers = tuple(
+            getattr(vllm_config.model_config.hf_config, FEATURE_LAYERS, None) or ()
+        )
+        self.eager = bool(vllm_config.model_config.enforce_eager)
+        self.aux_outputs: AuxOutputs | None = None
 
     def attach(self, session: Any, input_batch: Any, tap: Any = None, features: Any = None) -> None:
         self.session = session
@@ -25,8 +35,25 @@ class TandemProposer:
         self.tap = tap
         self.features = features  # FeatureTap, when a feature mode (eagle) is served
 
-    def load_model(self, *args: Any, **kwargs: Any) -> None:
-        """Nothing to load here: the draft models live on the drafter actors."""
+    def load_model(self, model: Any, *args: Any, **kwargs: Any) -> None:
+        """No draft model to load (they live on the drafter actors); but vLLM calls this with
+        the target right after loading it and before compiling it, the one moment the target
+        can be asked to output EAGLE-3's features from its compiled forward (`AuxOutputs`).
+        Without vLLM's EAGLE-3 interface the feature tap falls back to forward hooks, which
+        only eager execution runs."""
+        if not self.feature_layers:
+            return
+        from vllm.model_executor.models.interfaces import supports_eagle3
+
+        if supports_eagle3(model):
+            self.aux_outputs = AuxOutputs(model, self.feature_layers)
+        elif not self.eager:
+            raise RuntimeError(
+                f"speculation mode eagle reads the target's hidden states; "
+                f"{type(model).__name__} does not implement vLLM's EAGLE-3 interface, so only "
+                "forward hooks can, which compiled execution skips: set "
+                "target.engine_args.enforce_eager: true, or eagle_head: null"
+            )
 
     def propose(
         self,

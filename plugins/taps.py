@@ -5,17 +5,22 @@ position), for tandem.speculation.candidates. Installed on the model object insi
 vLLM's own sampling and rejection sampling see the very logits they always did.
 
 `FeatureTap` keeps EAGLE-3's features of the last step: the residual stream entering the head's
-auxiliary layers at every position the target computed (forward hooks that only read).
+auxiliary layers at every position the target computed. It reads them from the model's own
+outputs where the target implements vLLM's EAGLE-3 interface (tandem.plugins.aux_outputs, as
+vLLM's eagle3 does, compilation on), and otherwise with forward hooks (eager execution only).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from tandem.speculation.protocol import Hint
+
+if TYPE_CHECKING:
+    from tandem.plugins.aux_outputs import AuxOutputs
 
 
 class LogitsTap:
@@ -84,9 +89,6 @@ class FeatureTap:
     hidden states: layer L's input, i.e. Hugging Face's hidden_states[L]) at every position of
     the last forward pass, concatenated in `layers` order. Rows leave the device only for the
     requests the proposer asks for (those in a feature mode), as float16.
-
-    Forward hooks fire in eager execution only: CUDA graphs replay without them (the CPU default
-    runs eager; set `enforce_eager` on a GPU target that serves mode `eagle`).
     """
 
     def __init__(self, runner: Any, layers: tuple[int, ...]) -> None:
@@ -96,21 +98,35 @@ class FeatureTap:
         self._positions: torch.Tensor | None = None
         self._rows: dict[str, tuple[int, int]] = {}  # engine request id -> its rows
 
-    def install(self, model: Any) -> None:
+    def install(self, model: Any, outputs: AuxOutputs | None = None) -> None:
+        """Read the model's `outputs` when given; else hook the decoder's layers, which only
+        eager execution runs (compiled or graph-captured code skips Python hooks)."""
+        if outputs is not None:
+            outputs.sink = self.capture
+            return
         decoder = model.model
         decoder.layers[0].register_forward_pre_hook(self._begin, with_kwargs=True)
         for layer in set(self.layers) - {0}:
             decoder.layers[layer - 1].register_forward_hook(functools.partial(self._after, layer))
 
-    def _begin(self, module: Any, args: tuple, kwargs: dict) -> None:
-        """Before the first decoder layer: this pass's positions, rows per request, and layer
-        0's input (the embeddings) if it is one of the layers."""
-        positions = kwargs["positions"] if "positions" in kwargs else args[0]
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[1]
+    def capture(self, positions: torch.Tensor, states: dict[int, torch.Tensor]) -> None:
+        """One forward pass's features, from the model's outputs."""
+        self._start(positions)
+        self._states = states
+
+    def _start(self, positions: torch.Tensor) -> None:
+        """A new pass: its positions and rows per request (the runner's batch of this step)."""
         batch = self.runner.input_batch
         ends = self.runner.query_start_loc.np[: batch.num_reqs + 1].tolist()
         self._rows = {batch.req_ids[i]: (ends[i], ends[i + 1]) for i in range(batch.num_reqs)}
         self._positions = positions.clone()
+
+    def _begin(self, module: Any, args: tuple, kwargs: dict) -> None:
+        """Before the first decoder layer: the pass starts, with layer 0's input (the
+        embeddings) if it is one of the layers."""
+        positions = kwargs["positions"] if "positions" in kwargs else args[0]
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[1]
+        self._start(positions)
         # Layer 0's input is the embeddings, which the layers go on to update in place.
         self._states = {0: hidden.clone()} if 0 in self.layers else {}
 

@@ -48,7 +48,7 @@ class TandemWorkerExtension:
         feature_tap = None
         if features:
             feature_tap = FeatureTap(runner, features)
-            feature_tap.install(model)
+            feature_tap.install(model, getattr(drafter, "aux_outputs", None))
         drafter.attach(session, runner.input_batch, tap, feature_tap)
         return True
 

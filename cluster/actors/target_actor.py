@@ -109,7 +109,7 @@ class TargetReplica:
         # Resolved on this node (fetched, prepared or baked in): never a path from another node.
         model_path = str(models.store().resolve(models.target))
         self.model_path = model_path
-        args = engine_args(model_path, target.engine_args, speculation)
+        args = engine_args(model_path, target.engine_args, speculation, features)
         binding = target.core_binding()
         self.engine_cpus = place_engine(binding, index, own_process(args))
         self._loop = EngineLoop(EngineArgs(**args))

@@ -94,6 +94,17 @@ class TandemConfig(Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
+    @model_validator(mode="after")
+    def _mirror_runs_eager(self) -> TandemConfig:
+        """Mirror-SD's early exit is a forward hook (tandem.plugins.mirror), which compiled or
+        graph-captured execution skips: refused at start rather than silently sending nothing."""
+        if self.speculation.mirror.enabled and not self.target.engine_args.get("enforce_eager"):
+            raise ValueError(
+                "speculation.mirror.enabled: Mirror-SD's early exit is a forward hook, which "
+                "compiled execution skips; set target.engine_args.enforce_eager: true"
+            )
+        return self
+
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> TandemConfig:
         try:

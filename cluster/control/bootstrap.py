@@ -32,6 +32,7 @@ from tandem.cluster.control.placement import (
 )
 from tandem.cluster.control.preview import pool_requests
 from tandem.models import check_same_vocabulary
+from tandem.plugins.engine_setup import piecewise_graphs
 from tandem.speculation import registry
 from tandem.speculation.eagle_format import HeadError, aux_layers, resolve_head
 from tandem.speculation.easyspec import make_groups
@@ -121,11 +122,10 @@ def eagle_head(config: TandemConfig, target_path: Path) -> Path | None:
     except HeadError as exc:
         raise ConfigError(f"speculation.drafters.eagle_head: {exc}") from None
     if head is not None and not config.target.engine_args.get("enforce_eager"):
-        raise ConfigError(
-            "speculation.drafters.eagle_head: mode eagle reads the target's hidden states with "
-            "forward hooks, which compiled or graph-captured execution skips: set "
-            "target.engine_args.enforce_eager: true, or eagle_head: null"
-        )
+        try:  # the features come from the compiled forward's outputs, outside any full graph
+            piecewise_graphs(config.target.engine_args.get("compilation_config"))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     return head
 
 

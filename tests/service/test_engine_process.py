@@ -1,9 +1,14 @@
-"""The target engine's forward in a worker process of its own (`target.engine_args.
-distributed_executor_backend: mp`, vLLM's multiprocess executor): the speculation session is
-built in that process from plain values, the target actor reaches it between steps, and the
-drafters are found again through the actor's directory when one restarts. Greedy output stays
-the target's, the figures come back, and a killed drafter fails no request. A service of its own:
-no other module runs this layout, and the last test kills its drafter."""
+"""A target unlike the default one: its forward compiled (no `enforce_eager`) and in a worker
+process of its own (`target.engine_args.distributed_executor_backend: mp`, vLLM's multiprocess
+executor), with the adaptive draft length (speculation.draft_length.adaptive).
+
+The speculation session is built in the engine's process from plain values, the target actor
+reaches it between steps, and the drafters are found again through the actor's directory when
+one restarts. Mode eagle starts and reads its features from the compiled forward's outputs.
+Greedy and seeded output stays the target's, every request drafting a length of its own; the
+figures come back, and a killed drafter fails no request. (How the length is chosen is tested in
+test_policy and test_session.) A service of its own: no other module runs this layout, and the
+last test kills its drafter."""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import time
 import pytest
 
 from tandem.client import AsyncTandemClient, TandemClient
+from tests.support.prompts import spec_bench_prompts
 from tests.support.reliability import DEADLINE_S, PROMPTS, drafter_pid, tandem_processes
 from tests.support.services import start_service
 
@@ -25,13 +31,22 @@ MAX_TOKENS = 48
 
 @pytest.fixture(scope="module")
 def service():
-    engine_args = {
-        "dtype": "float32",
-        "enforce_eager": True,
-        "max_model_len": 2048,
-        "distributed_executor_backend": "mp",
+    engine_args = {"dtype": "float32", "max_model_len": 2048, "distributed_executor_backend": "mp"}
+    env = {
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_CPU_OMP_THREADS_BIND": "auto",
+        "VLLM_LOGGING_LEVEL": "WARNING",
+        # TorchDynamo traces the forward with its eager backend, as vLLM's own CPU CI has it,
+        # instead of a minute of inductor (tests/service/test_taps.py checks the features both
+        # ways)
+        "VLLM_CPU_CI_ENV": "1",
     }
-    yield from start_service({"target": {"engine_args": engine_args}})
+    yield from start_service(
+        {
+            "target": {"engine_args": engine_args, "env": env},
+            "speculation": {"draft_length": {"adaptive": True}},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +67,34 @@ def test_the_forward_runs_in_a_process_of_its_own(service):
     (target,) = processes["target"]
     engines = processes["engine"]
     assert [e.ppid() for e in engines] == [target.pid]
+
+
+CATEGORIES = ("writing", "extraction", "translation")
+
+
+@pytest.mark.parametrize("sampling", [{"temperature": 0}, {"temperature": 1.0, "seed": 3}])
+def test_output_is_the_targets_while_the_length_adapts(service, sampling):
+    drafted = rejected = 0
+    with TandemClient(service.address, timeout=DEADLINE_S) as client:
+        for prompt in [spec_bench_prompts(1, (c,))[0] for c in CATEGORIES]:
+            kwargs = {**sampling, "max_tokens": MAX_TOKENS}
+            expected = list(client.generate(prompt, speculation="off", **kwargs).token_ids)
+            result = client.generate(prompt, speculation="ngram", **kwargs)
+            assert list(result.token_ids) == expected, (prompt, sampling)
+            drafted += result.speculation.draft_tokens
+            rejected += result.speculation.draft_tokens - result.speculation.accepted_tokens
+    assert drafted > 0 and rejected > 0
+
+
+def test_mode_eagle_reads_features_from_the_compiled_forward(service, reference):
+    with TandemClient(service.address, timeout=DEADLINE_S) as client:
+        for prompt, expected in zip(PROMPTS[:2], reference, strict=False):
+            result = client.generate(
+                prompt, temperature=0, max_tokens=MAX_TOKENS, speculation="eagle"
+            )
+            assert list(result.token_ids) == expected
+            assert result.speculation.draft_tokens > 0
+            assert result.speculation.sources["eagle"].draft_tokens > 0
 
 
 def test_greedy_output_and_figures_cross_the_process(service, reference):

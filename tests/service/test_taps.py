@@ -1,11 +1,13 @@
-"""The logits tap on a real in-process vLLM engine: the candidates it hands the proposer line up
-with the tokens the target verified (greedy: each position's top candidate is the token the
-target committed after it)."""
+"""The taps on a real in-process vLLM engine. The logits tap: the candidates it hands the proposer
+line up with the tokens the target verified (greedy: each position's top candidate is the token
+the target committed after it). The feature tap: EAGLE-3's features from the target's own
+outputs equal what forward hooks read, and keep coming when the target runs compiled."""
 
 from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
 from tandem.speculation.ngram import NgramIndex
@@ -94,3 +96,108 @@ def test_candidates_line_up_with_verified_tokens(model_path, tokenizer, monkeypa
             checked += 1
         drafted += len(pairs) > 1
     assert checked > 50 and drafted > 5  # plenty of positions, blocks with drafts among them
+
+
+LAYERS = (15, 0, 29)  # a head's order, not the decoder's; 0 is the embeddings
+
+
+class FeatureSession:
+    """Stands where the speculation session goes: asks for every request's features, drafts
+    nothing, and keeps each position's row; `hooks`, when set, is a hook-reading FeatureTap
+    on the same model, whose rows it keeps beside."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, int], np.ndarray] = {}
+        self.hooked: dict[tuple[str, int], np.ndarray] = {}
+        self.hooks = None
+
+    def speculating(self) -> bool:
+        return True
+
+    def wants_features(self, request_ids):
+        return [True] * len(request_ids)
+
+    def propose(self, request_ids, num_tokens, token_ids, candidates=None, features=None):
+        keep(self.rows, request_ids, features)
+        if self.hooks is not None:
+            engine_ids = list(self.hooks.runner.input_batch.req_ids[: len(request_ids)])
+            taken = self.hooks.take(engine_ids)
+            keep(self.hooked, request_ids, [taken.get(e) for e in engine_ids])
+        return [[] for _ in request_ids]
+
+
+def keep(into: dict, request_ids, features) -> None:
+    for request_id, rows in zip(request_ids, features, strict=True):
+        if rows is not None:
+            first, block = rows
+            for j, row in enumerate(block):
+                into[(request_id, first + j)] = row
+
+
+def run_features(model_path, tokenizer, eager: bool, hooks: bool):
+    """Two greedy requests on an engine serving features for LAYERS: (tokens, session)."""
+    from vllm import SamplingParams
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.sampling_params import RequestOutputKind
+
+    from tandem.plugins.engine_loop import EngineLoop
+    from tandem.plugins.engine_setup import ATTACH, engine_args
+    from tandem.plugins.taps import FeatureTap
+    from tandem.speculation.settings import SpeculationConfig
+
+    user_args = {
+        "dtype": "float32",
+        "enforce_eager": eager,
+        "max_model_len": 1024,
+        "distributed_executor_backend": "uni",
+    }
+    speculation = SpeculationConfig(num_speculative_tokens=3)
+    args = engine_args(model_path, user_args, speculation, LAYERS)
+    loop = EngineLoop(EngineArgs(**args))
+    session = FeatureSession()
+    try:
+        mode = loop.call(lambda e: e.vllm_config.compilation_config.mode)
+        assert all(loop.call(lambda e: e.collective_rpc(ATTACH, args=(lambda: session, 0, LAYERS))))
+        if hooks:
+
+            def install(worker):
+                session.hooks = FeatureTap(worker.model_runner, LAYERS)
+                session.hooks.install(worker.model_runner.get_model())
+
+            loop.call(lambda e: e.collective_rpc(install))
+        prompts = {f"r{i}": tokenizer.encode(p) for i, p in enumerate(spec_bench_prompts(2))}
+        params = SamplingParams(temperature=0, max_tokens=24, output_kind=RequestOutputKind.DELTA)
+
+        async def run(request_id, ids):
+            return [
+                t
+                async for o in loop.generate(request_id, ids, params)
+                for t in o.outputs[0].token_ids
+            ]
+
+        async def both():
+            return await asyncio.gather(*(run(r, ids) for r, ids in prompts.items()))
+
+        return asyncio.run(both()), session, mode
+    finally:
+        loop.shutdown()
+
+
+def test_features_from_the_models_outputs_also_when_compiled(model_path, tokenizer, monkeypatch):
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    from vllm.config import CompilationMode
+
+    tokens, eager, mode = run_features(model_path, tokenizer, eager=True, hooks=True)
+    assert mode == CompilationMode.NONE
+    assert len(eager.rows) > 100 and eager.rows.keys() == eager.hooked.keys()
+    for key, row in eager.rows.items():  # the model's outputs and the hooks read the same
+        assert row.shape == (3 * 576,) and np.array_equal(row, eager.hooked[key]), key
+
+    # Compiled (TorchDynamo traces the forward; its eager backend on CPU CI, as vLLM's own CI
+    # does, instead of a minute of inductor), and the same features come out of it.
+    monkeypatch.setenv("VLLM_CPU_CI_ENV", "1")
+    compiled_tokens, compiled, mode = run_features(model_path, tokenizer, eager=False, hooks=False)
+    assert mode != CompilationMode.NONE
+    assert compiled_tokens == tokens and compiled.rows.keys() == eager.rows.keys()
+    for key, row in compiled.rows.items():
+        assert np.allclose(row, eager.rows[key], rtol=1e-2, atol=1e-2), key

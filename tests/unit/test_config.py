@@ -54,6 +54,10 @@ def test_yaml_round_trip(tmp_path):
         ({"target": {"engine_args": {"max_model_length": 10}}}, "max_model_length"),
         ({"target": {"engine_args": {"model": "x"}}}, "set models.target instead"),
         ({"ray": {"num_cpus": 0}}, "ray.num_cpus"),
+        (
+            {"speculation": {"mirror": {"enabled": True}}, "target": {"engine_args": {}}},
+            "speculation.mirror.enabled",
+        ),
     ],
 )
 def test_bad_config_names_the_key(data, message):
