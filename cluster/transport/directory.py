@@ -11,6 +11,7 @@ unready Ray call was; an actor that died answers with the error.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 from collections.abc import Sequence
 from typing import Any
@@ -33,14 +34,14 @@ class DirectoryServer:
         self.endpoint = self._server.endpoint
 
     def _locate(self, kind: Kind, replica: int) -> list[str] | None:
-        import ray
-        from ray.exceptions import GetTimeoutError
-
+        """On the server's thread. A future rather than `ray.get`, which Ray refuses to see in
+        an async actor (it warns that the event loop blocks, though this thread is not it)."""
         if kind != Kind.LOCATE:
             raise ValueError(f"the drafter directory does not take {kind.name} messages")
+        answer = self._drafters[replica].endpoint.remote().future()
         try:
-            endpoint = ray.get(self._drafters[replica].endpoint.remote(), timeout=LOCATE_WAIT_S)
-        except GetTimeoutError:
+            endpoint = answer.result(timeout=LOCATE_WAIT_S)
+        except concurrent.futures.TimeoutError:
             return None  # restarting, or stopped: ask again later
         return [endpoint.address, endpoint.password]
 
