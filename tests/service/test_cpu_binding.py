@@ -14,14 +14,14 @@ import pytest
 from tandem.client import TandemClient
 from tandem.cluster.config.cpus import node_cpus
 from tests.support.reliability import DEADLINE_S, PROMPTS, tandem_processes
-from tests.support.services import FRONT_DOOR
+from tests.support.services import SPECULATING
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.uses_service(FRONT_DOOR)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.uses_service(SPECULATING)]
 
 
 @pytest.fixture(scope="module")
 def service(services):
-    return services.get(FRONT_DOOR)  # the default CPU binding (only the front door's limits set)
+    return services.get(SPECULATING)  # the default CPU binding
 
 
 def test_the_target_replica_computes_on_a_core_of_its_own(service):

@@ -10,14 +10,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tandem.client import TandemClient
-from tests.support.services import FRONT_DOOR
+from tests.support.services import SPECULATING
 
-# First on the shared FRONT_DOOR service: it counts every request since the service started.
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(600),
-    pytest.mark.uses_service(FRONT_DOOR, order="first"),
-]
+# On the shared service, after other modules' requests: every figure is the change across this
+# test's own requests (pytest runs one test at a time).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.uses_service(SPECULATING)]
 
 # Repetitive text gives the n-gram drafter matches, so drafts are accepted.
 PROMPT = "Repeat exactly, five times: red green blue red green blue red green blue."
@@ -32,18 +29,22 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
     }
 
 
+def change(before: dict, after: dict) -> dict[tuple[str, tuple], float]:
+    """How much each sample moved (a sample first seen afterwards moved from 0)."""
+    return {key: value - before.get(key, 0.0) for key, value in after.items()}
+
+
 def test_metrics_move_with_requests(services):
-    service = services.get(FRONT_DOOR)  # mode auto by default
+    service = services.get(SPECULATING)  # mode auto by default
     port = service.config["server"]["metrics_port"]
     before = scrape(port)
-    assert before[("tandem_requests_total", (("outcome", "finished"),))] == 0
     with TandemClient(service.address, timeout=120) as client:
         results = [
             client.generate(PROMPT, temperature=0, max_tokens=40, ignore_eos=True) for _ in range(2)
         ]
         with pytest.raises(grpc.RpcError):  # a refusal is counted too
             client.generate(PROMPT, max_tokens=10**6)
-    m = scrape(port)
+    m = change(before, scrape(port))
 
     generated = sum(r.usage.completion_tokens for r in results)
     drafted = sum(r.speculation.draft_tokens for r in results)
@@ -76,12 +77,13 @@ def test_metrics_move_with_requests(services):
         exported = {
             dict(labels)["source"]: value
             for (metric, labels), value in m.items()
-            if metric == f"tandem_source_{name}_tokens_total"
+            if metric == f"tandem_source_{name}_tokens_total" and value
         }
         reported = {}
         for result in results:
             for source, counts in result.speculation.sources.items():
-                reported[source] = reported.get(source, 0) + getattr(counts, field)
+                if getattr(counts, field):
+                    reported[source] = reported.get(source, 0) + getattr(counts, field)
         assert exported == reported and sum(exported.values()) > 0
         if field == "draft_tokens":
             assert sum(reported.values()) == drafted

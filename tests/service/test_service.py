@@ -17,16 +17,16 @@ from tandem.client import AsyncTandemClient, TandemClient, build_request
 from tandem.protos import tandem_pb2 as pb
 from tests.support.prompts import spec_bench_prompts
 from tests.support.reliability import wait_until_idle
-from tests.support.services import FRONT_DOOR
+from tests.support.services import SPECULATING
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.uses_service(FRONT_DOOR)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.uses_service(SPECULATING)]
 
-MAX_INFLIGHT = FRONT_DOOR["server"]["max_inflight"]  # 10; max_tokens 1024, default 48
+MAX_INFLIGHT = SPECULATING["server"]["max_inflight"]  # 64; max_tokens 1024, default 48
 
 
 @pytest.fixture(scope="module")
 def service(services):
-    return services.get(FRONT_DOOR)
+    return services.get(SPECULATING)
 
 
 @pytest.fixture(scope="module")

@@ -110,25 +110,22 @@ class ServiceRegistry:
 # The configurations modules share. Each keeps what its users assert; where two modules asked for
 # nearly equal ones, the union of their settings serves both (docs/development.md, Tests).
 
+# One shared service (a service start is half a minute of this machine's two cores), with every
+# part that touches drafts on, so that greedy and sampled requests are checked with all of them
+# (tests/service/test_speculation.py, test_mirror.py, test_sampling.py, test_eagle_service.py):
+# the speculation cache (on by default), the Mirror-SD channel, the model drafter's SpecDec++
+# stop. Drafts in batches of any size (the default policy stops drafting above 2 requests), and
+# never late: on a loaded machine the drafter may miss the default step budget and be skipped.
 # The front door's limits as tests/service/test_service.py checks them, and a metrics port
-# (tests/service/test_metrics.py, which runs first on it: it counts every request since start);
-# tests/service/test_cpu_binding.py checks the default CPU binding on it.
-FRONT_DOOR: Config = {
+# (tests/service/test_metrics.py); tests/service/test_cpu_binding.py checks the default CPU
+# binding on it.
+SPECULATING: Config = {
     "server": {
-        "max_inflight": 10,
+        "max_inflight": 64,
         "max_tokens": 1024,
         "default_max_tokens": 48,
         "metrics_port": FREE_PORT,
-    }
-}
-
-# Every part that touches drafts is on, so that greedy and sampled requests are checked with all
-# of them (tests/service/test_speculation.py, test_mirror.py, test_sampling.py): the speculation
-# cache (on by default), the Mirror-SD channel, the model drafter's SpecDec++ stop. Drafts in
-# batches of any size (the default policy stops drafting above 2 requests), and never late: on a
-# loaded machine the drafter may miss the default step budget and be skipped.
-SPECULATING: Config = {
-    "server": {"max_inflight": 64},
+    },
     "speculation": {
         "mirror": {"enabled": True, "layer": 20, "top_k": 4},
         "drafters": {"stop_below": 0.3},
