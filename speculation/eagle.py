@@ -102,7 +102,8 @@ class EagleDrafter(DraftSource):
         """The head on the drafter's device; None without a head (or without its target)."""
         if setup.eagle_head is None or setup.target is None:
             return None
-        return cls(setup.eagle_head, setup.target, setup.devices[0])
+        dtype = getattr(torch, setup.config.drafters.eagle_dtype)
+        return cls(setup.eagle_head, setup.target, setup.devices[0], dtype)
 
     def observe(self, history: History, new: Sequence[int], candidates: Candidates) -> None:
         """Features wait in the History until the head drafts for the request, which `auto`

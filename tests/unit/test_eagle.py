@@ -14,6 +14,8 @@ from torch.nn import functional as F
 from tandem.speculation.eagle import EagleDrafter
 from tandem.speculation.eagle_format import HeadConfig, HeadError
 from tandem.speculation.eagle_head import Eagle3Head, load_head, save_head
+from tandem.speculation.settings import SpeculationConfig
+from tandem.speculation.source import DrafterSetup
 from tandem.training.train import locate, unroll
 
 VOCAB = 96
@@ -242,3 +244,17 @@ def test_steps_walk_through_epochs_of_different_lengths():
         (2, 0),
         (2, 3),
     ]
+
+
+@pytest.mark.parametrize(("name", "dtype"), [(None, torch.float16), ("float32", torch.float32)])
+def test_the_drafters_head_runs_in_the_configured_dtype(parts, name, dtype):
+    """float16 by default (speculation.drafters.eagle_dtype): the head reads half the bytes."""
+    target, head = parts
+    drafters = {} if name is None else {"eagle_dtype": name}
+    config = SpeculationConfig(drafters=drafters)
+    setup = DrafterSetup(config, vocab_size=VOCAB, eagle_head=head, target=target)
+    drafter = EagleDrafter.build(setup, {})
+    assert drafter.dtype == dtype and drafter.head.lm_head.weight.dtype == dtype
+    state = drafter.new_state()
+    tokens = sequence(12)
+    assert len(drafter.draft(state, tokens, features(11), 3)) == 3
