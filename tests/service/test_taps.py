@@ -135,7 +135,8 @@ def keep(into: dict, request_ids, features) -> None:
 
 
 def run_features(model_path, tokenizer, eager: bool, hooks: bool):
-    """Two greedy requests on an engine serving features for LAYERS: (tokens, session)."""
+    """Two greedy requests on an engine serving features for LAYERS: (their tokens, the
+    session that kept the features, the engine's compilation mode)."""
     from vllm import SamplingParams
     from vllm.engine.arg_utils import EngineArgs
     from vllm.sampling_params import RequestOutputKind
