@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import httpx
@@ -46,10 +47,26 @@ def metrics_port():
 
 
 @pytest.fixture(scope="module")
-def mtls_service(tmp_path_factory, certs, metrics_port):
-    config = _config(tmp_path_factory.mktemp("mtls"), certs, mutual=True)
-    config["server"].update(metrics_port=metrics_port, metrics_auth=True)
-    yield from start_service(config)
+def servers(tmp_path_factory, certs, metrics_port):
+    """The mutual-TLS server and the server-TLS-only one, started (and stopped) side by side:
+    each is one target on one core, and a start keeps mostly one core busy."""
+    mutual = _config(tmp_path_factory.mktemp("mtls"), certs, mutual=True)
+    mutual["server"].update(metrics_port=metrics_port, metrics_auth=True)
+    own = start_service(mutual)
+    server_only = start_service(_config(tmp_path_factory.mktemp("tls"), certs, mutual=False))
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            starting = pool.submit(next, server_only)
+            yield {"mtls": next(own), "tls": starting.result()}
+        finally:
+            stopping = pool.submit(server_only.close)
+            own.close()
+            stopping.result()
+
+
+@pytest.fixture(scope="module")
+def mtls_service(servers):
+    return servers["mtls"]
 
 
 def _health(channel: grpc.Channel) -> int:
@@ -116,26 +133,26 @@ def test_cli_with_mutual_tls_and_token(mtls_service, certs, tmp_path):
     assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
 
 
-def test_tls_without_client_certificates(tmp_path, certs):
-    for service in start_service(_config(tmp_path, certs, mutual=False)):
-        server_only = Credentials(certs.ca.cert)
-        with TandemClient(service.address, timeout=60, tls=server_only, token=TOKEN) as client:
-            assert client.generate("Hi", max_tokens=3, temperature=0).usage.completion_tokens == 3
-        assert _fails(TandemClient(service.address, tls=server_only, timeout=300)) == (
-            grpc.StatusCode.UNAUTHENTICATED
-        )
-        channel = grpc.secure_channel(service.address, server_only.channel_credentials())
-        assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
-        channel.close()
-        assert (
-            _fails(TandemClient(service.address, token=TOKEN, timeout=300))
-            == grpc.StatusCode.UNAVAILABLE
-        )
-        # A certificate from another CA is not trusted.
-        stranger = Credentials(make_certificates().ca.cert)
-        assert _fails(TandemClient(service.address, tls=stranger, token=TOKEN, timeout=300)) == (
-            grpc.StatusCode.UNAVAILABLE
-        )
+def test_tls_without_client_certificates(servers, certs):
+    service = servers["tls"]
+    server_only = Credentials(certs.ca.cert)
+    with TandemClient(service.address, timeout=60, tls=server_only, token=TOKEN) as client:
+        assert client.generate("Hi", max_tokens=3, temperature=0).usage.completion_tokens == 3
+    assert _fails(TandemClient(service.address, tls=server_only, timeout=300)) == (
+        grpc.StatusCode.UNAUTHENTICATED
+    )
+    channel = grpc.secure_channel(service.address, server_only.channel_credentials())
+    assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
+    channel.close()
+    assert (
+        _fails(TandemClient(service.address, token=TOKEN, timeout=300))
+        == grpc.StatusCode.UNAVAILABLE
+    )
+    # A certificate from another CA is not trusted.
+    stranger = Credentials(make_certificates().ca.cert)
+    assert _fails(TandemClient(service.address, tls=stranger, token=TOKEN, timeout=300)) == (
+        grpc.StatusCode.UNAVAILABLE
+    )
 
 
 def test_auth_details(mtls_service, certs, metrics_port):
