@@ -40,25 +40,50 @@ class RecordingSession:
         return drafts
 
 
-def test_candidates_line_up_with_verified_tokens(model_path, tokenizer, monkeypatch):
-    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # as the target pool's env sets it
-    from vllm import SamplingParams
+def in_process_engine(model_path, eager: bool = True, features: tuple[int, ...] = ()):
+    """A target engine with tandem's proposer (k = 3) and its worker in this process ("uni"):
+    a test reads the very session it attaches."""
     from vllm.engine.arg_utils import EngineArgs
-    from vllm.sampling_params import RequestOutputKind
 
     from tandem.plugins.engine_loop import EngineLoop
-    from tandem.plugins.engine_setup import ATTACH, engine_args
+    from tandem.plugins.engine_setup import engine_args
     from tandem.speculation.settings import SpeculationConfig
 
-    # The worker in this process ("uni"): the test reads the very session it attaches.
     user_args = {
         "dtype": "float32",
-        "enforce_eager": True,
+        "enforce_eager": eager,
         "max_model_len": 1024,
         "distributed_executor_backend": "uni",
     }
     speculation = SpeculationConfig(num_speculative_tokens=3)
-    loop = EngineLoop(EngineArgs(**engine_args(model_path, user_args, speculation)))
+    return EngineLoop(EngineArgs(**engine_args(model_path, user_args, speculation, features)))
+
+
+def greedy(loop, prompts: dict[str, list[int]], max_tokens: int) -> dict[str, list[int]]:
+    """Each prompt's greedy output, all requests in the engine at once."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    params = SamplingParams(
+        temperature=0, max_tokens=max_tokens, output_kind=RequestOutputKind.DELTA
+    )
+
+    async def run(request_id, ids):
+        return [
+            t async for o in loop.generate(request_id, ids, params) for t in o.outputs[0].token_ids
+        ]
+
+    async def together():
+        return await asyncio.gather(*(run(r, ids) for r, ids in prompts.items()))
+
+    return dict(zip(prompts, asyncio.run(together()), strict=True))
+
+
+def test_candidates_line_up_with_verified_tokens(model_path, tokenizer, monkeypatch):
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # as the target pool's env sets it
+    from tandem.plugins.engine_setup import ATTACH
+
+    loop = in_process_engine(model_path)
     session = RecordingSession()
     try:
         assert all(loop.call(lambda e: e.collective_rpc(ATTACH, args=(lambda: session, 4))))
@@ -66,20 +91,8 @@ def test_candidates_line_up_with_verified_tokens(model_path, tokenizer, monkeypa
             f"r{i}": tokenizer.encode(p)
             for i, p in enumerate(spec_bench_prompts(2, ("rag", "summarization")))
         }
-
-        async def run(request_id, ids):
-            out = []
-            params = SamplingParams(
-                temperature=0, max_tokens=48, output_kind=RequestOutputKind.DELTA
-            )
-            async for output in loop.generate(request_id, ids, params):
-                out += output.outputs[0].token_ids
-            return ids + out
-
-        async def both():
-            return await asyncio.gather(*(run(r, ids) for r, ids in prompts.items()))
-
-        sequences = dict(zip(prompts, asyncio.run(both()), strict=True))
+        outputs = greedy(loop, prompts, 48)
+        sequences = {r: prompts[r] + outputs[r] for r in prompts}
     finally:
         loop.shutdown()
     previous: dict[str, int] = {}
@@ -137,24 +150,10 @@ def keep(into: dict, request_ids, features) -> None:
 def run_features(model_path, tokenizer, eager: bool, hooks: bool):
     """Two greedy requests on an engine serving features for LAYERS: (their tokens, the
     session that kept the features, the engine's compilation mode)."""
-    from vllm import SamplingParams
-    from vllm.engine.arg_utils import EngineArgs
-    from vllm.sampling_params import RequestOutputKind
-
-    from tandem.plugins.engine_loop import EngineLoop
-    from tandem.plugins.engine_setup import ATTACH, engine_args
+    from tandem.plugins.engine_setup import ATTACH
     from tandem.plugins.taps import FeatureTap
-    from tandem.speculation.settings import SpeculationConfig
 
-    user_args = {
-        "dtype": "float32",
-        "enforce_eager": eager,
-        "max_model_len": 1024,
-        "distributed_executor_backend": "uni",
-    }
-    speculation = SpeculationConfig(num_speculative_tokens=3)
-    args = engine_args(model_path, user_args, speculation, LAYERS)
-    loop = EngineLoop(EngineArgs(**args))
+    loop = in_process_engine(model_path, eager, LAYERS)
     session = FeatureSession()
     try:
         mode = loop.call(lambda e: e.vllm_config.compilation_config.mode)
@@ -167,19 +166,7 @@ def run_features(model_path, tokenizer, eager: bool, hooks: bool):
 
             loop.call(lambda e: e.collective_rpc(install))
         prompts = {f"r{i}": tokenizer.encode(p) for i, p in enumerate(spec_bench_prompts(2))}
-        params = SamplingParams(temperature=0, max_tokens=24, output_kind=RequestOutputKind.DELTA)
-
-        async def run(request_id, ids):
-            return [
-                t
-                async for o in loop.generate(request_id, ids, params)
-                for t in o.outputs[0].token_ids
-            ]
-
-        async def both():
-            return await asyncio.gather(*(run(r, ids) for r, ids in prompts.items()))
-
-        return asyncio.run(both()), session, mode
+        return list(greedy(loop, prompts, 24).values()), session, mode
     finally:
         loop.shutdown()
 
