@@ -20,6 +20,7 @@ import time
 import pytest
 
 from tandem.client import AsyncTandemClient, TandemClient
+from tandem.cluster.config.pools import TargetPoolConfig
 from tests.support.prompts import spec_bench_prompts
 from tests.support.reliability import DEADLINE_S, PROMPTS, drafter_pid, tandem_processes
 from tests.support.services import start_service
@@ -32,15 +33,10 @@ MAX_TOKENS = 48
 @pytest.fixture(scope="module")
 def service():
     engine_args = {"dtype": "float32", "max_model_len": 2048, "distributed_executor_backend": "mp"}
-    env = {
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "VLLM_CPU_OMP_THREADS_BIND": "auto",
-        "VLLM_LOGGING_LEVEL": "WARNING",
-        # TorchDynamo traces the forward with its eager backend, as vLLM's own CPU CI has it,
-        # instead of a minute of inductor (tests/service/test_taps.py checks the features both
-        # ways)
-        "VLLM_CPU_CI_ENV": "1",
-    }
+    # The default environment, plus: TorchDynamo traces the forward with its eager backend, as
+    # vLLM's own CPU CI has it, instead of a minute of inductor (tests/service/test_taps.py
+    # checks the features both ways).
+    env = {**TargetPoolConfig().env, "VLLM_CPU_CI_ENV": "1"}
     yield from start_service(
         {
             "target": {"engine_args": engine_args, "env": env},
