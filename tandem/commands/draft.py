@@ -3,9 +3,11 @@
     tandem draft data --out DATA --prompts 2000 --seed 0
     tandem draft train --data DATA --out HEAD --epochs 3 --seed 0
     tandem draft eval --head HEAD --data DATA
+    tandem draft trim --head HEAD --data DATA --sizes 2048,4096,8192 --out TRIMMED
 
 Long runs: `--threads N` bounds torch's threads; run them under `nice` on a shared machine.
-`train --resume` continues from HEAD/checkpoint.pt; `data` resumes by itself.
+`train --resume` continues from HEAD/checkpoint.pt; `data` resumes by itself. `train --init HEAD0`
+starts from an existing head (and its draft vocabulary) instead of the target's rows.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def add_draft_parser(subparsers: Any) -> argparse.ArgumentParser:
     data.add_argument("--max-tokens", type=int, default=256, help="tokens per answer (256)")
     data.add_argument("--seed", type=int, default=0)
     data.add_argument(
-        "--workers", type=int, default=1, help="feature extraction processes, 1 thread each (1)"
+        "--top-k", type=int, default=8, help="soft labels: the target's top k per position (8)"
     )
     data.set_defaults(func=cmd_data)
 
@@ -58,6 +60,8 @@ def add_draft_parser(subparsers: Any) -> argparse.ArgumentParser:
         "eval_every",
         "eval_conversations",
         "device",
+        "init",
+        "dtype",
     ):
         default = defaults[name]
         train.add_argument(
@@ -80,7 +84,20 @@ def add_draft_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(func=cmd_eval)
 
-    for p in (data, train, evaluate):
+    trim = sub.add_parser(
+        "trim",
+        help="VocabTrim: the head's draft vocabulary cut to the target's most chosen tokens; "
+        "acceptance and drafting time per size",
+    )
+    trim.add_argument("--head", required=True)
+    trim.add_argument("--data", required=True, help="counts (training part) and held-out rows")
+    trim.add_argument("--sizes", required=True, help="draft vocabulary sizes, e.g. 2048,4096")
+    trim.add_argument("--out", required=True, help="a folder for the trimmed heads")
+    trim.add_argument("--k", type=int, default=4, help="draft length (4)")
+    trim.add_argument("--conversations", type=int, help="held-out conversations (default all)")
+    trim.set_defaults(func=cmd_trim)
+
+    for p in (data, train, evaluate, trim):
         p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
         p.add_argument("--config", help="YAML config whose models to use")
     return draft
@@ -96,13 +113,14 @@ def _threads(args: argparse.Namespace) -> None:
 def cmd_data(args: argparse.Namespace) -> int:
     from tandem.cluster.config.deployment import TandemConfig
     from tandem.models import resolve_model
-    from tandem.training.data import DataRecipe, build
+    from tandem.training.data import DataRecipe, build, throughput
 
     _threads(args)
     config = TandemConfig.from_yaml(args.config) if args.config else TandemConfig()
     target = resolve_model(args.target or config.models.target, config.models.cache_dir())
-    recipe = DataRecipe(str(target), args.seed, args.prompts, args.max_tokens)
-    print(build(recipe, args.out, workers=args.workers))
+    recipe = DataRecipe(str(target), args.seed, args.prompts, args.max_tokens, top_k=args.top_k)
+    print(build(recipe, args.out))
+    print(json.dumps(throughput(args.out)))
     return 0
 
 
@@ -129,6 +147,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.vllm:
         result["vllm"] = vllm_acceptance(args.head, recipe["target"], heldout, args.k)
     print(json.dumps(result))
+    return 0
+
+
+def cmd_trim(args: argparse.Namespace) -> int:
+    import torch
+
+    from tandem.speculation.eagle import EagleDrafter
+    from tandem.training.data import load_features
+    from tandem.training.train import acceptance
+    from tandem.training.vocab_trim import trim
+
+    _threads(args)
+    target = json.loads((Path(args.data) / "recipe.json").read_text())["target"]
+    examples = load_features(args.data)
+    counted = [e for e in examples if not e.heldout]
+    heldout = [e for e in examples if e.heldout][: args.conversations]
+    for size in sorted({int(s) for s in args.sizes.split(",")}):
+        folder = trim(args.head, target, counted, size, Path(args.out) / f"vocab-{size}")
+        drafter = EagleDrafter(folder, target, dtype=torch.float16)  # as the drafter serves it
+        print(json.dumps({"draft_vocab": size, **acceptance(drafter, heldout, args.k)}))
     return 0
 
 

@@ -1,24 +1,28 @@
 """Training data for an EAGLE-3 head: the target's own greedy answers to tandem's prompt set,
-and the target's features on them, extracted once and reused by every epoch.
+and the target's features on them, read once and reused by every epoch.
 
-`build(recipe, folder)` runs three resumable phases into `folder`:
+`build(recipe, folder)` runs resumable phases into `folder`, all on the target in vLLM
+(tandem.training.features):
 
-1. the stage-one prompts (`tandem.training.prompts`) answered by the target, greedy, in vLLM;
+1. the stage-one prompts (`tandem.training.prompts`) answered by the target, greedy, batched;
 2. stage-two prompts made from those answers (summaries, questions, extraction, translation
    over passages the target wrote), answered the same way;
-3. one forward of the target (Hugging Face transformers, fp32) over every conversation,
-   keeping at each position the auxiliary features the head reads, the target's final hidden
-   state (its distribution, through its LM head, is the soft label) and its greedy choice.
+3. stage three: a second turn on stage-one conversations (a follow-up question over the
+   target's own first answer), answered the same way;
+4. one prefill pass of the target over every conversation, keeping at each position the
+   auxiliary features the head reads (from the serving path's own feature tap) and the
+   target's top-k next-token distribution (the soft labels; its first entry the greedy choice),
+   in shards of 64 conversations.
 
 Every 20th conversation is held out for measuring acceptance. `recipe.json` records what made
 the data; the same recipe makes the same prompts, and greedy answers (up to floating-point
-ties).
+ties). A run may stop at any point: the next one finishes what is missing.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,24 +30,27 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tandem.training.prompts import PromptSpec, stage_one, stage_two
+from tandem.training.prompts import PromptSpec, stage_one, stage_three, stage_two
 
 RECIPE = "recipe.json"
 CONVERSATIONS = "conversations.jsonl"
 FEATURES = "features"
+THROUGHPUT = "throughput.jsonl"  # per phase and run: tokens and seconds
 HELDOUT_EVERY = 20
+SHARD_SIZE = 64
 # Stage-one categories whose answers are prose a stage-two task can work on.
-PASSAGE_SOURCES = ("article", "explanation", "writing", "questions", "roleplay")
+PASSAGE_SOURCES = ("article", "explanation", "writing", "questions", "roleplay", "long")
 
 
 @dataclass(frozen=True)
 class DataRecipe:
     target: str  # the target's folder
     seed: int = 0
-    prompts: int = 2000  # stage-one prompts; stage two adds up to one per prose answer
+    prompts: int = 2000  # stage-one prompts; stages two and three add up to one each per answer
     max_tokens: int = 256  # new tokens per answer
     aux_layers: tuple[int, ...] = ()  # () = vLLM's default for the target
     generation_batch: int = 128
+    top_k: int = 8  # soft labels: the target's k most likely next tokens per position
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (e.g. the command)
 
 
@@ -60,43 +67,44 @@ class Conversation:
 
 
 def is_heldout(conversation_id: str) -> bool:
-    """Every 20th stage-one prompt, and the stage-two task over its answer."""
+    """Every 20th stage-one prompt, and the later stages' tasks over its answer."""
     return int(conversation_id.rsplit("-", 1)[-1]) % HELDOUT_EVERY == 0
 
 
-def build(recipe: DataRecipe, folder: str | Path, progress: bool = True, workers: int = 1) -> Path:
+def build(recipe: DataRecipe, folder: str | Path, progress: bool = True) -> Path:
     """Generate (or finish generating) the data set `recipe` describes in `folder`."""
+    from tandem.speculation.eagle_format import default_aux_layers, read_config
+    from tandem.training.features import TargetReader
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    recorded = folder / RECIPE
-    mine = _recipe_dict(recipe)
-    if recorded.is_file():
-        theirs = json.loads(recorded.read_text())
-        # More prompts extend the same data (prompt ids are stable); anything else is another
-        # data set.
-        differ = sorted(
-            k for k in mine if k not in ("extra", "prompts") and theirs.get(k) != mine[k]
-        )
-        if differ:
-            raise ValueError(
-                f"{folder} holds data of another recipe (differs in {', '.join(differ)}); "
-                "use another folder"
-            )
-    recorded.write_text(json.dumps(mine, indent=2) + "\n")
+    _record_recipe(recipe, folder)
     tokenizer = _tokenizer(recipe.target)
-    generator = _Generator(recipe)
+    layers = recipe.aux_layers or default_aux_layers(
+        read_config(recipe.target)["num_hidden_layers"]
+    )
+    reader = TargetReader(recipe.target, tuple(layers), recipe.top_k, max_len=2048)
     try:
-        first = stage_one(recipe.seed, recipe.prompts)
-        done = _answer(generator, tokenizer, first, folder, progress, "stage 1")
+        first_specs = stage_one(recipe.seed, recipe.prompts)
+        first = _answer(reader, tokenizer, recipe, first_specs, folder, progress, "stage 1")
         passages = [
             (c.id.removeprefix("s1-"), tokenizer.decode(c.response, skip_special_tokens=True))
-            for c in done
+            for c in first
             if c.category in PASSAGE_SOURCES
         ]
-        _answer(generator, tokenizer, stage_two(recipe.seed, passages), folder, progress, "stage 2")
+        _answer(
+            reader, tokenizer, recipe, stage_two(recipe.seed, passages), folder, progress, "stage 2"
+        )
+        firsts = [
+            (spec, tokenizer.decode(c.response, skip_special_tokens=True))
+            for spec, c in zip(first_specs, first, strict=True)
+        ]
+        _answer(
+            reader, tokenizer, recipe, stage_three(recipe.seed, firsts), folder, progress, "stage 3"
+        )
+        extract(reader, folder, progress)
     finally:
-        generator.close()
-    extract(recipe, folder, progress, workers=workers)
+        reader.close()
     return folder
 
 
@@ -107,16 +115,19 @@ def load_conversations(folder: str | Path) -> list[Conversation]:
     return [Conversation(**json.loads(line)) for line in path.read_text().splitlines() if line]
 
 
-def render(tokenizer: Any, text: str) -> list[int]:
-    """A one-turn chat prompt as token ids, rendered as tandem's server and bench render it."""
-    messages = [{"role": "user", "content": text}]
+def render(tokenizer: Any, turns: Sequence[str]) -> list[int]:
+    """A chat prompt as token ids (user and assistant turns alternating, the user's first and
+    last), rendered as tandem's server and bench render it."""
+    roles = ("user", "assistant")
+    messages = [{"role": roles[i % 2], "content": text} for i, text in enumerate(turns)]
     rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return tokenizer.encode(rendered, add_special_tokens=False)
 
 
 def _answer(
-    generator: _Generator,
+    reader: Any,
     tokenizer: Any,
+    recipe: DataRecipe,
     prompts: Sequence[PromptSpec],
     folder: Path,
     progress: bool,
@@ -133,9 +144,12 @@ def _answer(
         disable=not progress,
     )
     with (folder / CONVERSATIONS).open("a") as out:
-        for chunk in _chunks(todo, generator.recipe.generation_batch):
-            ids = [render(tokenizer, p.text) for p in chunk]
-            for spec, prompt, response in zip(chunk, ids, generator.greedy(ids), strict=True):
+        for chunk in _chunks(todo, recipe.generation_batch):
+            ids = [render(tokenizer, p.turns) for p in chunk]
+            started = time.perf_counter()
+            answers = reader.greedy(ids, recipe.max_tokens)
+            _throughput(folder, label, sum(map(len, answers)), started)
+            for spec, prompt, response in zip(chunk, ids, answers, strict=True):
                 conversation = Conversation(spec.id, spec.category, prompt, response)
                 out.write(json.dumps(asdict(conversation)) + "\n")
                 have[spec.id] = conversation
@@ -145,59 +159,16 @@ def _answer(
     return [have[p.id] for p in prompts]
 
 
-class _Generator:
-    """Greedy answers from the target in an in-process vLLM engine, started on first use."""
-
-    def __init__(self, recipe: DataRecipe) -> None:
-        self.recipe = recipe
-        self.llm = None
-
-    def greedy(self, prompts: list[list[int]]) -> list[list[int]]:
-        from vllm import SamplingParams
-
-        if self.llm is None:
-            self.llm = _vllm(self.recipe.target, self.recipe.max_tokens)
-        params = SamplingParams(temperature=0.0, max_tokens=self.recipe.max_tokens)
-        outputs = self.llm.generate(
-            [{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False
-        )
-        return [list(o.outputs[0].token_ids) for o in outputs]
-
-    def close(self) -> None:
-        self.llm = None
-
-
-def _vllm(target: str, max_tokens: int) -> Any:
-    # The engine runs in this process; the KV cache is bounded so the run stays a guest on a
-    # shared machine.
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    from vllm import LLM
-
-    return LLM(target, dtype="float32", enforce_eager=True, max_model_len=2048, seed=0)
-
-
-# ---- features -----------------------------------------------------------------------------------
-
-
-def extract(
-    recipe: DataRecipe,
-    folder: Path,
-    progress: bool = True,
-    shard_size: int = 64,
-    workers: int = 1,
-) -> None:
+def extract(reader: Any, folder: Path, progress: bool = True) -> None:
     """The target's features on every conversation not in a shard yet, in new shards of
-    `shard_size` conversations (safetensors, named after their first conversation): tokens,
-    aux (fp16), final (fp16, the target's last hidden state after its norm), greedy (the
-    target's argmax), offsets, prompt_lens; the conversation ids in the metadata. `workers` > 1
-    extracts shards in that many processes of one thread each."""
+    SHARD_SIZE conversations (safetensors, named after their first conversation): tokens, aux,
+    topk_ids, topk_logp, greedy (tandem.training.features.TargetReader.read), offsets,
+    prompt_lens; the conversation ids in the metadata."""
+    import torch
+
     (folder / FEATURES).mkdir(exist_ok=True)
     done = {i for path in _shards(folder) for i in _shard_ids(path)}
     todo = [c for c in load_conversations(folder) if c.id not in done]
-    shards = list(_chunks(todo, shard_size))
     bar = tqdm(
         total=sum(len(c.prompt) + len(c.response) for c in todo),
         desc="features",
@@ -205,41 +176,14 @@ def extract(
         unit_scale=True,
         disable=not progress,
     )
-    if workers <= 1:
-        for shard in shards:
-            _extract_shard(recipe, folder, shard)
-            bar.update(sum(len(c.prompt) + len(c.response) for c in shard))
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
-            jobs = {pool.submit(_extract_shard, recipe, folder, shard): shard for shard in shards}
-            for job in as_completed(jobs):
-                job.result()
-                bar.update(sum(len(c.prompt) + len(c.response) for c in jobs[job]))
+    for shard in _chunks(todo, SHARD_SIZE):
+        started = time.perf_counter()
+        rows = reader.read([c.prompt + c.response for c in shard])
+        tokens = sum(len(r["tokens"]) for r in rows)
+        _write_shard(folder / FEATURES / f"shard-{shard[0].id}.safetensors", shard, rows, torch)
+        _throughput(folder, "features", tokens, started)
+        bar.update(tokens)
     bar.close()
-
-
-_MODEL: tuple[Any, tuple[int, ...]] | None = None  # the target, loaded once per process
-
-
-def _extract_shard(recipe: DataRecipe, folder: Path, shard: Sequence[Conversation]) -> None:
-    import torch
-
-    global _MODEL
-    if _MODEL is None:
-        _MODEL = _target_model(recipe)
-    model, layers = _MODEL
-    rows = [_features(model, layers, c.prompt + c.response) for c in shard]
-    _write_shard(folder / FEATURES / f"shard-{shard[0].id}.safetensors", shard, rows, torch)
-
-
-def _one_thread() -> None:
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def _shards(folder: Path) -> list[Path]:
@@ -251,31 +195,6 @@ def _shard_ids(path: Path) -> list[str]:
 
     with safe_open(str(path), framework="pt") as f:
         return json.loads(f.metadata()["ids"])
-
-
-def _target_model(recipe: DataRecipe) -> tuple[Any, tuple[int, ...]]:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from tandem.speculation.eagle_format import default_aux_layers
-
-    model = AutoModelForCausalLM.from_pretrained(recipe.target, dtype=torch.float32).eval()
-    layers = recipe.aux_layers or default_aux_layers(model.config.num_hidden_layers)
-    return model, tuple(layers)
-
-
-def _features(model: Any, layers: tuple[int, ...], tokens: list[int]) -> dict[str, Any]:
-    import torch
-
-    with torch.inference_mode():
-        out = model(torch.tensor([tokens]), output_hidden_states=True)
-    states = out.hidden_states
-    return {
-        "tokens": torch.tensor(tokens, dtype=torch.int32),
-        "aux": torch.cat([states[layer][0] for layer in layers], -1).half(),
-        "final": states[-1][0].half(),
-        "greedy": out.logits[0].argmax(-1).int(),
-    }
 
 
 def _write_shard(path: Path, shard: Sequence[Conversation], rows: list[dict], torch: Any) -> None:
@@ -298,7 +217,8 @@ class Example:
     id: str
     tokens: Any
     aux: Any
-    final: Any
+    topk_ids: Any  # [n, k]: row t is the target's k likeliest tokens after position t
+    topk_logp: Any  # [n, k]: their log-probabilities
     greedy: Any
     prompt_len: int
 
@@ -323,12 +243,34 @@ def load_features(folder: str | Path) -> list[Example]:
                     conversation_id,
                     t["tokens"][a:b].long(),
                     t["aux"][a:b],
-                    t["final"][a:b],
+                    t["topk_ids"][a:b].long(),
+                    t["topk_logp"][a:b],
                     t["greedy"][a:b].long(),
                     int(t["prompt_lens"][i]),
                 )
             )
     return out
+
+
+def throughput(folder: str | Path) -> dict[str, dict[str, float]]:
+    """Per phase, the tokens it made and the seconds it took, over every run into `folder`:
+    what a data set costs on this machine."""
+    path = Path(folder) / THROUGHPUT
+    out: dict[str, dict[str, float]] = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        record = json.loads(line)
+        phase = out.setdefault(record["phase"], {"tokens": 0, "seconds": 0.0})
+        phase["tokens"] += record["tokens"]
+        phase["seconds"] += record["seconds"]
+    for phase in out.values():
+        phase["tokens_per_hour"] = round(3600 * phase["tokens"] / max(phase["seconds"], 1e-9))
+    return out
+
+
+def _throughput(folder: Path, phase: str, tokens: int, started: float) -> None:
+    record = {"phase": phase, "tokens": tokens, "seconds": round(time.perf_counter() - started, 3)}
+    with (folder / THROUGHPUT).open("a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -346,3 +288,21 @@ def _recipe_dict(recipe: DataRecipe) -> dict[str, Any]:
     out = asdict(recipe)
     out["aux_layers"] = list(recipe.aux_layers)
     return out
+
+
+def _record_recipe(recipe: DataRecipe, folder: Path) -> None:
+    """Write the recipe, refusing a folder that holds data of another one. More prompts extend
+    the same data (prompt ids are stable)."""
+    recorded = folder / RECIPE
+    mine = _recipe_dict(recipe)
+    if recorded.is_file():
+        theirs = json.loads(recorded.read_text())
+        differ = sorted(
+            k for k in mine if k not in ("extra", "prompts") and theirs.get(k) != mine[k]
+        )
+        if differ:
+            raise ValueError(
+                f"{folder} holds data of another recipe (differs in {', '.join(differ)}); "
+                "use another folder"
+            )
+    recorded.write_text(json.dumps(mine, indent=2) + "\n")

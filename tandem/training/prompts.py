@@ -1,15 +1,17 @@
 """The prompt set an EAGLE-3 head is distilled on: written here, generated from a seed.
 
 Self-distillation needs text the target itself would write, so the training set is the target's
-own greedy answers to these prompts (see `tandem.eagle_data`). The prompts are built from
+own greedy answers to these prompts (see `tandem.training.data`). The prompts are built from
 templates and word lists written for tandem, in the kinds of request a chat model serves:
-writing, role play, explanation, reasoning, arithmetic, code, lists, questions, and, in a second
-stage, tasks over a passage (summary, questions, extraction, translation) whose passages are
-articles the target wrote in the first stage. No benchmark prompt is used or imitated
-word for word; nothing is downloaded.
+writing, role play, explanation, reasoning, arithmetic, code, lists, questions, long answers;
+in a second stage, tasks over a passage (summary, questions, extraction, translation) whose
+passages are articles the target wrote in the first stage; in a third, a follow-up turn on a
+first-stage conversation. No benchmark prompt is used or imitated word for word; nothing is
+downloaded.
 
-`stage_one(seed, n)` and `stage_two(seed, articles)` are deterministic: the same seed gives the
-same prompts, so `tandem draft data` reproduces a data set from its recorded recipe.
+`stage_one(seed, n)`, `stage_two(seed, articles)` and `stage_three(seed, answers)` are
+deterministic: the same seed gives the same prompts, so `tandem draft data` reproduces a data
+set from its recorded recipe.
 """
 
 from __future__ import annotations
@@ -168,12 +170,23 @@ STAGE_ONE = {
         "is the new price?",
         "Solve for x: {n}x + {z} = {w}.",
         "What is the average of {x}, {y} and {z}?",
+        "A recipe needs {x} grams of flour for {n} people. How much flour is needed for {y} "
+        "people? Explain each step.",
+        "{a} runs {n} kilometers a day for {y} days, then {x} kilometers on the last day. How "
+        "far did {a} run in total?",
+        "What percentage of {w} is {z}? Round to one decimal place and show the calculation.",
+        "A tank holds {w} liters and leaks {n} liters per hour. After {h} hours, how much "
+        "water is left?",
     ),
     "code": (
         "Write a {lang} function that {task}.",
         "Write a {lang} function that {task}, and explain how it works.",
         "Show me how to write a function in {lang} that {task}. Include an example.",
         "Write a {lang} program that {task} and prints the result.",
+        "Here is my task: a function that {task}. Write it in {lang} with comments and tests.",
+        "What is the time complexity of a {lang} function that {task}? Write the function and "
+        "explain.",
+        "Write a {lang} function that {task}. Then show how to call it with two examples.",
     ),
     "questions": (
         "What is {topic}?",
@@ -182,6 +195,13 @@ STAGE_ONE = {
         "What should a beginner read first about {topic}?",
         "Who was important in the history of {topic}?",
         "What will {topic} look like in fifty years?",
+    ),
+    "long": (
+        "Write a detailed guide to {topic} with sections for beginners and for experts.",
+        "Write a long essay on how {topic} has changed over the last hundred years.",
+        "Plan a one-week course about {topic}: for each day, the lesson and an exercise.",
+        "Write a thorough comparison of {topic} and {topic2}, with a table of differences.",
+        "Tell a long adventure story in which {a} the {role} discovers something about {topic}.",
     ),
     "article": (
         "Write a short informative article about {topic}.",
@@ -219,14 +239,47 @@ STAGE_TWO = {
     ),
 }
 
+# Stage three: a second user turn, by the first turn's category ("any": for every category).
+FOLLOW_UPS = {
+    "any": (
+        "Can you make that shorter?",
+        "Explain the most important part of your answer in more detail.",
+        "Give me one more example.",
+        "Thanks! Can you put that into a numbered list?",
+        "Now say the same thing to a ten-year-old.",
+        "What would you add if you had more space?",
+        "Translate the first sentence of your answer into {language}.",
+    ),
+    "writing": ("Now write a different ending.", "Give it a title and a one-line summary."),
+    "roleplay": ("Stay in character: what is the hardest part of your job?",),
+    "explanation": ("How does this relate to {topic}?", "Which part do people often get wrong?"),
+    "lists": ("Which of these is the most useful, and why?", "Add two more to the list."),
+    "reasoning": ("Are you sure? Check your reasoning step by step.",),
+    "math": ("Check your answer another way.", "What if the numbers were doubled?"),
+    "code": (
+        "Add error handling to the function.",
+        "Write two unit tests for it.",
+        "Rewrite it to be shorter.",
+    ),
+    "questions": ("Where can I learn more about this?",),
+    "long": ("Summarize what you wrote in three sentences.",),
+    "article": ("Write a catchy headline for this article.",),
+}
+
 
 @dataclass(frozen=True)
 class PromptSpec:
-    """One training prompt: its id (stable across runs), category and text."""
+    """One training prompt: its id (stable across runs), category, text (the last user turn)
+    and the conversation before it (user and assistant turns alternating)."""
 
     id: str
     category: str
     text: str
+    history: tuple[str, ...] = ()
+
+    @property
+    def turns(self) -> tuple[str, ...]:
+        return (*self.history, self.text)
 
 
 def stage_one(seed: int, n: int) -> list[PromptSpec]:
@@ -268,6 +321,21 @@ def stage_two(seed: int, articles: Sequence[tuple[str, str]]) -> list[PromptSpec
             "topic": rng.choice(TOPICS),
         }
         out.append(PromptSpec(f"s2-{article_id}", category, template.format(**blanks)))
+    return out
+
+
+def stage_three(seed: int, answers: Sequence[tuple[PromptSpec, str]]) -> list[PromptSpec]:
+    """A follow-up turn on each stage-one conversation (its prompt, and the answer the target
+    gave), but for empty answers."""
+    rng = random.Random(seed + 2)
+    out: list[PromptSpec] = []
+    for spec, answer in answers:
+        if not answer.strip():
+            continue
+        number = spec.id.removeprefix("s1-")
+        follow_up = rng.choice(FOLLOW_UPS[spec.category] + FOLLOW_UPS["any"])
+        text = follow_up.format(language=rng.choice(LANGUAGES), topic=rng.choice(TOPICS))
+        out.append(PromptSpec(f"s3-{number}", "multiturn", text, (spec.text, answer.strip())))
     return out
 
 

@@ -1,7 +1,8 @@
-"""`tandem draft data` and `tandem draft train` end to end on the default model, tiny: the loss
-goes down, training resumes where it stopped, and the head it writes loads in tandem's runtime
-and in vLLM's own eagle3 (the bench's vllm-eagle3 system), whose greedy output then equals the
-target's alone."""
+"""`tandem draft data` and `tandem draft train` end to end on the default model, tiny: the data
+is the target's own answers with the serving tap's features and the target's top-k soft labels,
+the loss goes down, training resumes where it stopped and can start from an existing head, and
+the head it writes loads in tandem's runtime and in vLLM's own eagle3 (the bench's vllm-eagle3
+system), whose greedy output then equals the target's alone."""
 
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ def trained(tmp_path_factory, model_path):
     train += ["--checkpoint-every", "1", "--eval-every", "8", "--eval-conversations", "2"]
     tandem(*train, "--epochs", "6")
     tandem(*train, "--epochs", "8", "--resume")
+    again = ["draft", "train", "--data", str(data), "--out", str(root / "again"), "--threads", "1"]
+    tandem(*again, "--init", str(head), "--epochs", "1", "--checkpoint-every", "1")
     return data, head
 
 
@@ -50,20 +53,43 @@ def trained(tmp_path_factory, model_path):
 def test_data_is_the_targets_own_answers_with_features(trained, model_path):
     data, _ = trained
     conversations = load_conversations(data)
-    assert {c.id[:2] for c in conversations} == {"s1", "s2"}  # passage tasks over its answers
+    # passage tasks over its answers, and second turns
+    assert {c.id[:2] for c in conversations} == {"s1", "s2", "s3"}
     examples = {e.id: e for e in load_features(data)}
     assert set(examples) == {c.id for c in conversations}
     for c in conversations:
         example = examples[c.id]
+        n = len(example.tokens)
         assert example.tokens.tolist() == c.prompt + c.response
-        assert example.aux.shape == (len(example.tokens), 3 * 576)
-        # the answers are the target's greedy choices (HF and vLLM agree but for rare ties)
+        assert example.aux.shape == (n, 3 * 576)
+        assert example.topk_ids.shape == example.topk_logp.shape == (n, 8)
+        assert (example.topk_logp.diff(dim=-1) <= 0).all()  # most likely first
+        assert (example.greedy == example.topk_ids[:, 0]).all()
+        # the answers are the target's greedy choices (batched decoding and a prefill pass
+        # agree but for rare ties)
         response = example.tokens[example.prompt_len :]
         agree = (example.greedy[example.prompt_len - 1 : -1] == response).float().mean()
-        assert agree > 0.9
+        assert agree > 0.95
     assert any(e.heldout for e in examples.values()) and not all(
         e.heldout for e in examples.values()
     )
+
+
+@pytest.mark.timeout(900)
+def test_features_are_the_targets_residual_stream(trained, model_path):
+    """The serving tap's rows are Hugging Face's hidden states at the head's layers."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    data, _ = trained
+    example = load_features(data)[0]
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        out = model(example.tokens[None], output_hidden_states=True)
+    expected = torch.cat([out.hidden_states[layer][0] for layer in (2, 15, 27)], -1)
+    torch.testing.assert_close(example.aux.float(), expected, atol=0.05, rtol=0.02)
+    greedy = out.logits[0].argmax(-1)
+    assert (greedy == example.greedy).float().mean() > 0.98
 
 
 @pytest.mark.timeout(900)
@@ -77,6 +103,9 @@ def test_training_lowers_the_loss_and_resumes(trained):
     first, last = curve[0]["loss"], curve[-1]["loss"]
     assert last < 0.8 * first, (first, last)
     assert "accept_len_k4" in curve[-1] and curve[-1]["accept_len_k4"] >= 1.0
+    # a run that starts from this head starts where it ended, not from scratch
+    again = json.loads((head.parent / "again" / "curve.jsonl").read_text().splitlines()[0])
+    assert again["loss"] < 0.5 * first, (first, again["loss"])
     config = json.loads((head / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLMEagle3"]
     assert config["draft_vocab_size"] == 1024 and config["eagle_aux_hidden_state_layer_ids"] == [
@@ -152,3 +181,23 @@ def test_vllm_eagle3_loads_the_head_and_stays_lossless(trained, model_path, monk
             assert sum(r.drafts for r in records) > 0  # vLLM drafted with the head
         system.close()
     assert outputs["vllm-eagle3"] == outputs["vllm-target"]
+
+
+@pytest.mark.timeout(900)
+def test_vocab_trim_keeps_the_heads_rows_of_the_most_chosen_tokens(trained, model_path, tmp_path):
+    import torch
+
+    from tandem.speculation.eagle_head import load_head
+    from tandem.training.vocab_trim import trim
+
+    data, head = trained
+    examples = load_features(data)
+    trimmed = load_head(trim(head, str(model_path), examples, 256, tmp_path / "t"), model_path)
+    full = load_head(head, model_path)
+    assert trimmed.cfg.draft_vocab_size == 256 and int(trimmed.t2d.sum()) == 256
+    kept = torch.arange(256) + trimmed.d2t  # target ids, each a row of the full head
+    rows = (torch.arange(full.cfg.draft_vocab_size) + full.d2t).tolist()
+    assert torch.equal(trimmed.lm_head.weight, full.lm_head.weight[[rows.index(t) for t in kept]])
+    chosen = torch.bincount(torch.cat([e.greedy for e in examples]), minlength=len(full.t2d))
+    in_full = chosen[rows]
+    assert chosen[kept].min() >= in_full.sort(descending=True).values[255]  # the most chosen
