@@ -22,6 +22,7 @@ from tandem.cluster.config.cpus import CoreBinding, compute_threads, keep_off
 from tandem.cluster.config.deployment import ModelsConfig
 from tandem.cluster.telemetry.figures import DrafterLoad
 from tandem.cluster.transport.draft_channel import DraftServer
+from tandem.cluster.transport.link import LinkRelay
 from tandem.cluster.transport.sockets import Endpoint
 from tandem.speculation.drafter import Drafter
 from tandem.speculation.registry import SourceFactory
@@ -66,9 +67,10 @@ class DrafterReplica:
             target=target,
         )
         self.drafter = Drafter.from_setup(setup, factories)
-        self.server = DraftServer(
-            ray.util.get_node_ip_address(), self._dispatch, inline=(Kind.HINT,)
-        )
+        host = ray.util.get_node_ip_address()
+        self.server = DraftServer(host, self._dispatch, inline=(Kind.HINT,))
+        # With an emulated link, the targets reach the socket only through its relay.
+        self.relay = LinkRelay(host, self.server.endpoint.address, pool.link) if pool.link else None
 
     def _dispatch(self, kind: Kind, body: Any) -> Any:
         if kind == Kind.DRAFT:
@@ -85,14 +87,17 @@ class DrafterReplica:
         raise ValueError(f"a drafter does not take {kind.name} messages")
 
     def endpoint(self) -> Endpoint:
-        return self.server.endpoint
+        """Where the targets reach this replica's socket."""
+        if self.relay is None:
+            return self.server.endpoint
+        return Endpoint(self.relay.address, self.server.endpoint.password)
 
     def info(self) -> DrafterInfo:
         return DrafterInfo(
             self.replica_id,
             ray.get_runtime_context().get_node_id(),
             self.drafter.modes(),
-            self.server.endpoint,
+            self.endpoint(),
         )
 
     def stats(self) -> DrafterLoad:

@@ -131,12 +131,21 @@ class TargetPoolConfig(_PoolConfig):
         return value
 
 
+class LinkConfig(Section):
+    """An emulated link between the targets and a pool's drafters (a relay in front of each
+    drafter's socket: tandem.cluster.transport.link), for measuring what distance costs."""
+
+    rtt_ms: float = Field(0.0, ge=0)  # round trip: each direction waits half of it
+    mbps: float = Field(0.0, ge=0)  # each direction's rate, megabits per second (0: unbounded)
+
+
 class DraftPoolConfig(_PoolConfig, DrafterConfig):
     """Drafter replicas: Ray actors on their own bundles, serving every drafter kind."""
 
     # spread lets drafters land on other nodes (and other accelerator kinds) than the target.
     strategy: Strategy = "spread"
     max_restarts: int = Field(-1, ge=-1)  # Ray restarts a dead drafter (-1: always)
+    link: LinkConfig | None = None  # None: the drafters' sockets, reached directly
 
     def offers(self, mode: str) -> bool:
         """Whether this pool provides for a mode, as far as the config can tell (an "auto"
