@@ -32,6 +32,8 @@ from tandem.benchmarks.systems import (
     System,
     choose,
     server_key,
+    unlinked,
+    with_links,
 )
 from tandem.benchmarks.workload import (
     DEFAULT_PROMPTS,
@@ -69,6 +71,10 @@ class BenchOptions:
     # Measurement tool: the alphas of the controlled-acceptance runs (none: not run).
     controlled_acceptance: list[float] = field(default_factory=list)
     controlled_cost_ms: float = 2.0  # compute per drafted token of the controlled drafter
+    # Round trips of the emulated links the tandem systems' drafters sit behind, one system
+    # each (0: the plain system); and the links' rate (0: unbounded).
+    drafter_link_ms: list[float] = field(default_factory=list)
+    drafter_link_mbps: float = 0.0
 
 
 def build_order(names: Sequence[str]) -> list[str]:
@@ -78,7 +84,8 @@ def build_order(names: Sequence[str]) -> list[str]:
     no attribute 'get'"). Then vLLM's servers (processes of their own), tandem systems last:
     they wait for the server."""
     return sorted(
-        names, key=lambda name: (name in TANDEM_MODES, name in SERVED, name == "vllm-ngram")
+        names,
+        key=lambda name: (unlinked(name)[0] in TANDEM_MODES, name in SERVED, name == "vllm-ngram"),
     )
 
 
@@ -125,13 +132,14 @@ def run(options: BenchOptions) -> dict[str, Any]:
         address=options.address,
         threads=threads,
         engine_cpus=engine_cpus(config),
+        link_mbps=(mbps := options.drafter_link_mbps),
     )
     params = options.generation
     builder = Builder(setup)
     systems: dict[str, System] = {}
     try:
         absent = builder.absent()
-        names = choose(options.systems, absent)
+        names = with_links(choose(options.systems, absent), options.drafter_link_ms, mbps)
         # First, alone on the machine: the cost ratio is a timing like any other.
         _log("measuring the cost of a verification step")
         cost, max_len = _cost(setup, prompts, params, options.cost_repeats)
@@ -141,7 +149,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
                 f"no prompt leaves room for {params.max_new_tokens} new tokens in the context "
                 f"of {max_len}"
             )
-        tandem = [server_key(name) for name in names if name in TANDEM_MODES]
+        tandem = [server_key(name) for name in names if unlinked(name)[0] in TANDEM_MODES]
         if tandem:
             _log(f"starting tandem servers {', '.join(dict.fromkeys(tandem))} (in the background)")
             builder.start_servers(tandem)

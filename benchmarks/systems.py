@@ -70,6 +70,35 @@ NOT_IN_VLLM = {
 }
 
 
+# A tandem system whose drafters sit behind an emulated link (tandem.cluster.transport.link):
+# its name with "@<round trip>ms", on a server of its own whose drafter pool sets `link`.
+LINK = "@"
+
+
+def linked(name: str, rtt_ms: float) -> str:
+    return f"{name}{LINK}{rtt_ms:g}ms"
+
+
+def unlinked(name: str) -> tuple[str, float | None]:
+    """A system's name without its link, and the link's round trip (None: no link)."""
+    if LINK not in name:
+        return name, None
+    plain, rtt = name.split(LINK, 1)
+    return plain, float(rtt.removesuffix("ms"))
+
+
+def with_links(names: Sequence[str], rtts_ms: Sequence[float], mbps: float) -> list[str]:
+    """Each tandem system that drafts, once per link round trip (`--drafter-link-ms`); a 0 ms
+    link at no rate bound is the plain system."""
+    out: list[str] = []
+    for name in names:
+        if TANDEM_MODES.get(name, "off") == "off" or not rtts_ms:
+            out.append(name)
+            continue
+        out += [name if rtt == 0 and not mbps else linked(name, rtt) for rtt in rtts_ms]
+    return list(dict.fromkeys(out))
+
+
 class SystemChoiceError(ValueError):
     """An unknown or unavailable system was asked for."""
 
@@ -134,6 +163,7 @@ class Setup:
     address: str | None = None  # a running tandem server instead of starting one
     threads: int = 1  # per engine (vLLM's server gets the same)
     engine_cpus: frozenset[int] | None = None  # where engines compute (tandem.cluster.config.cpus)
+    link_mbps: float = 0.0  # the rate of the linked systems' links (0: unbounded)
 
 
 # Drafters whose state spans requests (SuffixDecoding's shared trie of recent outputs, Token
@@ -165,7 +195,9 @@ def _merged(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def server_key(name: str) -> str:
-    return name if name in ISOLATED else SHARED
+    plain, rtt = unlinked(name)
+    key = plain if plain in ISOLATED else SHARED
+    return key if rtt is None else linked(key, rtt)
 
 
 class Builder:
@@ -191,7 +223,11 @@ class Builder:
 
         try:
             for key in keys:
-                changes = CONFIG_CHANGES.get(key, {})
+                plain, rtt = unlinked(key)
+                changes = CONFIG_CHANGES.get(plain, {})
+                if rtt is not None:
+                    link = {"rtt_ms": rtt, "mbps": self.setup.link_mbps}
+                    changes = _merged(changes, {"drafters": {"link": link}})
                 config = _merged(copy.deepcopy(self.setup.tandem_config), changes)
                 self._servers[key] = TandemServer(config, self.setup.address)
         except BaseException as exc:  # re-raised by server() in the caller's thread
@@ -230,14 +266,18 @@ class Builder:
 
     def build(self, name: str) -> System:
         setup = self.setup
-        description = DESCRIPTIONS[name]
+        plain, rtt = unlinked(name)
+        description = DESCRIPTIONS[plain]
         k = setup.num_speculative_tokens
-        if name in TANDEM_MODES:
+        if plain in TANDEM_MODES:
             from tandem.benchmarks.tandem_system import TandemSystem
 
+            if rtt is not None:
+                rate = f", {setup.link_mbps:g} Mbit/s" if setup.link_mbps else ""
+                description += f"; its drafters behind a {rtt:g} ms round-trip link{rate}"
             server = self.server(server_key(name))
-            pipelined = not name.endswith("-seq")
-            return TandemSystem(name, TANDEM_MODES[name], k, server, description, pipelined)
+            pipelined = not plain.endswith("-seq")
+            return TandemSystem(name, TANDEM_MODES[plain], k, server, description, pipelined)
         spec = self._speculative_config(name)
         if name in SERVED:
             from tandem.benchmarks.vllm_serve_system import VllmServeSystem

@@ -107,6 +107,8 @@ class TandemSystem:
             "description": self.description,
             "mode": self.mode,
             "pipelined": self.pipelined,
+            # the emulated link its drafters sit behind (--drafter-link-ms), None: direct
+            "drafter_link": ((self.server.config or {}).get("drafters") or {}).get("link"),
             "server": self.server.info(),
         }
 

@@ -52,6 +52,16 @@ def _alphas(text: str) -> list[float]:
     return values
 
 
+def _round_trips(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MS,MS,... got {text!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected round trips >= 0 ms, got {text!r}")
+    return values
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -112,6 +122,20 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=float,
         default=2.0,
         help="measurement tool: compute per token drafted by the controlled drafter (2.0)",
+    )
+    add(
+        "--drafter-link-ms",
+        type=_round_trips,
+        default=[],
+        metavar="MS",
+        help="e.g. 0,1,5,20: each drafting tandem system once per round trip, its drafters "
+        "behind an emulated link (a relay on their sockets; 0: directly)",
+    )
+    add(
+        "--drafter-link-mbps",
+        type=float,
+        default=0.0,
+        help="the emulated links' rate each way, Mbit/s (default 0: unbounded)",
     )
     add(
         "--eagle-head",
@@ -199,7 +223,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         controlled_acceptance=args.controlled_acceptance,
         controlled_cost_ms=args.controlled_cost_ms,
+        drafter_link_ms=args.drafter_link_ms,
+        drafter_link_mbps=args.drafter_link_mbps,
     )
+    if args.drafter_link_ms and args.address:
+        print("error: --drafter-link-ms starts its own servers; drop --address", file=sys.stderr)
+        return 2
+    if args.drafter_link_mbps < 0:
+        print("error: --drafter-link-mbps must be >= 0", file=sys.stderr)
+        return 2
     if args.controlled_acceptance and args.address:
         print(
             "error: --controlled-acceptance starts its own servers; drop --address", file=sys.stderr

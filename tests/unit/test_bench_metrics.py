@@ -19,6 +19,8 @@ from tandem.benchmarks.systems import (
     SystemChoiceError,
     choose,
     server_key,
+    unlinked,
+    with_links,
 )
 from tandem.benchmarks.workload import (
     DEFAULT_PROMPTS,
@@ -273,6 +275,22 @@ def test_systems_choice():
     assert (
         server_key("tandem-recycle") == "tandem-recycle" and server_key("tandem-ngram") == "shared"
     )
+
+
+def test_linked_systems_run_once_per_round_trip_on_servers_of_their_own():
+    names = [BASELINE, "tandem-target", "tandem-ngram", "tandem-auto"]
+    linked = with_links(names, [0, 5], mbps=0)
+    # the target alone has no drafter to put behind a link; 0 ms is the plain system
+    assert linked == [BASELINE, "tandem-target", "tandem-ngram", "tandem-ngram@5ms"] + [
+        "tandem-auto",
+        "tandem-auto@5ms",
+    ]
+    assert with_links(names, [], mbps=0) == names
+    assert "tandem-ngram@0ms" in with_links(names, [0], mbps=100)  # a rate bound is a link
+    assert unlinked("tandem-eagle@2.5ms") == ("tandem-eagle", 2.5)
+    assert unlinked("tandem-eagle") == ("tandem-eagle", None)
+    assert server_key("tandem-ngram@5ms") == "shared@5ms"
+    assert server_key("tandem-auto@5ms") == "tandem-auto@5ms"
 
 
 def test_report_files_from_fixed_result(tmp_path):
