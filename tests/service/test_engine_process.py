@@ -1,6 +1,8 @@
 """A target unlike the default one: its forward compiled (no `enforce_eager`) and in a worker
 process of its own (`target.engine_args.distributed_executor_backend: mp`, vLLM's multiprocess
-executor), with the adaptive draft length (speculation.draft_length.adaptive).
+executor), with the adaptive draft length (speculation.draft_length.adaptive), its drafter behind
+an emulated 10 ms link (drafters.link: a relay on the drafter's socket, as `tandem bench
+--drafter-link-ms` sets one).
 
 The speculation session is built in the engine's process from plain values, the target actor
 reaches it between steps, and the drafters are found again through the actor's directory when
@@ -28,6 +30,7 @@ from tests.support.services import start_service
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 MAX_TOKENS = 48
+LINK_RTT_MS = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +44,7 @@ def service():
         {
             "target": {"engine_args": engine_args, "env": env},
             "speculation": {"draft_length": {"adaptive": True}},
+            "drafters": {"link": {"rtt_ms": LINK_RTT_MS}},
         }
     )
 
@@ -105,6 +109,18 @@ def test_greedy_output_and_figures_cross_the_process(service, reference):
     assert drafted > 0  # per-request figures, released in the engine's process
     assert after.breakdown.drafter_round_trips > before.breakdown.drafter_round_trips
     assert after.breakdown.forward_s > before.breakdown.forward_s  # timed across the process
+
+
+def test_drafts_cross_the_emulated_link(service, reference):
+    """Every drafter message crosses the relay: no round trip is shorter than the link's."""
+    with TandemClient(service.address, timeout=DEADLINE_S) as client:
+        result = client.generate(
+            PROMPTS[0], temperature=0, max_tokens=MAX_TOKENS, speculation="ngram"
+        )
+        stats = client.stats()
+    assert list(result.token_ids) == reference[0] and result.speculation.draft_tokens > 0
+    assert stats.breakdown.drafter_round_trips > 0
+    assert stats.drafter_rtt_p50_s >= LINK_RTT_MS / 1000
 
 
 def test_a_killed_drafter_is_found_again_through_the_directory(service, reference):
