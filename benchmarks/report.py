@@ -1,5 +1,5 @@
 """The files a run leaves in --out: bench.json (every figure), bench.md (the tables), bench.png
-(speedup by category; throughput against concurrency)."""
+(speedup by category; throughput against concurrency); with links, bench-links.png."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from tandem.benchmarks import link_report
 
 JSON_NAME, MARKDOWN_NAME, PNG_NAME = "bench.json", "bench.md", "bench.png"
 
@@ -16,8 +18,9 @@ def write(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / JSON_NAME, "markdown": out / MARKDOWN_NAME, "png": out / PNG_NAME}
     paths["json"].write_text(json.dumps(result, indent=2, default=str) + "\n")
-    paths["markdown"].write_text(markdown(result))
+    paths["markdown"].write_text(markdown(result) + link_report.markdown(result))
     plot(result, paths["png"])
+    paths.update(link_report.plot(result, out))
     return paths
 
 

@@ -293,6 +293,31 @@ def test_linked_systems_run_once_per_round_trip_on_servers_of_their_own():
     assert server_key("tandem-auto@5ms") == "tandem-auto@5ms"
 
 
+def test_link_report_tables_speedup_against_round_trip(tmp_path):
+    from tandem.benchmarks import link_report
+
+    systems = [
+        {"name": BASELINE, "speedup": 1.0},
+        {"name": "tandem-target", "speedup": 0.98},
+        {"name": "tandem-ngram", "speedup": 1.4},
+        {"name": "tandem-ngram@5ms", "speedup": 1.33},
+    ]
+    concurrency = [
+        {"system": "tandem-ngram", "concurrency": 4, "speedup": 1.1},
+        {"system": "tandem-ngram@5ms", "concurrency": 4, "speedup": 0.88},
+    ]
+    result = {"baseline": BASELINE, "systems": systems, "concurrency": concurrency}
+    assert link_report.speedups(result) == {
+        "tandem-ngram": {1: {0.0: 1.4, 5.0: 1.33}, 4: {0.0: 1.1, 5.0: 0.88}}
+    }
+    table = link_report.markdown(result)
+    assert "| tandem-ngram | 0 ms | 5 ms |" in table
+    assert "| 1 stream(s) | 1.40 | 1.33 (95%) |" in table and "0.88 (80%)" in table
+    assert link_report.plot(result, tmp_path)["links_png"].stat().st_size > 0
+    plain = {"baseline": BASELINE, "systems": systems[:3], "concurrency": concurrency[:1]}
+    assert link_report.markdown(plain) == "" and link_report.plot(plain, tmp_path / "x") == {}
+
+
 def test_report_files_from_fixed_result(tmp_path):
     base = [_record("vllm-target", 1, "a", range(10), 1.0, ttft_s=0.1, tpot_s=0.1, forwards=10)]
     other = [_record("vllm-ngram", 1, "a", range(10), 0.8, ttft_s=0.1, tpot_s=0.08, forwards=8)]
