@@ -71,7 +71,8 @@ NOT_IN_VLLM = {
 
 
 # A tandem system whose drafters sit behind an emulated link (tandem.cluster.transport.link):
-# its name with "@<round trip>ms", on a server of its own whose drafter pool sets `link`.
+# its name with "@<round trip>ms", on a server of its own whose drafter pool sets `link`
+# (speculation.drafters.link).
 LINK = "@"
 
 
@@ -227,7 +228,7 @@ class Builder:
                 changes = CONFIG_CHANGES.get(plain, {})
                 if rtt is not None:
                     link = {"rtt_ms": rtt, "mbps": self.setup.link_mbps}
-                    changes = _merged(changes, {"drafters": {"link": link}})
+                    changes = _merged(changes, {"speculation": {"drafters": {"link": link}}})
                 config = _merged(copy.deepcopy(self.setup.tandem_config), changes)
                 self._servers[key] = TandemServer(config, self.setup.address)
         except BaseException as exc:  # re-raised by server() in the caller's thread

@@ -70,6 +70,11 @@ class TandemServer:
             "config": self.config if self.service is not None else None,
         }
 
+    def drafter_link(self) -> dict[str, float] | None:
+        """The emulated link the drafters sit behind (speculation.drafters.link), if any."""
+        speculation = (self.config or {}).get("speculation") or {}
+        return (speculation.get("drafters") or {}).get("link")
+
     def close(self) -> None:
         self.client.close()
         if self.service is not None:
@@ -108,7 +113,7 @@ class TandemSystem:
             "mode": self.mode,
             "pipelined": self.pipelined,
             # the emulated link its drafters sit behind (--drafter-link-ms), None: direct
-            "drafter_link": ((self.server.config or {}).get("drafters") or {}).get("link"),
+            "drafter_link": self.server.drafter_link(),
             "server": self.server.info(),
         }
 

@@ -83,7 +83,7 @@ def build(recipe: DataRecipe, folder: str | Path, progress: bool = True) -> Path
     layers = recipe.aux_layers or default_aux_layers(
         read_config(recipe.target)["num_hidden_layers"]
     )
-    reader = TargetReader(recipe.target, tuple(layers), recipe.top_k, max_len=2048)
+    reader = TargetReader(recipe.target, tuple(layers), recipe.top_k, max_len=4096)
     try:
         first_specs = stage_one(recipe.seed, recipe.prompts)
         first = _answer(reader, tokenizer, recipe, first_specs, folder, progress, "stage 1")

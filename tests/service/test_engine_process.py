@@ -1,7 +1,7 @@
 """A target unlike the default one: its forward compiled (no `enforce_eager`) and in a worker
 process of its own (`target.engine_args.distributed_executor_backend: mp`, vLLM's multiprocess
 executor), with the adaptive draft length (speculation.draft_length.adaptive), its drafter behind
-an emulated 10 ms link (drafters.link: a relay on the drafter's socket, as `tandem bench
+an emulated 10 ms link (speculation.drafters.link: a relay on the drafter's socket, as `tandem bench
 --drafter-link-ms` sets one).
 
 The speculation session is built in the engine's process from plain values, the target actor
@@ -43,8 +43,10 @@ def service():
     yield from start_service(
         {
             "target": {"engine_args": engine_args, "env": env},
-            "speculation": {"draft_length": {"adaptive": True}},
-            "drafters": {"link": {"rtt_ms": LINK_RTT_MS}},
+            "speculation": {
+                "draft_length": {"adaptive": True},
+                "drafters": {"link": {"rtt_ms": LINK_RTT_MS}},
+            },
         }
     )
 

@@ -54,6 +54,8 @@ def test_yaml_round_trip(tmp_path):
         ({"target": {"engine_args": {"max_model_length": 10}}}, "max_model_length"),
         ({"target": {"engine_args": {"model": "x"}}}, "set models.target instead"),
         ({"ray": {"num_cpus": 0}}, "ray.num_cpus"),
+        ({"speculation": {"drafters": {"link": {"rtt_ms": -5}}}}, "drafters.link.rtt_ms"),
+        ({"speculation": {"drafters": {"link": {"delay": 5}}}}, "drafters.link.delay"),
         (
             {"speculation": {"mirror": {"enabled": True}}, "target": {"engine_args": {}}},
             "speculation.mirror.enabled",
