@@ -13,6 +13,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from tandem.speculation import feature_codec
 from tandem.speculation.protocol import (
     DraftItem,
     DraftReply,
@@ -194,7 +195,8 @@ class Drafter:
         history.tokens.extend(new)
         history.candidates.update(item.candidates)
         if item.features is not None and len(item.features):
-            history.features.append((item.features_start, item.features))
+            rows = feature_codec.decode(item.features, item.feature_scales)
+            history.features.append((item.features_start, rows))
         for source in self.sources.values():
             source.observe(history, new, item.candidates)
         self.histories.move_to_end(item.request_id)

@@ -45,6 +45,9 @@ class DraftItem:
     # features_start.. (numpy float16, [rows, aux layers * hidden]), sent once, like tokens.
     features: Any = None
     features_start: int = 0
+    # With the int8 feature encoding: the features' per-block scales (tandem.speculation.
+    # feature_codec); None: the features are float16 rows.
+    feature_scales: Any = None
 
 
 @dataclass(frozen=True)

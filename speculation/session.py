@@ -21,6 +21,7 @@ from collections import defaultdict, deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from tandem.speculation import feature_codec
 from tandem.speculation.candidates import Candidates
 from tandem.speculation.draft_transport import Transport
 from tandem.speculation.drafter_health import DrafterHealth
@@ -187,8 +188,9 @@ class SpeculationSession:
         """What the drafter lacks of this request, and what to draft."""
         new = tuple(int(t) for t in tokens[request.synced : n])
         first, rows = request.take_features()
+        rows, scales = feature_codec.encode(rows, self.config.feature_encoding)
         if rows is not None:
-            self._feature_bytes += rows.nbytes
+            self._feature_bytes += rows.nbytes + (0 if scales is None else scales.nbytes)
         item = DraftItem(
             request_id,
             request.synced,
@@ -198,6 +200,7 @@ class SpeculationSession:
             request.candidates,
             features=rows,
             features_start=first,
+            feature_scales=scales,
         )
         request.candidates = ()  # delivered once
         return item

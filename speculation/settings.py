@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tandem.speculation.feature_codec import FeatureEncoding
 from tandem.speculation.protocol import Mode
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -150,6 +151,9 @@ class SpeculationConfig(Section):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     draft_length: DraftLengthConfig = Field(default_factory=DraftLengthConfig)
     mirror: MirrorConfig = Field(default_factory=MirrorConfig)
+    # How EAGLE-3 features travel to the drafters: float16, or int8 with a scale per block of
+    # 64 values (about half the bytes; tandem.speculation.feature_codec).
+    feature_encoding: FeatureEncoding = "float16"
 
     @model_validator(mode="after")
     def _mirror_feeds_the_cache(self) -> SpeculationConfig:

@@ -82,6 +82,12 @@ def add_draft_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="also measure it in vLLM's own eagle3 (the same prompts, greedy, as many tokens)",
     )
+    evaluate.add_argument(
+        "--feature-encoding",
+        choices=("float16", "int8"),
+        default="float16",
+        help="the features as the drafter would receive them (speculation.feature_encoding)",
+    )
     evaluate.set_defaults(func=cmd_eval)
 
     trim = sub.add_parser(
@@ -142,6 +148,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _threads(args)
     recipe = json.loads((Path(args.data) / "recipe.json").read_text())
     heldout = [e for e in load_features(args.data) if e.heldout][: args.conversations]
+    if args.feature_encoding != "float16":
+        heldout = [_encoded(e, args.feature_encoding) for e in heldout]
     drafter = EagleDrafter(args.head, recipe["target"])
     result = {"conversations": len(heldout), **acceptance(drafter, heldout, args.k)}
     if args.vllm:
@@ -168,6 +176,18 @@ def cmd_trim(args: argparse.Namespace) -> int:
         drafter = EagleDrafter(folder, target, dtype=torch.float16)  # as the drafter serves it
         print(json.dumps({"draft_vocab": size, **acceptance(drafter, heldout, args.k)}))
     return 0
+
+
+def _encoded(example: Any, encoding: str) -> Any:
+    """The example with its features as they arrive at a drafter over the wire."""
+    import dataclasses
+
+    import torch
+
+    from tandem.speculation import feature_codec
+
+    values, scales = feature_codec.encode(example.aux.numpy(), encoding)
+    return dataclasses.replace(example, aux=torch.from_numpy(feature_codec.decode(values, scales)))
 
 
 def vllm_acceptance(head: str, target: str, examples: list, k: int) -> dict[str, float]:

@@ -339,3 +339,20 @@ def test_features_are_neither_taken_nor_sent_while_the_policy_drafts_nothing():
     assert step_with_features(["a"]) == [True]  # alone again: drafting, and its rows wanted
     (item,) = transport.sent[-1][0]
     assert item.features is not None and item.features_start == 3  # after the dropped ones
+
+
+def test_features_leave_as_int8_blocks_when_the_config_says_so():
+    """speculation.feature_encoding: int8 rows and their scales go to the drafter, and the
+    bytes counted are what was sent (about half of float16's)."""
+    import numpy as np
+
+    transport = LocalTransport()
+    session = session_for(transport, feature_encoding="int8")
+    session.register("a", RequestSpec(Mode.EAGLE, 2))
+    rows = np.random.default_rng(0).normal(size=(2, 128)).astype(np.float16)
+    assert session.wants_features(["a"]) == [True]
+    session.propose(["a"], [3], [[1, 2, 3]], features=[(0, rows)])
+    (item,) = transport.sent[-1][0]
+    assert item.features.dtype == np.int8 and item.feature_scales.shape == (2, 2)
+    assert session.stats().feature_bytes == item.features.nbytes + item.feature_scales.nbytes
+    assert session.stats().feature_bytes < 0.55 * rows.nbytes
