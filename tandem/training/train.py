@@ -86,6 +86,12 @@ def train(opts: TrainOptions, resume: bool = False, progress: bool = True) -> Pa
     if opts.init:
         head = load_head(opts.init, target).requires_grad_(True)
         vocab = torch.arange(len(head.d2t)) + head.d2t
+        if len(vocab) != opts.draft_vocab:
+            raise ValueError(
+                f"the head to start from ({opts.init}) drafts over {len(vocab)} tokens, not "
+                f"draft_vocab={opts.draft_vocab}: pass --draft-vocab {len(vocab)}, or trim it "
+                "first (tandem draft trim)"
+            )
     else:
         vocab = draft_vocabulary(train_set, opts.draft_vocab)
         head = _new_head(target, target_config, vocab, data_recipe["aux_layers"])

@@ -45,7 +45,8 @@ def trained(tmp_path_factory, model_path):
     tandem(*train, "--epochs", "6")
     tandem(*train, "--epochs", "8", "--resume")
     again = ["draft", "train", "--data", str(data), "--out", str(root / "again"), "--threads", "1"]
-    tandem(*again, "--init", str(head), "--epochs", "1", "--checkpoint-every", "1")
+    again += ["--init", str(head), "--draft-vocab", "1024", "--checkpoint-every", "1"]
+    tandem(*again, "--epochs", "1")
     return data, head
 
 
@@ -201,3 +202,13 @@ def test_vocab_trim_keeps_the_heads_rows_of_the_most_chosen_tokens(trained, mode
     chosen = torch.bincount(torch.cat([e.greedy for e in examples]), minlength=len(full.t2d))
     in_full = chosen[rows]
     assert chosen[kept].min() >= in_full.sort(descending=True).values[255]  # the most chosen
+
+
+@pytest.mark.timeout(900)
+def test_a_start_head_of_another_vocabulary_is_refused(trained, tmp_path):
+    from tandem.training.train import TrainOptions, train
+
+    data, head = trained
+    options = TrainOptions(str(data), str(tmp_path / "h"), init=str(head))  # draft_vocab 8192
+    with pytest.raises(ValueError, match="drafts over 1024 tokens, not draft_vocab=8192"):
+        train(options, progress=False)
