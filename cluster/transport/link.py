@@ -36,7 +36,8 @@ class LinkRelay:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(host,), daemon=True, name="link")
         self._thread.start()
-        self._ready.wait(10)
+        if not self._ready.wait(10):
+            raise RuntimeError(f"the link relay for {upstream} did not start listening on {host}")
         self.address = f"tcp://{host}:{self._port}"
 
     def _run(self, host: str) -> None:
