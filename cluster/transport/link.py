@@ -33,6 +33,7 @@ class LinkRelay:
         self.link = link
         self._upstream = upstream.removeprefix("tcp://").rsplit(":", 1)
         self._loop = asyncio.new_event_loop()
+        self._writers: set[asyncio.StreamWriter] = set()  # both ends of every connection
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(host,), daemon=True, name="link")
         self._thread.start()
@@ -54,7 +55,13 @@ class LinkRelay:
         except OSError:
             writer.close()
             return
-        await asyncio.gather(self._direction(reader, up_writer), self._direction(up_reader, writer))
+        self._writers |= {writer, up_writer}
+        try:
+            await asyncio.gather(
+                self._direction(reader, up_writer), self._direction(up_reader, writer)
+            )
+        finally:
+            self._writers -= {writer, up_writer}
 
     async def _direction(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Bytes from `reader` to `writer` over the link, in order."""
@@ -84,9 +91,20 @@ class LinkRelay:
                 await writer.drain()
         writer.close()
 
+    async def _shutdown(self) -> None:
+        """Stop listening, close every connection, and let its tasks finish."""
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def close(self) -> None:
         if self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._server.close)
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(5)
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         if not self._thread.is_alive():
