@@ -132,14 +132,15 @@ def run(options: BenchOptions) -> dict[str, Any]:
         address=options.address,
         threads=threads,
         engine_cpus=engine_cpus(config),
-        link_mbps=(mbps := options.drafter_link_mbps),
+        link_mbps=options.drafter_link_mbps,
     )
     params = options.generation
     builder = Builder(setup)
     systems: dict[str, System] = {}
     try:
         absent = builder.absent()
-        names = with_links(choose(options.systems, absent), options.drafter_link_ms, mbps)
+        links = options.drafter_link_ms
+        names = with_links(choose(options.systems, absent), links, options.drafter_link_mbps)
         # First, alone on the machine: the cost ratio is a timing like any other.
         _log("measuring the cost of a verification step")
         cost, max_len = _cost(setup, prompts, params, options.cost_repeats)
