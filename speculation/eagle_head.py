@@ -127,6 +127,10 @@ class Eagle3Head(nn.Module):
     def to_target(self, draft_ids: torch.Tensor) -> torch.Tensor:
         return draft_ids + self.d2t[draft_ids]
 
+    def vocabulary(self) -> torch.Tensor:
+        """The target id of every draft token, in draft-id order."""
+        return self.to_target(torch.arange(len(self.d2t), device=self.d2t.device))
+
     def kv_repeat(self) -> int:
         return self.cfg.num_attention_heads // self.cfg.num_key_value_heads
 
@@ -201,7 +205,7 @@ def load_head(
             + (f"; missing {sorted(missing)}" if missing else "")
             + (f"; unexpected {sorted(unexpected)}" if unexpected else "")
         )
-    top = int((torch.arange(cfg.draft_vocab_size) + head.d2t).max())
+    top = int(head.vocabulary().max())
     if top >= target_config["vocab_size"]:
         raise HeadError(
             f"EAGLE-3 head {head_dir} maps draft tokens to target id {top}, outside the target's "

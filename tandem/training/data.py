@@ -252,6 +252,16 @@ def load_features(folder: str | Path) -> list[Example]:
     return out
 
 
+def greedy_counts(examples: Sequence[Example], vocab_size: int = 0) -> Any:
+    """How often the target chose each token id (its greedy choice at every position) in
+    `examples`: a tensor of at least `vocab_size` counts."""
+    import torch
+
+    chosen = [e.greedy for e in examples]
+    ids = torch.cat(chosen) if chosen else torch.zeros(0, dtype=torch.long)
+    return torch.bincount(ids, minlength=vocab_size)
+
+
 def throughput(folder: str | Path) -> dict[str, dict[str, float]]:
     """Per phase, the tokens it made and the seconds it took, over every run into `folder`:
     what a data set costs on this machine."""

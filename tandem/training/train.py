@@ -34,7 +34,7 @@ from tqdm import tqdm
 from tandem.speculation.eagle import EagleDrafter
 from tandem.speculation.eagle_format import HeadConfig, read_config
 from tandem.speculation.eagle_head import Eagle3Head, load_head, save_head, target_weight
-from tandem.training.data import Example, load_features
+from tandem.training.data import Example, greedy_counts, load_features
 from tandem.training.ttt import ttt_loss
 
 CHECKPOINT = "checkpoint.pt"
@@ -83,9 +83,9 @@ def train(opts: TrainOptions, resume: bool = False, progress: bool = True) -> Pa
             f"draft_vocab must be between 1 and the target's {target_config['vocab_size']} tokens"
         )
     checkpoint = _load_checkpoint(out, opts) if resume else None
-    if opts.init:
+    if opts.init and not checkpoint:  # a resumed run's head comes from its checkpoint
         head = load_head(opts.init, target).requires_grad_(True)
-        vocab = torch.arange(len(head.d2t)) + head.d2t
+        vocab = head.vocabulary()
         if len(vocab) != opts.draft_vocab:
             raise ValueError(
                 f"the head to start from ({opts.init}) drafts over {len(vocab)} tokens, not "
@@ -93,10 +93,8 @@ def train(opts: TrainOptions, resume: bool = False, progress: bool = True) -> Pa
                 "first (tandem draft trim)"
             )
     else:
-        vocab = draft_vocabulary(train_set, opts.draft_vocab)
+        vocab = checkpoint["vocab"] if checkpoint else draft_vocabulary(train_set, opts.draft_vocab)
         head = _new_head(target, target_config, vocab, data_recipe["aux_layers"])
-    if checkpoint:
-        vocab = checkpoint["vocab"]
     head = head.to(device)
     draft_index = torch.full((target_config["vocab_size"],), -1, dtype=torch.long)
     draft_index[vocab] = torch.arange(len(vocab))  # target id -> draft id, -1 outside
@@ -226,12 +224,9 @@ def draft_vocabulary(examples: list[Example], size: int) -> torch.Tensor:
     """The draft vocabulary (sorted ids): the tokens the target chose in the training data,
     most often first, then the lowest ids not seen yet (a BPE tokenizer numbers its merges in
     order of frequency, so they stand in for what a small data set does not show)."""
-    counts: dict[int, int] = {}
-    for e in examples:
-        ids, n = e.greedy.unique(return_counts=True)
-        for token, count in zip(ids.tolist(), n.tolist(), strict=True):
-            counts[token] = counts.get(token, 0) + count
-    chosen = sorted(counts, key=lambda t: (-counts[t], t))[:size]
+    counts = greedy_counts(examples)
+    chosen = sorted(counts.nonzero().flatten().tolist(), key=lambda t: (-int(counts[t]), t))
+    chosen = chosen[:size]
     seen = set(chosen)
     filler = (t for t in range(10**9) if t not in seen)
     chosen += [next(filler) for _ in range(size - len(chosen))]

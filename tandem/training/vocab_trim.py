@@ -15,18 +15,16 @@ import torch
 
 from tandem.speculation.eagle_format import HeadConfig
 from tandem.speculation.eagle_head import Eagle3Head, load_head, save_head
-from tandem.training.data import Example
+from tandem.training.data import Example, greedy_counts
 
 
 def trim(head_dir: str | Path, target: str, examples: list[Example], size: int, out: Path) -> Path:
     """Write to `out` the head at `head_dir` with its draft vocabulary cut to `size` tokens."""
     head = load_head(head_dir, target)
-    vocab = torch.arange(head.cfg.draft_vocab_size) + head.d2t  # draft id -> target id
+    vocab = head.vocabulary()  # draft id -> target id
     if not 0 < size <= len(vocab):
         raise ValueError(f"size must be between 1 and the head's {len(vocab)} draft tokens")
-    counts = torch.zeros(head.cfg.vocab_size, dtype=torch.long)
-    for example in examples:
-        counts += torch.bincount(example.greedy, minlength=head.cfg.vocab_size)
+    counts = greedy_counts(examples, head.cfg.vocab_size)
     # most chosen first; ties to the lower id (a BPE tokenizer's more frequent merge)
     order = sorted(range(len(vocab)), key=lambda i: (-int(counts[vocab[i]]), int(vocab[i])))
     rows = torch.tensor(sorted(order[:size]))

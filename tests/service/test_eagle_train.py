@@ -196,8 +196,8 @@ def test_vocab_trim_keeps_the_heads_rows_of_the_most_chosen_tokens(trained, mode
     trimmed = load_head(trim(head, str(model_path), examples, 256, tmp_path / "t"), model_path)
     full = load_head(head, model_path)
     assert trimmed.cfg.draft_vocab_size == 256 and int(trimmed.t2d.sum()) == 256
-    kept = torch.arange(256) + trimmed.d2t  # target ids, each a row of the full head
-    rows = (torch.arange(full.cfg.draft_vocab_size) + full.d2t).tolist()
+    kept = trimmed.vocabulary()  # target ids, each a row of the full head
+    rows = full.vocabulary().tolist()
     assert torch.equal(trimmed.lm_head.weight, full.lm_head.weight[[rows.index(t) for t in kept]])
     chosen = torch.bincount(torch.cat([e.greedy for e in examples]), minlength=len(full.t2d))
     in_full = chosen[rows]
