@@ -53,6 +53,10 @@ class DataRecipe:
     top_k: int = 8  # soft labels: the target's k most likely next tokens per position
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (e.g. the command)
 
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1 (the greedy choice), not {self.top_k}")
+
 
 @dataclass(frozen=True)
 class Conversation:

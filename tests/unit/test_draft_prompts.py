@@ -79,3 +79,11 @@ def test_draft_vocabulary_is_the_targets_choices_then_bpe_rank():
     # 7 and 90 (3 each), 50 (3), 3 (1); then the lowest ids not chosen yet: 0 and 1
     assert vocab.tolist() == [0, 1, 3, 7, 50, 90]
     assert draft_vocabulary([example([9, 9, 4])], 1).tolist() == [9]
+
+
+@pytest.mark.timeout(60)
+def test_a_recipe_without_soft_labels_is_refused():
+    from tandem.training.data import DataRecipe
+
+    with pytest.raises(ValueError, match="top_k must be at least 1"):
+        DataRecipe("target", top_k=0)
