@@ -50,8 +50,21 @@ def markdown(result: dict[str, Any]) -> str:
                 kept = f" ({value / near:.0%})" if value is not None and near and rtt else ""
                 cells.append("-" if value is None else f"{value:.2f}{kept}")
             lines.append(f"| {concurrency} stream(s) | " + " | ".join(cells) + " |")
+        lines.append(_lookups(result, plain))
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _lookups(result: dict[str, Any], plain: str) -> str:
+    """The 1-stream speculation-cache figures per round trip: what spared the target the wire
+    (hits) and the misses it did not wait for."""
+    cells = []
+    for system in result["systems"]:
+        name, rtt = unlinked(system["name"])
+        if name == plain and system.get("cache_hit_rate") is not None:
+            hits, skipped = system["cache_hit_rate"], system.get("skipped_wait_rate") or 0.0
+            cells.append(f"{rtt or 0:g} ms: {hits:.0%} hits, {skipped:.0%} not waited for")
+    return f"\n1 stream, per pipelined step: {'; '.join(cells)}." if cells else ""
 
 
 def plot(result: dict[str, Any], out: Path) -> dict[str, Path]:

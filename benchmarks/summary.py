@@ -74,6 +74,7 @@ def figures(
         "draft_tokens": draft_tokens,
         "accepted_tokens": accepted,
         "cache_hit_rate": _hit_rate(records),
+        "skipped_wait_rate": _hit_rate(records, "skipped_waits"),
         "sources": _sources(records),
         "ttft_s": _spread([r.ttft_s for r in records]),
         "tpot_s": _spread([r.tpot_s for r in records if r.tpot_s is not None]),
@@ -174,11 +175,11 @@ def _sources(records: Sequence[RequestRecord]) -> dict[str, dict[str, Any]]:
     }
 
 
-def _hit_rate(records: Sequence[RequestRecord]) -> float | None:
-    """Speculation-cache hits per pipelined lookup; None where nothing was pipelined."""
-    hits = sum(r.cache_hits for r in records)
-    lookups = hits + sum(r.cache_misses for r in records)
-    return hits / lookups if lookups else None
+def _hit_rate(records: Sequence[RequestRecord], count: str = "cache_hits") -> float | None:
+    """Speculation-cache hits (or another count, such as misses not waited for) per pipelined
+    lookup; None where nothing was pipelined."""
+    lookups = sum(r.cache_hits + r.cache_misses for r in records)
+    return sum(getattr(r, count) for r in records) / lookups if lookups else None
 
 
 # The parts of the serving path (tandem.cluster.telemetry.figures.Breakdown's seconds), in path

@@ -199,6 +199,7 @@ def _record(trace: Trace, last: Any, system: str) -> RequestRecord:
         record.accepted_tokens = last.speculation.accepted_tokens
         record.cache_hits = last.speculation.cache_hits
         record.cache_misses = last.speculation.cache_misses
+        record.skipped_waits = last.speculation.skipped_waits
         record.sources = {
             name: (source.draft_tokens, source.accepted_tokens)
             for name, source in last.speculation.sources.items()

@@ -117,7 +117,7 @@ class SpeculationParams(_message.Message):
     def __init__(self, mode: _Optional[_Union[SpeculationMode, str]] = ..., num_speculative_tokens: _Optional[int] = ..., pipelined: _Optional[bool] = ...) -> None: ...
 
 class SpeculationStats(_message.Message):
-    __slots__ = ("mode", "draft_tokens", "accepted_tokens", "acceptance_rate", "mean_accepted_length", "target_steps", "cache_hits", "cache_misses", "sources")
+    __slots__ = ("mode", "draft_tokens", "accepted_tokens", "acceptance_rate", "mean_accepted_length", "target_steps", "cache_hits", "cache_misses", "sources", "skipped_waits")
     class SourcesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +134,7 @@ class SpeculationStats(_message.Message):
     CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
     CACHE_MISSES_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_WAITS_FIELD_NUMBER: _ClassVar[int]
     mode: str
     draft_tokens: int
     accepted_tokens: int
@@ -143,7 +144,8 @@ class SpeculationStats(_message.Message):
     cache_hits: int
     cache_misses: int
     sources: _containers.MessageMap[str, SourceStats]
-    def __init__(self, mode: _Optional[str] = ..., draft_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., mean_accepted_length: _Optional[float] = ..., target_steps: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., sources: _Optional[_Mapping[str, SourceStats]] = ...) -> None: ...
+    skipped_waits: int
+    def __init__(self, mode: _Optional[str] = ..., draft_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., mean_accepted_length: _Optional[float] = ..., target_steps: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., sources: _Optional[_Mapping[str, SourceStats]] = ..., skipped_waits: _Optional[int] = ...) -> None: ...
 
 class SourceStats(_message.Message):
     __slots__ = ("draft_tokens", "accepted_tokens", "acceptance_rate")

@@ -44,6 +44,7 @@ class Drafter:
         return list(self.sources)
 
     def draft(self, items: list[DraftItem]) -> list[DraftReply]:
+        start = time.perf_counter()
         histories = [self._sync(item) for item in items]
         drafts = self._propose(
             [
@@ -51,8 +52,9 @@ class Drafter:
                 for item, history in zip(items, histories, strict=True)
             ]
         )
+        drafting_s = time.perf_counter() - start
         return [
-            DraftReply(item.request_id, tuple(draft), history is not None, draft.source)
+            DraftReply(item.request_id, tuple(draft), history is not None, draft.source, drafting_s)
             for item, history, draft in zip(items, histories, drafts, strict=True)
         ]
 
@@ -80,12 +82,14 @@ class Drafter:
             ]
         )
         for item, found, by, ahead in zip(items, blocks, sources, aheads, strict=True):
-            if len(ahead) > 1:
+            if ahead:
                 outcome = (len(item.block), ahead[0])
                 found[outcome], by[outcome] = tuple(ahead[1:]), ahead.source
         queues = [
-            self._rejections(history, item, plan, deadline) if history else []
-            for item, history in zip(items, histories, strict=True)
+            self._rejections(history, item, plan, deadline, ahead[0] if ahead else None)
+            if history
+            else []
+            for item, history, ahead in zip(items, histories, aheads, strict=True)
         ]
         for rank in range(max(map(len, queues), default=0)):
             jobs, owners, planned_s = [], [], 0.0
@@ -101,8 +105,9 @@ class Drafter:
                 jobs.append((item.mode, DraftJob(history, extra, item.draft_length)))
                 owners.append((i, (j, token)))
             for (i, outcome), draft in zip(owners, self._propose(jobs), strict=True):
-                if draft:  # an empty entry would only stand in for a just-in-time miss
-                    blocks[i][outcome], sources[i][outcome] = tuple(draft), draft.source
+                # An empty draft is kept too: the target then knows, without asking across
+                # the link, that there is nothing to draft after this outcome.
+                blocks[i][outcome], sources[i][outcome] = tuple(draft), draft.source
         return [
             PredraftReply(item.request_id, found, history is not None, by)
             for item, history, found, by in zip(items, histories, blocks, sources, strict=True)
@@ -129,26 +134,35 @@ class Drafter:
         return drafts
 
     def _rejections(
-        self, history: History, item: DraftItem, plan: PredraftPlan, deadline: float
+        self,
+        history: History,
+        item: DraftItem,
+        plan: PredraftPlan,
+        deadline: float,
+        bonus: int | None,
     ) -> list[Outcome]:
-        """Rejection outcomes (position j, the token the target emits there), likeliest first."""
+        """The outcomes other than "all accepted, then `bonus`" (the drafter's own guess of the
+        token after the block), likeliest first: (j, the token the target emits at position j)
+        for a rejection at j < len(block), then other guesses for the token after the block
+        (all an empty block has: the target emits one token, which the drafter guesses)."""
         block, fanout = item.block, plan.fanout
-        hint = self._await_hint(item, deadline) if plan.await_hint else None
+        expected = (*block, bonus)  # the token each position's outcome would not be
+        hint = self._await_hint(item, deadline) if plan.await_hint and block else None
         if hint is not None and len(hint.top) > len(block):
             # Mirror-SD: the early exit says where the block likely breaks (its top token
             # differs from the draft's) and what the target emits there.
             order = sorted(range(len(block)), key=lambda j: hint.top[j][0] == block[j])
+            order.append(len(block))
             return [
                 (j, token)
                 for j in order
-                for token in [t for t in hint.top[j] if t != block[j]][:fanout]
+                for token in [t for t in hint.top[j] if t != expected[j]][:fanout]
             ]
+        previous = (history.tokens[-1], *block)  # the token before each position
         return [
             (j, token)
-            for j in range(len(block))
-            for token in _guesses(history, block[j - 1] if j else history.tokens[-1], block[j])[
-                :fanout
-            ]
+            for j in range(len(block) + 1)
+            for token in _guesses(history, previous[j], expected[j])[:fanout]
         ]
 
     def hint(self, hints: dict[str, Hint]) -> None:
@@ -203,7 +217,7 @@ class Drafter:
         return history
 
 
-def _guesses(history: History, previous: int, exclude: int) -> list[int]:
+def _guesses(history: History, previous: int, exclude: int | None) -> list[int]:
     """Likely target tokens after `previous`, other than the draft's: the target's own
     candidates after that token earlier in this request (kept per request, so a request's
     cache never draws on another's)."""

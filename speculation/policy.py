@@ -52,6 +52,14 @@ def best_length(alpha: float, k: int, verify_cost: float) -> int:
     return max(range(k + 1), key=lambda j: expected_tokens(alpha, j) / (1 + verify_cost * j))
 
 
+def worth_waiting(alpha: float, k: int, wait: float) -> bool:
+    """Whether to wait `wait` one-token steps for a k-token draft just in time: it must yield
+    at least that much more than the one token the step yields without it. Pipelined requests
+    ask this on a speculation-cache miss; the drafter's round trip (its link and its drafting)
+    is the wait."""
+    return expected_tokens(alpha, k) - 1 >= wait
+
+
 @dataclass
 class Acceptance:
     """One request's acceptance rate alpha, from the drafts the target verified: each accepted

@@ -56,6 +56,9 @@ class DraftReply:
     tokens: tuple[int, ...]  # the draft (may be shorter than k, or empty)
     known: bool = True  # False: the drafter lacks this request's history; resend it all
     source: str = ""  # the source that drafted it (a mode's own, or the one `auto` chose)
+    # How long the drafter worked on the batch this reply came in: the rest of the round trip
+    # is the wire (the link a pre-draft's budget must leave room for).
+    drafting_s: float = 0.0
 
 
 # A verification outcome: (drafts the target accepts, the token it emits after them).

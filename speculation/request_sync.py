@@ -35,7 +35,7 @@ class RequestSync:
     pending: int = 0  # draft length proposed last step; verified if the request is back
     block: tuple[int, ...] = ()  # that draft, for the speculation cache
     block_source: str = ""  # the source that drafted it
-    proposed_at: int = 0  # committed tokens when it was proposed
+    proposed_at: int = 0  # committed tokens when it was proposed (0: no step drafted it)
     cache: dict[Outcome, tuple[int, ...]] = field(default_factory=dict)
     cache_sources: dict[Outcome, str] = field(default_factory=dict)
     candidates: Candidates = ()  # the target's, from the last verification, not yet sent
@@ -72,8 +72,9 @@ class RequestSync:
         return first, np.concatenate(blocks)
 
     def outcome(self, committed: int, last_token: int) -> Outcome | None:
-        """How the target verified `block`: accepted drafts and the token it emitted after."""
+        """How the target verified `block` (proposed last step, maybe empty): accepted drafts
+        and the token it emitted after them; None if the request drafted nothing last step."""
         accepted = committed - self.proposed_at - 1
-        if not self.block or not 0 <= accepted <= len(self.block):
+        if not self.proposed_at or not 0 <= accepted <= len(self.block):
             return None
         return accepted, last_token

@@ -25,7 +25,7 @@ from tandem.speculation import feature_codec
 from tandem.speculation.candidates import Candidates
 from tandem.speculation.draft_transport import Transport
 from tandem.speculation.drafter_health import DrafterHealth
-from tandem.speculation.policy import draft_length
+from tandem.speculation.policy import draft_length, worth_waiting
 from tandem.speculation.protocol import DraftItem, Hint, Mode
 from tandem.speculation.registry import needs
 from tandem.speculation.request_sync import RequestSpec, RequestSync
@@ -52,6 +52,9 @@ class SpeculationSession:
         self._steps = 0
         self._rtt_total = 0.0
         self._rtts: deque[float] = deque(maxlen=1000)
+        # Moving averages of the just-in-time round trip, and of its part on the wire.
+        self._rtt_s = 0.0
+        self._wire_s = 0.0
         self._speculating = 0  # registered requests in a mode other than `off`
         self._propose_s = 0.0
         self._feature_bytes = 0
@@ -139,12 +142,13 @@ class SpeculationSession:
                     request.record_features(*features[i], n)
                 request.candidates = candidates[i] if candidates else ()
                 outcome = request.outcome(n, int(token_ids[i][n - 1]))
-                if outcome:
+                if outcome and request.block:
                     request.acceptance.observe(outcome[0], len(request.block))
                     request.stats.verified(request.block_source, len(request.block), outcome[0])
                 cached = request.cache.get(outcome) if outcome else None
                 source = request.cache_sources.get(outcome, "") if outcome else ""
                 request.block, request.cache, request.cache_sources = (), {}, {}
+                request.proposed_at = 0  # set again below if it drafts this step
                 request.draft_length = self._draft_length(request, len(request_ids))
                 drafting = request.replica not in skipped and request.draft_length > 0
                 request.features_wanted = drafting
@@ -158,6 +162,9 @@ class SpeculationSession:
                 if cached is not None:
                     drafts[i], sources[i] = list(cached[: request.draft_length]), source
                     continue
+                if self._pipelines(request) and not self._worth_waiting(request):
+                    request.stats.skipped_waits += 1
+                    continue  # no draft this step; pre-drafted below, from its new tokens
                 batches[request.replica].append(
                     self._item(request_ids[i], request, token_ids[i], n)
                 )
@@ -183,6 +190,17 @@ class SpeculationSession:
 
     def _pipelines(self, request: RequestSync) -> bool:
         return request.spec.pipelined and self.config.pipeline.enabled
+
+    def _worth_waiting(self, request: RequestSync) -> bool:
+        """On a speculation-cache miss, whether a just-in-time round trip pays: its measured
+        time, in target verification steps, against what the request's drafts earn (policy.
+        worth_waiting). A far drafter is not waited for where its drafts earn little; the step
+        goes on without one and the drafter pre-drafts the next, as for a hit."""
+        if self.config.pipeline.wait_for_misses == "always":
+            return True
+        window = self._predrafting.window_s
+        wait = self._rtt_s / window if window else 0.0
+        return worth_waiting(request.acceptance.alpha, request.draft_length, wait)
 
     def _item(self, request_id: str, request: RequestSync, tokens: Any, n: int) -> DraftItem:
         """What the drafter lacks of this request, and what to draft."""
@@ -219,9 +237,12 @@ class SpeculationSession:
             self._steps += 1
             self._rtt_total += rtt
             self._rtts.append(rtt)
+            self._rtt_s = 0.8 * self._rtt_s + 0.2 * rtt if self._rtt_s else rtt
             for replica, result in results.items():
                 if self._health.failed(replica, result):
                     continue
+                wire = rtt - max((reply.drafting_s for reply in result), default=0.0)
+                self._wire_s = 0.8 * self._wire_s + 0.2 * wire if self._wire_s else wire
                 for (i, request, n), reply in zip(slots[replica], result, strict=True):
                     if not reply.known:
                         request.synced = 0
@@ -241,14 +262,14 @@ class SpeculationSession:
         with self._lock:
             skipped = self._health.skipped()
             for i, request, n in speculating:
-                if not request.block or not self._pipelines(request) or request.replica in skipped:
-                    continue
+                if not self._pipelines(request) or request.replica in skipped:
+                    continue  # an empty block, too, is pre-drafted: the token after it
                 item = self._item(request_ids[i], request, token_ids[i], n)
                 item = dataclasses.replace(item, block=request.block)
                 batches[request.replica].append(item)
                 request.synced = n  # the pre-drafting call brings the drafter up to date
         if batches:
-            self._predrafting.start(dict(batches))
+            self._predrafting.start(dict(batches), wire_s=self._wire_s)
 
     def hint(self, hints: dict[str, Hint]) -> None:
         """Mirror-SD: pass the target's early-exit candidates for the blocks it is verifying to

@@ -39,7 +39,8 @@ class SpeculationStats:
     draft_tokens: int = 0
     drafts: int = 0  # verification rounds that carried a draft
     cache_hits: int = 0  # steps whose draft came from the speculation cache
-    cache_misses: int = 0  # pipelined steps that had to draft just in time
+    cache_misses: int = 0  # pipelined steps whose outcome the drafter had not pre-drafted
+    skipped_waits: int = 0  # of those, steps that went on without a draft: waiting did not pay
     # By the source that drafted (a mode's own, or those `auto` chose).
     sources: dict[str, SourceCounts] = field(default_factory=dict)
 
@@ -48,6 +49,7 @@ class SpeculationStats:
         self.drafts += other.drafts
         self.cache_hits += other.cache_hits
         self.cache_misses += other.cache_misses
+        self.skipped_waits += other.skipped_waits
         self.sources = sum_sources(self.sources, other.sources)
 
     def verified(self, source: str, drafted: int, accepted: int) -> None:

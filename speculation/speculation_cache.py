@@ -29,7 +29,7 @@ class PreDrafting:
         self.wait_s = 0.0  # waiting for pre-drafted blocks, summed
         self._returned = 0.0  # when the proposer last handed the target its drafts
         # Moving average of the time from handing the target its drafts to the next step.
-        self._window_s = 0.0
+        self.window_s = 0.0
 
     def step_started(self) -> None:
         """Time the target's verification: from the last step's return to this call.
@@ -39,7 +39,7 @@ class PreDrafting:
         """
         window = time.perf_counter() - self._returned
         if self._returned and window < 1.0:  # not across idle time
-            self._window_s = 0.8 * self._window_s + 0.2 * window if self._window_s else window
+            self.window_s = 0.8 * self.window_s + 0.2 * window if self.window_s else window
         self._returned = 0.0
 
     def step_returned(self) -> None:
@@ -50,12 +50,12 @@ class PreDrafting:
         """A step without drafts: no verification window to time."""
         self._returned = 0.0
 
-    def start(self, batches: dict[int, list[DraftItem]]) -> None:
-        """Have the drafters pre-draft these blocks' next ones, in 0.9 of the window."""
+    def start(self, batches: dict[int, list[DraftItem]], wire_s: float = 0.0) -> None:
+        """Have the drafters pre-draft these blocks' next ones, in 0.9 of the window less the
+        round trip `wire_s` (the call and its reply cross the link inside the window too)."""
         pipeline = self.config.pipeline
-        plan = PredraftPlan(
-            pipeline.outcomes, pipeline.fanout, 0.9 * self._window_s, self.config.mirror.enabled
-        )
+        budget = max(0.0, 0.9 * self.window_s - wire_s)
+        plan = PredraftPlan(pipeline.outcomes, pipeline.fanout, budget, self.config.mirror.enabled)
         self.handle = self.transport.predraft(batches, plan)
 
     def collect(self) -> dict[int, list[PredraftReply] | Exception]:

@@ -95,6 +95,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 "target_steps": last.speculation.target_steps,
                 "cache_hits": last.speculation.cache_hits,
                 "cache_misses": last.speculation.cache_misses,
+                "skipped_waits": last.speculation.skipped_waits,
                 "sources": {
                     name: {
                         "draft_tokens": source.draft_tokens,

@@ -251,6 +251,7 @@ class TargetReplica:
             drafts=drafted.drafts,
             cache_hits=drafted.cache_hits,
             cache_misses=drafted.cache_misses,
+            skipped_waits=drafted.skipped_waits,
             accepted_per_pos=tuple(running.accepted_per_pos),
             sources=drafted.sources,
         )

@@ -54,7 +54,14 @@ SPECULATION = (
     ),
     Figure("target_steps", "Target forward passes that produced tokens.", stat="target_steps"),
     Figure("cache_hits", "Drafts served from the speculation cache.", stat="cache_hits"),
-    Figure("cache_misses", "Pipelined steps drafted just in time.", stat="cache_misses"),
+    Figure(
+        "cache_misses", "Pipelined steps whose outcome was not pre-drafted.", stat="cache_misses"
+    ),
+    Figure(
+        "skipped_waits",
+        "Misses not waited for: the drafter's round trip cost more than its drafts earn.",
+        stat="skipped_waits",
+    ),
 )
 
 # The drafter exchange, summed over the target replicas' speculation sessions (DrafterFigures):

@@ -36,7 +36,8 @@ class RequestFigures:
     accepted_tokens: int = 0  # of those, accepted (each step yields its accepted drafts + 1)
     drafts: int = 0  # verification rounds that carried a draft
     cache_hits: int = 0  # steps whose draft came from the speculation cache
-    cache_misses: int = 0  # pipelined steps drafted just in time
+    cache_misses: int = 0  # pipelined steps whose outcome was not pre-drafted
+    skipped_waits: int = 0  # of those, steps that did not wait for a just-in-time draft
     accepted_per_pos: tuple[int, ...] = ()  # accepted drafts by position in the draft
     # By the source that drafted (a mode's own; in mode auto, each source it chose).
     sources: Mapping[str, SourceCounts] = field(default_factory=dict)

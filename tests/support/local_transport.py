@@ -16,12 +16,24 @@ def plain_drafter(**options):
     return Drafter({"ngram": NgramSource(), "suffix": SuffixSource()}, **options)
 
 
-def session_for(transport, timeout_s=1.0, pipelined=False, draft_length=None, **speculation):
+def session_for(
+    transport,
+    timeout_s=1.0,
+    pipelined=False,
+    draft_length=None,
+    wait_for_misses="when_it_pays",
+    **speculation,
+):
     """A session with drafts at every batch size (unless `draft_length` says otherwise) and the
     speculation cache off (unless `pipelined`)."""
     config = SpeculationConfig(
         step_timeout_ms=timeout_s * 1000,
-        pipeline={"enabled": pipelined, "outcomes": 4, "fanout": 2},
+        pipeline={
+            "enabled": pipelined,
+            "outcomes": 4,
+            "fanout": 2,
+            "wait_for_misses": wait_for_misses,
+        },
         draft_length=draft_length or {"full_until_batch": 1000, "off_above_batch": 1000},
         **speculation,
     )

@@ -299,8 +299,13 @@ def test_link_report_tables_speedup_against_round_trip(tmp_path):
     systems = [
         {"name": BASELINE, "speedup": 1.0},
         {"name": "tandem-target", "speedup": 0.98},
-        {"name": "tandem-ngram", "speedup": 1.4},
-        {"name": "tandem-ngram@5ms", "speedup": 1.33},
+        {"name": "tandem-ngram", "speedup": 1.4, "cache_hit_rate": 0.5},
+        {
+            "name": "tandem-ngram@5ms",
+            "speedup": 1.33,
+            "cache_hit_rate": 0.6,
+            "skipped_wait_rate": 0.25,
+        },
     ]
     concurrency = [
         {"system": "tandem-ngram", "concurrency": 4, "speedup": 1.1},
@@ -313,6 +318,7 @@ def test_link_report_tables_speedup_against_round_trip(tmp_path):
     table = link_report.markdown(result)
     assert "| tandem-ngram | 0 ms | 5 ms |" in table
     assert "| 1 stream(s) | 1.40 | 1.33 (95%) |" in table and "0.88 (80%)" in table
+    assert "0 ms: 50% hits, 0% not waited for; 5 ms: 60% hits, 25% not waited for." in table
     assert link_report.plot(result, tmp_path)["links_png"].stat().st_size > 0
     plain = {"baseline": BASELINE, "systems": systems[:3], "concurrency": concurrency[:1]}
     assert link_report.markdown(plain) == "" and link_report.plot(plain, tmp_path / "x") == {}

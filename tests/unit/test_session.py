@@ -113,7 +113,8 @@ def test_requests_spread_over_drafter_replicas():
 def test_drafter_protocol_overlap_and_gap():
     drafter = plain_drafter()
     (reply,) = drafter.draft([DraftItem("r", 0, (1, 2, 1), 2, Mode.NGRAM)])
-    assert reply == DraftReply("r", (2, 1), source=Mode.NGRAM)
+    assert reply == DraftReply("r", (2, 1), source=Mode.NGRAM, drafting_s=reply.drafting_s)
+    assert 0 < reply.drafting_s < 1
     # a resend that overlaps what it holds is skipped, not duplicated
     drafter.draft([DraftItem("r", 1, (2, 1, 2), 2, Mode.NGRAM)])
     assert drafter.histories["r"].tokens == [1, 2, 1, 2]
@@ -156,7 +157,7 @@ def test_speculation_cache_hit_skips_the_round_trip():
 
 def test_speculation_cache_miss_drafts_just_in_time():
     transport = LocalTransport()
-    session = pipelined_session(transport)
+    session = session_for(transport, pipelined=True, wait_for_misses="always")
     session.register("a", RequestSpec(Mode.NGRAM, 2))
     history = [7, 1, 2, 3, 4, 5, 6, 1, 2]
     step(session, {"a": history})
@@ -233,17 +234,18 @@ def test_rejections_are_guessed_from_the_requests_own_target_candidates():
     assert all(accepted == 2 for accepted, _ in reply.blocks)
 
 
-def test_predraft_budget_is_the_targets_verification_window():
+def test_predraft_budget_is_the_targets_verification_window_less_the_wire():
     transport = LocalTransport()
-    transport.delay_s = 0.2  # slow just-in-time drafts: part of the step, not of the window
+    transport.delay_s = 0.02  # the link: each call's round trip, part of the step
     session = pipelined_session(transport)
     session.register("a", RequestSpec(Mode.NGRAM, 2))
     history = [7, 1, 2, 3, 4, 5, 6, 1, 2]
     step(session, {"a": history})
     assert transport.plans[-1].time_s == 0  # nothing measured yet: only "all accepted"
-    time.sleep(0.05)  # the target verifies
-    step(session, {"a": [*history, 9, 9]})  # a miss: drafted just in time (0.2 s)
-    assert 0.9 * 0.05 <= transport.plans[-1].time_s < 0.9 * 0.15
+    time.sleep(0.1)  # the target verifies
+    step(session, {"a": [*history, 9, 9]})  # a miss: drafted just in time, across the link
+    # the pre-draft's call and reply cross the link inside the window too
+    assert 0.9 * 0.1 - 0.025 <= transport.plans[-1].time_s < 0.9 * 0.15 - 0.02
 
 
 def test_predraft_starts_no_outcome_it_cannot_finish_in_time():
