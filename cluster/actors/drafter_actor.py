@@ -22,7 +22,7 @@ from tandem.cluster.config.cpus import CoreBinding, compute_threads, keep_off
 from tandem.cluster.config.deployment import ModelsConfig
 from tandem.cluster.telemetry.figures import DrafterLoad
 from tandem.cluster.transport.draft_channel import DraftServer
-from tandem.cluster.transport.link import LinkRelay
+from tandem.cluster.transport.link import LinkProcess
 from tandem.cluster.transport.sockets import Endpoint
 from tandem.speculation.drafter import Drafter
 from tandem.speculation.registry import SourceFactory
@@ -70,7 +70,9 @@ class DrafterReplica:
         host = ray.util.get_node_ip_address()
         self.server = DraftServer(host, self._dispatch, inline=(Kind.HINT,))
         # With an emulated link, the targets reach the socket only through its relay.
-        self.relay = LinkRelay(host, self.server.endpoint.address, pool.link) if pool.link else None
+        self.relay = (
+            LinkProcess(host, self.server.endpoint.address, pool.link) if pool.link else None
+        )
 
     def _dispatch(self, kind: Kind, body: Any) -> Any:
         if kind == Kind.DRAFT:

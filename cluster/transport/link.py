@@ -11,12 +11,22 @@ and password check pass through unchanged.
 
 Each direction is one queue: a chunk read at time t leaves the sender side once the link has
 serialised everything before it (size / rate) and reaches the other end rtt / 2 later.
+
+The drafter runs the relay in a process of its own (`LinkProcess`): its timing is then not held
+up by the drafter's work on the same interpreter, and, like a real link, it fails on its own. A
+stopped relay (SIGSTOP) is a link that carries nothing until it is continued (SIGCONT), the
+connections held open meanwhile, as TCP keeps them through a short outage.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import os
+import select
+import subprocess
+import sys
 import threading
 import time
 
@@ -60,6 +70,8 @@ class LinkRelay:
             await asyncio.gather(
                 self._direction(reader, up_writer), self._direction(up_reader, writer)
             )
+        except asyncio.CancelledError:
+            pass  # the relay closes: ends as a connection does, not as a cancelled task
         finally:
             self._writers -= {writer, up_writer}
 
@@ -86,7 +98,7 @@ class LinkRelay:
                 at, chunk = await queue.get()
                 if not chunk:
                     break
-                await asyncio.sleep(max(0.0, at - time.monotonic()))
+                await _sleep_until(at)
                 writer.write(chunk)
                 await writer.drain()
         writer.close()
@@ -109,3 +121,65 @@ class LinkRelay:
         self._thread.join(5)
         if not self._thread.is_alive():
             self._loop.close()
+
+
+async def _sleep_until(at: float) -> None:
+    """Sleep until time.monotonic() reaches `at`, to a fraction of a millisecond: the event
+    loop's own timers wake up to a millisecond late (epoll's resolution, rounded up), which
+    made a 5 ms link 6.7 ms. The last millisecond is slept outside the loop (a relay carries
+    one drafter's traffic: nothing else waits on it meanwhile)."""
+    if at - time.monotonic() > 0.001:
+        await asyncio.sleep(at - time.monotonic() - 0.001)
+    time.sleep(max(0.0, at - time.monotonic()))
+
+
+class LinkProcess:
+    """A `LinkRelay` in a child process (`python -m tandem.cluster.transport.link`), ended by
+    `close` or when this process is gone. Its `address` is the relay's, `pid` its process."""
+
+    def __init__(self, host: str, upstream: str, link: LinkConfig) -> None:
+        args = [host, upstream, str(link.rtt_ms), str(link.mbps), str(os.getpid())]
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "tandem.cluster.transport.link", *args],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.pid = self._process.pid
+        ready, _, _ = select.select([self._process.stdout], [], [], 60)
+        line = self._process.stdout.readline().strip() if ready else ""
+        if not line.startswith("tcp://"):
+            self.close()
+            raise RuntimeError(f"the link relay for {upstream} did not start ({line or 'silent'})")
+        self.address = line
+
+    def close(self) -> None:
+        self._process.terminate()
+        try:
+            self._process.wait(5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()  # a stopped relay ignores SIGTERM until continued
+            self._process.wait(5)
+        if self._process.stdout is not None:
+            self._process.stdout.close()
+
+
+def main() -> None:
+    """The relay process: prints its address, relays until its parent is gone."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("host")
+    parser.add_argument("upstream")
+    parser.add_argument("rtt_ms", type=float)
+    parser.add_argument("mbps", type=float)
+    parser.add_argument("parent", type=int)
+    args = parser.parse_args()
+    relay = LinkRelay(args.host, args.upstream, LinkConfig(rtt_ms=args.rtt_ms, mbps=args.mbps))
+    print(relay.address, flush=True)
+    try:
+        while os.getppid() == args.parent:  # re-parented: the drafter died
+            time.sleep(0.5)
+    finally:
+        relay.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -8,9 +8,9 @@ The speculation session is built in the engine's process from plain values, the 
 reaches it between steps, and the drafters are found again through the actor's directory when
 one restarts. Mode eagle starts and reads its features from the compiled forward's outputs.
 Greedy and seeded output stays the target's, every request drafting a length of its own; the
-figures come back, and a killed drafter fails no request. (How the length is chosen is tested in
-test_policy and test_session.) A service of its own: no other module runs this layout, and the
-last test kills its drafter."""
+figures come back, the link down for 10 s and a killed drafter fail no request. (How the
+length is chosen is tested in test_policy and test_session.) A service of its own: no other
+module runs this layout, and the last test kills its drafter."""
 
 from __future__ import annotations
 
@@ -19,12 +19,22 @@ import os
 import signal
 import time
 
+import psutil
 import pytest
 
 from tandem.client import AsyncTandemClient, TandemClient
 from tandem.cluster.config.pools import TargetPoolConfig
 from tests.support.prompts import spec_bench_prompts
-from tests.support.reliability import DEADLINE_S, PROMPTS, drafter_pid, tandem_processes
+from tests.support.reliability import (
+    DEADLINE_S,
+    PROMPTS,
+    Lane,
+    check_greedy,
+    drafter_pid,
+    run_lanes,
+    tandem_processes,
+    wait_drafting,
+)
 from tests.support.services import start_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -123,6 +133,47 @@ def test_drafts_cross_the_emulated_link(service, reference):
     assert list(result.token_ids) == reference[0] and result.speculation.draft_tokens > 0
     assert stats.breakdown.drafter_round_trips > 0
     assert stats.drafter_rtt_p50_s >= LINK_RTT_MS / 1000
+
+
+def test_the_link_down_for_10_s_fails_no_request_and_drafting_resumes(service):
+    """Issue 27, item 5: the relay, a process of its own, stopped for 10 s under two streams
+    (where the draft-length policy drafts): the drafter's late calls are timeouts, not faults,
+    requests go on without drafts, and once the link is back it drafts again, the same drafter
+    on the same connection."""
+    (relay,) = [
+        p
+        for p in psutil.Process(drafter_pid(service)).children()
+        if "tandem.cluster.transport.link" in " ".join(p.cmdline())
+    ]
+    with TandemClient(service.address, timeout=DEADLINE_S) as client:
+        references = [
+            list(
+                client.generate(
+                    p, temperature=0, max_tokens=32, ignore_eos=True, speculation="off"
+                ).token_ids
+            )
+            for p in PROMPTS
+        ]
+        lanes = [Lane(i) for i in range(2)]
+
+        async def until(lanes):
+            await asyncio.gather(*(lane.started.wait() for lane in lanes))
+            assert await asyncio.to_thread(wait_drafting, client, 120), "not drafting"
+            before = client.stats()
+            relay.suspend()  # the link goes down
+            try:
+                done = sum(len(lane.done) for lane in lanes)
+                await asyncio.sleep(10)
+                stats = client.stats()
+                assert sum(len(lane.done) for lane in lanes) > done, "stalled while it was down"
+                assert stats.drafter_timeouts > before.drafter_timeouts
+                assert stats.drafter_failures == before.drafter_failures
+            finally:
+                relay.resume()
+            assert await asyncio.to_thread(wait_drafting, client, 120), "no drafts after it"
+
+        asyncio.run(run_lanes(service.address, lanes, until))
+    check_greedy(lanes, references)
 
 
 def test_a_killed_drafter_is_found_again_through_the_directory(service, reference):

@@ -1,10 +1,11 @@
 """The emulated link (tandem.cluster.transport.link): bytes arrive intact and in order, no
 sooner than half a round trip each way and the link's rate allow, and ZMQ's password handshake
-passes through it."""
+passes through it. In a process of its own, a stopped relay is an outage that loses nothing."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 import time
@@ -13,7 +14,7 @@ import pytest
 import zmq
 
 from tandem.cluster.config.pools import LinkConfig as Link
-from tandem.cluster.transport.link import LinkRelay
+from tandem.cluster.transport.link import LinkProcess, LinkRelay
 from tandem.cluster.transport.sockets import PlainServer, connect
 
 pytestmark = pytest.mark.timeout(60)
@@ -95,3 +96,24 @@ def test_zmq_with_its_password_check_passes_through():
         context.destroy(linger=0)
         relay.close()
         server.close()
+
+
+def test_a_relay_process_stopped_for_a_while_is_an_outage_that_loses_nothing(echo):
+    link = LinkProcess("127.0.0.1", echo, Link(rtt_ms=10))
+    host, port = link.address.removeprefix("tcp://").rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port))) as conn:
+            conn.sendall(b"before")
+            assert conn.recv(64) == b"before"
+            os.kill(link.pid, signal.SIGSTOP)  # the link goes down
+            conn.sendall(b"during")
+            conn.settimeout(1.0)
+            with pytest.raises(TimeoutError):
+                conn.recv(64)  # nothing crosses
+            os.kill(link.pid, signal.SIGCONT)  # and comes back
+            conn.settimeout(10)
+            assert conn.recv(64) == b"during"  # held, then delivered, on the same connection
+    finally:
+        os.kill(link.pid, signal.SIGCONT)
+        link.close()
+    assert link._process.poll() is not None  # closed: the process is gone
