@@ -15,6 +15,7 @@ from tandem.cluster.config.deployment import TandemConfig
 from tandem.cluster.config.errors import ConfigError
 from tandem.cluster.control.placement import PlacementError
 from tandem.models import ModelError
+from tandem.training import TrainingError
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ModelError, PlacementError) as exc:
+    except (ConfigError, ModelError, PlacementError, TrainingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

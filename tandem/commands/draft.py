@@ -142,11 +142,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from tandem.speculation.eagle import EagleDrafter
-    from tandem.training.data import load_features
+    from tandem.training.data import load_features, read_recipe
     from tandem.training.train import acceptance
 
     _threads(args)
-    recipe = json.loads((Path(args.data) / "recipe.json").read_text())
+    recipe = read_recipe(args.data)
     heldout = [e for e in load_features(args.data) if e.heldout][: args.conversations]
     if args.feature_encoding != "float16":
         heldout = [_encoded(e, args.feature_encoding) for e in heldout]
@@ -162,12 +162,12 @@ def cmd_trim(args: argparse.Namespace) -> int:
     import torch
 
     from tandem.speculation.eagle import EagleDrafter
-    from tandem.training.data import load_features
+    from tandem.training.data import load_features, read_recipe
     from tandem.training.train import acceptance
     from tandem.training.vocab_trim import trim
 
     _threads(args)
-    target = json.loads((Path(args.data) / "recipe.json").read_text())["target"]
+    target = read_recipe(args.data)["target"]
     examples = load_features(args.data)
     counted = [e for e in examples if not e.heldout]
     heldout = [e for e in examples if e.heldout][: args.conversations]

@@ -30,6 +30,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from tandem.training import TrainingError
 from tandem.training.prompts import PromptSpec, stage_one, stage_three, stage_two
 
 RECIPE = "recipe.json"
@@ -55,7 +56,7 @@ class DataRecipe:
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
-            raise ValueError(f"top_k must be at least 1 (the greedy choice), not {self.top_k}")
+            raise TrainingError(f"top_k must be at least 1 (the greedy choice), not {self.top_k}")
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,14 @@ class Example:
         return is_heldout(self.id)
 
 
+def read_recipe(folder: str | Path) -> dict[str, Any]:
+    """The recipe a data folder was made with (its target, above all)."""
+    path = Path(folder) / RECIPE
+    if not path.is_file():
+        raise TrainingError(f"{folder}: not a data folder (no {RECIPE}); run `tandem draft data`")
+    return json.loads(path.read_text())
+
+
 def load_features(folder: str | Path) -> list[Example]:
     """Every conversation's features, in shard order."""
     from safetensors.torch import load_file
@@ -315,7 +324,7 @@ def _record_recipe(recipe: DataRecipe, folder: Path) -> None:
             k for k in mine if k not in ("extra", "prompts") and theirs.get(k) != mine[k]
         )
         if differ:
-            raise ValueError(
+            raise TrainingError(
                 f"{folder} holds data of another recipe (differs in {', '.join(differ)}); "
                 "use another folder"
             )

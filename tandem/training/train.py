@@ -34,7 +34,8 @@ from tqdm import tqdm
 from tandem.speculation.eagle import EagleDrafter
 from tandem.speculation.eagle_format import HeadConfig, read_config
 from tandem.speculation.eagle_head import Eagle3Head, load_head, save_head, target_weight
-from tandem.training.data import Example, greedy_counts, load_features
+from tandem.training import TrainingError
+from tandem.training.data import Example, greedy_counts, load_features, read_recipe
 from tandem.training.ttt import ttt_loss
 
 CHECKPOINT = "checkpoint.pt"
@@ -67,11 +68,11 @@ class TrainOptions:
 def train(opts: TrainOptions, resume: bool = False, progress: bool = True) -> Path:
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    data_recipe = json.loads((Path(opts.data) / "recipe.json").read_text())
+    data_recipe = read_recipe(opts.data)
     target = data_recipe["target"]
     examples = load_features(opts.data)
     if not examples:
-        raise ValueError(f"{opts.data}: no features; run `tandem draft data` first")
+        raise TrainingError(f"{opts.data}: no features; run `tandem draft data` first")
     train_set = [e for e in examples if not e.heldout]
     heldout = [e for e in examples if e.heldout][: opts.eval_conversations]
     device = torch.device(opts.device)
@@ -79,7 +80,7 @@ def train(opts: TrainOptions, resume: bool = False, progress: bool = True) -> Pa
 
     target_config = read_config(target)
     if not 0 < opts.draft_vocab <= target_config["vocab_size"]:
-        raise ValueError(
+        raise TrainingError(
             f"draft_vocab must be between 1 and the target's {target_config['vocab_size']} tokens"
         )
     checkpoint = _load_checkpoint(out, opts) if resume else None
@@ -87,7 +88,7 @@ def train(opts: TrainOptions, resume: bool = False, progress: bool = True) -> Pa
         head = load_head(opts.init, target).requires_grad_(True)
         vocab = head.vocabulary()
         if len(vocab) != opts.draft_vocab:
-            raise ValueError(
+            raise TrainingError(
                 f"the head to start from ({opts.init}) drafts over {len(vocab)} tokens, not "
                 f"draft_vocab={opts.draft_vocab}: pass --draft-vocab {len(vocab)}, or trim it "
                 "first (tandem draft trim)"
@@ -101,7 +102,7 @@ def train(opts: TrainOptions, resume: bool = False, progress: bool = True) -> Pa
     draft_index = draft_index.to(device)
 
     if opts.dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"dtype must be float32, bfloat16 or float16, not {opts.dtype!r}")
+        raise TrainingError(f"dtype must be float32, bfloat16 or float16, not {opts.dtype!r}")
     compute = getattr(torch, opts.dtype)
     optimizer = torch.optim.AdamW(
         [p for p in head.parameters() if p.requires_grad], lr=opts.lr, betas=(0.9, 0.95)
@@ -373,7 +374,7 @@ def _load_checkpoint(out: Path, opts: TrainOptions) -> dict[str, Any] | None:
     free |= {"init", "dtype"}
     differ = sorted(k for k, v in asdict(opts).items() if k not in free and theirs.get(k) != v)
     if differ:
-        raise ValueError(f"{path} was trained with other options ({', '.join(differ)})")
+        raise TrainingError(f"{path} was trained with other options ({', '.join(differ)})")
     return checkpoint
 
 

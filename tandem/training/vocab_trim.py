@@ -15,6 +15,7 @@ import torch
 
 from tandem.speculation.eagle_format import HeadConfig
 from tandem.speculation.eagle_head import Eagle3Head, load_head, save_head
+from tandem.training import TrainingError
 from tandem.training.data import Example, greedy_counts
 
 
@@ -23,7 +24,7 @@ def trim(head_dir: str | Path, target: str, examples: list[Example], size: int, 
     head = load_head(head_dir, target)
     vocab = head.vocabulary()  # draft id -> target id
     if not 0 < size <= len(vocab):
-        raise ValueError(f"size must be between 1 and the head's {len(vocab)} draft tokens")
+        raise TrainingError(f"size must be between 1 and the head's {len(vocab)} draft tokens")
     counts = greedy_counts(examples, head.cfg.vocab_size)
     # most chosen first; ties to the lower id (a BPE tokenizer's more frequent merge)
     order = sorted(range(len(vocab)), key=lambda i: (-int(counts[vocab[i]]), int(vocab[i])))
