@@ -4,8 +4,10 @@ messages travel (a Transport, draft_transport.py) and of vLLM (plain lists in).
 
 Each request's draft comes from the speculation cache when its outcome was pre-drafted
 (speculation_cache.py), else just in time from its drafter replica, unless that replica is down
-or late (drafter_health.py); what the drafter lacks of a request is tracked per request
-(request_sync.py), and the session's figures are counted in session_stats.py.
+or late (drafter_health.py) or, for a pipelined request, the round trip costs more than its
+drafts earn (policy.worth_waiting: a far drafter); what the drafter lacks of a request is
+tracked per request (request_sync.py), and the session's figures are counted in
+session_stats.py.
 
 Feature modes (EAGLE-3): the proposer also hands over the target's features of the step's rows
 for requests in such a mode; the session keeps those at committed positions until the next

@@ -1,8 +1,9 @@
 """Pre-drafting (PEARL, SSD): after handing the target a block, the session asks the drafters to
 pre-draft the next block for the block's likeliest verification outcomes while the target
 verifies it. At the next step the actual outcome (accepted length, emitted token) is looked up in
-that speculation cache (each request's `RequestSync.cache`): a hit costs no round trip, a miss is
-drafted just in time.
+that speculation cache (each request's `RequestSync.cache`): a hit costs no round trip (an empty
+entry, too: the drafter has nothing there), a miss is drafted just in time where waiting pays
+(the session decides).
 
 `PreDrafting` holds the call in flight between two steps and times the window it must fit in:
 the target's verification, from the proposer handing it its drafts to the next step.
