@@ -54,8 +54,7 @@ class SpeculationSession:
         self._steps = 0
         self._rtt_total = 0.0
         self._rtts: deque[float] = deque(maxlen=1000)
-        # Moving averages of the just-in-time round trip, and of its part on the wire.
-        self._rtt_s = 0.0
+        # Moving average of the just-in-time round trip's part on the wire (less the drafting).
         self._wire_s = 0.0
         self._speculating = 0  # registered requests in a mode other than `off`
         self._propose_s = 0.0
@@ -194,14 +193,17 @@ class SpeculationSession:
         return request.spec.pipelined and self.config.pipeline.enabled
 
     def _worth_waiting(self, request: RequestSync) -> bool:
-        """On a speculation-cache miss, whether a just-in-time round trip pays: its measured
-        time, in target verification steps, against what the request's drafts earn (policy.
-        worth_waiting). A far drafter is not waited for where its drafts earn little; the step
-        goes on without one and the drafter pre-drafts the next, as for a hit."""
+        """On a speculation-cache miss, whether a just-in-time round trip pays: what the wire
+        adds to it (the round trip less the drafter's own time), in target verification steps,
+        against what the request's drafts earn (policy.worth_waiting). A far drafter is not
+        waited for where its drafts earn little; the step goes on without one and the drafter
+        pre-drafts the next, as for a hit. Only the wire counts: waiting for the drafting
+        itself pays on the same node (measured: counting it too skipped a third of the steps
+        and cost mode auto 5%, docs/benchmarks/2026-12-07-link-hiding.md)."""
         if self.config.pipeline.wait_for_misses == "always":
             return True
         window = self._predrafting.window_s
-        wait = self._rtt_s / window if window else 0.0
+        wait = self._wire_s / window if window else 0.0
         return worth_waiting(request.acceptance.alpha, request.draft_length, wait)
 
     def _item(self, request_id: str, request: RequestSync, tokens: Any, n: int) -> DraftItem:
@@ -239,7 +241,6 @@ class SpeculationSession:
             self._steps += 1
             self._rtt_total += rtt
             self._rtts.append(rtt)
-            self._rtt_s = 0.8 * self._rtt_s + 0.2 * rtt if self._rtt_s else rtt
             for replica, result in results.items():
                 if self._health.failed(replica, result):
                     continue
