@@ -55,8 +55,8 @@ def best_length(alpha: float, k: int, verify_cost: float) -> int:
 def worth_waiting(alpha: float, k: int, wait: float) -> bool:
     """Whether to wait `wait` one-token steps for a k-token draft just in time: it must yield
     at least that much more than the one token the step yields without it. Pipelined requests
-    ask this on a speculation-cache miss; the drafter's round trip (its link and its drafting)
-    is the wait."""
+    ask this on a speculation-cache miss; what the link adds to the drafter's round trip is the
+    wait."""
     return expected_tokens(alpha, k) - 1 >= wait
 
 

@@ -83,8 +83,8 @@ class PipelineConfig(Section):
     outcomes: PositiveInt = 4  # outcomes pre-drafted per request and step
     fanout: PositiveInt = 2  # guesses per rejected position for the target's token there
     # On a miss (an outcome not pre-drafted): `when_it_pays` waits for a just-in-time draft only
-    # where the request's acceptance says it earns more than the measured round trip costs (a
-    # drafter across a slow link); `always` waits every time.
+    # where the request's acceptance says it earns more than the link adds to the round trip (a
+    # drafter far away); `always` waits every time.
     wait_for_misses: Literal["when_it_pays", "always"] = "when_it_pays"
 
 
