@@ -90,3 +90,26 @@ def test_waiting_pays_where_drafts_earn_more_than_the_wait():
     assert not worth_waiting(alpha=0.3, k=4, wait=0.5)  # 0.42
     assert worth_waiting(alpha=0.3, k=4, wait=0.03)  # a drafter on the same node
     assert not worth_waiting(alpha=0.9, k=0, wait=0.01)  # no draft asked: nothing to wait for
+
+
+class SlowSevens(Sevens):
+    """Sevens that take their time: a drafter slow at drafting, not far away."""
+
+    def propose(self, history, extra, k):
+        time.sleep(0.01)
+        return super().propose(history, extra, k)
+
+
+def test_a_slow_drafter_on_the_same_node_is_waited_for():
+    """Only the wire counts against waiting: the drafting itself is what a draft costs on the
+    same node too, and waiting for it pays there (measured)."""
+    transport = LocalTransport()
+    transport.drafters = [Drafter({"ngram": SlowSevens()})]
+    session = session_for(transport, pipelined=True)
+    session.register("a", RequestSpec(Mode.NGRAM, 4))
+    history = [1, 2, 3]
+    for _ in range(6):
+        assert step(session, {"a": history}) == [[7] * 4]  # drafted just in time, every step
+        time.sleep(0.02)
+        history = history + [1]
+    assert session.release("a").skipped_waits == 0
