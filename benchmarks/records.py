@@ -39,7 +39,7 @@ class RequestRecord:
     accepted_tokens: int = 0
     cache_hits: int = 0  # tandem, pipelined: drafts served from the speculation cache
     cache_misses: int = 0  # ... and not pre-drafted
-    skipped_waits: int = 0  # ... of which not waited for (the round trip did not pay)
+    skipped_waits: int = 0  # ... of which not waited for (the link's part did not pay)
     # tandem: (drafted, accepted) tokens by the source that drafted them (auto: those it chose)
     sources: dict[str, tuple[int, int]] = field(default_factory=dict)
     finish_reason: str | None = None

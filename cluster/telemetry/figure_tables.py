@@ -59,7 +59,7 @@ SPECULATION = (
     ),
     Figure(
         "skipped_waits",
-        "Misses not waited for: the drafter's round trip cost more than its drafts earn.",
+        "Misses not waited for: the link's part of the round trip cost more than drafts earn.",
         stat="skipped_waits",
     ),
 )
