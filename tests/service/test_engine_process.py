@@ -33,6 +33,7 @@ from tests.support.reliability import (
     drafter_pid,
     run_lanes,
     tandem_processes,
+    target_references,
     wait_drafting,
 )
 from tests.support.services import start_service
@@ -146,15 +147,8 @@ def test_the_link_down_for_10_s_fails_no_request_and_drafting_resumes(service):
         if "tandem.cluster.transport.link" in " ".join(p.cmdline())
     ]
     with TandemClient(service.address, timeout=DEADLINE_S) as client:
-        references = [
-            list(
-                client.generate(
-                    p, temperature=0, max_tokens=32, ignore_eos=True, speculation="off"
-                ).token_ids
-            )
-            for p in PROMPTS
-        ]
         lanes = [Lane(i) for i in range(2)]
+        references = target_references(client, lanes[0].max_tokens)
 
         async def until(lanes):
             await asyncio.gather(*(lane.started.wait() for lane in lanes))

@@ -34,6 +34,7 @@ from tests.support.reliability import (
     drafter_pid,
     run_lanes,
     tandem_processes,
+    target_references,
     wait_drafting,
     wait_for,
     wait_until_idle,
@@ -73,14 +74,7 @@ def client(service):
 @pytest.fixture(scope="module")
 def references(client) -> list[list[int]]:
     """Each prompt's greedy output from the target alone (its unary twin)."""
-    return [
-        list(
-            client.generate(
-                p, temperature=0, max_tokens=REFERENCE_TOKENS, ignore_eos=True, speculation="off"
-            ).token_ids
-        )
-        for p in PROMPTS
-    ]
+    return target_references(client, REFERENCE_TOKENS)
 
 
 def status(call) -> grpc.RpcError:

@@ -8,12 +8,20 @@ from tandem.speculation.drafter import Drafter
 from tandem.speculation.ngram import NgramSource
 from tandem.speculation.session import SpeculationSession
 from tandem.speculation.settings import SpeculationConfig
+from tandem.speculation.source import DraftSource
 from tandem.speculation.suffix import SuffixSource
 
 
 def plain_drafter(**options):
     """A drafter with the sources that need no model or vocabulary."""
     return Drafter({"ngram": NgramSource(), "suffix": SuffixSource()}, **options)
+
+
+class Sevens(DraftSource):
+    """Drafts 7s, which the tests' targets never emit: every draft is rejected at once."""
+
+    def propose(self, history, extra, k):
+        return [7] * k
 
 
 def session_for(

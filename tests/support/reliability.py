@@ -27,6 +27,19 @@ PROMPTS = [
 ]
 
 
+def target_references(client: TandemClient, max_tokens: int) -> list[list[int]]:
+    """Each of PROMPTS' greedy output from the target alone, `max_tokens` long (EOS ignored):
+    what a lane's greedy requests must return (check_greedy)."""
+    return [
+        list(
+            client.generate(
+                p, temperature=0, max_tokens=max_tokens, ignore_eos=True, speculation="off"
+            ).token_ids
+        )
+        for p in PROMPTS
+    ]
+
+
 def tandem_processes(service) -> dict[str, list[psutil.Process]]:
     """The service's own processes by role: the server (gRPC front door and coordinator), the
     target replicas and the drafter replicas (Ray workers under the embedded cluster), and the

@@ -7,8 +7,7 @@ import pytest
 from tandem.speculation.drafter import Drafter
 from tandem.speculation.protocol import DraftItem, DraftReply, Hint, Mode, PredraftPlan
 from tandem.speculation.request_sync import RequestSpec
-from tandem.speculation.source import DraftSource
-from tests.support.local_transport import LocalTransport, plain_drafter, session_for
+from tests.support.local_transport import LocalTransport, Sevens, plain_drafter, session_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -280,13 +279,6 @@ def test_a_slow_modes_estimate_does_not_stop_a_fast_mode():
     slow, fast = drafter.predraft(items, PredraftPlan(outcomes=4, fanout=2, time_s=1))
     assert list(slow.blocks) == [(2, 4)]
     assert fast.blocks[(1, 9)] == (1, 8)
-
-
-class Sevens(DraftSource):
-    """Drafts 7s, which this test's target never emits."""
-
-    def propose(self, history, extra, k):
-        return [7] * k
 
 
 def test_adaptive_draft_length_stops_drafting_what_is_rejected_and_probes():

@@ -9,8 +9,7 @@ from tandem.speculation.drafter import Drafter
 from tandem.speculation.policy import worth_waiting
 from tandem.speculation.protocol import DraftItem, Mode, PredraftPlan
 from tandem.speculation.request_sync import RequestSpec
-from tandem.speculation.source import DraftSource
-from tests.support.local_transport import LocalTransport, plain_drafter, session_for
+from tests.support.local_transport import LocalTransport, Sevens, plain_drafter, session_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -55,13 +54,6 @@ def test_a_step_after_an_empty_draft_is_served_from_the_cache(emitted, draft):
     assert step(session, {"a": [7, 8, 9, emitted]}) == [draft]
     assert len(transport.sent) == 2  # no round trip for either
     assert session.release("a").cache_hits == 1
-
-
-class Sevens(DraftSource):
-    """Drafts 7s, which this test's target never emits."""
-
-    def propose(self, history, extra, k):
-        return [7] * k
 
 
 def test_a_miss_is_not_waited_for_where_the_round_trip_costs_more_than_drafts_earn():
