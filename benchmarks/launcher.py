@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 _LISTENING = re.compile(r"tandem listening on (\S+)")
+_HTTP = re.compile(r"OpenAI API on (\S+)/v1")
 
 
 class ServiceProcess:
@@ -35,14 +36,16 @@ class ServiceProcess:
         # registers more draft sources first (the bench's controlled acceptance).
         self.command = list(command)
         self.startup_timeout_s = startup_timeout_s
-        self.address: str | None = None
+        self.address: str | None = None  # gRPC host:port
+        self.http_url: str | None = None  # the OpenAI API's base URL, without /v1
         self.proc: subprocess.Popen | None = None
         self.log_lines: list[str] = []
         self._config_file: Path | None = None
 
     def start(self) -> str:
         """Start the service and return its host:port once it answers."""
-        config = {**self.config, "server": {"port": 0, **self.config.get("server", {})}}
+        ports = {"port": 0, "http_port": 0}  # free ports: services run side by side
+        config = {**self.config, "server": {**ports, **self.config.get("server", {})}}
         fd, name = tempfile.mkstemp(prefix="tandem-", suffix=".yaml")
         with os.fdopen(fd, "w") as f:
             yaml.safe_dump(config, f)
@@ -66,8 +69,11 @@ class ServiceProcess:
     def _read_output(self, found: threading.Event) -> None:
         for line in self.proc.stdout:
             self.log_lines.append(line.rstrip())
+            if self.http_url is None and (match := _HTTP.search(line)):
+                self.http_url = match.group(1)
             if self.address is None and (match := _LISTENING.search(line)):
                 self.address = match.group(1)
+            if line.startswith("try: "):  # the last line of the announcement
                 found.set()
 
     def stop(self, timeout_s: float = 60) -> int | None:

@@ -1,5 +1,5 @@
 """The Ray Serve application: the same coordinator, from the same tandem config, behind Serve's
-gRPC ingress (tandem.v1.Tandem) and an OpenAI-compatible HTTP API.
+gRPC ingress (tandem.v1.Tandem) and the OpenAI-compatible HTTP API of `tandem serve`.
 
 One Serve replica owns one coordinator, which places the target and drafter pools itself; scale
 with `target.replicas` and `speculation.drafters.replicas`, not with Serve replicas.
@@ -10,103 +10,34 @@ with `target.replicas` and `speculation.drafters.replicas`, not with Serve repli
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import inspect
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import FastAPI
 from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
 
 from tandem.cluster.config.cpus import keep_off
 from tandem.cluster.config.deployment import TandemConfig
+from tandem.cluster.frontdoor import openai_app
 from tandem.cluster.frontdoor.api import TandemAPI
-from tandem.cluster.frontdoor.auth import authorized
-from tandem.cluster.frontdoor.coordinator import Chunk, Coordinator
+from tandem.cluster.frontdoor.auth import authorized, unauthenticated
+from tandem.cluster.frontdoor.coordinator import Coordinator
 from tandem.cluster.frontdoor.prometheus import start_metrics
 from tandem.cluster.transport.messages import RequestError
-from tandem.deploy import openai_api, openai_requests, openai_responses
 from tandem.protos import tandem_pb2 as pb
 
 GRPC_SERVICER_FUNCTION = "tandem.protos.tandem_pb2_grpc.add_TandemServicer_to_server"
 
 
-def unauthenticated() -> RequestError:
-    return RequestError("UNAUTHENTICATED", "missing or wrong bearer token (Authorization)")
-
-
-http = FastAPI(title="tandem", description="OpenAI-compatible API of a tandem deployment")
-
-
-class _HTTPError(Exception):
-    """Carries a RequestError out of a FastAPI dependency to the OpenAI error handler."""
-
-    def __init__(self, error: RequestError) -> None:
-        self.error = error
-
-
-@http.exception_handler(_HTTPError)
-async def _http_error(request: Request, exc: _HTTPError) -> JSONResponse:
-    chat = request.url.path.endswith("/chat/completions")
-    status, body = openai_responses.error_response(exc.error, chat)
-    return JSONResponse(body, status_code=status)
-
-
-# Helpers are defined before the class: serve.ingress pickles it at definition time.
-async def _sse(
-    events: openai_responses.EventStream, firsts: list[Chunk], streams: list[AsyncIterator[Chunk]]
-) -> AsyncIterator[str]:
-    """The events of n choices as their chunks come, interleaved."""
-    queue: asyncio.Queue = asyncio.Queue()
-
-    async def pump(index: int, first: Chunk, chunks: AsyncIterator[Chunk]) -> None:
-        try:
-            await queue.put((index, first))
-            async for chunk in chunks:
-                await queue.put((index, chunk))
-        except RequestError as exc:
-            await queue.put((index, exc))
-        finally:
-            await queue.put((index, None))
-
-    tasks = [
-        asyncio.create_task(pump(i, first, chunks))
-        for i, (first, chunks) in enumerate(zip(firsts, streams, strict=True))
-    ]
-    try:
-        running = len(tasks)
-        while running:
-            index, item = await queue.get()
-            if item is None:
-                running -= 1
-            elif isinstance(item, RequestError):  # the status line is sent: report in-band
-                yield openai_responses.sse(
-                    openai_responses.error_response(item, events.parsed.chat)[1]
-                )
-            else:
-                for event in events.events(index, item):
-                    yield event
-        for event in events.final():
-            yield event
-    finally:  # a client that goes away aborts every choice
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for chunks in streams:
-            await chunks.aclose()
-
-
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
-@serve.ingress(http)
+@serve.ingress()
 class TandemDeployment:
     """gRPC methods are named like tandem.v1.Tandem's RPCs (Serve's gRPC ingress calls them);
-    HTTP routes are OpenAI's."""
+    HTTP is the OpenAI app of `tandem serve` (openai_app.py)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         # tandem's one-line records (refusals) reach the replica's log, where Serve keeps it.
@@ -120,10 +51,7 @@ class TandemDeployment:
         keep_off(self.config.target.core_binding())  # this replica off the target engines' CPUs
         self.coordinator = Coordinator.start(self.config)
         self.api = TandemAPI(self.coordinator)
-        self.model = self.config.models.target
-        self.max_model_len = self.coordinator.limits.max_model_len
-        self.created = int(time.time())
-        start_metrics(self.coordinator)
+        self.metrics = start_metrics(self.coordinator)
 
     def __del__(self) -> None:
         """Serve calls this when the replica stops: free the pools' actors and bundles."""
@@ -183,110 +111,22 @@ class TandemDeployment:
     async def GetStats(self, request, grpc_context: RayServegRPCContext):
         return await self._unary(grpc_context, self.api.stats, pb.Stats())
 
-    # ---- OpenAI-compatible HTTP ---------------------------------------------------------------
+    # ---- OpenAI-compatible HTTP (cluster/frontdoor/openai_app.py) ---------------------------
 
-    @http.get("/health")
-    def health(self) -> dict[str, str]:
-        """Open without a token, for probes; 503 while draining."""
-        if self.coordinator.draining:
-            raise _HTTPError(RequestError("UNAVAILABLE", "draining"))
-        return {"status": "ok"}
-
-    def _authorize(self, request: Request) -> None:
-        if not authorized(request.headers.getlist("authorization"), self.token):
-            raise _HTTPError(self.coordinator.reject(unauthenticated()))
-
-    async def _body(self, request: Request) -> Any:
-        self._authorize(request)
-        try:
-            return await request.json()
-        except ValueError:
-            error = RequestError("INVALID_ARGUMENT", "the body is not valid JSON")
-            raise self._refused(error) from None
-
-    def _refused(self, exc: RequestError) -> _HTTPError:
-        """A refusal made here, before admission: counted and logged like the coordinator's."""
-        return _HTTPError(self.coordinator.reject(exc))
-
-    @http.get("/version")
-    def version(self, request: Request) -> dict[str, str]:
-        self._authorize(request)
-        return openai_api.version()
-
-    @http.get("/v1/models")
-    def models(self, request: Request) -> dict[str, Any]:
-        self._authorize(request)
-        return openai_api.models_response(self.model, self.created, self.max_model_len)
-
-    @http.get("/v1/models/{model_id:path}")
-    def model(self, model_id: str, request: Request) -> dict[str, Any]:
-        self._authorize(request)
-        if model_id != self.model:
-            raise self._refused(
-                RequestError("NOT_FOUND", f"model: {model_id!r} is not served; use {self.model!r}")
-            )
-        return openai_api.model_card(self.model, self.created, self.max_model_len)
-
-    @http.post("/tokenize")
-    async def tokenize(self, request: Request) -> dict[str, Any]:
-        body = await self._body(request)
-        work = functools.partial(
-            openai_api.tokenize, body, self.model, max_model_len=self.max_model_len
-        )
-        try:
-            return await self.coordinator.with_tokenizer(work)
-        except RequestError as exc:
-            raise self._refused(exc) from None
-
-    @http.post("/detokenize")
-    async def detokenize(self, request: Request) -> dict[str, str]:
-        body = await self._body(request)
-        work = functools.partial(
-            openai_api.detokenize, body, self.model, vocab_size=self.coordinator.limits.vocab_size
-        )
-        try:
-            return await self.coordinator.with_tokenizer(work)
-        except RequestError as exc:
-            raise self._refused(exc) from None
-
-    @http.post("/v1/completions")
-    async def completions(self, request: Request):
-        return await self._openai(request, chat=False)
-
-    @http.post("/v1/chat/completions")
-    async def chat_completions(self, request: Request):
-        return await self._openai(request, chat=True)
-
-    async def _openai(self, request: Request, chat: bool):
-        body = await self._body(request)
-        try:
-            parsed = openai_requests.parse(body, self.model, chat)
-        except RequestError as exc:
-            raise self._refused(exc) from None
-        streams = [self.api.stream(r) for r in parsed.requests]
-        try:
-            # Refusals surface at each choice's first chunk, before any byte is sent.
-            firsts = [await anext(chunks) for chunks in streams]
-            if parsed.stream:
-                events = openai_responses.EventStream(self.model, parsed)
-                return StreamingResponse(
-                    _sse(events, firsts, streams), media_type="text/event-stream"
-                )
-            choices = [
-                [first, *[c async for c in chunks]]
-                for first, chunks in zip(firsts, streams, strict=True)
-            ]
-        except RequestError as exc:
-            for chunks in streams:  # the choices already admitted are aborted
-                await chunks.aclose()
-            raise _HTTPError(exc) from None
-        return openai_responses.completion_response(choices, self.model, parsed)
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """Serve asks for the HTTP app once the replica is built: the same app `tandem serve`
+        runs, over this replica's coordinator."""
+        return openai_app.build(self.coordinator, self.metrics)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:
     """Serve's entry point (`import_path: tandem.deploy.serve_app:app_builder`): the tandem
     config comes from the application's args (`config` inline, or `config_path`)."""
     config = TandemConfig.from_serve_args(args)
+    if "http_port" in config.server.model_fields_set:
+        logging.getLogger("tandem").warning(
+            "server.http_port is tandem serve's: under Ray Serve, Serve's http_options place HTTP"
+        )
     config.check_serving(exposed=True)  # Serve's gRPC ingress listens on every interface
     # The coordinator admits requests (server.max_inflight): Serve should not queue before it.
     deployment = TandemDeployment.options(max_ongoing_requests=config.server.max_inflight + 8)

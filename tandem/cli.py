@@ -18,6 +18,12 @@ from tandem.models import ModelError
 from tandem.training import TrainingError
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+DESCRIPTION = """Speculative decoding with the drafter on hardware of its own: a vLLM target and
+remote drafters on Ray, served over gRPC and an OpenAI-compatible HTTP API.
+
+  tandem serve                      serve the default model (gRPC :50051, OpenAI HTTP :8000)
+  tandem generate "Hello"           stream a completion from a running server
+  tandem bench --quick              measure against vLLM on this machine"""
 
 
 def load_config(path: str | None) -> TandemConfig:
@@ -25,7 +31,8 @@ def load_config(path: str | None) -> TandemConfig:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config = load_config(args.config).with_overrides(server={"host": args.host, "port": args.port})
+    ports = {"host": args.host, "port": args.port, "http_port": args.http_port}
+    config = load_config(args.config).with_overrides(server=ports)
     from tandem.cluster.frontdoor.service import announcer, run_service
 
     run_service(config, on_ready=announcer(config))
@@ -176,13 +183,20 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from tandem.speculation.protocol import Mode
 
-    parser = argparse.ArgumentParser(prog="tandem", description=__doc__)
+    parser = argparse.ArgumentParser(prog="tandem", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="start the gRPC service (embedded Ray unless configured)")
+    serve = sub.add_parser(
+        "serve", help="start the service: gRPC and OpenAI HTTP (embedded Ray unless configured)"
+    )
     serve.add_argument("--config", help="YAML config; the built-in default without it")
     serve.add_argument("--host", help="bind address (default from config: 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default from config: 50051; 0 = any)")
+    serve.add_argument("--port", type=int, help="gRPC port (default from config: 50051; 0 = any)")
+    serve.add_argument(
+        "--http-port",
+        type=int,
+        help="OpenAI HTTP port (default from config: 8000; 0 = any; server.http_port: null = off)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     plan = sub.add_parser(

@@ -51,10 +51,13 @@ class AuthConfig(Section):
 
 
 class ServerConfig(Section):
-    """The front door (gRPC, and HTTP under Ray Serve), its limits, metrics and security."""
+    """The front door (gRPC and OpenAI HTTP), its limits, metrics and security."""
 
     host: str = "127.0.0.1"
-    port: int = Field(50051, ge=0, le=65535)  # 0 picks a free port
+    port: int = Field(50051, ge=0, le=65535)  # gRPC; 0 picks a free port
+    # `tandem serve`'s OpenAI HTTP API, on `host` beside gRPC with the same TLS and token; None:
+    # off, 0: a free port. Under Ray Serve, Serve's http_options place HTTP instead.
+    http_port: int | None = Field(8000, ge=0, le=65535)
     max_tokens: PositiveInt = 2048  # the largest max_tokens a request may ask for
     default_max_tokens: PositiveInt = 256
     max_inflight: PositiveInt = 64  # more requests at once get RESOURCE_EXHAUSTED

@@ -6,6 +6,8 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 
+from tandem.cluster.transport.messages import RequestError
+
 
 def authorized(authorization: Sequence[str], token: str | None) -> bool:
     """Whether the `authorization` header/metadata values carry the bearer token (always true
@@ -20,3 +22,7 @@ def authorized(authorization: Sequence[str], token: str | None) -> bool:
     given = hashlib.sha256(value.strip().encode("utf-8", "surrogatepass")).digest()
     expected = hashlib.sha256(token.encode("utf-8")).digest()
     return scheme.lower() == "bearer" and hmac.compare_digest(given, expected)
+
+
+def unauthenticated() -> RequestError:
+    return RequestError("UNAUTHENTICATED", "missing or wrong bearer token (Authorization)")

@@ -10,11 +10,9 @@ stream aborts it when this handler's task is cancelled).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import logging
-import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +26,6 @@ from tandem.cluster.config.front_door import TLSConfig
 from tandem.cluster.frontdoor.api import TandemAPI, internal_error
 from tandem.cluster.frontdoor.auth import authorized
 from tandem.cluster.frontdoor.coordinator import Coordinator
-from tandem.cluster.frontdoor.prometheus import start_metrics
 from tandem.cluster.transport.messages import RequestError
 from tandem.protos import tandem_pb2 as pb
 from tandem.protos import tandem_pb2_grpc as pb_grpc
@@ -238,7 +235,6 @@ class Server:
         self.address = f"{server.host}:{self.port}"
 
     async def start(self) -> None:
-        start_metrics(self.coordinator)
         await self.grpc.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -251,16 +247,3 @@ class Server:
         if left:
             log.warning("stopping with %d requests still running; they are aborted", left)
         await self.grpc.stop(grace=1.0)
-
-
-async def serve_until_signal(server: Server, on_ready=None) -> None:
-    """Serve until SIGTERM or SIGINT, then drain and stop."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await server.start()
-    if on_ready is not None:
-        on_ready(server)
-    await stop.wait()
-    await server.stop()

@@ -159,15 +159,15 @@ def vllm_labels(coordinator: Coordinator) -> tuple[str, str]:
     return coordinator.config.models.target, "0"
 
 
-def start_metrics(coordinator: Coordinator) -> Metrics | None:
-    """Attach metrics to the coordinator and serve them, when server.metrics_port is set."""
+def start_metrics(coordinator: Coordinator) -> Metrics:
+    """Attach metrics to the coordinator: /metrics on the HTTP port shows them, and so does a
+    port of their own when server.metrics_port is set."""
     server = coordinator.config.server
-    if not server.metrics_port:
-        return None
     metrics = Metrics(coordinator)
     coordinator.on_finished.append(metrics.observe)
-    token = server.auth.token() if server.metrics_auth else None
-    metrics.serve(server.metrics_host, server.metrics_port, token)
+    if server.metrics_port:
+        token = server.auth.token() if server.metrics_auth else None
+        metrics.serve(server.metrics_host, server.metrics_port, token)
     return metrics
 
 

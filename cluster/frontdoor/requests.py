@@ -152,7 +152,9 @@ def render_chat(chat: pb.ChatMessages, tokenizer: Any, limits: Limits | None = N
                 f"prompt.chat.messages: {len(chat.messages)} messages cannot fit the model's "
                 f"context of {limits.max_model_len} tokens"
             )
-        _check_length(sum(len(m.content) for m in chat.messages), "prompt.chat", limits)
+        _check_length(
+            sum(len(m.content) + len(m.name) for m in chat.messages), "prompt.chat", limits
+        )
     for i, message in enumerate(chat.messages):
         if message.role not in CHAT_ROLES:
             raise invalid(
@@ -161,7 +163,10 @@ def render_chat(chat: pb.ChatMessages, tokenizer: Any, limits: Limits | None = N
             )
     if tokenizer.chat_template is None:
         raise invalid("prompt.chat: the model has no chat template; send text or token_ids")
-    messages = [{"role": m.role, "content": m.content} for m in chat.messages]
+    messages = [
+        {"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})}
+        for m in chat.messages
+    ]
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return tokenizer.encode(text, add_special_tokens=False)
 

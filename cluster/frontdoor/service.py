@@ -1,11 +1,13 @@
-"""Starting and stopping the whole service: Ray, the target pool, the gRPC server."""
+"""Starting and stopping the whole service: Ray, the target pool, the gRPC and HTTP doors."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import ray
 from ray._private import ray_constants
@@ -13,7 +15,9 @@ from ray._private import ray_constants
 from tandem.cluster.config.cpus import keep_off
 from tandem.cluster.config.deployment import RayConfig, TandemConfig
 from tandem.cluster.frontdoor.coordinator import Coordinator
-from tandem.cluster.frontdoor.grpc_server import Server, serve_until_signal
+from tandem.cluster.frontdoor.grpc_server import Server
+from tandem.cluster.frontdoor.http_server import HTTPServer
+from tandem.cluster.frontdoor.prometheus import start_metrics
 
 log = logging.getLogger("tandem")
 
@@ -48,7 +52,16 @@ def connect_ray(config: RayConfig) -> bool:
     return True
 
 
-def run_service(config: TandemConfig, on_ready: Callable[[Server], None] | None = None) -> None:
+@dataclass
+class Doors:
+    """Where a started service listens: gRPC, and the OpenAI API unless server.http_port is
+    None."""
+
+    grpc: Server
+    http: HTTPServer | None
+
+
+def run_service(config: TandemConfig, on_ready: Callable[[Doors], None] | None = None) -> None:
     """Serve until SIGTERM/SIGINT; then drain, stop the actors and an embedded Ray cluster."""
     config.check_serving()  # no token on a network address: refused before anything starts
     # Off the target engines' CPUs before Ray starts: an embedded cluster's daemons inherit it.
@@ -65,16 +78,38 @@ def run_service(config: TandemConfig, on_ready: Callable[[Server], None] | None 
             ray.shutdown()
 
 
-def announcer(config: TandemConfig) -> Callable[[Server], None]:
+def announcer(config: TandemConfig) -> Callable[[Doors], None]:
     """`run_service`'s on_ready for a terminal: where it listens, and a first command to try
-    (tandem's launcher, benchmarks/launcher.py, reads the first line)."""
+    (tandem's launcher, benchmarks/launcher.py, reads the first two lines)."""
 
-    def announce(server: Server) -> None:
-        print(f"tandem listening on {server.address} (model {config.models.target})", flush=True)
-        print(f'try: tandem generate "Tell me about Ray." --address {server.address}', flush=True)
+    def announce(doors: Doors) -> None:
+        address = doors.grpc.address
+        print(f"tandem listening on {address} (model {config.models.target})", flush=True)
+        if doors.http is not None:
+            print(f"OpenAI API on {doors.http.url}/v1", flush=True)
+        print(f'try: tandem generate "Tell me about Ray." --address {address}', flush=True)
 
     return announce
 
 
-async def _serve(coordinator: Coordinator, on_ready) -> None:
-    await serve_until_signal(Server(coordinator), on_ready)
+async def _serve(coordinator: Coordinator, on_ready: Callable[[Doors], None] | None) -> None:
+    """Serve until SIGTERM or SIGINT; then refuse new requests, drain the running ones for
+    server.drain_timeout_s (Server.stop) and close both doors."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    metrics = start_metrics(coordinator)
+    server = coordinator.config.server
+    doors = Doors(Server(coordinator), None)
+    if server.http_port is not None:
+        doors.http = HTTPServer(coordinator, metrics)
+    await doors.grpc.start()
+    if doors.http is not None:
+        await doors.http.start()
+    if on_ready is not None:
+        on_ready(doors)
+    await stop.wait()
+    await doors.grpc.stop()
+    if doors.http is not None:
+        await doors.http.stop()

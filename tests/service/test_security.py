@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -183,3 +184,36 @@ def test_auth_details(mtls_service, certs, metrics_port):
         assert httpx.get(url, headers=headers, timeout=60).status_code == 401, headers
     scraped = httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
     assert scraped.status_code == 200 and "tandem_requests_total" in scraped.text
+
+
+def test_https_takes_the_same_tls_and_token_as_grpc(servers, certs, tmp_path):
+    """The OpenAI API of `tandem serve` is served with the gRPC port's TLS: HTTPS only, the
+    client certificate where the CA is set, the bearer token on every route but /health, and
+    /metrics with the token (server.metrics_auth) as on the metrics port."""
+    ca, cert, key = tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"
+    for path, data in ((ca, certs.ca.cert), (cert, certs.client.cert), (key, certs.client.key)):
+        path.write_bytes(data)
+    trusting = ssl.create_default_context(cafile=str(ca))
+    with_certificate = ssl.create_default_context(cafile=str(ca))
+    with_certificate.load_cert_chain(str(cert), str(key))
+    body = {"prompt": "Hi", "max_tokens": 3, "temperature": 0}
+    token = {"Authorization": f"Bearer {TOKEN}"}
+    url = servers["mtls"].http_url
+    assert url.startswith("https://")
+    with httpx.Client(base_url=url, verify=with_certificate, timeout=60) as mutual:
+        done = mutual.post("/v1/completions", json=body, headers=token)
+        assert done.status_code == 200 and done.json()["usage"]["completion_tokens"] == 3
+        assert mutual.post("/v1/completions", json=body).status_code == 401
+        assert mutual.get("/v1/models", headers={"Authorization": "Bearer x"}).status_code == 401
+        assert mutual.get("/health").json() == {"status": "ok"}
+        assert mutual.get("/metrics").status_code == 401
+        assert "tandem_requests_total" in mutual.get("/metrics", headers=token).text
+    # Without a client certificate, or without TLS, the connection fails before HTTP.
+    with pytest.raises(httpx.TransportError):
+        httpx.get(url + "/health", verify=trusting, timeout=60)
+    with pytest.raises(httpx.TransportError):
+        httpx.get(url.replace("https://", "http://") + "/health", timeout=60)
+    # Server TLS only: the CA is all a client needs, besides the token.
+    with httpx.Client(base_url=servers["tls"].http_url, verify=trusting, timeout=60) as plain:
+        assert plain.post("/v1/completions", json=body, headers=token).status_code == 200
+        assert plain.post("/v1/completions", json=body).status_code == 401

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,10 @@ def test_one_image_per_kind_the_manifests_use():
     used = set()
     for manifest in (REPO / "deploy" / "kuberay").glob("*.yaml"):
         used |= set(re.findall(r"image: (tandem:\w+)", manifest.read_text()))
-    assert used == {f"tandem:{image.stem}" for image in IMAGES} == {"tandem:cpu", "tandem:gpu"}
+    built = {f"tandem:{image.stem}" for image in IMAGES}
+    assert built == {"tandem:cpu", "tandem:gpu", "tandem:drafter"}
+    # gpu: GPU targets (docs/deployment.md); the samples' targets are CPU ones
+    assert used == {"tandem:cpu", "tandem:drafter"}
 
 
 @pytest.mark.timeout(120)
@@ -51,10 +55,34 @@ def test_one_install_recipe():
     for image in IMAGES:
         text = image.read_text()
         extra = image.stem  # cpu or gpu: the extra of the same name
-        assert f"/opt/tandem/src/{INSTALL} python {extra}" in text, image.name
+        assert f"/tmp/tandem/{INSTALL} python {extra} --dependencies" in text, image.name
+        assert f"/tmp/tandem/{INSTALL} python {extra} --wheel" in text, image.name
         assert "pip install" not in text, image.name
         # The models the default config serves (the target and its derived draft), baked in.
         assert "tandem models prepare" in text and "TANDEM_MODELS_DIR=/opt/tandem/models" in text
+
+
+def test_dependencies_before_source_and_no_source_in_the_image():
+    """The final stage sees pyproject.toml and the recipe before any source (an edit reinstalls
+    no dependency), and the source only through the wheel stage, mounted: nothing of it is
+    copied into the image."""
+    for image in IMAGES:
+        stages = re.split(r"^FROM ", image.read_text(), flags=re.MULTILINE)
+        assert len(stages) == 3, image.name  # the header, the wheel stage, the image
+        assert stages[1].startswith("${RAY_IMAGE} AS wheel"), image.name
+        final = stages[2]
+        assert "COPY" not in final, image.name
+        assert final.index("--dependencies") < final.index("from=wheel"), image.name
+
+
+def test_the_drafter_image_has_no_vllm():
+    """The drafter extra is torch alone; the drafter actor imports nothing of vLLM."""
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert not any("vllm" in r for r in extras["optional-dependencies"]["drafter"])
+    assert not any("vllm" in r for r in extras["dependencies"])
+    code = "import sys, tandem.cluster.actors.drafter_actor; print('vllm' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr
 
 
 def test_images_build_on_rays_image_with_tandems_ray_and_python_311():

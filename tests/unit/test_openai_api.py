@@ -8,9 +8,9 @@ import json
 
 import pytest
 
+from tandem.cluster.frontdoor import openai_requests, openai_responses
 from tandem.cluster.frontdoor.coordinator import Chunk
 from tandem.cluster.transport.messages import RequestError
-from tandem.deploy import openai_requests, openai_responses
 from tandem.protos import tandem_pb2 as pb
 from tandem.speculation.protocol import Mode
 
@@ -118,7 +118,6 @@ def test_speculation_modes_come_from_the_registry():
         ({"suffix": "s"}, "INVALID_ARGUMENT", "suffix"),
         ({"use_beam_search": True}, "INVALID_ARGUMENT", "use_beam_search"),
         ({"response_format": {"type": "json_object"}}, "INVALID_ARGUMENT", "response_format"),
-        ({"no_such_field": 1}, "INVALID_ARGUMENT", "no_such_field"),
         ({"speculation": "magic"}, "INVALID_ARGUMENT", "speculation"),
         ({"num_speculative_tokens": 2**40}, "INVALID_ARGUMENT", "num_speculative_tokens"),
         ({"stream_options": {"include_usage": True}}, "INVALID_ARGUMENT", "stream_options"),
@@ -139,7 +138,7 @@ def test_bad_completion_bodies(body, code, param):
     [
         ({"messages": "hi"}, "messages"),
         ({"messages": [{"role": "user", "content": 5}]}, "messages"),
-        ({"messages": [{"role": "user", "content": "x", "tool_calls": []}]}, "messages"),
+        ({"messages": [{"role": "user", "content": "x", "name": 5}]}, "messages"),
         ({"logprobs": 1}, "logprobs"),
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
@@ -151,6 +150,21 @@ def test_bad_chat_bodies(body, param):
     with pytest.raises(RequestError) as exc:
         chat(body)
     assert openai_responses.error_response(exc.value, chat=True)[1]["error"]["param"] == param
+
+
+def test_unknown_fields_are_ignored_and_named_as_vllm_ignores_them():
+    """vLLM's request models allow extra fields (a newer SDK's, LiteLLM's): it logs and ignores
+    them. tandem does too, and lists them (openai_app.py sends the list as a header)."""
+    parsed = chat(
+        {
+            "no_such_field": 1,
+            "messages": [{"role": "user", "content": "x", "name": "ann", "tool_calls": []}],
+        }
+    )
+    assert parsed.ignored == ["no_such_field", "messages[0].tool_calls"]
+    assert parsed.requests[0].chat.messages[0].name == "ann"
+    assert completion({"temprature": 0.5}).ignored == ["temprature"]
+    assert completion({}).ignored == []
 
 
 def test_defaults_of_unsupported_fields_are_accepted():

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from tandem.cluster.frontdoor.openai_requests import chat_prompt
 from tandem.cluster.frontdoor.requests import assign, invalid, render_chat
 from tandem.cluster.transport.messages import RequestError
-from tandem.deploy.openai_requests import chat_prompt
 from tandem.protos import tandem_pb2 as pb
 
 
@@ -57,7 +57,8 @@ def tokenize(body: Any, model: str, tokenizer: Any, max_model_len: int) -> dict[
         if not body.get("add_generation_prompt", True) or body.get("add_special_tokens"):
             raise invalid("add_generation_prompt: tandem renders chat as generation does")
         request = pb.GenerateRequest()
-        chat_prompt(body, request)
+        if ignored := chat_prompt(body, request):
+            raise invalid(f"{ignored[0]}: unknown field")
         tokens = render_chat(request.chat, tokenizer)
     strs = tokenizer.convert_ids_to_tokens(tokens) if body.get("return_token_strs") else None
     return {

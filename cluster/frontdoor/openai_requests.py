@@ -1,7 +1,9 @@
 """OpenAI request bodies to GenerateRequests, as vLLM's OpenAI server reads them.
 
-Every request field is either honoured with vLLM's semantics or refused with a 400 naming it:
-nothing is silently dropped. Types and integer widths are checked before protobuf sees a value
+Every request field tandem knows is either honoured with vLLM's semantics or refused with a 400
+naming it; a field it does not know is ignored, as vLLM's server ignores it, and named in the
+answer's `tandem-ignored-fields` header and the log (openai_app.py), so nothing is dropped
+silently. Types and integer widths are checked before protobuf sees a value
 (tandem.cluster.frontdoor.requests.assign); ranges, by the same validation as the gRPC API
 (`prepare`). Plain logic (no Serve, no Ray): the Serve app (serve_app.py) routes HTTP here.
 """
@@ -9,7 +11,7 @@ nothing is silently dropped. Types and integer widths are checked before protobu
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tandem.cluster.frontdoor.requests import MAX_LOGPROBS, assign, invalid
@@ -55,6 +57,7 @@ HANDLED = {
     "pipelined",
 }
 HANDLED_CHAT = HANDLED | {"messages", "max_completion_tokens", "top_logprobs"}
+MESSAGE_KEYS = {"role", "content", "name"}
 HANDLED_COMPLETION = HANDLED | {"prompt"}
 # Fields tandem accepts only at their default (OpenAI's, or vLLM's for its extra parameters):
 # any other value is refused with a 400 naming the field.
@@ -122,6 +125,7 @@ class OpenAIRequest:
     stream: bool = False
     include_usage: bool = False
     logprobs: int | None = None  # top entries per token in the answer (None: no logprobs)
+    ignored: list[str] = field(default_factory=list)  # unknown fields, ignored as vLLM does
 
 
 def parse(body: Any, model: str, chat: bool) -> OpenAIRequest:
@@ -129,30 +133,38 @@ def parse(body: Any, model: str, chat: bool) -> OpenAIRequest:
     text prompt, or one list of token ids, raw) into one GenerateRequest per choice."""
     if not isinstance(body, dict):
         raise invalid("the request body must be a JSON object")
-    _check_fields(body, chat)
+    ignored = _check_fields(body, chat)
     if body.get("model") not in (None, model):
         raise RequestError("NOT_FOUND", f"model: {body['model']!r} is not served; use {model!r}")
     request = pb.GenerateRequest()
-    (chat_prompt if chat else _completion_prompt)(body, request)
+    if chat:
+        ignored += chat_prompt(body, request)
+    else:
+        _completion_prompt(body, request)
     _sampling(body, request.sampling, chat)
     _tandem_extras(body, request)
     if body.get("request_id") is not None:
         assign(request, "request_id", body["request_id"], "request_id")
-    parsed = OpenAIRequest([request], chat, logprobs=_logprobs(body, request.sampling, chat))
+    logprobs = _logprobs(body, request.sampling, chat)
+    parsed = OpenAIRequest([request], chat, logprobs=logprobs, ignored=ignored)
     _stream_options(body, parsed)
     return _choices(body, parsed)
 
 
-def _check_fields(body: dict[str, Any], chat: bool) -> None:
+def _check_fields(body: dict[str, Any], chat: bool) -> list[str]:
+    """The unknown fields (ignored); a known one tandem cannot honour at its value is refused."""
     handled = HANDLED_CHAT if chat else HANDLED_COMPLETION
+    ignored = []
     for name, value in body.items():
         if name in handled or name in SAMPLING:
             continue
         if name not in DEFAULTS_ONLY:
-            raise invalid(f"{name}: unknown field")
+            ignored.append(name)
+            continue
         default = DEFAULTS_ONLY[name]
         if value is not None and value != default:
             raise invalid(f"{name}: not supported by tandem (only {json.dumps(default)})")
+    return ignored
 
 
 def _completion_prompt(body: dict[str, Any], request: pb.GenerateRequest) -> None:
@@ -167,20 +179,23 @@ def _completion_prompt(body: dict[str, Any], request: pb.GenerateRequest) -> Non
         raise invalid("prompt: a string or a list of token ids (one prompt per request)")
 
 
-def chat_prompt(body: dict[str, Any], request: pb.GenerateRequest) -> None:
+def chat_prompt(body: dict[str, Any], request: pb.GenerateRequest) -> list[str]:
+    """The messages into `request.chat`; returns the message keys it ignores (unknown ones)."""
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise invalid("messages: a list of {role, content} objects")
+    ignored = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise invalid(f"messages[{i}]: an object with role and content")
-        unknown = set(message) - {"role", "content", "name"}
-        if unknown:
-            raise invalid(f"messages[{i}]: not supported by tandem: {', '.join(sorted(unknown))}")
+        ignored += [f"messages[{i}].{key}" for key in message if key not in MESSAGE_KEYS]
         role = message.get("role")
         if not isinstance(role, str):
             raise invalid(f"messages[{i}].role: expected a string")
-        request.chat.messages.add(role=role, content=_content(message.get("content"), i))
+        added = request.chat.messages.add(role=role, content=_content(message.get("content"), i))
+        if message.get("name") is not None:
+            assign(added, "name", message["name"], f"messages[{i}].name")
+    return ignored
 
 
 def _content(content: Any, i: int) -> str:

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from tandem.cluster.frontdoor.coordinator import Chunk
+from tandem.cluster.frontdoor.openai_requests import OpenAIRequest
 from tandem.cluster.transport.messages import RequestError
-from tandem.deploy.openai_requests import OpenAIRequest
 
 # gRPC status names (RequestError.code) to HTTP statuses and the error types vLLM's server (and
 # the openai client's exception classes) use.
