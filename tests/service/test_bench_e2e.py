@@ -6,7 +6,7 @@ alone there differs only in one argument, and a server start costs half a minute
 tandem's shared server (off, ngram pipelined and sequential, eagle) and a server of its own (auto),
 plus the cost measurement and the controlled-acceptance tool. Which systems run by default is
 `choose`'s (tests/unit/test_bench_metrics.py); the draft-model systems, at a fifth of the
-target's speed here, would only add minutes. 32 new tokens per prompt instead of --quick's 64:
+target's speed here, would only add minutes. 24 new tokens per prompt instead of --quick's 64:
 what is checked holds for any length (the outputs equal, drafts flow, every figure is there).
 """
 
@@ -40,7 +40,7 @@ def test_quick_bench_writes_json_table_and_plot(tmp_path, model_path):
     proc = subprocess.run(
         [sys.executable, "-m", "tandem.cli", "bench", "--quick", "--limit", "2"]
         + ["--systems", ",".join(SYSTEMS)]
-        + ["--max-new-tokens", "32", "--cost-repeats", "1", "--controlled-acceptance", "0.9"]
+        + ["--max-new-tokens", "24", "--cost-repeats", "1", "--controlled-acceptance", "0.9"]
         + ["--out", str(out), "--no-progress"],
         capture_output=True,
         text=True,

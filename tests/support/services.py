@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -40,14 +41,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_stopping: list[threading.Thread] = []
+
+
+def stop_later(service: ServiceProcess) -> None:
+    """Stop a service on a thread of its own: a stop is seconds of waiting with little to
+    compute (the drain, Ray's shutdown), so the next module need not wait for it to end.
+    `wait_for_stops` (at the session's end) joins them."""
+    thread = threading.Thread(target=service.stop, name="stop-service", daemon=True)
+    thread.start()
+    _stopping.append(thread)
+
+
+def wait_for_stops() -> None:
+    while _stopping:
+        _stopping.pop().join()
+
+
 def start_service(config: Config) -> Iterator[ServiceProcess]:
-    """A service of the caller's own, stopped when the generator is closed."""
+    """A service of the caller's own, stopped (in the background) when the generator is
+    closed."""
     service = ServiceProcess(config, startup_timeout_s=STARTUP_TIMEOUT_S)
     service.start()
     try:
         yield service
     finally:
-        service.stop()
+        stop_later(service)
 
 
 def config_key(config: Config) -> str:
@@ -99,12 +118,13 @@ class ServiceRegistry:
         """Stop the services whose last declared user was this test."""
         for key, last in self.last_user.items():
             if last == nodeid and key in self._services:
-                self._services.pop(key).stop()
+                stop_later(self._services.pop(key))
 
     def stop_all(self) -> None:
         while self._services:
             _, service = self._services.popitem()
-            service.stop()
+            stop_later(service)
+        wait_for_stops()
 
 
 # The configurations modules share. Each keeps what its users assert; where two modules asked for
