@@ -10,9 +10,11 @@ from typing import Any
 
 
 def server_config(config: Any) -> dict[str, Any]:
-    """The config of the servers the bench starts: any free port, as it may start several."""
+    """The config of the servers the bench starts: any free port, as it may start several, and
+    no HTTP door (the bench speaks gRPC to them)."""
     data = config.model_dump(mode="json")
     data["server"]["port"] = 0
+    data["server"]["http_port"] = None
     return data
 
 

@@ -272,9 +272,9 @@ def test_raycluster_head_starts_tandem_serve_despite_block(tmp_path, model_path)
     spec = docs["RayCluster"]["spec"]
     (head,) = spec["headGroupSpec"]["template"]["spec"]["containers"]
     config = scaled(yaml.safe_load(docs["ConfigMap"]["data"]["tandem.yaml"]), model_path.parent)
-    port = free_port()
+    port, http_port = free_port(), free_port()
     # Metrics off: a port picked minutes before the bind may be taken by then on a busy machine.
-    config["server"].update(host="127.0.0.1", port=port, metrics_port=None)
+    config["server"].update(host="127.0.0.1", port=port, http_port=http_port, metrics_port=None)
     config_file = tmp_path / "tandem.yaml"
     config_file.write_text(yaml.safe_dump(config))
     assert head["command"] == ["/bin/bash", "-lc", "--"]
@@ -290,6 +290,11 @@ def test_raycluster_head_starts_tandem_serve_despite_block(tmp_path, model_path)
             result = client.generate("Name three colors.", temperature=0, max_tokens=8)
             assert result.usage.completion_tokens == 8
             assert client.model_info().replicas == 1
+        # The OpenAI API beside gRPC (the manifest's `http` port), with the same token.
+        openai_url = f"http://127.0.0.1:{http_port}/v1/models"
+        assert httpx.get(openai_url, timeout=60).status_code == 401
+        models = httpx.get(openai_url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+        assert models.json()["data"][0]["id"] == config["models"]["target"]
         check_models_per_pod(tmp_path, config["models"]["target"])
         assert (tmp_path / "head" / "models" / config["models"]["target"]).is_dir()  # tokenizer
         # SIGTERM reaches tandem serve (exec'd by the entrypoint), which drains and exits 0.
