@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tandem.plugins.timers import EngineTimes, StepTimers
+from tandem.plugins.vllm_io import refusal
 
 # The engine core (scheduler, outputs) lives in this process, stepped by this loop: a failed
 # step costs one request (`_recover`), where vLLM's own core process would die with it. The
@@ -303,7 +304,7 @@ class EngineLoop:
             )[0]
             self.engine.add_request(request.request_id, engine_input, _remaining(request))
         except Exception as exc:
-            self._finish(request, exc)
+            self._finish(request, refusal(exc))
             return
         request.in_engine = True
         if not proven:
@@ -386,6 +387,8 @@ def _remaining(request: _Request) -> SamplingParams:
     """The request's sampling parameters, less what it has already delivered."""
     if not request.delivered:
         return request.params
+    if request.params.structured_outputs is not None:  # vLLM starts a grammar at the output's start
+        raise StepFailed(f"{request.request_id}: a structured output cannot resume mid-way")
     params = request.params.clone()
     done = len(request.delivered)
     if params.max_tokens is not None:

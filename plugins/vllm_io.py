@@ -9,19 +9,38 @@ from __future__ import annotations
 from typing import Any
 
 
+class Refused(ValueError):
+    """vLLM refused a request's parameters (building them, or adding the request)."""
+
+
+def refusal(exc: BaseException) -> BaseException:
+    """`exc` as a Refused where it is vLLM refusing the request (its client errors and
+    ValueErrors), else unchanged."""
+    from vllm.exceptions import VLLMClientError
+
+    return Refused(str(exc)) if isinstance(exc, (ValueError, VLLMClientError)) else exc
+
+
 def sampling_params(sampling: dict[str, Any], exact_sampler: bool) -> Any:
     """vllm.SamplingParams (outputs as deltas) from `sampling`'s keyword arguments. tandem's exact
-    sampler (plugins/sampler.py) applies min_p itself, so it travels in extra_args there. Raises
-    ValueError where vLLM refuses a value."""
+    sampler (plugins/sampler.py) applies min_p itself, so it travels in extra_args there; a
+    structured_outputs dict becomes vLLM's StructuredOutputsParams. Raises Refused where vLLM
+    refuses a value."""
     from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
     from tandem.plugins.sampler import MIN_P
 
     if exact_sampler and "min_p" in sampling:
         sampling = {**sampling, "extra_args": {MIN_P: sampling["min_p"]}}
         del sampling["min_p"]
-    return SamplingParams(**sampling, output_kind=RequestOutputKind.DELTA)
+    try:
+        if "structured_outputs" in sampling:
+            constraint = StructuredOutputsParams(**sampling["structured_outputs"])
+            sampling = {**sampling, "structured_outputs": constraint}
+        return SamplingParams(**sampling, output_kind=RequestOutputKind.DELTA)
+    except Exception as exc:
+        raise refusal(exc) from None
 
 
 Entry = tuple[int, str, float, int]  # token id, its text, log-probability, rank

@@ -17,6 +17,7 @@ a client certificate for mutual TLS:
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,7 +52,8 @@ def build_request(
     """A GenerateRequest from Python values; unset fields take the server's defaults.
 
     `speculation` is a mode name (tandem.speculation.protocol.Mode: off, ngram, ...). Any other
-    keyword is a SamplingParams field (presence_penalty, logprobs, logit_bias={id: bias}...)."""
+    keyword is a SamplingParams field (presence_penalty, logprobs, logit_bias={id: bias},
+    structured_outputs={"json": schema} or {"choice": [...]}, ...)."""
     sampling = pb.SamplingParams(
         stop=list(stop), stop_token_ids=list(stop_token_ids), ignore_eos=ignore_eos
     )
@@ -63,6 +65,8 @@ def build_request(
             continue
         if name == "logit_bias":
             sampling.logit_bias.update(value)
+        elif name == "structured_outputs":
+            sampling.structured_outputs.CopyFrom(structured_outputs(**value))
         else:
             setattr(sampling, name, value)
     request = pb.GenerateRequest(sampling=sampling, request_id=request_id)
@@ -82,6 +86,20 @@ def build_request(
     else:
         request.token_ids.ids.extend(prompt)
     return request
+
+
+def structured_outputs(**constraint: Any) -> pb.StructuredOutputs:
+    """One constraint, as vLLM's StructuredOutputsParams takes it: json (a schema, as a dict or
+    JSON text), json_object=True, regex, choice (a list of strings) or grammar."""
+    out = pb.StructuredOutputs()
+    for kind, value in constraint.items():
+        if kind == "json" and not isinstance(value, str):
+            value = json.dumps(value)
+        if kind == "choice":
+            out.choice.values.extend(value)
+        else:
+            setattr(out, kind, value)
+    return out
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,7 @@ class TargetReplica:
         None for a request already forgotten (its subscriber went away)."""
         from tandem.cluster.transport.messages import RequestError
         from tandem.plugins.engine_loop import RequestAborted, StepFailed
-        from tandem.plugins.vllm_io import positions
+        from tandem.plugins.vllm_io import Refused, positions
 
         running = self._running.get(rid)
         if running is None:
@@ -213,6 +213,8 @@ class TargetReplica:
                     "INTERNAL",
                     f"request {rid}: the engine failed a step with it; the other requests went on",
                 )
+            elif isinstance(item, Refused):  # by vLLM as it added the request
+                error = RequestError("INVALID_ARGUMENT", f"sampling: {item}")
             elif not isinstance(item, RequestAborted):
                 error = RuntimeError(f"request {rid}: {type(item).__name__}: {item}")
             return StepOutput(rid, [], "", "abort", self._finish(rid), error=error)

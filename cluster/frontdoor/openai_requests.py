@@ -55,6 +55,8 @@ HANDLED = {
     "speculation",
     "num_speculative_tokens",
     "pipelined",
+    "response_format",  # text, json_object, json_schema: structured outputs
+    "structured_outputs",  # vLLM's form of the same
 }
 HANDLED_CHAT = HANDLED | {"messages", "max_completion_tokens", "top_logprobs"}
 MESSAGE_KEYS = {"role", "content", "name"}
@@ -69,7 +71,6 @@ DEFAULTS_ONLY = {
     "functions": None,
     "function_call": "none",
     "parallel_tool_calls": True,
-    "response_format": {"type": "text"},
     "reasoning_effort": None,
     "include_reasoning": True,
     "use_beam_search": False,
@@ -90,7 +91,6 @@ DEFAULTS_ONLY = {
     "media_io_kwargs": None,
     "mm_processor_kwargs": None,
     "mm_payload": None,
-    "structured_outputs": None,
     "priority": 0,
     "session_id": None,
     "return_tokens_as_token_ids": False,
@@ -142,6 +142,7 @@ def parse(body: Any, model: str, chat: bool) -> OpenAIRequest:
     else:
         _completion_prompt(body, request)
     _sampling(body, request.sampling, chat)
+    _structured(body, request.sampling)
     _tandem_extras(body, request)
     if body.get("request_id") is not None:
         assign(request, "request_id", body["request_id"], "request_id")
@@ -222,6 +223,62 @@ def _sampling(body: dict[str, Any], sampling: pb.SamplingParams, chat: bool) -> 
     stop = body.get("stop")
     if stop is not None:
         assign(sampling, "stop", [stop] if isinstance(stop, str) else stop, "stop")
+
+
+# vLLM's structured_outputs object: one constraint, the rest at their defaults.
+CONSTRAINTS = ("json", "regex", "choice", "grammar", "json_object")
+CONSTRAINT_DEFAULTS = {
+    "disable_any_whitespace": False,
+    "disable_additional_properties": False,
+    "whitespace_pattern": None,
+    "structural_tag": None,
+}
+
+
+def _structured(body: dict[str, Any], sampling: pb.SamplingParams) -> None:
+    """response_format (OpenAI's: text, json_object, json_schema) or vLLM's structured_outputs
+    into sampling.structured_outputs; the engine then constrains drafted positions as well."""
+    response_format, extra = body.get("response_format"), body.get("structured_outputs")
+    if response_format is not None and extra is not None:
+        raise invalid("structured_outputs: set response_format or structured_outputs, not both")
+    constraint = sampling.structured_outputs
+    if response_format is not None:
+        kind = response_format.get("type") if isinstance(response_format, dict) else None
+        if kind == "json_object":
+            constraint.json_object = True
+        elif kind == "json_schema":
+            spec = response_format.get("json_schema")
+            schema = spec.get("schema") if isinstance(spec, dict) else None
+            if not isinstance(schema, dict):
+                raise invalid("response_format: json_schema.schema must be a JSON schema object")
+            constraint.json = json.dumps(schema)
+        elif kind != "text":
+            raise invalid("response_format: type is one of text, json_object, json_schema")
+        return
+    if extra is None:
+        return
+    if not isinstance(extra, dict):
+        raise invalid("structured_outputs: an object with one of " + ", ".join(CONSTRAINTS))
+    for key, value in extra.items():
+        if key in CONSTRAINTS:
+            continue
+        if key not in CONSTRAINT_DEFAULTS:
+            raise invalid(f"structured_outputs: unknown key {key!r}")
+        if value is not None and value != CONSTRAINT_DEFAULTS[key]:
+            raise invalid(f"structured_outputs: {key} is not supported by tandem")
+    chosen = [k for k in CONSTRAINTS if extra.get(k) is not None]
+    if len(chosen) != 1:
+        raise invalid("structured_outputs: exactly one of " + ", ".join(CONSTRAINTS))
+    (kind,) = chosen
+    value = extra[kind]
+    if kind == "json":
+        constraint.json = value if isinstance(value, str) else json.dumps(value)
+    elif kind == "choice":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise invalid("structured_outputs: choice is a list of strings")
+        constraint.choice.values.extend(value)
+    else:
+        assign(constraint, kind, value, f"structured_outputs.{kind}")
 
 
 def _logprobs(body: dict[str, Any], sampling: pb.SamplingParams, chat: bool) -> int | None:

@@ -6,6 +6,7 @@ so a bad request never costs engine time and its error names the field to fix.
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from dataclasses import dataclass
@@ -209,7 +210,40 @@ def sampling_kwargs(params: pb.SamplingParams, limits: Limits, room: int) -> dic
         out["include_stop_str_in_output"] = True
     if params.HasField("skip_special_tokens"):
         out["skip_special_tokens"] = params.skip_special_tokens
+    out.update(_structured(params))
     return out
+
+
+def _structured(params: pb.SamplingParams) -> dict[str, Any]:
+    """structured_outputs as the keyword arguments of vLLM's StructuredOutputsParams (plain
+    values: they cross Ray). What only vLLM can check (a schema or grammar xgrammar cannot
+    compile) is refused as the target adds the request, as INVALID_ARGUMENT too."""
+    if not params.HasField("structured_outputs"):
+        return {}
+    constraint = params.structured_outputs
+    kind = constraint.WhichOneof("kind")
+    name = "sampling.structured_outputs"
+    if kind is None:
+        raise invalid(f"{name}: set one of json, json_object, regex, choice, grammar")
+    if kind == "json":
+        try:
+            schema = json.loads(constraint.json)
+        except (ValueError, RecursionError) as exc:
+            raise invalid(f"{name}.json: not valid JSON ({exc})") from None
+        if not isinstance(schema, dict):
+            raise invalid(f"{name}.json: a JSON schema is an object")
+        return {"structured_outputs": {"json": schema}}
+    if kind == "choice":
+        choices = list(constraint.choice.values)
+        if not choices or not all(choices):
+            raise invalid(f"{name}.choice: one or more non-empty strings")
+        return {"structured_outputs": {"choice": choices}}
+    value = getattr(constraint, kind)
+    if kind == "json_object" and not value:
+        raise invalid(f"{name}.json_object: true when set (leave it unset for no constraint)")
+    if kind in ("regex", "grammar") and not value.strip():
+        raise invalid(f"{name}.{kind}: empty")
+    return {"structured_outputs": {kind: value}}
 
 
 def _in_range(params: pb.SamplingParams, names: tuple[str, ...], low, high) -> dict[str, Any]:

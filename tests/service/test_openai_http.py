@@ -6,7 +6,11 @@ port. TLS and the token over HTTP: tests/service/test_security.py; the OpenAI re
 
 from __future__ import annotations
 
+import json
+
+import grpc
 import httpx
+import jsonschema
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -102,3 +106,73 @@ def test_metrics_on_the_http_port_are_the_services_figures(service):
     vllm = ("vllm:generation_tokens_total", (("engine", "0"), ("model_name", MODEL)))
     assert after[vllm] == after[key]
     assert scrape(own_port)[key] == after[key]
+
+
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 16}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+def test_structured_outputs_hold_with_drafts_and_equal_the_target_alone(service, oai):
+    """vLLM's grammar constrains drafted positions too: with drafts (ngram, auto) a JSON schema,
+    a JSON object, a choice and a regex give valid output, the same tokens as the target
+    alone, greedy and seeded."""
+    messages = [{"role": "user", "content": "Ann is 31. Give her name and age as JSON."}]
+    formats = (
+        {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}},
+        {"type": "json_object"},
+    )
+    for response_format in formats:
+        for sampling in ({"temperature": 0}, {"temperature": 0.8, "seed": 7}):
+            texts = {}
+            for mode in ("off", "ngram", "auto"):
+                chat = oai.chat.completions.create(
+                    model=MODEL,
+                    messages=messages,
+                    max_tokens=64,
+                    response_format=response_format,
+                    extra_body={"speculation": mode},
+                    **sampling,
+                )
+                assert chat.choices[0].finish_reason == "stop", chat
+                texts[mode] = chat.choices[0].message.content
+                value = json.loads(texts[mode])
+                if response_format["type"] == "json_schema":
+                    jsonschema.validate(value, PERSON)
+                else:
+                    assert isinstance(value, dict)
+            assert texts["ngram"] == texts["auto"] == texts["off"], (response_format, texts)
+    # gRPC: a regex the prompt repeats (so ngram drafts it), and a choice
+    repeat = "Say 'red green blue' four times."
+    with TandemClient(service.address, timeout=300) as client:
+        regex = {"regex": "(red green blue ){3}red green blue"}
+        off = client.generate(repeat, temperature=0, structured_outputs=regex, speculation="off")
+        drafted = client.generate(
+            repeat, temperature=0, structured_outputs=regex, speculation="ngram"
+        )
+        assert off.text == drafted.text == "red green blue " * 3 + "red green blue"
+        assert drafted.speculation.accepted_tokens > 0  # drafts were verified under the grammar
+        choice = {"choice": ["Paris", "London", "Rome"]}
+        answer = client.generate("The capital of France is", structured_outputs=choice)
+        assert answer.text in choice["choice"]
+
+
+def test_a_constraint_vllm_cannot_compile_is_refused_naming_it(service, oai):
+    """A regex xgrammar cannot compile is refused as the target adds the request: 400 (gRPC
+    INVALID_ARGUMENT), never a 500, and the service goes on serving."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        oai.completions.create(
+            model=MODEL,
+            prompt="Hi",
+            max_tokens=4,
+            extra_body={"structured_outputs": {"regex": "("}},
+        )
+    assert "sampling" in refused.value.message
+    with TandemClient(service.address, timeout=300) as client:
+        with pytest.raises(grpc.RpcError) as grpc_refused:
+            client.generate("Hi", max_tokens=4, structured_outputs={"regex": "("})
+        assert grpc_refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert client.generate("Hi", max_tokens=4, temperature=0).usage.completion_tokens == 4

@@ -103,11 +103,25 @@ ROWS = [
         200,
         "beam search is not implemented",
     ),
-    differs(
-        chat("json mode", 400, "response_format", response_format={"type": "json_object"}),
-        200,
-        "structured outputs are not implemented",
+    # structured outputs, with drafts at constrained positions
+    chat("json mode", response_format={"type": "json_object"}, max_tokens=24),
+    chat(
+        "json schema",
+        response_format={
+            "type": "json_schema",
+            "json_schema": {
+                "name": "colors",
+                "schema": {
+                    "type": "object",
+                    "properties": {"colors": {"type": "array", "items": {"type": "string"}}},
+                    "required": ["colors"],
+                },
+            },
+        },
+        max_tokens=24,
     ),
+    completion("a choice", structured_outputs={"choice": ["Paris", "Lyon"]}),
+    chat("an unknown response format", 400, "response_format", response_format={"type": "xml"}),
     # ignored with a warning by both (tandem names it in the tandem-ignored-fields header)
     chat("an unknown field", temprature=0.5),
     chat("a message's name", messages=[{**HI[0], "name": "ann"}]),

@@ -117,7 +117,19 @@ def test_speculation_modes_come_from_the_registry():
         ({"echo": True}, "INVALID_ARGUMENT", "echo"),
         ({"suffix": "s"}, "INVALID_ARGUMENT", "suffix"),
         ({"use_beam_search": True}, "INVALID_ARGUMENT", "use_beam_search"),
-        ({"response_format": {"type": "json_object"}}, "INVALID_ARGUMENT", "response_format"),
+        ({"response_format": {"type": "xml"}}, "INVALID_ARGUMENT", "response_format"),
+        ({"response_format": {"type": "json_schema"}}, "INVALID_ARGUMENT", "response_format"),
+        (
+            {"structured_outputs": {"regex": "a", "choice": ["b"]}},
+            "INVALID_ARGUMENT",
+            "structured_outputs",
+        ),
+        (
+            {"structured_outputs": {"regex": "a", "structural_tag": "x"}},
+            "INVALID_ARGUMENT",
+            "structured_outputs",
+        ),
+        ({"structured_outputs": {"choice": "yes"}}, "INVALID_ARGUMENT", "structured_outputs"),
         ({"speculation": "magic"}, "INVALID_ARGUMENT", "speculation"),
         ({"num_speculative_tokens": 2**40}, "INVALID_ARGUMENT", "num_speculative_tokens"),
         ({"stream_options": {"include_usage": True}}, "INVALID_ARGUMENT", "stream_options"),
@@ -150,6 +162,35 @@ def test_bad_chat_bodies(body, param):
     with pytest.raises(RequestError) as exc:
         chat(body)
     assert openai_responses.error_response(exc.value, chat=True)[1]["error"]["param"] == param
+
+
+def test_structured_outputs_from_response_format_or_vllms_field():
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    cases = (
+        ({"response_format": {"type": "json_object"}}, pb.StructuredOutputs(json_object=True)),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": schema},
+                }
+            },
+            pb.StructuredOutputs(json=json.dumps(schema)),
+        ),
+        ({"structured_outputs": {"json": schema}}, pb.StructuredOutputs(json=json.dumps(schema))),
+        ({"structured_outputs": {"regex": "[ab]+"}}, pb.StructuredOutputs(regex="[ab]+")),
+        (
+            {"structured_outputs": {"choice": ["yes", "no"], "disable_any_whitespace": False}},
+            pb.StructuredOutputs(choice=pb.Choices(values=["yes", "no"])),
+        ),
+    )
+    for body, expected in cases:
+        (request,) = chat(body).requests
+        assert request.sampling.structured_outputs == expected, body
+    (plain,) = chat({"response_format": {"type": "text"}}).requests
+    assert not plain.sampling.HasField("structured_outputs")
+    with pytest.raises(RequestError, match="not both"):
+        chat({"response_format": {"type": "json_object"}, "structured_outputs": {"regex": "a"}})
 
 
 def test_unknown_fields_are_ignored_and_named_as_vllm_ignores_them():

@@ -184,3 +184,32 @@ def test_min_p_is_refused_where_vllm_would_ignore_it(tokenizer):
     assert info.value.code == "INVALID_ARGUMENT" and str(info.value).startswith("sampling.min_p")
     no_min_p = chat("x", temperature=0.5, min_p=0.0)
     assert prepare(no_min_p, tokenizer, limits).sampling["min_p"] == 0.0
+
+
+def test_structured_outputs_become_vllms_constraint(tokenizer):
+    """One constraint, as vLLM's StructuredOutputsParams keyword arguments (a schema parsed
+    into a dict); what is malformed is refused naming the field."""
+    from tandem.client import structured_outputs
+
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    for given, expected in (
+        ({"json": schema}, {"json": schema}),
+        ({"json_object": True}, {"json_object": True}),
+        ({"regex": "[0-9]+"}, {"regex": "[0-9]+"}),
+        ({"choice": ["yes", "no"]}, {"choice": ["yes", "no"]}),
+        ({"grammar": 'root ::= "a"'}, {"grammar": 'root ::= "a"'}),
+    ):
+        request = chat("Hi", structured_outputs=structured_outputs(**given))
+        assert prepare(request, tokenizer, LIMITS).sampling["structured_outputs"] == expected
+    assert "structured_outputs" not in prepare(chat("Hi"), tokenizer, LIMITS).sampling
+    for bad, field in (
+        (pb.StructuredOutputs(), "sampling.structured_outputs"),
+        (pb.StructuredOutputs(json="{not json"), "sampling.structured_outputs.json"),
+        (pb.StructuredOutputs(json="[1]"), "sampling.structured_outputs.json"),
+        (pb.StructuredOutputs(json_object=False), "sampling.structured_outputs.json_object"),
+        (pb.StructuredOutputs(choice=pb.Choices()), "sampling.structured_outputs.choice"),
+        (pb.StructuredOutputs(regex=" "), "sampling.structured_outputs.regex"),
+    ):
+        with pytest.raises(RequestError) as info:
+            prepare(chat("Hi", structured_outputs=bad), tokenizer, LIMITS)
+        assert info.value.code == "INVALID_ARGUMENT" and info.value.field == field, bad
