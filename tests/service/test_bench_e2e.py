@@ -1,10 +1,12 @@
 """`tandem bench --quick` end to end, limited to 2 prompts: the real engines, the real servers.
 
-One run covers every kind of system the bench builds: vLLM in-process (the target, ngram, eagle3
-with tandem's head), vLLM's own OpenAI server (`vllm serve` with ngram, over HTTP; the target
-alone there differs only in one argument, and a server start costs half a minute),
-tandem's shared server (off, ngram pipelined and sequential, eagle) and a server of its own (auto),
-plus the cost measurement and the controlled-acceptance tool. Which systems run by default is
+One run covers every kind of system the bench builds: vLLM in-process (the target, ngram; eagle3
+with tandem's head is built by the same Builder in tests/service/test_eagle_train.py), vLLM's own
+OpenAI server (`vllm serve` with ngram, over HTTP; the target alone there differs only in one
+argument, and a server start costs half a minute), tandem's shared server (off, ngram) and a
+server of its own (auto, which drafts from the EAGLE head too), plus the cost measurement and the
+controlled-acceptance tool, pipelined and sequential. The other tandem modes are requests to the
+same server with another mode name. Which systems run by default is
 `choose`'s (tests/unit/test_bench_metrics.py); the draft-model systems, at a fifth of the
 target's speed here, would only add minutes. 24 new tokens per prompt instead of --quick's 64:
 what is checked holds for any length (the outputs equal, drafts flow, every figure is there).
@@ -20,16 +22,7 @@ import sys
 import pytest
 
 REQUIRED = {"name", "tokens_per_s", "speedup", "mean_accepted_tokens", "acceptance_rate"}
-SYSTEMS = [
-    "vllm-ngram",
-    "vllm-eagle3",
-    "vllm-serve-ngram",
-    "tandem-target",
-    "tandem-ngram",
-    "tandem-ngram-seq",
-    "tandem-eagle",
-    "tandem-auto",
-]
+SYSTEMS = ["vllm-ngram", "vllm-serve-ngram", "tandem-target", "tandem-ngram", "tandem-auto"]
 
 
 @pytest.mark.slow
@@ -88,7 +81,7 @@ def test_quick_bench_writes_json_table_and_plot(tmp_path, model_path):
 
     table = (out / "bench.md").read_text()
     assert "## Where the time goes" in table
-    for name in ("vllm-ngram", "vllm-serve-ngram", "tandem-target", "tandem-ngram-seq"):
+    for name in ("vllm-ngram", "vllm-serve-ngram", "tandem-target", "tandem-ngram"):
         assert f"| {name} |" in table
     assert "### tandem-auto" in table and "Controlled acceptance (measurement tool" in table
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -181,3 +181,35 @@ def test_a_transient_step_failure_fails_no_request(engine, prompts, reference):
     assert loop.failed_steps == failed_before + 1
     # ...and the engine goes on serving.
     assert asyncio.run(generate(engine, "after", prompts[0])) == reference[0]
+
+
+def test_a_structured_request_fails_with_the_step_instead_of_resuming(engine, prompts, reference):
+    """vLLM starts a request's grammar at its output's start, so a structured request cannot
+    continue from its delivered tokens: when a step fails under it, it ends with StepFailed
+    (never with output that breaks its constraint); the others resume as before."""
+    from vllm.sampling_params import StructuredOutputsParams
+
+    from tandem.plugins.engine_loop import StepFailed
+
+    loop, _ = engine
+
+    def fail_next_step():
+        loop.call(lambda e: e.collective_rpc("tandem_test_fail_once"))
+
+    async def scenario():
+        started = asyncio.Event()
+        constraint = StructuredOutputsParams(regex="(red green blue )+red")
+        structured = asyncio.create_task(
+            generate(
+                engine, "regex", prompts[0], started, max_tokens=96, structured_outputs=constraint
+            )
+        )
+        await started.wait()
+        outputs, _ = await run_beside(engine, prompts, "d", after_start=fail_next_step)
+        (error,) = await asyncio.gather(structured, return_exceptions=True)
+        return outputs, error
+
+    outputs, error = asyncio.run(scenario())
+    assert isinstance(error, StepFailed) and "cannot resume" in str(error), error
+    assert outputs == reference
+    assert loop.num_unfinished() == 0
