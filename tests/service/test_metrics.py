@@ -93,3 +93,23 @@ def test_metrics_move_with_requests(services):
     assert m[("tandem_drafter_failures_total", ())] == 0
     hits = sum(r.speculation.cache_hits for r in results)
     assert m[("tandem_spec_cache_hits_total", ())] == hits > 0  # pipelined by default
+
+
+def test_the_grafana_dashboard_names_only_metrics_the_service_exports(services):
+    """Every metric a panel of deploy/monitoring/grafana-dashboard.json queries is one this
+    service's /metrics shows (a histogram's _bucket series included)."""
+    import json
+    import re
+
+    from tests.support.layout import REPO
+
+    service = services.get(SPECULATING)
+    exported = {name for name, _ in scrape(service.config["server"]["metrics_port"])}
+    dashboard = json.loads((REPO / "deploy" / "monitoring" / "grafana-dashboard.json").read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\b(?:tandem_|vllm:)[A-Za-z0-9_:]+", target["expr"])
+    }
+    assert len(queried) >= 12 and queried <= exported, sorted(queried - exported)
