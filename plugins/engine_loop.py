@@ -36,6 +36,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from tandem.plugins.engine_gauges import GaugeKeeper
 from tandem.plugins.timers import EngineTimes, StepTimers
 from tandem.plugins.vllm_io import refusal
 
@@ -148,6 +149,7 @@ class EngineLoop:
         self._startup_error: BaseException | None = None
         self.engine: LLMEngine | None = None
         self.timers = StepTimers()
+        self.gauges = GaugeKeeper()  # vLLM's scheduler state, from its stat records
         self._steps = self._tokens = 0
         self._step_s = self._between_s = 0.0
         self._last_step_end: float | None = None  # None: idle since
@@ -240,7 +242,9 @@ class EngineLoop:
 
     def _run(self, engine_args: EngineArgs) -> None:
         try:
-            self.engine = LLMEngine.from_engine_args(engine_args)
+            self.engine = LLMEngine.from_engine_args(
+                engine_args, stat_loggers=[self.gauges.logger_class()]
+            )
         except BaseException as exc:  # reported to the constructor's caller
             self._startup_error = exc
             return

@@ -300,7 +300,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaStats(_message.Message):
-    __slots__ = ("replica_id", "node_id", "outstanding", "engine_unfinished", "requests_served", "generated_tokens", "up", "engine_cpus")
+    __slots__ = ("replica_id", "node_id", "outstanding", "engine_unfinished", "requests_served", "generated_tokens", "up", "engine_cpus", "kv_cache_usage", "requests_waiting", "preemptions", "prefix_cache_queries", "prefix_cache_hits")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     OUTSTANDING_FIELD_NUMBER: _ClassVar[int]
@@ -309,6 +309,11 @@ class ReplicaStats(_message.Message):
     GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     UP_FIELD_NUMBER: _ClassVar[int]
     ENGINE_CPUS_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_USAGE_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_WAITING_FIELD_NUMBER: _ClassVar[int]
+    PREEMPTIONS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_QUERIES_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     node_id: str
     outstanding: int
@@ -317,7 +322,12 @@ class ReplicaStats(_message.Message):
     generated_tokens: int
     up: bool
     engine_cpus: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, replica_id: _Optional[str] = ..., node_id: _Optional[str] = ..., outstanding: _Optional[int] = ..., engine_unfinished: _Optional[int] = ..., requests_served: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., up: _Optional[bool] = ..., engine_cpus: _Optional[_Iterable[int]] = ...) -> None: ...
+    kv_cache_usage: float
+    requests_waiting: int
+    preemptions: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    def __init__(self, replica_id: _Optional[str] = ..., node_id: _Optional[str] = ..., outstanding: _Optional[int] = ..., engine_unfinished: _Optional[int] = ..., requests_served: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., up: _Optional[bool] = ..., engine_cpus: _Optional[_Iterable[int]] = ..., kv_cache_usage: _Optional[float] = ..., requests_waiting: _Optional[int] = ..., preemptions: _Optional[int] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ...) -> None: ...
 
 class DrafterStats(_message.Message):
     __slots__ = ("replica_id", "node_id", "requests", "mirror_hints_used")

@@ -273,6 +273,7 @@ class TargetReplica:
             requests_served=self._served,
             generated_tokens=self._generated,
             engine=self._loop.times(),
+            gauges=self._loop.gauges.latest(),
             session=session,
             wire=wire,
         )

@@ -253,6 +253,41 @@ class _CoordinatorCollector(Collector):
         for row, value in metric_values(DRAFTERS, DrafterFigures.of(replicas)):
             yield FAMILIES[row.kind](row.metric, row.help, value)
         yield from _breakdown_metrics(Breakdown.of(replicas, self.coordinator.counters.delivery))
+        yield from _engine_metrics(self.coordinator.config.models.target, replicas)
+
+
+# vLLM's scheduler figures (EngineGauges) under the names `vllm serve` gives them, per target
+# replica (label `engine`: the replica's index, as vLLM labels its data-parallel engines).
+ENGINE_METRICS = (
+    (GaugeMetricFamily, "vllm:kv_cache_usage_perc", "KV-cache usage, 1 is full.", "kv_cache_usage"),
+    (
+        GaugeMetricFamily,
+        "vllm:num_requests_waiting",
+        "Requests waiting to be scheduled.",
+        "requests_waiting",
+    ),
+    (CounterMetricFamily, "vllm:num_preemptions", "Preempted requests.", "preemptions"),
+    (
+        CounterMetricFamily,
+        "vllm:prefix_cache_queries",
+        "Prefix cache queries, in tokens.",
+        "prefix_cache_queries",
+    ),
+    (
+        CounterMetricFamily,
+        "vllm:prefix_cache_hits",
+        "Prefix cache hits, in tokens.",
+        "prefix_cache_hits",
+    ),
+)
+
+
+def _engine_metrics(model: str, replicas: list) -> Iterator[Metric]:
+    for kind, name, doc, attr in ENGINE_METRICS:
+        family = kind(name, doc, labels=VLLM_LABELS)
+        for index, replica in enumerate(replicas):
+            family.add_metric([model, str(index)], getattr(replica.gauges, attr))
+        yield family
 
 
 # Per draft source (a mode's own; in mode auto, each source it chose), labelled `source`.

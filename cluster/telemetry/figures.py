@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tandem.cluster.telemetry.figure_tables import SPECULATION, stat_fields
+from tandem.plugins.engine_gauges import EngineGauges
 from tandem.plugins.timers import EngineTimes, Sums
 from tandem.protos import tandem_pb2 as pb
 from tandem.speculation.session_stats import SessionStats, SourceCounts, sum_sources
@@ -111,6 +112,7 @@ class ReplicaFigures:
     engine: EngineTimes = EngineTimes()
     session: SessionStats | None = None  # None without speculation
     wire: WireTraffic = WireTraffic()
+    gauges: EngineGauges = EngineGauges()  # vLLM's scheduler: KV cache, queue, prefix cache
 
 
 @dataclass

@@ -5,6 +5,7 @@ holds no protobuf field names and the figures' fields come from figure_tables.py
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Protocol
@@ -65,16 +66,20 @@ def stats_message(
 def replica_stats(
     info: PlacedTarget, outstanding: int, figures: ReplicaFigures | None
 ) -> pb.ReplicaStats:
-    return pb.ReplicaStats(
+    stats = pb.ReplicaStats(
         replica_id=info.replica_id,
         node_id=info.node_id,
         outstanding=outstanding,
-        engine_unfinished=figures.engine_unfinished if figures else 0,
-        requests_served=figures.requests_served if figures else 0,
-        generated_tokens=figures.generated_tokens if figures else 0,
         up=figures is not None,
         engine_cpus=info.engine_cpus,
     )
+    if figures is not None:
+        stats.engine_unfinished = figures.engine_unfinished
+        stats.requests_served = figures.requests_served
+        stats.generated_tokens = figures.generated_tokens
+        for name, value in dataclasses.asdict(figures.gauges).items():  # the same names
+            setattr(stats, name, value)
+    return stats
 
 
 def drafter_stats(info: Placed, load: DrafterLoad) -> pb.DrafterStats:

@@ -113,3 +113,23 @@ def test_the_grafana_dashboard_names_only_metrics_the_service_exports(services):
         for name in re.findall(r"\b(?:tandem_|vllm:)[A-Za-z0-9_:]+", target["expr"])
     }
     assert len(queried) >= 12 and queried <= exported, sorted(queried - exported)
+
+
+def test_vllms_scheduler_figures_per_replica(services):
+    """The engine's own stat records reach GetStats (ReplicaStats) and Prometheus under vLLM's
+    names, per replica: the KV cache's use, the queue, preemptions, the prefix cache."""
+    service = services.get(SPECULATING)
+    with TandemClient(service.address, timeout=120) as client:
+        for _ in range(2):  # the same prompt twice: its full blocks (128 tokens on CPU) are cached
+            client.generate(PROMPT * 12, temperature=0, max_tokens=4)
+        (replica,) = client.stats().replicas
+    assert 0 <= replica.kv_cache_usage <= 1 and replica.requests_waiting == 0
+    assert replica.prefix_cache_queries > 0 and replica.prefix_cache_hits > 0
+    assert replica.preemptions >= 0
+    m = scrape(service.config["server"]["metrics_port"])
+    labels = (("engine", "0"), ("model_name", "smollm2-135m-instruct"))
+    assert m[("vllm:prefix_cache_queries_total", labels)] == replica.prefix_cache_queries
+    assert m[("vllm:prefix_cache_hits_total", labels)] == replica.prefix_cache_hits
+    assert m[("vllm:num_preemptions_total", labels)] == replica.preemptions
+    assert m[("vllm:num_requests_waiting", labels)] == 0
+    assert 0 <= m[("vllm:kv_cache_usage_perc", labels)] <= 1
