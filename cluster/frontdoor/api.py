@@ -1,6 +1,6 @@
 """tandem's API as plain async methods over the coordinator, shared by every front door.
 
-The gRPC server and the Ray Serve app (gRPC ingress and OpenAI HTTP) are thin shells over this:
+The gRPC server, the OpenAI app and the Ray Serve app's gRPC ingress are thin shells over this:
 each turns a RequestError into its own transport's status, so validation and messages are the
 same everywhere.
 """

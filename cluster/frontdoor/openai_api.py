@@ -2,7 +2,7 @@
 (/v1/models), its tokenizer (/tokenize, /detokenize) and the version (/version).
 
 Completions themselves are read by openai_requests.py and answered by openai_responses.py.
-Plain logic (no Serve, no Ray): the Serve app (serve_app.py) routes HTTP here.
+Plain logic (no Serve, no Ray): the OpenAI app (openai_app.py) routes HTTP here.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ naming it; a field it does not know is ignored, as vLLM's server ignores it, and
 answer's `tandem-ignored-fields` header and the log (openai_app.py), so nothing is dropped
 silently. Types and integer widths are checked before protobuf sees a value
 (tandem.cluster.frontdoor.requests.assign); ranges, by the same validation as the gRPC API
-(`prepare`). Plain logic (no Serve, no Ray): the Serve app (serve_app.py) routes HTTP here.
+(`prepare`). Plain logic (no Serve, no Ray): the OpenAI app (openai_app.py) routes HTTP here.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """tandem's answers in the OpenAI wire format, as vLLM's OpenAI server writes them: chunks to
 whole responses and server-sent events, RequestErrors to vLLM's error objects.
 
-Plain logic (no Serve, no Ray): the Serve app (serve_app.py) sends what these build.
+Plain logic (no Serve, no Ray): the OpenAI app (openai_app.py) sends what these build.
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def run_service(config: TandemConfig, on_ready: Callable[[Doors], None] | None =
 
 def announcer(config: TandemConfig) -> Callable[[Doors], None]:
     """`run_service`'s on_ready for a terminal: where it listens, and a first command to try
-    (tandem's launcher, benchmarks/launcher.py, reads the first two lines)."""
+    (tandem's launcher, benchmarks/launcher.py, reads these lines)."""
 
     def announce(doors: Doors) -> None:
         address = doors.grpc.address
