@@ -231,7 +231,7 @@ class Server:
         else:
             self.port = self.grpc.add_insecure_port(bind)
         if self.port == 0:
-            raise OSError(f"cannot bind {server.host}:{server.port}")
+            raise ConfigError(f"server.port: cannot bind {server.host}:{server.port}")
         self.address = f"{server.host}:{self.port}"
 
     async def start(self) -> None:

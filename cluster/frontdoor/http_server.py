@@ -2,8 +2,8 @@
 server's event loop, on server.host and server.http_port with the same TLS (mutual TLS with a
 client CA) as gRPC.
 
-The socket is bound here, before uvicorn starts, so a port in use is an error the service
-reports (uvicorn would exit the process), and port 0 gives a port this process can announce.
+The socket is bound here, before uvicorn starts, so a port in use is a ConfigError naming the
+key (uvicorn would exit the process), and port 0 gives a port this process can announce.
 Signals stay with the service (service.py): it drains both doors on SIGTERM.
 """
 
@@ -17,6 +17,7 @@ import ssl
 
 import uvicorn
 
+from tandem.cluster.config.errors import ConfigError
 from tandem.cluster.frontdoor import openai_app
 from tandem.cluster.frontdoor.coordinator import Coordinator
 from tandem.cluster.frontdoor.prometheus import Metrics
@@ -45,7 +46,7 @@ class HTTPServer:
         except OSError as exc:
             self.socket.close()
             where = f"{server.host}:{server.http_port}"
-            raise OSError(f"server.http_port: cannot bind {where}: {exc.strerror}") from None
+            raise ConfigError(f"server.http_port: cannot bind {where}: {exc.strerror}") from None
         tls = server.tls
         config = uvicorn.Config(
             openai_app.build(coordinator, metrics),

@@ -105,3 +105,23 @@ def test_messages_that_do_not_parse_are_invalid_argument():
     for code, details in asyncio.run(with_server(scenario)):
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert "is not a valid message of /tandem.v1.Tandem/" in details
+
+
+def test_a_busy_http_port_is_a_config_error_naming_the_key():
+    """The HTTP door binds its socket before anything else of it starts: a port in use is a
+    ConfigError naming server.http_port (`tandem serve` prints it and exits 2), not uvicorn
+    exiting the process."""
+    import socket
+    from types import SimpleNamespace
+
+    from tandem.cluster.config.deployment import TandemConfig
+    from tandem.cluster.config.errors import ConfigError
+    from tandem.cluster.frontdoor.http_server import HTTPServer
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = TandemConfig().with_overrides(server={"http_port": port})
+        with pytest.raises(ConfigError, match=f"server.http_port: cannot bind 127.0.0.1:{port}"):
+            HTTPServer(SimpleNamespace(config=config), metrics=None)  # only its config is read
