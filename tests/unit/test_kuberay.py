@@ -177,3 +177,36 @@ def test_serve_config_file():
     config = TandemConfig.from_serve_args(app["args"])
     assert config.server.metrics_port == 9100
     config.check_serving(exposed=True)
+
+
+# The restricted Pod Security Standard (kubernetes.io/docs/concepts/security/pod-security-standards)
+RESTRICTED_VOLUMES = {
+    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+    "projected", "secret",
+}  # fmt: skip
+
+
+def pod_templates(name: str) -> list[dict[str, Any]]:
+    spec = next(iter(d for d in documents(name).values() if d["kind"].startswith("Ray")))["spec"]
+    cluster = spec.get("rayClusterConfig", spec)
+    groups = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
+    return [group["template"]["spec"] for group in groups]
+
+
+@pytest.mark.parametrize("name", ["raycluster.yaml", "rayservice.yaml"])
+def test_every_pod_meets_the_restricted_pod_security_level(name):
+    """What the restricted level checks of a pod: not root, a seccomp profile, no privilege
+    escalation, every capability dropped, no host namespaces, and only its volume types."""
+    for pod in pod_templates(name):
+        context = pod["securityContext"]
+        assert context["runAsNonRoot"] is True and context.get("runAsUser", 1) != 0
+        assert context["seccompProfile"]["type"] in ("RuntimeDefault", "Localhost")
+        assert not any(pod.get(key) for key in ("hostNetwork", "hostPID", "hostIPC"))
+        for volume in pod.get("volumes", []):
+            assert set(volume) - {"name"} <= RESTRICTED_VOLUMES, volume
+        for container in pod["containers"]:
+            own = container["securityContext"]
+            assert own["allowPrivilegeEscalation"] is False and not own.get("privileged")
+            assert own["capabilities"]["drop"] == ["ALL"]
+            assert set(own["capabilities"].get("add", [])) <= {"NET_BIND_SERVICE"}
+            assert own.get("runAsUser", 1) != 0
