@@ -210,3 +210,15 @@ def test_every_pod_meets_the_restricted_pod_security_level(name):
             assert own["capabilities"]["drop"] == ["ALL"]
             assert set(own["capabilities"].get("add", [])) <= {"NET_BIND_SERVICE"}
             assert own.get("runAsUser", 1) != 0
+
+
+def test_the_raycluster_heads_startup_probe_outlasts_the_wait_for_nodes():
+    """tandem serve may wait ray.wait_for_nodes_s for the worker pods and then load models: the
+    startup probe gives that time plus 5 minutes, and liveness only starts after it."""
+    docs = documents("raycluster.yaml")
+    config = yaml.safe_load(docs["ConfigMap"]["data"]["tandem.yaml"])
+    (head,) = docs["RayCluster"]["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    startup = head["startupProbe"]
+    budget = startup["periodSeconds"] * startup["failureThreshold"]
+    assert budget >= config["ray"]["wait_for_nodes_s"] + 300
+    assert startup["grpc"] == head["livenessProbe"]["grpc"]  # the server answering at all
