@@ -222,3 +222,12 @@ def test_the_raycluster_heads_startup_probe_outlasts_the_wait_for_nodes():
     budget = startup["periodSeconds"] * startup["failureThreshold"]
     assert budget >= config["ray"]["wait_for_nodes_s"] + 300
     assert startup["grpc"] == head["livenessProbe"]["grpc"]  # the server answering at all
+
+
+@pytest.mark.parametrize("name", ["raycluster.yaml", "rayservice.yaml"])
+def test_pods_are_placed_by_what_the_manifests_declare(name):
+    """No node selector on a label no manifest or doc sets (such pods stay Pending): targets
+    land by the `verifier` Ray resource their group advertises, drafters by the GPU they
+    request (tolerating the GPU taint)."""
+    for pod in pod_templates(name):
+        assert "nodeSelector" not in pod and "affinity" not in pod
