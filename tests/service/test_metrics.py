@@ -3,13 +3,11 @@ speculation on: request and token counters, latency histograms, vLLM's spec-deco
 
 from __future__ import annotations
 
-import urllib.request
-
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tandem.client import TandemClient
+from tests.support.prometheus import scrape
 from tests.support.services import SPECULATING
 
 # On the shared service, after other modules' requests: every figure is the change across this
@@ -20,13 +18,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.uses_servi
 PROMPT = "Repeat exactly, five times: red green blue red green blue red green blue."
 
 
-def scrape(port: int) -> dict[tuple[str, tuple], float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+def metrics_at(port: int) -> dict[tuple[str, tuple], float]:
+    return scrape(f"http://127.0.0.1:{port}/metrics")
 
 
 def change(before: dict, after: dict) -> dict[tuple[str, tuple], float]:
@@ -37,14 +30,14 @@ def change(before: dict, after: dict) -> dict[tuple[str, tuple], float]:
 def test_metrics_move_with_requests(services):
     service = services.get(SPECULATING)  # mode auto by default
     port = service.config["server"]["metrics_port"]
-    before = scrape(port)
+    before = metrics_at(port)
     with TandemClient(service.address, timeout=120) as client:
         results = [
             client.generate(PROMPT, temperature=0, max_tokens=40, ignore_eos=True) for _ in range(2)
         ]
         with pytest.raises(grpc.RpcError):  # a refusal is counted too
             client.generate(PROMPT, max_tokens=10**6)
-    m = change(before, scrape(port))
+    m = change(before, metrics_at(port))
 
     generated = sum(r.usage.completion_tokens for r in results)
     drafted = sum(r.speculation.draft_tokens for r in results)
@@ -104,7 +97,7 @@ def test_the_grafana_dashboard_names_only_metrics_the_service_exports(services):
     from tests.support.layout import REPO
 
     service = services.get(SPECULATING)
-    exported = {name for name, _ in scrape(service.config["server"]["metrics_port"])}
+    exported = {name for name, _ in metrics_at(service.config["server"]["metrics_port"])}
     dashboard = json.loads((REPO / "deploy" / "monitoring" / "grafana-dashboard.json").read_text())
     queried = {
         name
@@ -126,7 +119,7 @@ def test_vllms_scheduler_figures_per_replica(services):
     assert 0 <= replica.kv_cache_usage <= 1 and replica.requests_waiting == 0
     assert replica.prefix_cache_queries > 0 and replica.prefix_cache_hits > 0
     assert replica.preemptions >= 0
-    m = scrape(service.config["server"]["metrics_port"])
+    m = metrics_at(service.config["server"]["metrics_port"])
     labels = (("engine", "0"), ("model_name", "smollm2-135m-instruct"))
     assert m[("vllm:prefix_cache_queries_total", labels)] == replica.prefix_cache_queries
     assert m[("vllm:prefix_cache_hits_total", labels)] == replica.prefix_cache_hits

@@ -13,9 +13,10 @@ import httpx
 import jsonschema
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tandem.client import TandemClient
+from tests.support.openai_checks import chat_equals_grpc, completion_equals_grpc
+from tests.support.prometheus import scrape
 from tests.support.prompts import spec_bench_prompts
 from tests.support.services import SPECULATING
 
@@ -39,30 +40,8 @@ def test_chat_and_completions_over_http_equal_grpc(service, oai):
     tokens gRPC gives."""
     with TandemClient(service.address, timeout=300) as client:
         for prompt in spec_bench_prompts(2, ("extraction", "writing")):
-            via_grpc = client.generate(prompt, temperature=0, max_tokens=32)
-            messages = [{"role": "user", "content": prompt}]
-            chat = oai.chat.completions.create(
-                model=MODEL, messages=messages, temperature=0, max_tokens=32
-            )
-            assert chat.choices[0].message.content == via_grpc.text
-            assert chat.usage.completion_tokens == via_grpc.usage.completion_tokens == 32
-            stream = oai.chat.completions.create(
-                model=MODEL,
-                messages=messages,
-                temperature=0,
-                max_tokens=32,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-            events = list(stream)
-            assert "".join(e.choices[0].delta.content or "" for e in events if e.choices) == (
-                via_grpc.text
-            )
-            assert events[-1].usage.completion_tokens == 32
-        raw = "The capital of France is"
-        same = client.generate(raw, chat=False, temperature=0, max_tokens=8)
-    completion = oai.completions.create(model=MODEL, prompt=raw, temperature=0, max_tokens=8)
-    assert completion.choices[0].text == same.text != ""
+            chat_equals_grpc(oai, MODEL, client, prompt)
+        completion_equals_grpc(oai, MODEL, client, "The capital of France is")
 
 
 def test_models_tokenizer_health_and_refusals(service, oai):
@@ -88,13 +67,6 @@ def test_models_tokenizer_health_and_refusals(service, oai):
 def test_metrics_on_the_http_port_are_the_services_figures(service):
     """/metrics on the HTTP port, where vLLM's server has it, shows what server.metrics_port
     shows (one registry) and moves with requests."""
-
-    def scrape(url: str) -> dict[tuple[str, tuple], float]:
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(httpx.get(url, timeout=10).text)
-            for s in family.samples
-        }
 
     key = ("tandem_generation_tokens_total", ())
     own_port = f"http://127.0.0.1:{service.config['server']['metrics_port']}/metrics"

@@ -19,7 +19,6 @@ import ray
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
-from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
 from tandem.client import TandemClient
@@ -27,6 +26,8 @@ from tandem.deploy.serve_app import GRPC_SERVICER_FUNCTION, app_builder
 from tests.support import openai_table
 from tests.support.fuzzing import check_http, fuzz_settings, openai_body
 from tests.support.layout import REPO
+from tests.support.openai_checks import chat_equals_grpc, completion_equals_grpc
+from tests.support.prometheus import scrape
 from tests.support.prompts import spec_bench_prompts
 from tests.support.services import free_port
 
@@ -86,49 +87,19 @@ def test_openai_and_grpc_give_the_same_greedy_output(app, oai, grpc_client, mode
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     hf = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     for prompt in spec_bench_prompts(2, ("writing", "coding")):
-        messages = [{"role": "user", "content": prompt}]
-        via_grpc = grpc_client.generate(prompt, temperature=0, max_tokens=32)
-        chat = oai.chat.completions.create(
-            model=app["model"], messages=messages, temperature=0, max_tokens=32
-        )
-        assert chat.choices[0].message.content == via_grpc.text
-        assert chat.choices[0].finish_reason == "length"
-        assert chat.usage.completion_tokens == 32 == via_grpc.usage.completion_tokens
-        assert chat.usage.prompt_tokens == via_grpc.usage.prompt_tokens
-
-        streamed = oai.chat.completions.create(
-            model=app["model"],
-            messages=messages,
-            temperature=0,
-            max_tokens=32,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-        events = list(streamed)
-        assert events[0].choices[0].delta.role == "assistant"
-        text = "".join(e.choices[0].delta.content or "" for e in events if e.choices)
-        assert text == via_grpc.text
-        assert len(events) > 3 and events[-1].usage.completion_tokens == 32
-
+        via_grpc = chat_equals_grpc(oai, app["model"], grpc_client, prompt)
         streamed_grpc = list(grpc_client.stream(prompt, temperature=0, max_tokens=32))
         assert [t for c in streamed_grpc for t in c.token_ids] == list(via_grpc.token_ids)
 
         text_prompt = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
         )
         ids = tokenizer.encode(text_prompt, add_special_tokens=False, return_tensors="pt")
         with torch.no_grad():
             expected = hf.generate(ids, max_new_tokens=32, do_sample=False)[0, ids.shape[1] :]
         assert list(via_grpc.token_ids) == expected.tolist()
 
-    raw = "The capital of France is"
-    completion = oai.completions.create(model=app["model"], prompt=raw, temperature=0, max_tokens=8)
-    same = grpc_client.generate(raw, chat=False, temperature=0, max_tokens=8)
-    assert completion.choices[0].text == same.text and same.text
-    chunks = oai.completions.create(
-        model=app["model"], prompt=raw, temperature=0, max_tokens=8, stream=True
-    )
-    assert "".join(c.choices[0].text for c in chunks) == same.text
+    completion_equals_grpc(oai, app["model"], grpc_client, "The capital of France is")
 
 
 def test_models_and_refusals(app, oai, grpc_client):
@@ -156,7 +127,7 @@ def test_models_and_refusals(app, oai, grpc_client):
     stats = grpc_client.stats()
     assert stats.requests_rejected >= 3
     # The Serve replica exports the same figures as Prometheus metrics, tandem's and vLLM's.
-    metrics = scrape(app)
+    metrics = scrape(app["metrics"])
     assert metrics[("tandem_requests_total", (("outcome", "rejected"),))] == (
         stats.requests_rejected
     )
@@ -176,14 +147,6 @@ def test_models_and_refusals(app, oai, grpc_client):
 
 
 STOPS = ("stop", "length", "abort")
-
-
-def scrape(app) -> dict[tuple[str, tuple], float]:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(httpx.get(app["metrics"]).text)
-        for s in family.samples
-    }
 
 
 def ray_logs() -> str:
@@ -215,7 +178,9 @@ def test_every_refusal_is_counted_and_logged_in_one_line(app, grpc_client):
         list(grpc_client.stream("x", temperature=-1))
     assert streamed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert grpc_client.stats().requests_rejected == before + 6
-    assert scrape(app)[("tandem_requests_total", (("outcome", "rejected"),))] == before + 6
+    assert (
+        scrape(app["metrics"])[("tandem_requests_total", (("outcome", "rejected"),))] == before + 6
+    )
     time.sleep(2)  # Ray flushes worker logs to files about once a second
     logs = ray_logs()
     assert logs.count("Traceback") == tracebacks

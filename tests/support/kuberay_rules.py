@@ -22,6 +22,15 @@ def documents(name: str) -> dict[str, dict[str, Any]]:
     return {doc["kind"]: json.loads(json.dumps(doc)) for doc in docs}  # YAML anchors resolved
 
 
+def pod_templates(name: str) -> list[dict[str, Any]]:
+    """The pod specs of deploy/kuberay/<name>'s Ray cluster: the head's first, then each worker
+    group's (a RayService's come from its rayClusterConfig)."""
+    spec = next(d for d in documents(name).values() if d["kind"].startswith("Ray"))["spec"]
+    cluster = spec.get("rayClusterConfig", spec)
+    groups = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
+    return [group["template"]["spec"] for group in groups]
+
+
 MAX_NAME_LENGTH = {"RayCluster": 63, "RayService": 63}  # utils.MaxRay{Cluster,Service}NameLength
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 LABEL_KEY = re.compile(

@@ -18,7 +18,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from tandem.cluster.config.deployment import TandemConfig
 from tests.support import kuberay_rules
-from tests.support.kuberay_rules import KUBERAY, documents
+from tests.support.kuberay_rules import KUBERAY, documents, pod_templates
 from tests.support.layout import REPO
 
 pytestmark = pytest.mark.timeout(120)
@@ -184,13 +184,6 @@ RESTRICTED_VOLUMES = {
     "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
     "projected", "secret",
 }  # fmt: skip
-
-
-def pod_templates(name: str) -> list[dict[str, Any]]:
-    spec = next(iter(d for d in documents(name).values() if d["kind"].startswith("Ray")))["spec"]
-    cluster = spec.get("rayClusterConfig", spec)
-    groups = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
-    return [group["template"]["spec"] for group in groups]
 
 
 @pytest.mark.parametrize("name", ["raycluster.yaml", "rayservice.yaml"])

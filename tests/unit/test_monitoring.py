@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from tests.support.kuberay_rules import documents
+from tests.support.kuberay_rules import pod_templates
 from tests.support.layout import REPO
 
 pytestmark = pytest.mark.timeout(60)
@@ -24,10 +24,8 @@ def test_the_podmonitor_scrapes_the_head_pods_tandem_metrics_port():
     assert monitor["spec"]["selector"] == {"matchLabels": {"ray.io/node-type": "head"}}
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     assert endpoint["path"] == "/metrics"
-    for name, kind in (("raycluster.yaml", "RayCluster"), ("rayservice.yaml", "RayService")):
-        spec = documents(name)[kind]["spec"]
-        cluster = spec.get("rayClusterConfig", spec)
-        (head,) = cluster["headGroupSpec"]["template"]["spec"]["containers"]
+    for name in ("raycluster.yaml", "rayservice.yaml"):
+        (head,) = pod_templates(name)[0]["containers"]
         ports = {p["name"]: p["containerPort"] for p in head["ports"]}
         assert endpoint["port"] in ports, name
         # tandem's config in the manifest (inline, or a ConfigMap's YAML) listens there
