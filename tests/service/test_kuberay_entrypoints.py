@@ -8,9 +8,8 @@ command, else `ulimit -n ...; <that command>`. Here every pod is a process sessi
 with its own model folder ($TANDEM_MODELS_DIR), so a model written on one "pod" is never seen by
 another: each copies the default model (and the drafter pod its draft) from `models.source`.
 What differs from a cluster, and why: ports are free ones on loopback (the machine is shared),
-the ConfigMap's mount path is a temporary file, the pools are scaled to one target replica, the
-drafter's logical GPU is drafted on with torch on the CPU (this machine has no GPU), and Serve
-runs one proxy (pods have a network namespace each; here every proxy would bind one port).
+the ConfigMap's mount path is a temporary file, the pools are scaled to one target replica,
+and the drafter's logical GPU is drafted on with torch on the CPU (this machine has no GPU).
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tandem.client import TandemClient
-from tests.support.kuberay_rules import documents
+from tests.support.kuberay_rules import RAYCLUSTER, RAYSERVICES, documents
 from tests.support.services import free_port
 
 pytestmark = pytest.mark.slow
@@ -268,7 +267,7 @@ def grpc_health(address: str, service: str) -> int:
 
 @pytest.mark.timeout(900)
 def test_raycluster_head_starts_tandem_serve_despite_block(tmp_path, model_path):
-    docs = documents("raycluster.yaml")
+    docs = documents(RAYCLUSTER)
     spec = docs["RayCluster"]["spec"]
     (head,) = spec["headGroupSpec"]["template"]["spec"]["containers"]
     config = scaled(yaml.safe_load(docs["ConfigMap"]["data"]["tandem.yaml"]), model_path.parent)
@@ -305,12 +304,10 @@ def test_raycluster_head_starts_tandem_serve_despite_block(tmp_path, model_path)
 
 @pytest.mark.timeout(900)
 def test_rayservice_serves_after_kuberay_submits_its_serve_config(tmp_path, model_path):
-    manifest = documents("rayservice.yaml")["RayService"]
+    manifest = documents(RAYSERVICES[0])["RayService"]
     spec = manifest["spec"]["rayClusterConfig"]
     serve_config = yaml.safe_load(manifest["spec"]["serveConfigV2"])
     http_port, grpc_port = free_port(), free_port()
-    # Pods have a network namespace each; here every proxy would bind the same port.
-    serve_config["proxy_location"] = "HeadOnly"
     serve_config["http_options"].update(host="127.0.0.1", port=http_port)
     serve_config["grpc_options"]["port"] = grpc_port
     (app,) = serve_config["applications"]
@@ -341,7 +338,8 @@ def test_rayservice_serves_after_kuberay_submits_its_serve_config(tmp_path, mode
             return status == "RUNNING"
 
         _wait(running, 600, pod)
-        # KubeRay's own checks: the head's Serve proxy, and the node probe it injects.
+        # KubeRay's checks: the head's Serve proxy (the one proxy: HeadOnly), and the node probe
+        # (KubeRay's on the head, the manifest's readiness probe on the workers).
         proxy = httpx.get(f"http://127.0.0.1:{http_port}/-/healthz", timeout=10)
         assert proxy.status_code == 200
         node = httpx.get(f"http://127.0.0.1:{ports['agent']}/api/healthz", timeout=10)

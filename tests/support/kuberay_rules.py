@@ -14,6 +14,10 @@ import yaml
 from .layout import REPO
 
 KUBERAY = REPO / "deploy" / "kuberay"
+# Each sample in a folder of its own with its kustomization (kustomize loads only files under it).
+RAYCLUSTER = "raycluster/raycluster.yaml"
+RAYSERVICES = ("rayservice/rayservice.yaml", "rayservice-gpu/rayservice-gpu.yaml")
+SAMPLES = (RAYCLUSTER, *RAYSERVICES)
 
 
 def documents(name: str) -> dict[str, dict[str, Any]]:
@@ -22,11 +26,20 @@ def documents(name: str) -> dict[str, dict[str, Any]]:
     return {doc["kind"]: json.loads(json.dumps(doc)) for doc in docs}  # YAML anchors resolved
 
 
+def ray_manifest(name: str) -> dict[str, Any]:
+    """deploy/kuberay/<name>'s RayCluster or RayService."""
+    return next(d for d in documents(name).values() if d["kind"].startswith("Ray"))
+
+
+def cluster_spec(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The RayCluster spec of a RayCluster or RayService manifest."""
+    return manifest["spec"].get("rayClusterConfig", manifest["spec"])
+
+
 def pod_templates(name: str) -> list[dict[str, Any]]:
     """The pod specs of deploy/kuberay/<name>'s Ray cluster: the head's first, then each worker
     group's (a RayService's come from its rayClusterConfig)."""
-    spec = next(d for d in documents(name).values() if d["kind"].startswith("Ray"))["spec"]
-    cluster = spec.get("rayClusterConfig", spec)
+    cluster = cluster_spec(ray_manifest(name))
     groups = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
     return [group["template"]["spec"] for group in groups]
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.kuberay_rules import KUBERAY, SAMPLES
 from tests.support.layout import REPO
 
 IMAGES = sorted((REPO / "deploy" / "images").glob("*.Containerfile"))
@@ -28,13 +29,16 @@ def ray_pin() -> str:
 
 
 def test_one_image_per_kind_the_manifests_use():
+    """Each Containerfile builds the image of its name (tandem-<stem>), and the KubeRay samples
+    use exactly those (tandem-gpu: the GPU sample's targets)."""
     used = set()
-    for manifest in (REPO / "deploy" / "kuberay").glob("*.yaml"):
-        used |= set(re.findall(r"image: (tandem:\w+)", manifest.read_text()))
-    built = {f"tandem:{image.stem}" for image in IMAGES}
-    assert built == {"tandem:cpu", "tandem:gpu", "tandem:drafter"}
-    # gpu: GPU targets (docs/deployment.md); the samples' targets are CPU ones
-    assert used == {"tandem:cpu", "tandem:drafter"}
+    for name in SAMPLES:
+        used |= set(re.findall(r"image: (tandem-\w+):", (KUBERAY / name).read_text()))
+    for image in IMAGES:
+        assert f" -t tandem-{image.stem}:" in image.read_text(), image.name  # its build command
+    assert used == {f"tandem-{image.stem}" for image in IMAGES} == {
+        "tandem-cpu", "tandem-gpu", "tandem-drafter"
+    }  # fmt: skip
 
 
 @pytest.mark.timeout(120)

@@ -18,7 +18,17 @@ from ray.serve.schema import ServeDeploySchema
 
 from tandem.cluster.config.deployment import TandemConfig
 from tests.support import kuberay_rules
-from tests.support.kuberay_rules import KUBERAY, documents, pod_templates
+from tests.support.kuberay_pods import NODE_HEALTH, effective_probes, serve_backends
+from tests.support.kuberay_rules import (
+    KUBERAY,
+    RAYCLUSTER,
+    RAYSERVICES,
+    SAMPLES,
+    cluster_spec,
+    documents,
+    pod_templates,
+    ray_manifest,
+)
 from tests.support.layout import REPO
 
 pytestmark = pytest.mark.timeout(120)
@@ -72,20 +82,29 @@ def group_capacity(cluster: dict[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
+def tandem_config(name: str) -> TandemConfig:
+    """The tandem config a sample runs: a RayCluster's ConfigMap, a RayService's app args."""
+    docs = documents(name)
+    if "ConfigMap" in docs:
+        return TandemConfig.from_dict(yaml.safe_load(docs["ConfigMap"]["data"]["tandem.yaml"]))
+    (app,) = yaml.safe_load(docs["RayService"]["spec"]["serveConfigV2"])["applications"]
+    return TandemConfig.from_serve_args(app["args"])
+
+
 def check_cluster(config: TandemConfig, cluster: dict[str, Any]) -> None:
     capacity = group_capacity(cluster)
     assert set(capacity) == {"targets", "drafters"}
-    for group, pool in (("targets", config.target), ("drafters", config.speculation.drafters)):
+    pools = {"targets": config.target, "drafters": config.speculation.drafters}
+    for group, pool in pools.items():
         for resource, amount in pool.resources.items():
             assert capacity[group].get(resource, 0) >= amount, (group, resource)
-    # Targets and drafters land on different accelerator kinds, not on each other's nodes.
-    assert "verifier" in config.target.resources and "verifier" not in capacity["drafters"]
-    assert config.speculation.drafters.resources.get("GPU") and not capacity["targets"]["GPU"]
+        # Each pool asks for a resource the other group's nodes lack: targets and drafters
+        # never land on each other's nodes.
+        (other,) = set(pools) - {group}
+        assert any(not capacity[other].get(r) for r in pool.resources), group
     for group in cluster["workerGroupSpecs"]:
         (container,) = group["template"]["spec"]["containers"]
-        # KubeRay injects its own probes (raylet health; Serve's proxy on RayService workers)
-        # only where none is set.
-        assert "readinessProbe" not in container and "livenessProbe" not in container
+        assert "livenessProbe" not in container  # KubeRay's raylet check
         assert container["resources"]["limits"]
     # Models are baked into the images (deploy/images): no shared volume is needed.
     assert config.models.dir == config.models.dir.__class__("/opt/tandem/models")
@@ -98,14 +117,15 @@ def check_cluster(config: TandemConfig, cluster: dict[str, Any]) -> None:
     config.check_serving(exposed=True)  # a token is set: safe on the network
 
 
-def test_rayservice_manifest():
-    manifest = documents("rayservice.yaml")["RayService"]
+@pytest.mark.parametrize("name", RAYSERVICES)
+def test_rayservice_manifest(name):
+    manifest = documents(name)["RayService"]
     validate(manifest)
     serve_config = yaml.safe_load(manifest["spec"]["serveConfigV2"])
     ServeDeploySchema.model_validate(serve_config)
     (app,) = serve_config["applications"]
     assert app["import_path"] == "tandem.deploy.serve_app:app_builder"
-    config = TandemConfig.from_serve_args(app["args"])
+    config = tandem_config(name)
     assert config.server.auth.token_env == "TANDEM_TOKEN"
     cluster = manifest["spec"]["rayClusterConfig"]
     check_cluster(config, cluster)
@@ -119,9 +139,9 @@ def test_rayservice_manifest():
 
 
 def test_raycluster_manifest():
-    docs = documents("raycluster.yaml")
+    docs = documents(RAYCLUSTER)
     validate(docs["RayCluster"])
-    config = TandemConfig.from_dict(yaml.safe_load(docs["ConfigMap"]["data"]["tandem.yaml"]))
+    config = tandem_config(RAYCLUSTER)
     assert config.ray.address == "auto"
     check_cluster(config, docs["RayCluster"]["spec"])
     (head,) = docs["RayCluster"]["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
@@ -145,7 +165,7 @@ def test_raycluster_manifest():
 )
 def test_validation_catches_mistakes(path, value):
     """The validation has teeth: each of these is refused (by the schema or KubeRay's rules)."""
-    manifest = documents("rayservice.yaml")["RayService"]
+    manifest = documents(RAYSERVICES[0])["RayService"]
     node = manifest
     for key in path[:-1]:
         node = node[key]
@@ -158,7 +178,7 @@ def test_validation_catches_mistakes(path, value):
 
 
 def test_grpc_port_name_kuberay_does_not_expose_is_refused():
-    manifest = documents("rayservice.yaml")["RayService"]
+    manifest = documents(RAYSERVICES[0])["RayService"]
     (head,) = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"][
         "containers"
     ]
@@ -186,7 +206,7 @@ RESTRICTED_VOLUMES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("name", ["raycluster.yaml", "rayservice.yaml"])
+@pytest.mark.parametrize("name", SAMPLES)
 def test_every_pod_meets_the_restricted_pod_security_level(name):
     """What the restricted level checks of a pod: not root, a seccomp profile, no privilege
     escalation, every capability dropped, no host namespaces, and only its volume types."""
@@ -208,7 +228,7 @@ def test_every_pod_meets_the_restricted_pod_security_level(name):
 def test_the_raycluster_heads_startup_probe_outlasts_the_wait_for_nodes():
     """tandem serve may wait ray.wait_for_nodes_s for the worker pods and then load models: the
     startup probe gives that time plus 5 minutes, and liveness only starts after it."""
-    docs = documents("raycluster.yaml")
+    docs = documents(RAYCLUSTER)
     config = yaml.safe_load(docs["ConfigMap"]["data"]["tandem.yaml"])
     (head,) = docs["RayCluster"]["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
     startup = head["startupProbe"]
@@ -217,10 +237,61 @@ def test_the_raycluster_heads_startup_probe_outlasts_the_wait_for_nodes():
     assert startup["grpc"] == head["livenessProbe"]["grpc"]  # the server answering at all
 
 
-@pytest.mark.parametrize("name", ["raycluster.yaml", "rayservice.yaml"])
+@pytest.mark.parametrize("name", SAMPLES)
 def test_pods_are_placed_by_what_the_manifests_declare(name):
     """No node selector on a label no manifest or doc sets (such pods stay Pending): targets
     land by the `verifier` Ray resource their group advertises, drafters by the GPU they
     request (tolerating the GPU taint)."""
     for pod in pod_templates(name):
         assert "nodeSelector" not in pod and "affinity" not in pod
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_every_worker_is_ready_when_its_raylet_is_healthy(name):
+    """Targets and drafters pods host no Serve replica, so Serve runs no proxy there, and the
+    readiness probe KubeRay injects into RayService workers asks that proxy too: they would never
+    be Ready (nor the RayCluster `Ready`). Each worker's readiness, as KubeRay builds the pod, is
+    the raylet's health: the same check as its liveness probe, which KubeRay injects."""
+    for group, probes in effective_probes(ray_manifest(name)).items():
+        if group != "head":
+            assert probes["readinessProbe"] == probes["livenessProbe"], group
+            assert probes["readinessProbe"]["httpGet"]["path"] == NODE_HEALTH, group
+
+
+def test_without_its_probe_a_rayservice_worker_waits_for_a_serve_proxy():
+    """What the probes above replace: KubeRay's own for RayService workers checks Serve's proxy."""
+    manifest = ray_manifest(RAYSERVICES[0])
+    for group in cluster_spec(manifest)["workerGroupSpecs"]:
+        del group["template"]["spec"]["containers"][0]["readinessProbe"]
+    for group, probes in effective_probes(manifest).items():
+        assert ("-/healthz" in json.dumps(probes["readinessProbe"])) == (group != "head"), group
+
+
+@pytest.mark.parametrize("name", RAYSERVICES)
+def test_serve_traffic_reaches_only_the_heads_proxy(name):
+    """Ready workers get no Serve traffic: KubeRay's serve Service selects every RayService
+    worker, but its ports target the head's by name, which no worker declares. Serve runs its
+    proxy on the head only (HeadOnly), not on the node that happens to hold the app's replica."""
+    manifest = ray_manifest(name)
+    assert serve_backends(manifest) == {"head": ["serve", "serve-grpc"]}
+    assert yaml.safe_load(manifest["spec"]["serveConfigV2"])["proxy_location"] == "HeadOnly"
+    del manifest["spec"]["serveService"]  # KubeRay's own ports target numbers: every pod
+    assert set(serve_backends(manifest)) == {"head", "targets", "drafters"}
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_each_group_runs_the_image_and_gpus_its_pool_needs(name):
+    """Targets that ask for GPUs run the CUDA vLLM image (tandem-gpu), CPU targets vLLM's CPU
+    build (tandem-cpu, as the head), drafters the drafter image; a pod gets as many GPUs from
+    Kubernetes as its raylet advertises to Ray."""
+    config = tandem_config(name)
+    target_image = "tandem-gpu" if config.target.resources.get("GPU") else "tandem-cpu"
+    expected = {"targets": target_image, "drafters": "tandem-drafter"}
+    cluster = cluster_spec(ray_manifest(name))
+    (head,) = cluster["headGroupSpec"]["template"]["spec"]["containers"]
+    assert head["image"].split(":")[0] == "tandem-cpu"
+    for group in cluster["workerGroupSpecs"]:
+        (container,) = group["template"]["spec"]["containers"]
+        assert container["image"].split(":")[0] == expected[group["groupName"]]
+        gpus = container["resources"]["limits"].get("nvidia.com/gpu", "0")
+        assert float(gpus) == float(group["rayStartParams"].get("num-gpus", 0))

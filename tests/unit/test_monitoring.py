@@ -1,5 +1,5 @@
-"""deploy/monitoring: the PodMonitor finds the pods that serve tandem's metrics in both KubeRay
-samples. (The Grafana dashboard's queries are checked against a live scrape:
+"""deploy/monitoring: the PodMonitor finds the pods that serve tandem's metrics in every KubeRay
+sample. (The Grafana dashboard's queries are checked against a live scrape:
 tests/service/test_metrics.py.)"""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from tests.support.kuberay_rules import pod_templates
+from tests.support.kuberay_rules import KUBERAY, SAMPLES, pod_templates
 from tests.support.layout import REPO
 
 pytestmark = pytest.mark.timeout(60)
@@ -24,12 +24,12 @@ def test_the_podmonitor_scrapes_the_head_pods_tandem_metrics_port():
     assert monitor["spec"]["selector"] == {"matchLabels": {"ray.io/node-type": "head"}}
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     assert endpoint["path"] == "/metrics"
-    for name in ("raycluster.yaml", "rayservice.yaml"):
+    for name in SAMPLES:
         (head,) = pod_templates(name)[0]["containers"]
         ports = {p["name"]: p["containerPort"] for p in head["ports"]}
         assert endpoint["port"] in ports, name
         # tandem's config in the manifest (inline, or a ConfigMap's YAML) listens there
-        text = (REPO / "deploy" / "kuberay" / name).read_text()
+        text = (KUBERAY / name).read_text()
         assert f"metrics_port: {ports[endpoint['port']]}" in text, name
 
 
