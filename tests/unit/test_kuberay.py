@@ -295,3 +295,13 @@ def test_each_group_runs_the_image_and_gpus_its_pool_needs(name):
         assert container["image"].split(":")[0] == expected[group["groupName"]]
         gpus = container["resources"]["limits"].get("nvidia.com/gpu", "0")
         assert float(gpus) == float(group["rayStartParams"].get("num-gpus", 0))
+
+
+@pytest.mark.parametrize("name", RAYSERVICES)
+def test_the_front_door_stays_one_serve_replica(name):
+    """Each TandemDeployment replica places target and drafter pools of its own (serve_app.py):
+    more replicas, or Serve autoscaling, would multiply the pools, not the front door. No sample
+    overrides the deployment's options (docs/deployment.md, "KubeRay": what scaling the
+    front door needs first)."""
+    (app,) = yaml.safe_load(ray_manifest(name)["spec"]["serveConfigV2"])["applications"]
+    assert "deployments" not in app  # serve_app.py's num_replicas=1 stands
