@@ -61,6 +61,11 @@ HANDLED = {
 HANDLED_CHAT = HANDLED | {"messages", "max_completion_tokens", "top_logprobs"}
 MESSAGE_KEYS = {"role", "content", "name"}
 HANDLED_COMPLETION = HANDLED | {"prompt"}
+# Fields accepted only at their default where the default differs per endpoint (vLLM's).
+ENDPOINT_DEFAULTS_ONLY = {
+    True: {"add_special_tokens": False},  # chat: the template writes the special tokens
+    False: {"add_special_tokens": True},  # completions: the tokenizer adds them
+}
 # Fields tandem accepts only at their default (OpenAI's, or vLLM's for its extra parameters):
 # any other value is refused with a 400 naming the field.
 DEFAULTS_ONLY = {
@@ -90,7 +95,7 @@ DEFAULTS_ONLY = {
     "chat_template_kwargs": None,
     "media_io_kwargs": None,
     "mm_processor_kwargs": None,
-    "mm_payload": None,
+    "mm_payload": "tensors",
     "priority": 0,
     "session_id": None,
     "return_tokens_as_token_ids": False,
@@ -98,7 +103,7 @@ DEFAULTS_ONLY = {
     "return_token_offsets": False,
     "return_prompt_text": False,
     "return_mm_kwargs": False,
-    "routed_experts_prompt_start": None,
+    "routed_experts_prompt_start": 0,
     "cache_salt": None,
     "kv_transfer_params": None,
     "ec_transfer_params": None,
@@ -155,14 +160,15 @@ def parse(body: Any, model: str, chat: bool) -> OpenAIRequest:
 def _check_fields(body: dict[str, Any], chat: bool) -> list[str]:
     """The unknown fields (ignored); a known one tandem cannot honour at its value is refused."""
     handled = HANDLED_CHAT if chat else HANDLED_COMPLETION
+    defaults_only = DEFAULTS_ONLY | ENDPOINT_DEFAULTS_ONLY[chat]
     ignored = []
     for name, value in body.items():
         if name in handled or name in SAMPLING:
             continue
-        if name not in DEFAULTS_ONLY:
+        if name not in defaults_only:
             ignored.append(name)
             continue
-        default = DEFAULTS_ONLY[name]
+        default = defaults_only[name]
         if value is not None and value != default:
             raise invalid(f"{name}: not supported by tandem (only {json.dumps(default)})")
     return ignored
