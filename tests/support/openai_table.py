@@ -14,6 +14,14 @@ CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 HI = [{"role": "user", "content": "Name three colors."}]
 RAW = "The capital of France is"
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,12 @@ ROWS = [
     # ---- unknown model --------------------------------------------------------------------------
     chat("unknown model", 404, "model", model="gpt-4o"),
     # ---- fields tandem refuses and vLLM honours (or ignores) ---------------------------------
+    completion("add_special_tokens at vLLM's default", add_special_tokens=True),
+    differs(
+        completion("add_special_tokens off", 400, "add_special_tokens", add_special_tokens=False),
+        200,
+        "tandem tokenizes a completion prompt as vLLM does by default, and only so",
+    ),
     differs(completion("echo", 400, "echo", echo=True), 200, "echo is not implemented"),
     differs(
         chat("beam search", 400, "use_beam_search", use_beam_search=True),
@@ -122,6 +136,21 @@ ROWS = [
     ),
     completion("a choice", structured_outputs={"choice": ["Paris", "Lyon"]}),
     chat("an unknown response format", 400, "response_format", response_format={"type": "xml"}),
+    # tools: vLLM calls them only with a tool parser (--tool-call-parser), tandem runs none
+    chat("tools (auto tool choice)", 400, "tools", tools=[WEATHER]),
+    chat(
+        "a named tool choice",
+        400,
+        "tools",
+        tools=[WEATHER],
+        tool_choice={"type": "function", "function": {"name": "weather"}},
+    ),
+    differs(
+        chat("tools with tool choice none", 400, "tools", tools=[WEATHER], tool_choice="none"),
+        200,
+        "vLLM hands the tools to the chat template (which may ignore them, as the default "
+        "model's does); tandem refuses them rather than drop them unseen",
+    ),
     # ignored with a warning by both (tandem names it in the tandem-ignored-fields header)
     chat("an unknown field", temprature=0.5),
     chat("a message's name", messages=[{**HI[0], "name": "ann"}]),
