@@ -18,10 +18,6 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 SOAK_MINUTES ?= 30
 FUZZ_EXAMPLES ?= 1500
-# make test's lanes (pytest-xdist workers): the service tier waits on starts and stops a third
-# of its time, so two lanes of modules (grouped by the services they share, tests/conftest.py)
-# keep both cores busy; LANES=0 runs one lane in pytest's own process.
-LANES ?= 2
 
 .PHONY: setup serve test test-fast test-sampling bench soak lint protos
 
@@ -38,7 +34,7 @@ serve: setup
 
 # pytest exits 5 when it collects nothing: say so and fail, an empty suite proves nothing.
 test: setup
-	$(BIN)/python -m pytest -n $(LANES) --dist loadgroup $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
 
 test-fast: setup

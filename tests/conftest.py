@@ -63,21 +63,15 @@ def pytest_configure(config):
     config.stash[REGISTRY] = ServiceRegistry()
 
 
-# A wrapper: it runs before every plain hook, xdist's worker's among them, which reads the
-# xdist_group marks `_lanes` adds.
-@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
-    groups = _share_services(config, items)
-    _lanes(items, groups)
+    _share_services(config, items)
     _scale_timeouts(config, items)
-    return (yield)
 
 
-def _share_services(config, items) -> dict[str, str]:
+def _share_services(config, items) -> None:
     """Modules that share a service run next to each other (in collection order otherwise;
     `order` puts a module first or last among them), and each service stops after its last
-    declared user. Returns each module's group: the first module of the services it shares,
-    transitively, or itself."""
+    declared user."""
     registry = config.stash[REGISTRY]
     modules: dict[str, list] = {}  # module nodeid -> its items, in collection order
     for item in items:
@@ -101,32 +95,16 @@ def _share_services(config, items) -> dict[str, str]:
 
     ordered = [module for _, module in sorted(enumerate(modules), key=place)]
     items[:] = [item for module in ordered for item in modules[module]]
-    group: dict[str, str] = {}
-    owner: dict[str, str] = {}  # configuration -> the group of its first user
     for module in ordered:
-        keys = uses[module][0]
-        group[module] = next((owner[k] for k in keys if k in owner), module)
-        for key in keys:
-            owner.setdefault(key, group[module])
+        for key in uses[module][0]:
             registry.declared.add(key)
-            registry.last_user[key] = modules[module][-1]
-    return group
-
-
-def _lanes(items, groups: dict[str, str]) -> None:
-    """For `make test`'s two lanes (pytest-xdist, --dist loadgroup): each group of modules (one
-    module, or the modules sharing a service) is one unit of work that one worker runs, in the
-    order of `_share_services`; xdist hands the units out in collection order, so the service
-    tier's units go first and the short unit-tier modules fill the lanes' ends."""
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(groups[item.nodeid.split("::")[0]]))
-    items.sort(key=lambda item: not item.nodeid.startswith("tests/service/"))
+            registry.last_user[key] = modules[module][-1].nodeid
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item, nextitem):
     yield
-    item.config.stash[REGISTRY].release_after(item)
+    item.config.stash[REGISTRY].release_after(item.nodeid)
 
 
 def pytest_sessionfinish(session):

@@ -91,7 +91,7 @@ class ServiceRegistry:
     def __init__(self) -> None:
         self._services: dict[str, ServiceProcess] = {}
         self.declared: set[str] = set()  # configurations some collected test declared
-        self.last_user: dict[str, Any] = {}  # configuration -> its last test (a pytest Item)
+        self.last_user: dict[str, str] = {}  # configuration -> nodeid of its last test
         self.started: list[str] = []  # configurations in the order their services started
 
     def get(self, config: Config) -> ServiceProcess:
@@ -114,10 +114,10 @@ class ServiceRegistry:
             service.start()
         return service
 
-    def release_after(self, item: Any) -> None:
+    def release_after(self, nodeid: str) -> None:
         """Stop the services whose last declared user was this test."""
         for key, last in self.last_user.items():
-            if last is item and key in self._services:
+            if last == nodeid and key in self._services:
                 stop_later(self._services.pop(key))
 
     def stop_all(self) -> None:
