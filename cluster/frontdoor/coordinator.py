@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import ray
@@ -49,7 +49,8 @@ T = TypeVar("T")
 
 # Codes of refusals a replica may still raise for the client's input (vLLM's own checks).
 CLIENT_ERRORS = ("INVALID_ARGUMENT", "OUT_OF_RANGE")
-# A request whose replica died before it streamed a token is retried on another this often.
+# A request whose replica died is moved to another this often: retried if it had streamed
+# nothing, continued from its delivered tokens otherwise (_Run.submitted).
 REPLICA_RETRIES = 1
 REPLICA_STATS_TIMEOUT_S = 10.0
 
@@ -84,6 +85,7 @@ class _Run:
     submission: str | None = None  # the engine-level id of the current attempt
     attempts: int = 0
     produced: int = 0
+    delivered: list[int] = field(default_factory=list)  # the tokens streamed so far
     first: float = 0.0  # when the first and the last token came
     last: float = 0.0
     finish_reason: str | None = None
@@ -96,6 +98,7 @@ class _Run:
                 self.first = now
             self.last = now
             self.produced += len(step.token_ids)
+            self.delivered += step.token_ids
         self.finish_reason = step.finish_reason
         chunk = Chunk(
             prepared.request_id,
@@ -114,6 +117,28 @@ class _Run:
             chunk.total_s = now - self.start
             chunk.figures = step.figures
         return chunk
+
+    def resumable(self) -> bool:
+        """Whether another replica can take the request over: always before its first token;
+        after it, unless a grammar constrains it (vLLM would start the grammar again mid-way)."""
+        return not self.delivered or self.prepared.sampling.get("structured_outputs") is None
+
+    def submitted(self) -> PreparedRequest:
+        """What the next attempt submits: the request itself, or, once tokens were delivered,
+        its continuation (the prompt followed by them, the limits less them), as the engine loop
+        resumes a request after a failed step. Greedy output goes on exactly as it would have; a
+        seeded request's random stream starts again (its output keeps the distribution)."""
+        if not self.delivered:
+            return self.prepared
+        done = len(self.delivered)
+        sampling = dict(self.prepared.sampling)
+        if sampling.get("max_tokens") is not None:
+            sampling["max_tokens"] -= done
+        if sampling.get("min_tokens"):
+            sampling["min_tokens"] = max(0, sampling["min_tokens"] - done)
+        sampling.pop("prompt_logprobs", None)  # the first chunk delivered them
+        prompt = self.prepared.prompt_token_ids + self.delivered
+        return replace(self.prepared, prompt_token_ids=prompt, sampling=sampling)
 
 
 class Coordinator:
@@ -229,11 +254,16 @@ class Coordinator:
                         yield chunk
                 except ray.exceptions.RayActorError:
                     self._lost(run.replica)
-                    if run.produced or run.attempts > REPLICA_RETRIES:
+                    if run.attempts > REPLICA_RETRIES or not run.resumable():
                         raise RequestError(
                             "UNAVAILABLE", f"request {rid}: its target replica went away; retry"
                         ) from None
-                    log.warning("request %s: replica %d died; retrying it", rid, run.replica)
+                    log.warning(
+                        "request %s: replica %d died after %d tokens; moving it to another",
+                        rid,
+                        run.replica,
+                        run.produced,
+                    )
                     continue
                 outcome = "aborted" if run.finish_reason == "abort" else "finished"
                 return
@@ -270,7 +300,9 @@ class Coordinator:
         self.outstanding[replica] += 1
         try:
             await actor.submit.remote(
-                replace(run.prepared, request_id=submission), stream.subscriber, stream.endpoint
+                replace(run.submitted(), request_id=submission),
+                stream.subscriber,
+                stream.endpoint,
             )
             while run.finish_reason is None:
                 item = await queue.get()

@@ -123,6 +123,7 @@ class Lane:
     done: list[tuple[int, list[int], pb.SpeculationStats]] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
     streamed: int = 0  # tokens received, finished requests or not
+    in_flight: int = 0  # tokens received of the request streaming now
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
     def sampling(self) -> dict:
@@ -146,11 +147,14 @@ class Lane:
                 ):
                     ids += chunk.token_ids
                     self.streamed += len(chunk.token_ids)
+                    self.in_flight = len(ids)
                     if ids:
                         self.started.set()
             except grpc.aio.AioRpcError as exc:
                 self.errors.append(exc)
                 continue
+            finally:
+                self.in_flight = 0
             self.done.append((prompt, ids, chunk.speculation))
 
 
