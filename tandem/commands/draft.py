@@ -142,8 +142,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from tandem.speculation.eagle import EagleDrafter
+    from tandem.speculation.eagle_acceptance import acceptance
     from tandem.training.data import load_features, read_recipe
-    from tandem.training.train import acceptance
 
     _threads(args)
     recipe = read_recipe(args.data)
@@ -162,8 +162,8 @@ def cmd_trim(args: argparse.Namespace) -> int:
     import torch
 
     from tandem.speculation.eagle import EagleDrafter
+    from tandem.speculation.eagle_acceptance import acceptance
     from tandem.training.data import load_features, read_recipe
-    from tandem.training.train import acceptance
     from tandem.training.vocab_trim import trim
 
     _threads(args)
