@@ -330,16 +330,32 @@ class ReplicaStats(_message.Message):
     def __init__(self, replica_id: _Optional[str] = ..., node_id: _Optional[str] = ..., outstanding: _Optional[int] = ..., engine_unfinished: _Optional[int] = ..., requests_served: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., up: _Optional[bool] = ..., engine_cpus: _Optional[_Iterable[int]] = ..., kv_cache_usage: _Optional[float] = ..., requests_waiting: _Optional[int] = ..., preemptions: _Optional[int] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ...) -> None: ...
 
 class DrafterStats(_message.Message):
-    __slots__ = ("replica_id", "node_id", "requests", "mirror_hints_used")
+    __slots__ = ("replica_id", "node_id", "requests", "mirror_hints_used", "head_version", "head_updates_kept", "head_updates_rolled_back", "head_window_acceptance", "head_candidate_acceptance", "head_buffer_tokens", "head_learn_s", "head_slice_max_s")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     MIRROR_HINTS_USED_FIELD_NUMBER: _ClassVar[int]
+    HEAD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HEAD_UPDATES_KEPT_FIELD_NUMBER: _ClassVar[int]
+    HEAD_UPDATES_ROLLED_BACK_FIELD_NUMBER: _ClassVar[int]
+    HEAD_WINDOW_ACCEPTANCE_FIELD_NUMBER: _ClassVar[int]
+    HEAD_CANDIDATE_ACCEPTANCE_FIELD_NUMBER: _ClassVar[int]
+    HEAD_BUFFER_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    HEAD_LEARN_S_FIELD_NUMBER: _ClassVar[int]
+    HEAD_SLICE_MAX_S_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     node_id: str
     requests: int
     mirror_hints_used: int
-    def __init__(self, replica_id: _Optional[str] = ..., node_id: _Optional[str] = ..., requests: _Optional[int] = ..., mirror_hints_used: _Optional[int] = ...) -> None: ...
+    head_version: int
+    head_updates_kept: int
+    head_updates_rolled_back: int
+    head_window_acceptance: float
+    head_candidate_acceptance: float
+    head_buffer_tokens: int
+    head_learn_s: float
+    head_slice_max_s: float
+    def __init__(self, replica_id: _Optional[str] = ..., node_id: _Optional[str] = ..., requests: _Optional[int] = ..., mirror_hints_used: _Optional[int] = ..., head_version: _Optional[int] = ..., head_updates_kept: _Optional[int] = ..., head_updates_rolled_back: _Optional[int] = ..., head_window_acceptance: _Optional[float] = ..., head_candidate_acceptance: _Optional[float] = ..., head_buffer_tokens: _Optional[int] = ..., head_learn_s: _Optional[float] = ..., head_slice_max_s: _Optional[float] = ...) -> None: ...
 
 class Breakdown(_message.Message):
     __slots__ = ("steps", "tokens", "step_s", "schedule_s", "forward_s", "proposer_s", "drafter_rtt_s", "predraft_wait_s", "output_s", "between_steps_s", "deliveries", "handoff_s", "batches", "stream_s", "chunks", "coordinator_s", "drafter_messages", "drafter_bytes_sent", "drafter_bytes_received", "drafter_round_trips")

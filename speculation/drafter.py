@@ -3,27 +3,36 @@ the draft sources that propose from them.
 
 One Drafter serves every mode its sources cover (tandem.speculation.registry builds them; the
 contract is tandem.speculation.source). It is bounded: beyond `max_requests` the least recently
-used request is evicted and will be resynced by the proposer on its next step.
+used request is evicted and will be resynced by the proposer on its next step. With
+`drafters.online.enabled` it also records what the target sends for its online learner
+(tandem.speculation.online_learner), and holds the learner's `core` while it drafts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from tandem.speculation import feature_codec
 from tandem.speculation.protocol import (
     DraftItem,
     DraftReply,
     Hint,
+    Mode,
     Outcome,
     PredraftPlan,
     PredraftReply,
 )
 from tandem.speculation.registry import SourceFactory, build_sources
+from tandem.speculation.session_stats import LearningStats
 from tandem.speculation.source import Draft, DrafterSetup, DraftJob, DraftSource, History
+
+if TYPE_CHECKING:
+    from tandem.speculation.online_learner import OnlineLearner
 
 
 @dataclass
@@ -35,15 +44,36 @@ class Drafter:
     hints_used: int = 0  # hints that arrived in time to steer pre-drafting
     # Moving average of the time drafting takes per token, by mode (for pre-drafting budgets).
     token_s: dict[str, float] = field(default_factory=dict)
+    learner: OnlineLearner | None = None  # online learning of the EAGLE-3 head
 
     @classmethod
     def from_setup(cls, setup: DrafterSetup, factories: Mapping[str, SourceFactory]) -> Drafter:
-        return cls(build_sources(setup, factories), setup.config.drafters.max_requests)
+        sources = build_sources(setup, factories)
+        learner = _learner(setup, sources)
+        if learner is not None:
+            learner.start()
+        return cls(sources, setup.config.drafters.max_requests, learner=learner)
 
     def modes(self) -> list[str]:
         return list(self.sources)
 
+    def _core(self) -> contextlib.AbstractContextManager:
+        """Held while drafting: the online learner trains only between drafting calls."""
+        return self.learner.core if self.learner is not None else contextlib.nullcontext()
+
+    def learning(self) -> LearningStats:
+        return self.learner.stats() if self.learner is not None else LearningStats()
+
+    def close(self) -> None:
+        """Draining: the learner stops and checkpoints its head."""
+        if self.learner is not None:
+            self.learner.close()
+
     def draft(self, items: list[DraftItem]) -> list[DraftReply]:
+        with self._core():
+            return self._draft(items)
+
+    def _draft(self, items: list[DraftItem]) -> list[DraftReply]:
         start = time.perf_counter()
         histories = [self._sync(item) for item in items]
         drafts = self._propose(
@@ -68,6 +98,10 @@ class Drafter:
         has taken per token): a pre-draft that overran would hold up the target's next step.
         Each round of outcomes goes to each source as one batch.
         """
+        with self._core():
+            return self._predraft(items, plan)
+
+    def _predraft(self, items: list[DraftItem], plan: PredraftPlan) -> list[PredraftReply]:
         deadline = time.perf_counter() + plan.time_s
         histories = [self._sync(item) for item in items]
         blocks: list[dict[Outcome, tuple[int, ...]]] = [{} for _ in items]
@@ -185,6 +219,8 @@ class Drafter:
             self.hints.pop(request_id, None)
             history = self.histories.pop(request_id, None)
             if history is not None:
+                if self.learner is not None:
+                    self.learner.finish(history)
                 for source in self.sources.values():
                     source.release(history)
 
@@ -211,10 +247,24 @@ class Drafter:
         if item.features is not None and len(item.features):
             rows = feature_codec.decode(item.features, item.feature_scales)
             history.features.append((item.features_start, rows))
+        if self.learner is not None:
+            self.learner.record(history)  # before a source takes the features
         for source in self.sources.values():
             source.observe(history, new, item.candidates)
         self.histories.move_to_end(item.request_id)
         return history
+
+
+def _learner(setup: DrafterSetup, sources: Mapping[str, DraftSource]) -> OnlineLearner | None:
+    """The online learner of the EAGLE-3 head, when configured and the drafter has a head
+    (imported on use: it imports torch)."""
+    online = setup.config.drafters.online
+    eagle = sources.get(Mode.EAGLE)
+    if not online.enabled or eagle is None or setup.target is None:
+        return None
+    from tandem.speculation.online_learner import OnlineLearner
+
+    return OnlineLearner(eagle, online, setup.target, setup.config.num_speculative_tokens)
 
 
 def _guesses(history: History, previous: int, exclude: int | None) -> list[int]:

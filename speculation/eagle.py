@@ -18,7 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from tandem.speculation.candidates import Candidates
-from tandem.speculation.eagle_head import load_head
+from tandem.speculation.eagle_head import Eagle3Head, load_head
 from tandem.speculation.source import DrafterSetup, DraftJob, DraftSource, History, common_prefix
 
 # Feature rows a request's History holds for the head at most (~3.4 kB each on the default
@@ -38,8 +38,13 @@ class EagleState:
     verification). They are reused while their tokens still apply and cropped otherwise.
     `base` is 0 unless the state started late (its first features were for a later position,
     e.g. on a drafter that restarted): positions before it are simply not attended to.
+
+    `head` is the version of the head that computed the cache: a state drafts with it until
+    the request ends, so a newer version swapped in by online learning never reads keys and
+    values an older one wrote (new requests start on the newest version).
     """
 
+    head: Eagle3Head
     base: int = 0  # the grid position of cache slot 0
     pending: torch.Tensor | None = None  # features received for grid positions >= settled
     k: torch.Tensor | None = None  # [kv_heads, capacity, head_dim]
@@ -124,10 +129,12 @@ class EagleDrafter(DraftSource):
             by_request.setdefault(id(job.history), []).append(i)
         for indices in by_request.values():
             history = jobs[indices[0]].history
-            state = history.state.setdefault(self.name, EagleState())
+            state = history.state.get(self.name)
+            if state is None:
+                state = history.state[self.name] = self.new_state()
             start, features = _take_features(history, state.received)
             if start is not None and start != state.received:  # a gap: start again from here
-                state = history.state[self.name] = EagleState()
+                state = history.state[self.name] = self.new_state()
             extras = [jobs[i].extra for i in indices]
             k = max(jobs[i].k for i in indices)
             drafts = self.draft_many(state, history.tokens, features, extras, k, start)
@@ -135,8 +142,15 @@ class EagleDrafter(DraftSource):
                 out[i] = draft[: jobs[i].k]
         return out
 
-    def new_state(self) -> EagleState:
-        return EagleState()
+    def new_state(self, head: Eagle3Head | None = None) -> EagleState:
+        """An empty state on `head` (default: the version serving now)."""
+        return EagleState(head or self.head)
+
+    def swap(self, head: Eagle3Head) -> None:
+        """Serve a new version of the head (same config and vocabulary) from the next state
+        on: one reference, replaced between drafting calls (the caller holds the drafter's
+        core); states keep the version their cache was computed with."""
+        self.head = head
 
     @torch.inference_mode()
     def draft(
@@ -154,7 +168,7 @@ class EagleDrafter(DraftSource):
             out = self._extend(state, prefix + draft)
             if out is None:
                 return []
-            draft.append(int(self.head.to_target(self.head.logits(out).argmax(-1))))
+            draft.append(int(state.head.to_target(state.head.logits(out).argmax(-1))))
         return draft
 
     @torch.inference_mode()
@@ -178,7 +192,7 @@ class EagleDrafter(DraftSource):
             out[i] = self.draft(state, [*tokens, *extras[i]], None, k)
         if not batched or k <= 0 or self._extend(state, prefix + chain) is None:
             return out
-        head = self.head
+        head = state.head
         # Row b starts at the grid position of its extra's last token, from the output before.
         starts = torch.tensor(
             [state.settled + len(prefix) + len(extras[i]) - 1 for i in batched], device=self.device
@@ -239,7 +253,7 @@ class EagleDrafter(DraftSource):
         state.branch, state.branch_out = [], []  # features arrived: provisional work is stale
         start = state.settled
         ids = torch.tensor(tokens[start + 1 : target + 1], device=self.device)
-        hidden = self.head.fuse(state.pending[:count])
+        hidden = state.head.fuse(state.pending[:count])
         out = self._forward(state, start, ids, hidden)
         state.pending = state.pending[count:]
         state.settled = target
@@ -272,7 +286,7 @@ class EagleDrafter(DraftSource):
         them, write their keys/values at start.., return their outputs."""
         n = len(tokens)
         positions = torch.arange(start, start + n, device=self.device)
-        q, k, v, residual = self.head.project(tokens, hidden, positions)
+        q, k, v, residual = state.head.project(tokens, hidden, positions)
         slot = start - state.base
         self._reserve(state, slot + n)
         state.k[:, slot : slot + n] = k
@@ -282,7 +296,7 @@ class EagleDrafter(DraftSource):
         attended = F.scaled_dot_product_attention(
             q[None], keys[None], values[None], attn_mask=mask, enable_gqa=True
         )[0]
-        return self.head.finish(attended, residual)
+        return state.head.finish(attended, residual)
 
     def _reserve(self, state: EagleState, size: int) -> None:
         capacity = 0 if state.k is None else state.k.shape[1]

@@ -69,3 +69,20 @@ class SessionStats:
     predraft_wait_s: float = 0.0  # of which waiting for pre-drafted blocks
     timeouts: int = 0  # drafter calls that missed the time budget (not faults)
     feature_bytes: int = 0  # target features sent to drafters (feature modes)
+
+
+@dataclass(frozen=True)
+class LearningStats:
+    """A drafter replica's online learning of its EAGLE-3 head
+    (tandem.speculation.online_learner); all zero while it is off."""
+
+    head_version: int = 0  # versions kept since the head was trained offline (0: as shipped)
+    updates_kept: int = 0  # updates the guard let serve
+    updates_rolled_back: int = 0  # updates that drafted worse on held-back traffic
+    # Accepted tokens per drafted token on the held-back requests at the last update: the
+    # version serving before it, and the update's own.
+    window_acceptance: float = 0.0
+    candidate_acceptance: float = 0.0
+    buffer_tokens: int = 0  # positions held for training
+    learn_s: float = 0.0  # time learning held the drafter's core (training and the guard)
+    slice_max_s: float = 0.0  # its longest hold: the most a draft waited for learning

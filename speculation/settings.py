@@ -34,6 +34,39 @@ class SuffixConfig(Section):
     global_tokens: int = Field(100_000, ge=0)  # recent outputs shared across requests (0: none)
 
 
+class OnlineConfig(Section):
+    """Online distillation of the EAGLE-3 head (tandem.speculation.online_learner): each drafter
+    replica fine-tunes its head on the target's features and committed tokens of the requests it
+    serves, in slices between drafting work, and serves a new version only when it drafts no
+    worse than the serving one on held-back recent traffic. Off by default: it has not yet
+    measured a gain that pays for its cost (docs/speculation.md, "Online learning")."""
+
+    enabled: bool = False
+    lr: float = Field(1e-4, gt=0, allow_inf_nan=False)  # AdamW, constant
+    # Positions (tokens with their features, ~3.4 kB each on the default model) kept for
+    # training; the oldest requests go first.
+    buffer_tokens: PositiveInt = 8192
+    # An update starts once this many new tokens arrived since the last one.
+    update_tokens: PositiveInt = 1024
+    steps_per_update: PositiveInt = 32  # micro-batches per update
+    # One micro-batch: a window of this many positions of one request, unrolled for `ttt_steps`
+    # (EAGLE-3's training-time test). Its forward and backward is one slice of the drafter's
+    # core, the optimizer step another: the longest a draft can wait for learning.
+    micro_batch_tokens: PositiveInt = 32
+    ttt_steps: int = Field(2, ge=1, le=8)
+    # Every n-th finished request is held back from training; the guard compares versions on
+    # the last `heldout_requests` of them.
+    heldout_every: int = Field(4, ge=2)
+    heldout_requests: PositiveInt = 4
+    # The guard keeps a new version if its accepted tokens per drafted token on the held-back
+    # requests are at least the serving version's minus this margin; else it is rolled back.
+    guard_margin: float = Field(0.0, ge=0, le=1)
+    # A folder for the learned head (the standard format, and online.json); a drafter starts
+    # from it when it exists. Every replica writes the same folder (the last one wins).
+    checkpoint_path: str | None = None
+    checkpoint_every_s: float = Field(300.0, gt=0)  # and on drain
+
+
 class DrafterConfig(Section):
     """What the draft sources are built from (tandem.speculation.registry): the draft model, the
     EAGLE-3 head and each source's own settings. The cluster's drafter pool adds where its
@@ -61,11 +94,18 @@ class DrafterConfig(Section):
     ngram_max: PositiveInt = 4
     max_requests: PositiveInt = 1024  # per-request states kept; the least recent are evicted
     suffix: SuffixConfig = Field(default_factory=SuffixConfig)
+    online: OnlineConfig = Field(default_factory=OnlineConfig)  # online distillation of the head
 
     @model_validator(mode="after")
     def _ngram_order(self) -> DrafterConfig:
         if self.ngram_min > self.ngram_max:
             raise ValueError(f"ngram_min ({self.ngram_min}) exceeds ngram_max ({self.ngram_max})")
+        return self
+
+    @model_validator(mode="after")
+    def _online_needs_a_head(self) -> DrafterConfig:
+        if self.online.enabled and self.eagle_head is None:
+            raise ValueError("online.enabled needs eagle_head: it fine-tunes the EAGLE-3 head")
         return self
 
     def has_model(self) -> bool:

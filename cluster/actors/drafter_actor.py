@@ -103,7 +103,13 @@ class DrafterReplica:
         )
 
     def stats(self) -> DrafterLoad:
-        return DrafterLoad(len(self.drafter.histories), self.drafter.hints_used)
+        return DrafterLoad(
+            len(self.drafter.histories), self.drafter.hints_used, self.drafter.learning()
+        )
+
+    def drain(self) -> None:
+        """The service is stopping: online learning checkpoints its head."""
+        self.drafter.close()
 
 
 def _devices(setting: str, count: int) -> tuple[str, ...]:

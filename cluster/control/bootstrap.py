@@ -61,6 +61,9 @@ class Deployment:
         """Stop the engines cleanly, then free the pools."""
         with contextlib.suppress(Exception):  # a dead replica has nothing left to shut down
             ray.get([a.shutdown.remote() for a in self.targets.actors], timeout=30)
+        if self.drafters is not None:
+            with contextlib.suppress(Exception):  # nor a dead drafter anything to checkpoint
+                ray.get([a.drain.remote() for a in self.drafters.actors], timeout=60)
         for pool in (self.targets, self.drafters):
             if pool is not None:
                 pool.destroy()

@@ -23,7 +23,12 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from tandem.cluster.frontdoor.auth import authorized
-from tandem.cluster.telemetry.figure_tables import DRAFTERS, SPECULATION, metric_values
+from tandem.cluster.telemetry.figure_tables import (
+    DRAFTERS,
+    LEARNING,
+    SPECULATION,
+    metric_values,
+)
 from tandem.cluster.telemetry.figures import Breakdown, DrafterFigures
 
 if TYPE_CHECKING:
@@ -197,6 +202,7 @@ class _CoordinatorCollector(Collector):
         )
         yield from self._vllm_metrics(c, running)
         yield from self._replica_metrics()
+        yield from self._learning_metrics()
 
     def _vllm_metrics(self, c, running: int) -> Iterator[Metric]:
         """The same figures under vLLM's names and labels (model_name, engine)."""
@@ -254,6 +260,26 @@ class _CoordinatorCollector(Collector):
             yield FAMILIES[row.kind](row.metric, row.help, value)
         yield from _breakdown_metrics(Breakdown.of(replicas, self.coordinator.counters.delivery))
         yield from _engine_metrics(self.coordinator.config.models.target, replicas)
+
+    def _learning_metrics(self) -> Iterator[Metric]:
+        """Each drafter replica's online learning of its head, labelled `drafter`."""
+        deployment = self.coordinator.deployment
+        if deployment.drafters is None:
+            return
+        try:
+            loads = ray.get(
+                [a.stats.remote() for a in deployment.drafters.actors],
+                timeout=REPLICA_STATS_TIMEOUT_S,
+            )
+        except Exception as exc:  # a drafter being restarted has no figures
+            log.warning("drafter stats unavailable for metrics: %s", exc)
+            return
+        names = [info.replica_id for info in deployment.drafter_infos]
+        for row in LEARNING:
+            family = FAMILIES[row.kind](row.metric, row.help, labels=["drafter"])
+            for name, load in zip(names, loads, strict=True):
+                family.add_metric([name], getattr(load.learning, row.attr))
+            yield family
 
 
 # vLLM's scheduler figures (EngineGauges) under the names `vllm serve` gives them, per target

@@ -4,7 +4,8 @@ GetStats' fields (stats_message.py, `RequestFigures.to_proto`) and the Prometheu
 (tandem.cluster.frontdoor.prometheus) are generated from these tables, so a new figure of a group
 is the code that counts it and one row here (plus its field in protos/tandem.proto, the wire
 contract, which stays written by hand). A row reads the attribute `attr` of its group's figures:
-`RequestFigures` for SPECULATION, `DrafterFigures` for DRAFTERS (figures.py).
+`RequestFigures` for SPECULATION, `DrafterFigures` for DRAFTERS (figures.py), a drafter replica's
+`LearningStats` for LEARNING (tandem.speculation.session_stats).
 """
 
 from __future__ import annotations
@@ -96,6 +97,65 @@ DRAFTERS = (
         "cache_hits", "Drafts served from the speculation cache.", metric="tandem_spec_cache_hits"
     ),
     Figure("feature_bytes", "Target features sent to drafters.", stat="feature_bytes"),
+)
+
+
+# A drafter replica's online learning of its EAGLE-3 head (LearningStats): fields of its
+# DrafterStats in GetStats, and metrics labelled with the replica (`drafter`).
+LEARNING = (
+    Figure(
+        "head_version",
+        "EAGLE-3 head versions kept by online learning.",
+        stat="head_version",
+        metric="tandem_drafter_head_version",
+        kind="gauge",
+    ),
+    Figure(
+        "updates_kept",
+        "Online updates of the head the guard let serve.",
+        stat="head_updates_kept",
+        metric="tandem_drafter_head_updates_kept",
+    ),
+    Figure(
+        "updates_rolled_back",
+        "Online updates of the head rolled back: worse on held-back traffic.",
+        stat="head_updates_rolled_back",
+        metric="tandem_drafter_head_updates_rolled_back",
+    ),
+    Figure(
+        "window_acceptance",
+        "Accepted per drafted token of the serving head on held-back requests (last update).",
+        stat="head_window_acceptance",
+        metric="tandem_drafter_head_window_acceptance",
+        kind="gauge",
+    ),
+    Figure(
+        "candidate_acceptance",
+        "Accepted per drafted token of the last update's head on the same requests.",
+        stat="head_candidate_acceptance",
+        metric="tandem_drafter_head_candidate_acceptance",
+        kind="gauge",
+    ),
+    Figure(
+        "buffer_tokens",
+        "Positions held for online learning.",
+        stat="head_buffer_tokens",
+        metric="tandem_drafter_head_buffer_tokens",
+        kind="gauge",
+    ),
+    Figure(
+        "learn_s",
+        "Time online learning held the drafter's core.",
+        stat="head_learn_s",
+        metric="tandem_drafter_head_learn_seconds",
+    ),
+    Figure(
+        "slice_max_s",
+        "Longest hold of the drafter's core by learning: the most a draft waited for it.",
+        stat="head_slice_max_s",
+        metric="tandem_drafter_head_slice_max_seconds",
+        kind="gauge",
+    ),
 )
 
 

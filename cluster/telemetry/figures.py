@@ -19,7 +19,12 @@ from tandem.cluster.telemetry.figure_tables import SPECULATION, stat_fields
 from tandem.plugins.engine_gauges import EngineGauges
 from tandem.plugins.timers import EngineTimes, Sums
 from tandem.protos import tandem_pb2 as pb
-from tandem.speculation.session_stats import SessionStats, SourceCounts, sum_sources
+from tandem.speculation.session_stats import (
+    LearningStats,
+    SessionStats,
+    SourceCounts,
+    sum_sources,
+)
 
 
 def ratio(a: float, b: float) -> float:
@@ -175,6 +180,7 @@ class DrafterLoad:
 
     requests: int  # per-request histories it holds
     mirror_hints_used: int  # Mirror-SD hints that steered pre-drafting in time
+    learning: LearningStats = LearningStats()  # online learning of its EAGLE-3 head
 
 
 @dataclass(frozen=True)

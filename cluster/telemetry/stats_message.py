@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from tandem.cluster.telemetry.figure_tables import DRAFTERS, stat_fields
+from tandem.cluster.telemetry.figure_tables import DRAFTERS, LEARNING, stat_fields
 from tandem.cluster.telemetry.figures import (
     Breakdown,
     Counters,
@@ -88,4 +88,5 @@ def drafter_stats(info: Placed, load: DrafterLoad) -> pb.DrafterStats:
         node_id=info.node_id,
         requests=load.requests,
         mirror_hints_used=load.mirror_hints_used,
+        **stat_fields(LEARNING, load.learning),
     )

@@ -4,6 +4,7 @@
     tandem draft train --data DATA --out HEAD --epochs 3 --seed 0
     tandem draft eval --head HEAD --data DATA
     tandem draft trim --head HEAD --data DATA --sizes 2048,4096,8192 --out TRIMMED
+    tandem draft export --head CHECKPOINT --out HEAD   # an online-learned head, for vLLM too
 
 Long runs: `--threads N` bounds torch's threads; run them under `nice` on a shared machine.
 `train --resume` continues from HEAD/checkpoint.pt; `data` resumes by itself. `train --init HEAD0`
@@ -103,7 +104,18 @@ def add_draft_parser(subparsers: Any) -> argparse.ArgumentParser:
     trim.add_argument("--conversations", type=int, help="held-out conversations (default all)")
     trim.set_defaults(func=cmd_trim)
 
-    for p in (data, train, evaluate, trim):
+    export = sub.add_parser(
+        "export",
+        help="a head learned online (speculation.drafters.online.checkpoint_path) in the "
+        "standard format vLLM's eagle3 loads, checked against the target",
+    )
+    export.add_argument("--head", required=True, help="the checkpoint folder")
+    export.add_argument("--out", required=True, help="the folder to write")
+    export.add_argument("--target", help="target model (default: the config's models.target)")
+    export.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    export.set_defaults(func=cmd_export)
+
+    for p in (data, train, evaluate, trim, export):
         p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
         p.add_argument("--config", help="YAML config whose models to use")
     return draft
@@ -142,8 +154,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from tandem.speculation.eagle import EagleDrafter
+    from tandem.speculation.eagle_acceptance import acceptance
     from tandem.training.data import load_features, read_recipe
-    from tandem.training.train import acceptance
 
     _threads(args)
     recipe = read_recipe(args.data)
@@ -162,8 +174,8 @@ def cmd_trim(args: argparse.Namespace) -> int:
     import torch
 
     from tandem.speculation.eagle import EagleDrafter
+    from tandem.speculation.eagle_acceptance import acceptance
     from tandem.training.data import load_features, read_recipe
-    from tandem.training.train import acceptance
     from tandem.training.vocab_trim import trim
 
     _threads(args)
@@ -175,6 +187,22 @@ def cmd_trim(args: argparse.Namespace) -> int:
         folder = trim(args.head, target, counted, size, Path(args.out) / f"vocab-{size}")
         drafter = EagleDrafter(folder, target, dtype=torch.float16)  # as the drafter serves it
         print(json.dumps({"draft_vocab": size, **acceptance(drafter, heldout, args.k)}))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Load the checkpoint as a drafter would (refused if it does not fit the target), write it
+    in the standard format: config.json and model.safetensors, without the online.json."""
+    import torch
+
+    from tandem.cluster.config.deployment import TandemConfig
+    from tandem.models import resolve_model
+    from tandem.speculation.eagle_head import load_head, save_head
+
+    config = TandemConfig.from_yaml(args.config) if args.config else TandemConfig()
+    target = resolve_model(args.target or config.models.target, config.models.cache_dir())
+    head = load_head(args.head, target)
+    print(save_head(head, args.out, dtype=getattr(torch, args.dtype)))
     return 0
 
 

@@ -5,7 +5,7 @@ per position, renormalised over those in the draft vocabulary), the inputs its o
 features, both read once by `tandem.training.data`.
 
 Training-time test (EAGLE-3): the head is unrolled for `ttt_steps` steps per position, each
-reading the previous step's output as drafting does (tandem.training.ttt).
+reading the previous step's output as drafting does (tandem.speculation.ttt).
 
 The draft vocabulary is the `draft_vocab` tokens the target chooses most often in the
 training data (VocabTrim); `d2t`/`t2d` map it. The LM head starts as the target's rows for those
@@ -32,11 +32,12 @@ import torch
 from tqdm import tqdm
 
 from tandem.speculation.eagle import EagleDrafter
+from tandem.speculation.eagle_acceptance import acceptance
 from tandem.speculation.eagle_format import HeadConfig, read_config
 from tandem.speculation.eagle_head import Eagle3Head, load_head, save_head, target_weight
+from tandem.speculation.ttt import ttt_loss
 from tandem.training import TrainingError
 from tandem.training.data import Example, greedy_counts, load_features, read_recipe
-from tandem.training.ttt import ttt_loss
 
 CHECKPOINT = "checkpoint.pt"
 CURVE = "curve.jsonl"
@@ -178,43 +179,6 @@ def train(opts: TrainOptions, resume: bool = False, progress: bool = True) -> Pa
                 plot_curve(out, opts.eval_k)
             bar.write(json.dumps(record))
     bar.close()
-    return out
-
-
-# ---- measurement --------------------------------------------------------------------------------
-
-
-def acceptance(drafter: EagleDrafter, examples: list[Example], k: int) -> dict[str, float]:
-    """Greedy verification of the runtime's k-token drafts along the target's own answers:
-    mean tokens per target forward (1 + accepted per round), per-position acceptance, and the
-    mean time of one draft (ms)."""
-    rounds = accepted = 0
-    drafting = 0.0
-    at_position = [0] * k
-    for example in examples:
-        tokens = example.tokens.tolist()
-        state = drafter.new_state()
-        committed = example.prompt_len + 1  # the prompt, and the first token prefill emitted
-        fed = 0
-        while committed < len(tokens):
-            started = time.perf_counter()
-            draft = drafter.draft(state, tokens[:committed], example.aux[fed : committed - 1], k)
-            drafting += time.perf_counter() - started
-            fed = committed - 1
-            right = 0
-            for d, t in zip(draft, tokens[committed : committed + k], strict=False):
-                if d != t:
-                    break
-                at_position[right] += 1
-                right += 1
-            rounds += 1
-            accepted += right
-            committed += right + 1
-    if not rounds:
-        return {}
-    out = {f"accept_len_k{k}": round(1 + accepted / rounds, 4)}
-    out.update({f"accept_p{i + 1}": round(n / rounds, 4) for i, n in enumerate(at_position)})
-    out["draft_ms"] = round(1000 * drafting / rounds, 3)
     return out
 
 

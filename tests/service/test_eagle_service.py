@@ -1,8 +1,9 @@
 """Mode `eagle` end to end: the target's features travel with its committed tokens to a remote
 EAGLE-3 head (the one tandem ships), pre-drafting on; greedy output equals the target alone's
 (the same engine without speculation) at batch 1 and with 8 concurrent streams while drafts
-flow; a killed drafter fails no request and drafting resumes; a head that does not fit the
-target is refused at start.
+flow; with online learning on (SPECULATING's drafters.online), greedy and seeded outputs stay
+the target alone's while head versions are trained, judged and swapped; a killed drafter fails
+no request and drafting resumes; a head that does not fit the target is refused at start.
 
 On the shared SPECULATING service (drafts at every batch size), last among its users: it kills
 the drafter."""
@@ -99,6 +100,40 @@ def test_eight_concurrent_streams_equal_the_reference(service, prompts, referenc
     for (tokens, _), expected in zip(results, reference, strict=True):
         assert ours(tokens, expected)
     assert sum(spec.accepted_tokens for _, spec in results) > 0
+
+
+# Our own prompts, one domain (none from Spec-Bench: the drafter learns from what it serves).
+LEARNING_PROMPTS = [
+    "Write a Python function that returns the n-th Fibonacci number iteratively.",
+    "Write a Python function that checks whether a string is a palindrome.",
+    "Write a Python function that counts the words in a text file.",
+    "Write a Python function that merges two sorted lists into one sorted list.",
+    "Write a Python function that removes duplicates from a list, keeping the order.",
+    "Write a Python function that returns the largest of three numbers.",
+]
+
+
+@pytest.mark.timeout(900)
+def test_online_learning_never_changes_outputs(service):
+    def updates(client):
+        drafters = client.stats().drafters
+        return sum(d.head_updates_kept + d.head_updates_rolled_back for d in drafters)
+
+    with TandemClient(service.address) as client:
+        before = updates(client)
+        deadline = time.monotonic() + 400
+        served = 0
+        while served < len(LEARNING_PROMPTS) or updates(client) == before:
+            assert time.monotonic() < deadline, "no update of the head was judged"
+            prompt = LEARNING_PROMPTS[served % len(LEARNING_PROMPTS)]
+            for sampling in ({"temperature": 0}, {"temperature": 0.8, "seed": served}):
+                off = client.generate(prompt, max_tokens=MAX_TOKENS, speculation="off", **sampling)
+                on = client.generate(prompt, max_tokens=MAX_TOKENS, speculation="eagle", **sampling)
+                assert list(on.token_ids) == list(off.token_ids), (prompt, sampling)
+            served += 1
+        drafter = client.stats().drafters[0]
+    assert drafter.head_buffer_tokens > 0 and drafter.head_learn_s > 0
+    assert drafter.head_version == drafter.head_updates_kept  # every kept update is a version
 
 
 @pytest.mark.timeout(900)

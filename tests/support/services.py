@@ -148,7 +148,18 @@ SPECULATING: Config = {
     },
     "speculation": {
         "mirror": {"enabled": True, "layer": 20, "top_k": 4},
-        "drafters": {"stop_below": 0.3},
+        # Online learning on, with updates every few requests: every module on this service
+        # checks its outputs while head versions are trained, judged and swapped.
+        "drafters": {
+            "stop_below": 0.3,
+            "online": {
+                "enabled": True,
+                "update_tokens": 256,
+                "steps_per_update": 4,
+                "heldout_every": 2,
+                "heldout_requests": 2,
+            },
+        },
         "draft_length": {"full_until_batch": 64, "off_above_batch": 64},
         "step_timeout_ms": 30000,
         "sampler": {"kind": "tandem"},

@@ -16,8 +16,8 @@ from tandem.speculation.eagle_format import HeadConfig, HeadError
 from tandem.speculation.eagle_head import Eagle3Head, load_head, save_head
 from tandem.speculation.settings import SpeculationConfig
 from tandem.speculation.source import DrafterSetup
+from tandem.speculation.ttt import unroll
 from tandem.training.train import locate
-from tandem.training.ttt import unroll
 
 VOCAB = 96
 HIDDEN = 64

@@ -89,3 +89,20 @@ def test_breakdown_splits_the_step_and_differences_of_two_reads_add_up():
     assert (step.drafter_messages, step.drafter_bytes_sent) == (20, 1000)
     assert step.drafter_bytes_received == 0 and abs(step.stream_s - 0.03) < 1e-12
     assert Breakdown.from_proto(after.to_proto()) == after
+
+
+def test_a_drafters_learning_is_one_table_row_each_in_getstats():
+    from tandem.cluster.telemetry.figure_tables import LEARNING
+    from tandem.cluster.telemetry.figures import DrafterLoad
+    from tandem.cluster.telemetry.stats_message import drafter_stats
+    from tandem.speculation.session_stats import LearningStats
+
+    class Info:
+        replica_id, node_id = "drafter-0", "n"
+
+    learning = LearningStats(3, 3, 2, 0.41, 0.44, 900, 1.5, 0.03)
+    message = drafter_stats(Info(), DrafterLoad(2, 0, learning))
+    assert message.head_version == 3 and message.head_updates_rolled_back == 2
+    assert abs(message.head_candidate_acceptance - 0.44) < 1e-9
+    assert message.head_buffer_tokens == 900 and message.head_slice_max_s == 0.03
+    assert {row.attr for row in LEARNING} == set(LearningStats.__dataclass_fields__)
