@@ -84,7 +84,6 @@ class _Run:
     replica: int = 0
     submission: str | None = None  # the engine-level id of the current attempt
     attempts: int = 0
-    produced: int = 0
     delivered: list[int] = field(default_factory=list)  # the tokens streamed so far
     first: float = 0.0  # when the first and the last token came
     last: float = 0.0
@@ -97,7 +96,6 @@ class _Run:
             if self.produced == 0:
                 self.first = now
             self.last = now
-            self.produced += len(step.token_ids)
             self.delivered += step.token_ids
         self.finish_reason = step.finish_reason
         chunk = Chunk(
@@ -117,6 +115,10 @@ class _Run:
             chunk.total_s = now - self.start
             chunk.figures = step.figures
         return chunk
+
+    @property
+    def produced(self) -> int:
+        return len(self.delivered)
 
     def resumable(self) -> bool:
         """Whether another replica can take the request over: always before its first token;
